@@ -1,0 +1,157 @@
+"""utils.py: conversation normalization (course semantics) and tokenizer configuration."""
+import json
+from collections import Counter
+
+import pytest
+
+from utils import (
+    CHATML_TEMPLATE,
+    ConversationFormatError,
+    is_single_turn_conversation,
+    load_tokenizer,
+    normalize_conversation,
+    resolve_model_path,
+    tokenizer_fingerprint,
+    validate_messages,
+)
+
+U = lambda c: {"role": "user", "content": c}  # noqa: E731
+A = lambda c: {"role": "assistant", "content": c}  # noqa: E731
+S = lambda c: {"role": "system", "content": c}  # noqa: E731
+
+
+# ----------------------------------------------------------------- normalization
+def test_aliases_are_mapped():
+    turns = [{"role": "human", "content": "q1"}, {"role": "gpt", "content": "a1"},
+             {"role": "USER", "content": "q2"}, {"role": "bot", "content": "a2"},
+             {"role": "user", "content": "q3"}, {"role": "observation", "content": "a3"}]
+    assert normalize_conversation(turns) == [U("q1"), A("a1"), U("q2"), A("a2"), U("q3"), A("a3")]
+
+
+def test_sharegpt_keys():
+    turns = [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
+    assert normalize_conversation(turns) == [S("s"), U("q"), A("a")]
+
+
+def test_unknown_roles_dropped_and_counted():
+    stats = Counter()
+    turns = [U("q"), {"role": "tool", "content": "x"}, A("a")]
+    assert normalize_conversation(turns, stats=stats) == [U("q"), A("a")]
+    assert stats["turn_unknown_role"] == 1
+
+
+def test_leading_assistant_dropped_system_prefix_kept():
+    stats = Counter()
+    turns = [A("orphan"), S("sys"), U("q"), A("a")]
+    assert normalize_conversation(turns, stats=stats) == [S("sys"), U("q"), A("a")]
+    assert stats["turn_leading_non_user"] == 1
+
+
+def test_dangling_user_dropped():
+    stats = Counter()
+    assert normalize_conversation([U("q1"), A("a1"), U("q2")], stats=stats) == [U("q1"), A("a1")]
+    assert stats["turn_unpaired_user"] == 1
+    # a user followed by another user: the first has no answer
+    assert normalize_conversation([U("q1"), U("q2"), A("a2")]) == [U("q2"), A("a2")]
+
+
+def test_max_rounds_keeps_first_rounds():
+    turns = [S("s")] + [m for i in range(4) for m in (U(f"q{i}"), A(f"a{i}"))]
+    assert normalize_conversation(turns, max_rounds=2) == [S("s"), U("q0"), A("a0"), U("q1"), A("a1")]
+    assert normalize_conversation(turns, max_rounds=0) == turns
+
+
+def test_no_complete_round_is_empty():
+    assert normalize_conversation([S("only a system prompt")]) == []
+    assert normalize_conversation([U("question without answer")]) == []
+    assert normalize_conversation([]) == []
+
+
+@pytest.mark.parametrize(
+    "turns, fragment",
+    [
+        ([U("q"), {"role": "assistant"}], "turn 1: 'content' must be a string"),
+        ([U("q"), {"role": "assistant", "content": None}], "turn 1"),
+        ([{"text": "hi"}], "neither role/content nor from/value"),
+        (["just a string"], "turn 0: expected an object"),
+        ({"role": "user"}, "must be a list"),
+    ],
+)
+def test_malformed_turns_raise_clear_errors(turns, fragment):
+    with pytest.raises(ConversationFormatError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        normalize_conversation(turns)
+
+
+def test_is_single_turn_conversation():
+    assert is_single_turn_conversation([U("q"), A("a")])
+    assert is_single_turn_conversation([S("s"), U("q"), A("a")])
+    assert not is_single_turn_conversation([U("q"), A("a"), U("q2"), A("a2")])
+    assert not is_single_turn_conversation([S("s"), S("s2"), U("q"), A("a")])
+    assert not is_single_turn_conversation([U("q")])
+    assert not is_single_turn_conversation([U("q"), A("a"), {"role": "tool", "content": "x"}])
+
+
+def test_validate_messages_names_the_problem():
+    validate_messages([S("s"), U("q"), A("a")])
+    with pytest.raises(ConversationFormatError, match="message 1: unknown role 'human'"):
+        validate_messages([S("s"), {"role": "human", "content": "q"}])
+    with pytest.raises(ConversationFormatError, match=r"message 0 \(user\): content must be a string"):
+        validate_messages([{"role": "user", "content": 3}])
+
+
+# --------------------------------------------------------------------- tokenizer
+def test_tokenizer_configuration(tokenizer):
+    assert len(tokenizer) == 49152
+    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [0, 1, 2]
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token) == ("<|endoftext|>",) * 3
+    assert tokenizer.pad_token_id == 0 and tokenizer.padding_side == "right"
+    assert tokenizer.model_max_length == 2048
+    assert tokenizer.chat_template == CHATML_TEMPLATE
+    # nothing is added around plain text (no BOS/EOS)
+    assert tokenizer("hello world")["input_ids"] == tokenizer.convert_tokens_to_ids(["hello", "Ġworld"])
+
+
+def test_saved_folder_has_no_pad_token(model_dir):
+    cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
+    assert cfg.get("pad_token") in (None, "")
+    assert cfg["bos_token"] == cfg["eos_token"] == cfg["unk_token"] == "<|endoftext|>"
+
+
+def test_chatml_rendering(tokenizer):
+    msgs = [S("sys"), U("hi"), A("hello")]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    assert text == "\n<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
+    gen = tokenizer.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True)
+    assert gen.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_official_sample_ids_match(tokenizer, course_ref):
+    """The unpadded ids of all 10 official conversations equal the course's golden ids."""
+    samples = json.loads((course_ref / "exercise_samples.json").read_text())
+    gold = json.loads((course_ref / "exercise_solutions.json").read_text())
+    n = 0
+    for split in ("single_turn", "multi_turn"):
+        for s, g in zip(samples[split], gold[split], strict=True):
+            assert s["id"] == g["id"]
+            f = g["features"]
+            expected = [i for i, m in zip(f["input_ids"], f["attention_mask"]) if m]
+            got = tokenizer.apply_chat_template(s["messages"], tokenize=True)
+            assert len(got) <= 2048, "official samples fit in 2048 tokens"
+            assert got == expected, f"{split} id {s['id']}"
+            n += 1
+    assert n == 10
+
+
+def test_left_padding_option_and_fingerprint(model_dir, tokenizer):
+    left = load_tokenizer(str(model_dir), 512, padding_side="left")
+    assert left.padding_side == "left" and left.model_max_length == 512
+    assert tokenizer_fingerprint(left) != tokenizer_fingerprint(tokenizer)
+    assert tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(load_tokenizer(str(model_dir), 2048))
+
+
+def test_resolve_model_path(tmp_path, monkeypatch, model_dir):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path("SmolLM2-135M") == str(model_dir.resolve())  # repo root fallback
+    (tmp_path / "SmolLM2-135M").mkdir()
+    assert resolve_model_path("SmolLM2-135M") == str((tmp_path / "SmolLM2-135M").resolve())  # cwd first
+    assert resolve_model_path("org/some-hub-model") == "org/some-hub-model"
