@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# The whole pipeline on one command: checks -> IFEval (base) -> SFT -> IFEval (fine-tuned) -> report.
+#
+#   bash scripts/demo.sh            # CPU demo (about 20 minutes on 2 cores), embedded data/demo_sft.json
+#   bash scripts/demo.sh --full     # course configuration on a GPU machine (also DEMO_FULL=1):
+#                                   # smol-smoltalk-6k.json, 3 epochs, sft.sh defaults, all 100 prompts, 1024 tokens
+#   bash scripts/demo.sh --help
+#
+# Knobs (environment), defaults in brackets (CPU demo / --full):
+#   DEMO_OUT          output folder                         [demo_out / demo_out_full]
+#   DEMO_PROMPT_SET   IFEval prompts                        [ifeval/data/sampled_input_data.jsonl]
+#   DEMO_PROMPTS      first N prompts of that set (0 = all) [24 / 0]
+#   DEMO_MAX_TOKENS   generation budget per answer          [160 / 1024]
+#   DEMO_DATA         training data                         [data/demo_sft.json / smol-smoltalk-6k.json]
+#   DEMO_STEPS        optimizer steps (0 = whole epochs)    [16 / 0]
+#   DEMO_EPOCHS       epochs when DEMO_STEPS=0              [1 / 3]
+#   DEMO_LR           learning rate                         [5e-5 / sft.sh default 2e-5]
+#   DEMO_TOTALBSZ     total batch size                      [8 / sft.sh default 128]
+#   DEMO_BSZPERDEV    per-device batch size                 [4 / sft.sh default]
+#   DEMO_MAXLEN       model_max_length                      [512 / sft.sh default 2048]
+#   DEMO_MODEL        starting checkpoint                   [SmolLM2-135M]
+#   DEMO_SKIP_CHECKS  1 = skip stage 1 (exercise checks)    [0]
+# Everything lands in $DEMO_OUT: ifeval_base/, ckpt/demo/, ifeval_sft/, report/, summary.md, summary.json.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python}
+
+FULL=${DEMO_FULL:-0}
+for arg in "$@"; do
+  case "$arg" in
+    --full) FULL=1 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "demo.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+if [[ "$FULL" == 1 ]]; then
+  OUT=${DEMO_OUT:-demo_out_full}; PROMPTS=${DEMO_PROMPTS:-0}; MAXTOK=${DEMO_MAX_TOKENS:-1024}
+  DATA=${DEMO_DATA:-smol-smoltalk-6k.json}; STEPS=${DEMO_STEPS:-0}; EPOCHS=${DEMO_EPOCHS:-3}
+  LR=${DEMO_LR:-}; TOTALBSZ_=${DEMO_TOTALBSZ:-}; BSZ_=${DEMO_BSZPERDEV:-}; MAXLEN=${DEMO_MAXLEN:-}
+  [[ -f "$DATA" ]] || { echo "demo.sh --full: $DATA not found (bash setup.sh fetches it online; offline set SMOLTALK_6K_PATH)" >&2; exit 1; }
+else
+  OUT=${DEMO_OUT:-demo_out}; PROMPTS=${DEMO_PROMPTS:-24}; MAXTOK=${DEMO_MAX_TOKENS:-160}
+  DATA=${DEMO_DATA:-data/demo_sft.json}; STEPS=${DEMO_STEPS:-16}; EPOCHS=${DEMO_EPOCHS:-1}
+  LR=${DEMO_LR:-5e-5}; TOTALBSZ_=${DEMO_TOTALBSZ:-8}; BSZ_=${DEMO_BSZPERDEV:-4}; MAXLEN=${DEMO_MAXLEN:-512}
+fi
+MODEL=${DEMO_MODEL:-SmolLM2-135M}
+PROMPT_SET=${DEMO_PROMPT_SET:-ifeval/data/sampled_input_data.jsonl}
+mkdir -p "$OUT"
+TIMES="$OUT/stage_times.tsv"; : > "$TIMES"
+
+# run_stage NAME CMD... : runs a stage, prints and records its wall time (seconds).
+run_stage() {
+  local name=$1; shift
+  echo; echo "================ [$name] $*"
+  local t0=$SECONDS
+  "$@"
+  local dt=$((SECONDS - t0))
+  printf '%s\t%s\n' "$name" "$dt" >> "$TIMES"
+  echo "---------------- [$name] done in ${dt}s"
+}
+
+checks() {
+  for i in 1 2 3 4; do
+    [[ -f scripts/check_exercises_$i.sh ]] || { echo "missing scripts/check_exercises_$i.sh" >&2; return 1; }
+    bash "scripts/check_exercises_$i.sh"
+  done
+  $PY loss_functions_checker.py
+}
+
+LIMIT_ARGS=(); [[ "$PROMPTS" != 0 ]] && LIMIT_ARGS=(--limit "$PROMPTS")
+ifeval() {  # ifeval MODEL OUTDIR
+  bash ifeval/run.sh "$1" "$2" --input_data "$PROMPT_SET" --max_tokens "$MAXTOK" "${LIMIT_ARGS[@]}"
+}
+
+RUN=demo
+train() {
+  local extra=(--num_train_epochs "$EPOCHS")
+  [[ "$STEPS" != 0 ]] && extra+=(--max_steps "$STEPS")
+  [[ -n "$LR" ]] && extra+=(--learning_rate "$LR")
+  [[ -n "$MAXLEN" ]] && extra+=(--model_max_length "$MAXLEN")
+  env MODELPATH="$MODEL" DATAPATH="$DATA" OUTPUTPATH="$OUT/ckpt" RUNNAME="$RUN" \
+      ${TOTALBSZ_:+TOTALBSZ=$TOTALBSZ_} ${BSZ_:+BSZPERDEV=$BSZ_} \
+      bash scripts/sft.sh "${extra[@]}"
+}
+
+report() {
+  $PY ifeval/compare.py "$OUT/ifeval_base" "$OUT/ifeval_sft" --output_dir "$OUT/report"
+}
+
+T_ALL=$SECONDS
+if [[ "${DEMO_SKIP_CHECKS:-0}" != 1 ]]; then run_stage checks checks; fi
+run_stage ifeval_base ifeval "$MODEL" "$OUT/ifeval_base"
+run_stage train train
+run_stage ifeval_sft ifeval "$OUT/ckpt/$RUN" "$OUT/ifeval_sft"
+run_stage report report
+printf '%s\t%s\n' total $((SECONDS - T_ALL)) >> "$TIMES"
+
+# Summary: the four metrics before/after, per-instruction-type changes, stage times, paths.
+$PY - "$OUT" "$RUN" "$FULL" "$PROMPT_SET" "$PROMPTS" "$MAXTOK" "$DATA" <<'EOF'
+import json, sys, glob, os
+out, run, full, prompt_set, prompts, maxtok, data = sys.argv[1:]
+metrics = ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"]
+base = json.load(open(f"{out}/ifeval_base/summary.json"))
+sft = json.load(open(f"{out}/ifeval_sft/summary.json"))
+times = [l.rstrip("\n").split("\t") for l in open(f"{out}/stage_times.tsv") if l.strip()]
+state_path = f"{out}/ckpt/{run}/trainer_state.json"
+losses = [h["loss"] for h in json.load(open(state_path))["log_history"] if "loss" in h] if os.path.exists(state_path) else []
+pngs = sorted(glob.glob(f"{out}/ckpt/{run}/*.png"))
+reports = sorted(glob.glob(f"{out}/report/*.md"))
+
+def per_type(path):
+    """instruction id -> (passed, total) from a run's strict per-prompt records."""
+    acc = {}
+    for line in open(path):
+        r = json.loads(line)
+        for inst, ok in zip(r["instruction_id_list"], r["follow_instruction_list"]):
+            p, t = acc.get(inst, (0, 0))
+            acc[inst] = (p + bool(ok), t + 1)
+    return acc
+
+pb, ps = per_type(f"{out}/ifeval_base/eval_results_strict.jsonl"), per_type(f"{out}/ifeval_sft/eval_results_strict.jsonl")
+lines = ["# Demo summary", "",
+         f"Mode: {'full (course configuration)' if full == '1' else 'CPU demo'}; prompts: "
+         f"{'all' if prompts == '0' else 'first ' + prompts} of `{prompt_set}` "
+         f"({base.get('num_prompts', '?')} scored), max_tokens {maxtok}; training data `{data}`.", "",
+         "| metric | base | fine-tuned | change |", "|---|---|---|---|"]
+for m in metrics:
+    lines.append(f"| {m} | {base[m]:.4f} | {sft[m]:.4f} | {sft[m] - base[m]:+.4f} |")
+lines += ["", "Per instruction type (strict, passed/total):", "",
+          "| instruction | base | fine-tuned | change |", "|---|---|---|---|"]
+for inst in sorted(set(pb) | set(ps)):
+    (a, n), (b, n2) = pb.get(inst, (0, 0)), ps.get(inst, (0, 0))
+    lines.append(f"| {inst} | {a}/{n} | {b}/{n2} | {b - a:+d} |")
+lines += ["", "Training: " + (f"{len(losses)} logged losses, first {losses[0]:.4f}, last {losses[-1]:.4f}" if losses else "no logged loss found"),
+          "", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in times]
+lines += ["", "Files:", f"- report: {', '.join(reports) or 'missing'}",
+          f"- loss curve: {', '.join(pngs) or 'missing'}",
+          f"- IFEval summaries: {out}/ifeval_base/summary.json, {out}/ifeval_sft/summary.json",
+          f"- fine-tuned checkpoint: {out}/ckpt/{run}"]
+open(f"{out}/summary.md", "w").write("\n".join(lines) + "\n")
+json.dump({"base": {m: base[m] for m in metrics}, "sft": {m: sft[m] for m in metrics},
+           "per_type_strict": {i: {"base": pb.get(i), "sft": ps.get(i)} for i in sorted(set(pb) | set(ps))},
+           "stage_seconds": {k: int(v) for k, v in times}, "losses": losses,
+           "report": reports, "loss_curve": pngs}, open(f"{out}/summary.json", "w"), indent=1)
+print("\n".join(lines))
+print(f"\ndemo finished: summary in {out}/summary.md and {out}/summary.json")
+EOF

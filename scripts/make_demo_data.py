@@ -1,0 +1,600 @@
+"""Generate the embedded demonstration chat set data/demo_sft.json.
+
+The set is small (a few hundred conversations) and made of *verifiable-instruction*
+conversations: every user request carries constraints of the kinds IFEval checks
+(letter case, word / sentence counts, bullet lists, titles in <<...>>, a postscript, a
+required ending, no commas, JSON output, placeholders in [brackets], numbered sections,
+highlighted *parts*, paragraphs split by ***, ...). Each answer is composed from the
+original sentences in data/demo_topics.py so that it satisfies those constraints, and is
+then CHECKED with the project's own IFEval scorer (ifeval/scoring.py, strict mode) using
+the same instruction ids and arguments an IFEval prompt would carry. An answer that fails
+is rebuilt with fresh random choices (the number of rebuilds is printed per instruction);
+if one cannot be fixed in a few tries the script stops with the failing case.
+
+No text is taken from IFEval: every request is also compared with the IFEval prompt set
+(ifeval/data/input_data.jsonl) and the script fails if any user message shares a run of
+--max_shared_words consecutive words with an IFEval prompt.
+
+Outputs: the chat set in the course format ``[{"id", "conversations": [{"role",
+"content"}, ...]}]`` and a sidecar JSONL (one line per assistant turn: conversation id,
+turn index, instruction ids, arguments) so anyone can re-verify the answers.
+
+    python scripts/make_demo_data.py                 # writes data/demo_sft.json (seed 1234)
+    python scripts/make_demo_data.py --seed 7 --num 50 --out /tmp/x.json --checks_out /tmp/x.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "data"))
+
+from demo_topics import (  # noqa: E402
+    END_PHRASES, FORBIDDEN_CANDIDATES, PLACEHOLDER_SENTENCES, POSTSCRIPTS, SYSTEM_PROMPTS, TOPICS,
+)
+
+# ----------------------------------------------------------------------------- wording
+# Opening requests. {name} is a topic noun phrase from demo_topics.TOPICS.
+TASKS = [
+    "Write a short explainer about {name}.",
+    "Tell me what matters most about {name}.",
+    "I am giving a five minute talk to my neighbors on {name}. Draft the text for me.",
+    "Could you put together some beginner notes on {name}?",
+    "Sum up what a newcomer ought to know about {name}.",
+    "My cousin keeps asking me about {name}. Write something I can send her.",
+    "Describe {name} for our school newsletter.",
+    "Help me understand {name} in plain language.",
+    "Prepare a friendly introduction to {name} for a library handout.",
+    "Give me the key ideas behind {name}.",
+]
+# Follow-up requests in a multi-turn chat, on the same topic or a new one.
+FOLLOW_SAME = [
+    "Thanks. Now tell me a bit more about the same subject.",
+    "Nice. Could you go over it again from a different angle?",
+    "Great. Write another piece on that topic for a different reader.",
+]
+FOLLOW_NEW = [
+    "Good. Next I would like something on {name}.",
+    "Thanks! Let us switch subjects: {name}.",
+    "Now do a similar piece about {name}.",
+]
+CONSTRAINED_QUESTIONS = [
+    "Is {name} worth a beginner's time?",
+    "Would you say {name} is something everyone could learn about?",
+    "Should a curious teenager spend a weekend reading about {name}?",
+]
+
+# Every constraint phrasing, keyed by instruction id. Placeholders are filled from kwargs.
+PHRASES = {
+    "change_case:english_capital": [
+        "Use uppercase letters for every single word.",
+        "Set the whole reply in capitals from start to finish.",
+        "Type it all in CAPS with no lowercase letters.",
+    ],
+    "change_case:english_lowercase": [
+        "Keep every letter lowercase with no capitals at all.",
+        "Please write only in small letters and skip capitalization entirely.",
+        "No uppercase anywhere: lowercase letters only from top to bottom.",
+    ],
+    "change_case:capital_word_frequency": {
+        "at least": ["Stress at least {capital_frequency} important words by writing them in full CAPITALS.",
+                     "Put {capital_frequency} or more key words entirely in uppercase for emphasis."],
+        "less than": ["Fully capitalized words should appear fewer than {capital_frequency} times.",
+                      "Keep the count of all-caps words below {capital_frequency}."],
+    },
+    "length_constraints:number_words": {
+        "at least": ["Make it {num_words} words long or longer.",
+                     "It needs a minimum of {num_words} words."],
+        "less than": ["Stay below {num_words} words.",
+                      "Keep the length under {num_words} words."],
+    },
+    "length_constraints:number_sentences": {
+        "at least": ["Write {num_sentences} sentences or more.",
+                     "It should run to no fewer than {num_sentences} sentences."],
+        "less than": ["Use fewer than {num_sentences} sentences.",
+                      "Keep the sentence count below {num_sentences}."],
+    },
+    "length_constraints:number_paragraphs": [
+        "Split it into {num_paragraphs} paragraphs and put a line holding only *** between neighboring ones.",
+        "I need exactly {num_paragraphs} paragraphs divided from one another by the marker ***.",
+    ],
+    "length_constraints:nth_paragraph_first_word": [
+        "Write {num_paragraphs} paragraphs separated by blank lines. Paragraph number {nth_paragraph} has to open with the word \"{first_word}\".",
+        "Use {num_paragraphs} paragraphs (blank line between them) and let the word \"{first_word}\" start paragraph {nth_paragraph}.",
+    ],
+    "detectable_format:number_bullet_lists": [
+        "Format the main points as exactly {num_bullets} bullets that start with an asterisk and a space (like * this).",
+        "List exactly {num_bullets} points using markdown star bullets such as * point.",
+    ],
+    "detectable_format:title": [
+        "Give it a title inside double angle brackets, for instance <<My Heading>>.",
+        "Start with a heading placed between << and >>.",
+    ],
+    "detectable_format:number_highlighted_sections": [
+        "Mark at least {num_highlights} key phrases by surrounding them with single asterisks like *this*.",
+        "Emphasize {num_highlights} or more phrases in markdown italics using *stars*.",
+    ],
+    "detectable_format:multiple_sections": [
+        "Organize it into {num_sections} parts and label each one {section_spliter} followed by its number (as in {section_spliter} 1).",
+        "Break the text into {num_sections} labeled blocks: {section_spliter} 1 then {section_spliter} 2 and so on.",
+    ],
+    "detectable_format:json_format": [
+        "Return the answer as JSON only with a field for the topic and a list of the main points.",
+        "Reply with a JSON object and nothing else; markdown code fences are fine.",
+    ],
+    "detectable_format:constrained_response": [
+        "Open with a verdict sentence: 'My answer is yes.' if you agree, 'My answer is maybe.' if you are unsure, or else 'My answer is no.' Then explain briefly.",
+    ],
+    "detectable_content:postscript": [
+        "Close with an afterthought that opens with {postscript_marker}",
+        "Add a final note that begins with {postscript_marker}",
+    ],
+    "detectable_content:number_placeholders": [
+        "Leave at least {num_placeholders} blanks for me to fill in later written in square brackets like [city].",
+        "Include {num_placeholders} or more fill-in spots in square brackets such as [date].",
+    ],
+    "startend:end_checker": [
+        "The very last words of your reply must be \"{end_phrase}\" with nothing after them.",
+        "Sign off with the exact words \"{end_phrase}\" and stop there.",
+    ],
+    "startend:quotation": [
+        "Put the entire reply between a pair of double quotes.",
+        "Enclose everything you write inside one set of double quotation marks.",
+    ],
+    "punctuation:no_comma": [
+        "Avoid commas completely.",
+        "Not one comma may appear in the text.",
+    ],
+    "keywords:existence": [
+        "Work {keywords_text} into the answer.",
+        "Be sure to mention {keywords_text} somewhere.",
+    ],
+    "keywords:forbidden_words": [
+        "Never use {forbidden_text}.",
+        "Leave out {forbidden_text} entirely.",
+    ],
+    "keywords:frequency": {
+        "at least": ["Say \"{keyword}\" {frequency} or more times.",
+                     "The word \"{keyword}\" should come up at least {frequency} times."],
+        "less than": ["Say \"{keyword}\" fewer than {frequency} times.",
+                      "Keep uses of \"{keyword}\" under {frequency}."],
+    },
+    "keywords:letter_frequency": {
+        "at least": ["Make sure the letter {letter} shows up {let_frequency} or more times.",
+                     "I want the letter {letter} used no fewer than {let_frequency} times."],
+        "less than": ["Use the letter {letter} fewer than {let_frequency} times in total.",
+                      "Keep the letter {letter} below {let_frequency} appearances."],
+    },
+    "combination:two_responses": [
+        "Write two different versions and separate them with a line of six asterisks (******).",
+        "Offer two distinct takes divided by ****** on its own line.",
+    ],
+    "combination:repeat_prompt": [
+        "Start your reply by copying the request that follows exactly as I wrote it and only then answer it. Request:",
+    ],
+}
+RELATIONS = ("at least", "less than")
+SECTION_WORDS = ["SECTION", "PART", "Section", "Part", "Chapter"]
+
+# Constraints a "layout" excludes (besides the other layouts): pairs whose official
+# checkers contradict each other or whose combination would read unnaturally.
+LAYOUTS = ["plain", "bullets", "sections", "paragraphs", "nth_paragraph", "json", "two_responses",
+           "constrained", "repeat"]
+LAYOUT_IDS = {
+    "bullets": "detectable_format:number_bullet_lists",
+    "sections": "detectable_format:multiple_sections",
+    "paragraphs": "length_constraints:number_paragraphs",
+    "nth_paragraph": "length_constraints:nth_paragraph_first_word",
+    "json": "detectable_format:json_format",
+    "two_responses": "combination:two_responses",
+    "constrained": "detectable_format:constrained_response",
+    "repeat": "combination:repeat_prompt",
+}
+# Decorations allowed with each layout.
+ALLOWED = {
+    "plain": {"title", "highlights", "placeholders", "postscript", "end", "quotation", "case",
+              "no_comma", "existence", "forbidden", "frequency", "letters", "words", "sentences", "capitals"},
+    "bullets": {"title", "highlights", "placeholders", "postscript", "end", "case", "no_comma",
+                "existence", "forbidden", "frequency", "letters", "words", "capitals"},
+    "sections": {"title", "highlights", "placeholders", "postscript", "end", "quotation", "case",
+                 "no_comma", "existence", "forbidden", "frequency", "letters", "words", "sentences"},
+    "paragraphs": {"title", "highlights", "placeholders", "postscript", "end", "case", "no_comma",
+                   "existence", "forbidden", "frequency", "letters", "words", "sentences", "capitals"},
+    "nth_paragraph": {"highlights", "postscript", "end", "case", "no_comma", "existence",
+                      "forbidden", "letters", "words"},
+    "json": {"case", "existence", "forbidden", "words"},
+    "two_responses": {"case", "no_comma", "existence", "forbidden", "words", "letters"},
+    "constrained": {"no_comma", "existence", "forbidden", "words", "postscript", "end"},
+    "repeat": {"case", "postscript", "end", "title"},
+}
+DECORATION_IDS = {
+    "title": "detectable_format:title",
+    "highlights": "detectable_format:number_highlighted_sections",
+    "placeholders": "detectable_content:number_placeholders",
+    "postscript": "detectable_content:postscript",
+    "end": "startend:end_checker",
+    "quotation": "startend:quotation",
+    "no_comma": "punctuation:no_comma",
+    "existence": "keywords:existence",
+    "forbidden": "keywords:forbidden_words",
+    "frequency": "keywords:frequency",
+    "letters": "keywords:letter_frequency",
+    "words": "length_constraints:number_words",
+    "sentences": "length_constraints:number_sentences",
+    "capitals": "change_case:capital_word_frequency",
+}
+# Decorations whose arguments are measured on the finished answer (applied last).
+MEASURED = ("words", "sentences", "frequency", "letters", "capitals")
+
+
+class DemoDataError(RuntimeError):
+    """The generator could not build an answer that passes its own instructions."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def word_count(text: str) -> int:
+    """Words as IFEval counts them: runs of word characters."""
+    return len(re.findall(r"\w+", text))
+
+
+def sentence_count(text: str) -> int:
+    """Sentences by NLTK's Punkt splitter (the splitter IFEval's length checks use)."""
+    import nltk
+    return len(nltk.tokenize.sent_tokenize(text))
+
+
+def capital_word_count(text: str) -> int:
+    import nltk
+    return sum(1 for w in nltk.word_tokenize(text) if w.isupper())
+
+
+def quoted_list(words: list[str]) -> str:
+    """'the word "x"' or 'the words "x" and "y"'."""
+    q = [f'"{w}"' for w in words]
+    return f"the word {q[0]}" if len(q) == 1 else "the words " + " and ".join(q)
+
+
+def highlight(sentence: str, rng: random.Random) -> str:
+    """Wrap one or two words (never the first, so the line cannot look like a bullet) in *...*."""
+    words = sentence.split(" ")
+    if len(words) < 4:
+        return sentence
+    i = rng.randrange(1, len(words) - 2)
+    span = rng.choice([1, 2])
+    words[i] = "*" + words[i]
+    words[i + span - 1] = words[i + span - 1] + "*"
+    return " ".join(words)
+
+
+def phrase(rng: random.Random, inst: str, kw: dict) -> str:
+    """One request sentence for an instruction, in a random variant of our own wording."""
+    table = PHRASES[inst]
+    if isinstance(table, dict):
+        rel = kw.get("relation") or kw.get("let_relation") or kw.get("capital_relation")
+        table = table[rel]
+    fill = dict(kw)
+    if "keywords" in kw:
+        fill["keywords_text"] = quoted_list(kw["keywords"])
+    if "forbidden_words" in kw:
+        fill["forbidden_text"] = quoted_list(kw["forbidden_words"])
+    return rng.choice(table).format(**fill)
+
+
+# ----------------------------------------------------------------------------- answers
+def build_turn(rng: random.Random, topic: dict, task: str) -> tuple[str, str, list[str], list[dict]]:
+    """Compose one (request, answer, instruction ids, kwargs) for a topic.
+
+    The answer is built layout first (bullets, sections, paragraphs, ...), then decorated
+    (title, highlights, placeholders, postscript, ending, quotes, letter case), and the
+    counted constraints (words, sentences, keyword / letter / capital-word frequencies)
+    are set last from the finished text with a margin, so they hold by construction;
+    the IFEval checker then confirms it.
+    """
+    layout = rng.choices(LAYOUTS, weights=[5, 4, 3, 3, 2, 2, 1.5, 1, 1])[0]
+    allowed = sorted(ALLOWED[layout])
+    n_dec = rng.choice([1, 1, 2, 2, 3]) if layout != "plain" else rng.choice([1, 2, 2, 3])
+    decos = set(rng.sample(allowed, min(n_dec, len(allowed))))
+    if "quotation" in decos and layout == "plain" and rng.random() < 0.5:
+        decos.discard("quotation")  # keep quoted answers rarer: they read oddly
+    facts = list(topic["facts"])
+    rng.shuffle(facts)
+    ids, kws = [], []
+
+    def add(inst, kw):
+        ids.append(inst)
+        kws.append(kw)
+
+    case = rng.choice(["upper", "lower"]) if "case" in decos else None
+    if layout == "sections" and case == "lower":
+        case = "upper"  # the section splitter is matched case-sensitively
+
+    # --- layout: the body is a list of blocks joined later
+    intro, n_high = "", 0
+    if layout == "plain":
+        k = rng.randint(2, min(5, len(facts)))
+        sents = facts[:k]
+        if "highlights" in decos:
+            n_high = rng.randint(1, min(3, k))
+            for j in range(n_high):
+                sents[j] = highlight(sents[j], rng)
+        body = " ".join(sents)
+    elif layout == "bullets":
+        nb = rng.randint(2, min(5, len(facts)))
+        items = facts[:nb]
+        if "highlights" in decos:
+            n_high = rng.randint(1, nb)
+            for j in range(n_high):
+                items[j] = highlight(items[j], rng)
+        intro = rng.choice(["Here are the main points.", "A few things worth knowing:", ""])
+        body = "\n".join("* " + it for it in items)
+        add(LAYOUT_IDS[layout], {"num_bullets": nb})
+    elif layout == "sections":
+        ns = rng.randint(2, 4)
+        spl = rng.choice(SECTION_WORDS)
+        if case == "upper":
+            spl = spl.upper()
+        per = max(1, min(2, len(facts) // ns))
+        blocks = []
+        for j in range(ns):
+            chunk = facts[j * per:(j + 1) * per] or [facts[j % len(facts)]]
+            if "highlights" in decos and j < 2:
+                chunk = [highlight(chunk[0], rng)] + chunk[1:]
+                n_high = j + 1
+            blocks.append(f"{spl} {j + 1}\n" + " ".join(chunk))
+        body = "\n\n".join(blocks)
+        add(LAYOUT_IDS[layout], {"section_spliter": spl, "num_sections": ns})
+    elif layout in ("paragraphs", "nth_paragraph"):
+        npar = rng.randint(2, 4)
+        per = max(1, min(2, len(facts) // npar))
+        paras = [" ".join(facts[j * per:(j + 1) * per]) for j in range(npar)]
+        if "highlights" in decos:
+            n_high = min(2, npar)
+            for j in range(n_high):
+                paras[j] = highlight(paras[j], rng)
+        if layout == "paragraphs":
+            body = "\n***\n".join(paras)
+            add(LAYOUT_IDS[layout], {"num_paragraphs": npar})
+        else:
+            nth = rng.randint(1, npar)
+            first = re.sub(r"[^a-z]", "", paras[nth - 1].split()[0].lower())
+            body = "\n\n".join(paras)
+            add(LAYOUT_IDS[layout], {"num_paragraphs": npar, "nth_paragraph": nth, "first_word": first})
+    elif layout == "json":
+        k = rng.randint(2, 4)
+        obj = {"topic": topic["name"], "main_points": facts[:k]}
+        if rng.random() < 0.5:
+            obj = {"title": rng.choice(topic["titles"]), **obj}
+        text = json.dumps(obj, indent=2, ensure_ascii=False)
+        body = f"```json\n{text}\n```" if rng.random() < 0.6 else text
+        add(LAYOUT_IDS[layout], {})
+    elif layout == "two_responses":
+        k = rng.randint(2, 3)
+        body = " ".join(facts[:k]) + "\n******\n" + " ".join(facts[k:2 * k])
+        add(LAYOUT_IDS[layout], {})
+    elif layout == "constrained":
+        verdict = rng.choice(["My answer is yes.", "My answer is yes.", "My answer is maybe."])
+        body = verdict + " " + " ".join(facts[:rng.randint(2, 3)])
+        task = rng.choice(CONSTRAINED_QUESTIONS).format(name=topic["name"])
+        add(LAYOUT_IDS[layout], {})
+    else:  # repeat: the answer opens with the request, copied exactly
+        body = " ".join(facts[:rng.randint(2, 4)])
+
+    if "highlights" in decos and n_high:
+        add(DECORATION_IDS["highlights"], {"num_highlights": rng.randint(1, n_high)})
+    if "placeholders" in decos:
+        np_sent = rng.sample(PLACEHOLDER_SENTENCES, rng.randint(1, 2))
+        body = body + "\n\n" + " ".join(np_sent)
+        n_ph = sum(len(re.findall(r"\[.*?\]", s)) for s in np_sent)
+        add(DECORATION_IDS["placeholders"], {"num_placeholders": rng.randint(1, n_ph)})
+    if intro:
+        body = intro + "\n" + body
+    if "title" in decos:
+        body = f"<<{rng.choice(topic['titles'])}>>\n\n" + body
+        add(DECORATION_IDS["title"], {})
+    sep = "\n" if layout == "nth_paragraph" else "\n\n"
+    if "postscript" in decos:
+        marker = rng.choice(["P.S.", "P.S.", "P.P.S"])
+        body = body + sep + f"{marker} {rng.choice(POSTSCRIPTS)}"
+        add(DECORATION_IDS["postscript"], {"postscript_marker": marker})
+    if "end" in decos:
+        end_phrase = rng.choice(END_PHRASES)
+        body = body + sep + end_phrase
+        add(DECORATION_IDS["end"], {"end_phrase": end_phrase})
+    if layout == "repeat":
+        core = task
+        body = core + "\n\n" + body
+    if "quotation" in decos:
+        body = f'"{body}"'
+        add(DECORATION_IDS["quotation"], {})
+    if case == "upper":
+        body = body.upper()
+        add("change_case:english_capital", {})
+    elif case == "lower":
+        body = body.lower()
+        add("change_case:english_lowercase", {})
+    if "no_comma" in decos:
+        add(DECORATION_IDS["no_comma"], {})
+    if "existence" in decos:
+        # content words of the topic's facts that made it into the answer (not JSON keys)
+        fact_words = {w.lower() for w in re.findall(r"[A-Za-z]{6,}", " ".join(topic["facts"]))}
+        cands = sorted(fact_words & {w.lower() for w in re.findall(r"[A-Za-z]{6,}", body)})
+        if cands:
+            add(DECORATION_IDS["existence"], {"keywords": rng.sample(cands, min(len(cands), rng.randint(1, 2)))})
+    if "forbidden" in decos:
+        ok = [w for w in FORBIDDEN_CANDIDATES if not re.search(r"\b" + w + r"\b", body, flags=re.I)]
+        add(DECORATION_IDS["forbidden"], {"forbidden_words": rng.sample(ok, rng.randint(1, 2))})
+
+    # --- counted constraints, measured on the finished answer with a margin
+    if "words" in decos:
+        n = word_count(body)
+        if rng.random() < 0.5 and n >= 20:
+            add(DECORATION_IDS["words"], {"relation": "at least", "num_words": max(10, (int(n * 0.8) // 10) * 10)})
+        else:
+            add(DECORATION_IDS["words"], {"relation": "less than", "num_words": (int(n * 1.2) // 10 + 1) * 10})
+    if "sentences" in decos:
+        n = sentence_count(body)
+        if rng.random() < 0.5 and n >= 3:
+            add(DECORATION_IDS["sentences"], {"relation": "at least", "num_sentences": n - 1})
+        else:
+            add(DECORATION_IDS["sentences"], {"relation": "less than", "num_sentences": n + rng.randint(1, 3)})
+    if "frequency" in decos:
+        words = [w for w in re.findall(r"[a-z]{5,}", topic["name"].lower())]
+        kw_word = rng.choice(words) if words else "the"
+        n = len(re.findall(kw_word, body, flags=re.I))
+        if n >= 2 and rng.random() < 0.6:
+            add(DECORATION_IDS["frequency"], {"relation": "at least", "keyword": kw_word, "frequency": n})
+        else:
+            add(DECORATION_IDS["frequency"], {"relation": "less than", "keyword": kw_word, "frequency": n + rng.randint(1, 3)})
+    if "letters" in decos:
+        letter = rng.choice("abcdefghilmnoprstuwy")
+        n = Counter(body.lower())[letter]
+        if n >= 3 and rng.random() < 0.5:
+            add(DECORATION_IDS["letters"], {"let_relation": "at least", "letter": letter, "let_frequency": max(1, n - rng.randint(0, 2))})
+        else:
+            add(DECORATION_IDS["letters"], {"let_relation": "less than", "letter": letter, "let_frequency": n + rng.randint(1, 5)})
+    if "capitals" in decos:
+        n = capital_word_count(body)
+        if case == "upper" and n >= 2:
+            add(DECORATION_IDS["capitals"], {"capital_relation": "at least", "capital_frequency": n // 2})
+        else:
+            add(DECORATION_IDS["capitals"], {"capital_relation": "less than", "capital_frequency": n + rng.randint(2, 4)})
+
+    # --- the request: task first, constraints in random order
+    kw_by_id = [(i, k) for i, k in zip(ids, kws) if i != "combination:repeat_prompt"]
+    rng.shuffle(kw_by_id)
+    rules = [phrase(rng, i, k) for i, k in kw_by_id]
+    if layout == "repeat":
+        request = phrase(rng, "combination:repeat_prompt", {}) + " " + task
+        if rules:
+            request = " ".join(rules) + " " + request
+        add("combination:repeat_prompt", {"prompt_to_repeat": task})
+    elif rules and rng.random() < 0.3:
+        request = task + "\nRules:\n" + "\n".join(f"- {r}" for r in rules)
+    else:
+        request = " ".join([task] + rules)
+    return request, body, ids, kws
+
+
+# ----------------------------------------------------------------------------- driver
+def load_checker():
+    """The project's IFEval scorer: check_response(ids, kwargs, prompt, response) -> (strict, loose)."""
+    from ifeval.scoring import check_response
+    return check_response
+
+
+def make_conversations(seed: int, num: int, check_response, max_tries: int = 8, progress: bool = True):
+    """Build `num` conversations; returns (records, checks, stats)."""
+    rng = random.Random(seed)
+    records, checks = [], []
+    stats = {"per_instruction": Counter(), "rebuilt": Counter(), "turns": Counter(), "system": 0}
+    for ci in tqdm(range(num), desc="conversations", disable=not progress):
+        conv_id = f"demo-{seed}-{ci:04d}"
+        n_turns = rng.choices([1, 2, 3], weights=[6, 3, 1])[0]
+        msgs = []
+        if rng.random() < 0.3:
+            msgs.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+            stats["system"] += 1
+        topic = rng.choice(TOPICS)
+        for t in range(n_turns):
+            if t == 0:
+                task = rng.choice(TASKS).format(name=topic["name"])
+            elif rng.random() < 0.5:
+                task = rng.choice(FOLLOW_SAME)
+            else:
+                topic = rng.choice(TOPICS)
+                task = rng.choice(FOLLOW_NEW).format(name=topic["name"])
+            for attempt in range(max_tries):
+                request, answer, ids, kws = build_turn(rng, topic, task)
+                strict, _ = check_response(ids, kws, request, answer)
+                if all(strict):
+                    break
+                for i, ok in zip(ids, strict):
+                    if not ok:
+                        stats["rebuilt"][i] += 1
+            else:
+                bad = [i for i, ok in zip(ids, strict) if not ok]
+                raise DemoDataError(f"{conv_id} turn {t}: answer fails {bad} after {max_tries} tries\n"
+                                    f"request: {request}\nkwargs: {kws}\nanswer:\n{answer}")
+            msgs.append({"role": "user", "content": request})
+            msgs.append({"role": "assistant", "content": answer})
+            checks.append({"id": conv_id, "turn": t, "instruction_id_list": ids, "kwargs": kws})
+            stats["per_instruction"].update(ids)
+        stats["turns"][n_turns] += 1
+        records.append({"id": conv_id, "conversations": msgs})
+    return records, checks, stats
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    w = re.findall(r"[a-z0-9]+", text.lower())
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def check_no_ifeval_wording(records: list[dict], ifeval_path: Path, n: int) -> int:
+    """Fail if a user/system message shares n consecutive words with an IFEval prompt."""
+    ref = set()
+    with open(ifeval_path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                ref |= ngrams(json.loads(line)["prompt"], n)
+    hits = []
+    for r in records:
+        for m in r["conversations"]:
+            if m["role"] != "assistant":
+                shared = ngrams(m["content"], n) & ref
+                if shared:
+                    hits.append((r["id"], " ".join(sorted(shared)[0])))
+    if hits:
+        raise DemoDataError(f"{len(hits)} messages share {n}-word runs with IFEval prompts, e.g. {hits[:5]}")
+    return len(ref)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--num", type=int, default=360, help="number of conversations")
+    ap.add_argument("--out", default=str(REPO / "data" / "demo_sft.json"))
+    ap.add_argument("--checks_out", default=str(REPO / "data" / "demo_sft_checks.jsonl"),
+                    help="sidecar: instruction ids and kwargs of every assistant turn")
+    ap.add_argument("--ifeval_prompts", default=str(REPO / "ifeval" / "data" / "input_data.jsonl"),
+                    help="IFEval prompt set the requests must not copy from")
+    ap.add_argument("--max_shared_words", type=int, default=6,
+                    help="fail if a request shares this many consecutive words with an IFEval prompt")
+    args = ap.parse_args(argv)
+
+    from utils import setup_nltk_data
+    setup_nltk_data()
+    records, checks, stats = make_conversations(args.seed, args.num, load_checker())
+    ifeval_path = Path(args.ifeval_prompts)
+    if not ifeval_path.exists():
+        raise SystemExit(f"{ifeval_path} not found: run `bash setup.sh` first (needed for the wording check)")
+    n_ref = check_no_ifeval_wording(records, ifeval_path, args.max_shared_words)
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    with open(args.checks_out, "w", encoding="utf-8") as f:
+        for c in checks:
+            f.write(json.dumps(c, ensure_ascii=False, sort_keys=True) + "\n")
+
+    print("instructions per type (all verified strict by ifeval.scoring):")
+    for inst, n in sorted(stats["per_instruction"].items()):
+        print(f"  {inst:45s} {n:4d}   rebuilt {stats['rebuilt'][inst]}")
+    turns = ", ".join(f"{k}-turn {v}" for k, v in sorted(stats["turns"].items()))
+    print(f"wrote {len(records)} conversations ({turns}; {stats['system']} with a system prompt), "
+          f"{len(checks)} verified answers, {sum(stats['per_instruction'].values())} instructions to {args.out} "
+          f"({Path(args.out).stat().st_size / 1024:.0f} KiB); no {args.max_shared_words}-word overlap with "
+          f"{ifeval_path.name}")
+
+
+if __name__ == "__main__":
+    main()

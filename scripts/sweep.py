@@ -1,0 +1,215 @@
+"""Hyperparameter sweep: train + IFEval for every configuration of a grid, one after the other.
+
+Each comma-separated option is one axis of the grid; the sweep runs the Cartesian product:
+
+    python scripts/sweep.py --lr 2e-5,5e-5,1e-4 --scheduler cosine,linear
+    python scripts/sweep.py --lr 1e-5,2e-5 --epochs 1,3 --full          # GPU: course sizes
+
+Every configuration trains with scripts/sft.sh into OUT/runs/NAME/ckpt and is scored with
+ifeval/run.sh into OUT/runs/NAME/ifeval; its row is saved in OUT/runs/NAME/result.json.
+The sweep is resumable: a configuration whose result.json exists is skipped on rerun (and
+a killed training resumes from its last checkpoint, as sft.sh does). At the end the script
+writes OUT/results.csv and OUT/results.md (configuration, final training loss, the four
+IFEval metrics, wall time) and OUT/sweep_<metric>.png (the metric against each swept value).
+
+Defaults are the CPU demo's small configuration (scripts/demo.sh): 16 steps of total
+batch 8 at model_max_length 512 on data/demo_sft.json, IFEval on the first 24 prompts of
+the 100-prompt set with 160 new tokens. --full switches to the course configuration
+(smol-smoltalk-6k.json, whole epochs, all 100 prompts, 1024 tokens).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+METRICS = ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"]
+# grid axis -> (flag of train_hw_parallel.py or sft.sh variable, parser)
+AXES = {
+    "lr": ("--learning_rate", float),
+    "epochs": ("--num_train_epochs", float),
+    "warmup_ratio": ("--warmup_ratio", float),
+    "scheduler": ("--lr_scheduler_type", str),
+    "total_bsz": ("TOTALBSZ", int),
+    "model_max_length": ("--model_max_length", int),
+}
+
+
+class SweepError(RuntimeError):
+    """A training or evaluation run of the sweep failed (names the config and its log)."""
+
+
+def parse_axis(name: str, text: str) -> list:
+    kind = AXES[name][1]
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise SystemExit(f"--{name}: cannot read '{text}' as comma-separated {kind.__name__} values ({e})")
+    if not values:
+        raise SystemExit(f"--{name}: no values given")
+    return values
+
+
+def config_name(cfg: dict) -> str:
+    """A stable folder name for a configuration (the same grid point always maps to it)."""
+    short = {"lr": "lr", "epochs": "ep", "warmup_ratio": "wu", "scheduler": "", "total_bsz": "bs", "model_max_length": "len"}
+    return "_".join(f"{short[k]}{cfg[k]:g}" if isinstance(cfg[k], float) else f"{short[k]}{cfg[k]}" for k in AXES)
+
+
+def run_logged(cmd: list[str], env: dict, log_path: Path, what: str) -> None:
+    """Run a command with its output in a log file; on failure show the log's tail."""
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        tail = "".join(open(log_path, encoding="utf-8", errors="replace").readlines()[-30:])
+        raise SweepError(f"{what} failed (exit {rc}); log {log_path}:\n{tail}")
+
+
+def final_train_loss(run_dir: Path) -> float | None:
+    """Last logged training loss from the Trainer's state (None if nothing was logged)."""
+    state = run_dir / "trainer_state.json"
+    if not state.exists():
+        return None
+    losses = [h["loss"] for h in json.loads(state.read_text())["log_history"] if "loss" in h]
+    return losses[-1] if losses else None
+
+
+def run_config(cfg: dict, args, run_root: Path) -> dict:
+    """Train and evaluate one configuration; returns its result row (also saved to result.json)."""
+    run_root.mkdir(parents=True, exist_ok=True)
+    log = run_root / "run.log"
+    t0 = time.time()
+    env = dict(os.environ, MODELPATH=args.model, DATAPATH=args.data, OUTPUTPATH=str(run_root.resolve()),
+               RUNNAME="ckpt", TOTALBSZ=str(cfg["total_bsz"]), BSZPERDEV=str(min(args.bsz_per_dev, cfg["total_bsz"])))
+    train_args = []
+    for k, (flag, _) in AXES.items():
+        if flag.startswith("--"):
+            train_args += [flag, str(cfg[k])]
+    if args.max_steps:
+        train_args += ["--max_steps", str(args.max_steps)]
+    train_args += args.train_args
+    run_logged(["bash", "scripts/sft.sh", *train_args], env, log, f"training {run_root.name}")
+    ckpt = run_root / "ckpt"
+    loss = final_train_loss(ckpt)
+    t_train = time.time() - t0
+    ev = ["bash", "ifeval/run.sh", str(ckpt.resolve()), str((run_root / "ifeval").resolve()),
+          "--input_data", args.prompt_set, "--max_tokens", str(args.max_tokens)]
+    if args.prompts:
+        ev += ["--limit", str(args.prompts)]
+    run_logged(ev, dict(os.environ), log, f"IFEval of {run_root.name}")
+    summary = json.loads((run_root / "ifeval" / "summary.json").read_text())
+    row = {"name": run_root.name, **cfg, "final_train_loss": loss,
+           **{m: summary[m] for m in METRICS}, "num_prompts": summary.get("num_prompts"),
+           "train_seconds": round(t_train, 1), "wall_seconds": round(time.time() - t0, 1)}
+    (run_root / "result.json").write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def write_tables(rows: list[dict], out: Path) -> None:
+    cols = ["name", *AXES, "final_train_loss", *METRICS, "num_prompts", "wall_seconds"]
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    fmt = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    (out / "results.md").write_text("\n".join(md) + "\n")
+
+
+def plot(rows: list[dict], swept: list[str], metric: str, out: Path) -> Path:
+    """One panel per swept axis: the metric of every run against that axis's value."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    axes_to_plot = swept or ["lr"]
+    fig, axs = plt.subplots(1, len(axes_to_plot), figsize=(4.5 * len(axes_to_plot), 3.6), squeeze=False)
+    for ax, key in zip(axs[0], axes_to_plot):
+        values = sorted({r[key] for r in rows}, key=lambda v: (isinstance(v, str), v))
+        pos = {v: i for i, v in enumerate(values)}
+        ax.scatter([pos[r[key]] for r in rows], [r[metric] for r in rows])
+        ax.set_xticks(range(len(values)), [f"{v:g}" if isinstance(v, float) else str(v) for v in values])
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"IFEval {metric} per configuration ({len(rows)} runs)")
+    fig.tight_layout()
+    path = out / f"sweep_{metric}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="course configuration (GPU): see below")
+    ap.add_argument("--lr", default=None, help="learning rates, e.g. 2e-5,5e-5 [5e-5; --full 2e-5]")
+    ap.add_argument("--epochs", default="1", help="epochs [1; --full 3]")
+    ap.add_argument("--warmup_ratio", default="0.1")
+    ap.add_argument("--scheduler", default="cosine", help="lr_scheduler_type values, e.g. cosine,linear")
+    ap.add_argument("--total_bsz", default=None, help="total batch sizes [8; --full 128]")
+    ap.add_argument("--model_max_length", default=None, help="[512; --full 2048]")
+    ap.add_argument("--bsz_per_dev", type=int, default=None, help="per-device batch [4; --full 8]")
+    ap.add_argument("--max_steps", type=int, default=None, help="cap on optimizer steps, 0 = whole epochs [16; --full 0]")
+    ap.add_argument("--model", default="SmolLM2-135M")
+    ap.add_argument("--data", default=None, help="[data/demo_sft.json; --full smol-smoltalk-6k.json]")
+    ap.add_argument("--prompt_set", default="ifeval/data/sampled_input_data.jsonl")
+    ap.add_argument("--prompts", type=int, default=None, help="first N prompts, 0 = all [24; --full 0]")
+    ap.add_argument("--max_tokens", type=int, default=None, help="[160; --full 1024]")
+    ap.add_argument("--metric", default="prompt_level_strict_acc", choices=METRICS, help="metric to plot")
+    ap.add_argument("--out", default="sweep_out")
+    ap.add_argument("--train_args", nargs=argparse.REMAINDER, default=[],
+                    help="everything after this flag is passed to train_hw_parallel.py (last)")
+    args = ap.parse_args(argv)
+    small = {"lr": "5e-5", "total_bsz": "8", "model_max_length": "512", "bsz_per_dev": 4, "max_steps": 16,
+             "data": "data/demo_sft.json", "prompts": 24, "max_tokens": 160}
+    course = {"lr": "2e-5", "total_bsz": "128", "model_max_length": "2048", "bsz_per_dev": 8, "max_steps": 0,
+              "data": "smol-smoltalk-6k.json", "prompts": 0, "max_tokens": 1024}
+    for k, v in (course if args.full else small).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.full and args.epochs == "1":
+        args.epochs = "3"
+    if not (REPO / args.data).exists() and not Path(args.data).exists():
+        raise SystemExit(f"training data {args.data} not found")
+
+    grid = {k: parse_axis(k, getattr(args, k)) for k in AXES}
+    swept = [k for k, v in grid.items() if len(v) > 1]
+    configs = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, done, t0 = [], 0, time.time()
+    for cfg in tqdm(configs, desc="sweep", unit="config"):
+        run_root = out / "runs" / config_name(cfg)
+        result = run_root / "result.json"
+        if result.exists():
+            rows.append(json.loads(result.read_text()))
+            tqdm.write(f"[sweep] {run_root.name}: finished earlier, skipped")
+            continue
+        row = run_config(cfg, args, run_root)
+        done += 1
+        rows.append(row)
+        tqdm.write(f"[sweep] {run_root.name}: loss {row['final_train_loss']} {args.metric} {row[args.metric]:.4f} "
+                   f"({row['wall_seconds']:.0f}s)")
+        write_tables(rows, out)  # keep the table current while the sweep runs
+    write_tables(rows, out)
+    png = plot(rows, swept, args.metric, out)
+    best = max(rows, key=lambda r: r[args.metric])
+    print(f"sweep: {len(rows)} configs ({done} run now, {len(rows) - done} skipped) in {time.time() - t0:.0f}s; "
+          f"best {args.metric} {best[args.metric]:.4f} ({best['name']}); tables {out}/results.md, {out}/results.csv; plot {png}")
+
+
+if __name__ == "__main__":
+    main()
