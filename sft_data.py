@@ -1,0 +1,388 @@
+"""Training data for ``train_hw_parallel.py``: read chat records, mask them once, cache
+the result, and batch it with as little padding as possible.
+
+Pipeline::
+
+    read_records(path)            JSON / JSONL file, a folder of them, or a hub dataset id
+      -> normalize_conversation   utils: roles, rounds, max_rounds (drops counted by reason)
+      -> masking (Parts 1-4)      conversation_func / reverse_conversation_func
+      -> unpadded features        concatenated int32 arrays + offsets, cached as .npz
+      -> ConversationDataset      one unpadded sample per item, with its length
+      -> PadToLongestCollator     pads each batch to its longest sample (multiple of 8)
+
+The cache is a NumPy ``.npz`` read with ``allow_pickle=False``: loading it can never
+execute code, even from a shared folder. Its name is a hash of everything that decides
+its content (data bytes, tokenizer and chat template, ``max_length``, truncation,
+``max_rounds``, mask mode and the source of the preprocessing code), so a change to any
+of them builds a new one; a corrupt file is rebuilt with a message. Clear it with
+``rm -rf .cache/sft_data`` (or the ``--data_cache_dir`` you chose).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils import (
+    IGNORE_TOKEN_ID,
+    REPO_ROOT,
+    ConversationFormatError,
+    file_sha256,
+    normalize_conversation,
+    pad_token_id,
+    tokenizer_fingerprint,
+)
+
+DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "sft_data"
+CONVERSATION_FIELDS = ("conversations", "messages")
+DATA_SUFFIXES = (".json", ".jsonl")
+# Bumped by hand only for changes in meaning the source hash cannot see (e.g. a new
+# dependency's behaviour); the source files themselves are hashed into every key.
+CACHE_FORMAT = 1
+_CODE_FILES = ("sft_data.py", "utils.py", "conversation_func.py", "reverse_conversation_func.py")
+
+
+class DataFormatError(ValueError):
+    """Unreadable training data; the message names the file and line (or record)."""
+
+
+# ------------------------------------------------------------------------- reading
+def data_files(data_path: str) -> list[Path]:
+    """The JSON/JSONL files behind ``data_path`` (a file or a folder, sorted), or ``[]``
+    when it is neither and should be tried as a hub dataset id."""
+    p = Path(data_path).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in DATA_SUFFIXES)
+        if not files:
+            raise DataFormatError(f"{p}: folder holds no .json or .jsonl file")
+        return files
+    if p.is_file():
+        return [p]
+    # A hub id looks like "owner/name"; anything path-like that does not exist is a typo.
+    if p.suffix in DATA_SUFFIXES or data_path.startswith(("/", ".", "~")) or data_path.count("/") > 1:
+        raise DataFormatError(f"{data_path}: no such data file or folder")
+    return []
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+
+
+def _file_records(path: Path) -> Iterator[tuple[str, object]]:
+    """(location, record) pairs of one file. A ``.json`` file holds a list of records;
+    one whose parse stops with "Extra data" on a later line is read as JSON lines
+    (files of the course's era use either form under a ``.json`` name)."""
+    if path.suffix == ".jsonl":
+        yield from _jsonl_records(path)
+        return
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and e.lineno > 1:
+            yield from _jsonl_records(path)
+            return
+        raise DataFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise DataFormatError(f"{path}: expected a list of records, got {type(data).__name__}")
+    for i, rec in enumerate(data):
+        yield f"{path} record {i}", rec
+
+
+def read_records(data_path: str) -> Iterator[tuple[str, object]]:
+    """Every raw record with a location string for error messages ("file:line" for JSON
+    lines, "file record i" for a JSON list, "hub_id[split] row i" for a hub dataset)."""
+    files = data_files(data_path)
+    for f in files:
+        yield from _file_records(f)
+    if not files:
+        ds = _load_hub(data_path)
+        for i, rec in enumerate(ds):
+            yield f"{data_path}[train] row {i}", rec
+
+
+def _load_hub(data_id: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(data_id, split="train")
+    except Exception as e:  # the library raises many types (offline, missing, auth)
+        raise DataFormatError(f"{data_id}: not a local file or folder, and loading it as a hub dataset failed: {e}") from e
+
+
+def data_fingerprint(data_path: str) -> str:
+    """Content hash of the data: file bytes (each file and its name, for a folder), or
+    the datasets library's own fingerprint of a hub dataset's train split."""
+    files = data_files(data_path)
+    if not files:
+        return "hub-" + _load_hub(data_path)._fingerprint
+    if len(files) == 1:
+        return file_sha256(files[0])
+    root = Path(data_path)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root)}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+def record_messages(rec: object, where: str, conversation_field: str) -> list:
+    """The turn list of one record: ``conversation_field``, else the other of
+    ``conversations`` / ``messages``. A record without one is an error naming it."""
+    if not isinstance(rec, dict):
+        raise DataFormatError(f"{where}: expected an object with a '{conversation_field}' list, got {type(rec).__name__}")
+    for key in (conversation_field,) + tuple(k for k in CONVERSATION_FIELDS if k != conversation_field):
+        if key in rec:
+            return rec[key]
+    raise DataFormatError(f"{where}: no '{conversation_field}' (or {'/'.join(CONVERSATION_FIELDS)}) field; keys: {sorted(rec)}")
+
+
+# ------------------------------------------------------------------------- masking
+def mask_function(mask_mode: str):
+    """The Part 1-2 (``assistant``) or Part 3-4 (``reverse``: user turns trained)
+    feature function, ``f(messages, tokenizer, max_length, truncation)``."""
+    if mask_mode == "assistant":
+        from conversation_func import conversation_to_features
+
+        return conversation_to_features
+    if mask_mode == "reverse":
+        from reverse_conversation_func import reverse_conversation_to_features
+
+        return reverse_conversation_to_features
+    raise ValueError(f"mask_mode must be 'assistant' or 'reverse', got {mask_mode!r}")
+
+
+def unpadded_features(messages, tokenizer, max_length: int, truncation: str, mask_mode: str):
+    """(input_ids, labels) of one normalized conversation without padding, or None when
+    the masking returns nothing. The masking pads on the right, so the real tokens are
+    the first ``attention_mask.sum()`` positions."""
+    feats = mask_function(mask_mode)(messages, tokenizer, max_length, truncation)
+    if feats is None:
+        return None
+    n = int(feats["attention_mask"].sum())
+    return feats["input_ids"][:n].numpy().astype(np.int32), feats["labels"][:n].numpy().astype(np.int32)
+
+
+def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
+    """One record to (ids, labels) or None, the drop counts it caused, and an error
+    message for a malformed record (raised by the caller, in order)."""
+    where, rec, tokenizer, cfg = args
+    stats: Counter = Counter()
+    try:
+        turns = record_messages(rec, where, cfg["conversation_field"])
+        msgs = normalize_conversation(turns, cfg["max_rounds"], stats)
+    except (DataFormatError, ConversationFormatError) as e:
+        return None, stats, str(e) if isinstance(e, DataFormatError) else f"{where}: {e}"
+    if not msgs:
+        stats["dropped_empty_after_normalization"] += 1
+        return None, stats, None
+    out = unpadded_features(msgs, tokenizer, cfg["max_length"], cfg["truncation"], cfg["mask_mode"])
+    if out is None:
+        stats["dropped_empty_after_normalization"] += 1
+        return None, stats, None
+    if not (out[1] != IGNORE_TOKEN_ID).any():
+        stats["dropped_no_trained_token_after_truncation"] += 1
+        return None, stats, None
+    return out, stats, None
+
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(tokenizer):
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _process_in_worker(args):
+    where, rec, cfg = args
+    return _process((where, rec, _WORKER_TOKENIZER, cfg))
+
+
+def build_features(data_path: str, tokenizer, max_length: int, truncation: str, max_rounds: int,
+                   mask_mode: str, conversation_field: str = "conversations", workers: int = 1):
+    """Read, normalize and mask every record. Returns ``(arrays, stats)``: ``arrays``
+    holds ``input_ids``/``labels`` (int32, all samples concatenated) and ``offsets``
+    (int64, sample i is ``[offsets[i], offsets[i+1])``); ``stats`` counts records read
+    and kept, every drop by reason, and tokens."""
+    cfg = dict(max_length=max_length, truncation=truncation, max_rounds=max_rounds,
+               mask_mode=mask_mode, conversation_field=conversation_field)
+    ids, labels, stats = [], [], Counter()
+    records = read_records(data_path)
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(tokenizer,))
+        results = pool.imap(_process_in_worker, ((w, r, cfg) for w, r in records), chunksize=32)
+    else:
+        pool = None
+        results = (_process((w, r, tokenizer, cfg)) for w, r in records)
+    try:
+        for out, s, err in tqdm(results, desc="preprocess", unit="conv", mininterval=2):
+            if err:
+                raise DataFormatError(err)
+            stats["records_read"] += 1
+            stats.update(s)
+            if out is not None:
+                ids.append(out[0])
+                labels.append(out[1])
+    finally:
+        if pool is not None:
+            pool.terminate()
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    arrays = {
+        "input_ids": np.concatenate(ids) if ids else np.zeros(0, np.int32),
+        "labels": np.concatenate(labels) if labels else np.zeros(0, np.int32),
+        "offsets": offsets,
+    }
+    stats["conversations_kept"] = len(ids)
+    stats["tokens"] = int(offsets[-1])
+    stats["trained_tokens"] = int((arrays["labels"] != IGNORE_TOKEN_ID).sum())
+    return arrays, stats
+
+
+# --------------------------------------------------------------------------- cache
+def code_version() -> str:
+    """Hash of the preprocessing source (this file, utils and the masking modules)."""
+    h = hashlib.sha256(str(CACHE_FORMAT).encode())
+    for name in _CODE_FILES:
+        p = REPO_ROOT / name
+        h.update(name.encode() + b"\0" + (p.read_bytes() if p.exists() else b""))
+    return h.hexdigest()[:16]
+
+
+def cache_key(data_hash: str, tokenizer, max_length: int, truncation: str, max_rounds: int,
+              mask_mode: str, conversation_field: str) -> dict:
+    """Everything that decides the cached features, as a dict (stored in the cache and
+    hashed into its file name)."""
+    return {
+        "data_hash": data_hash,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_length": int(max_length),
+        "truncation": truncation,
+        "max_rounds": int(max_rounds),
+        "mask_mode": mask_mode,
+        "conversation_field": conversation_field,
+        "code_version": code_version(),
+    }
+
+
+def _read_cache(path: Path, key: dict):
+    """Arrays and stats from a cache file, or raise ValueError saying why it is unusable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in ("input_ids", "labels", "offsets")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from None
+    if meta.get("key") != key:
+        raise ValueError("its key does not match the current data/tokenizer/settings")
+    off = arrays["offsets"]
+    if off.ndim != 1 or len(off) < 1 or off[0] != 0 or np.any(np.diff(off) <= 0) or off[-1] != len(arrays["input_ids"]) \
+            or len(arrays["labels"]) != len(arrays["input_ids"]):
+        raise ValueError("inconsistent arrays")
+    return arrays, Counter(meta["stats"])
+
+
+def load_or_build(data_path: str, tokenizer, max_length: int, truncation: str = "right", max_rounds: int = 0,
+                  mask_mode: str = "assistant", conversation_field: str = "conversations", workers: int = 1,
+                  cache_dir: Optional[str] = None, use_cache: bool = True, log=print):
+    """Cached :func:`build_features`. Returns ``(arrays, stats, key)``; ``key`` includes
+    ``data_hash`` and the tokenizer fingerprint for the run manifest."""
+    key = cache_key(data_fingerprint(data_path), tokenizer, max_length, truncation, max_rounds, mask_mode,
+                    conversation_field)
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{name}.npz"
+    if use_cache and path.exists():
+        try:
+            arrays, stats = _read_cache(path, key)
+            log(f"[data] loaded cached features {path} ({len(arrays['offsets']) - 1} conversations)")
+            return arrays, stats, key
+        except ValueError as e:
+            log(f"[data] cache {path} is stale or corrupt: {e}; rebuilding it")
+    arrays, stats = build_features(data_path, tokenizer, max_length, truncation, max_rounds, mask_mode,
+                                   conversation_field, workers)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        meta = json.dumps({"key": key, "stats": dict(stats)})
+        np.savez(tmp, meta=np.array(meta), **arrays)
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        log(f"[data] cached features in {path}")
+    return arrays, stats, key
+
+
+def format_stats(stats: Counter) -> str:
+    """One readable line: records read/kept, every drop reason with its count, tokens."""
+    kept, read = stats.get("conversations_kept", 0), stats.get("records_read", 0)
+    drops = {k: v for k, v in sorted(stats.items()) if k.startswith(("dropped_", "turn_", "round_"))}
+    frac = stats.get("trained_tokens", 0) / max(stats.get("tokens", 0), 1)
+    return (f"{read} records read, {kept} conversations kept; drops: "
+            + (", ".join(f"{k}={v}" for k, v in drops.items()) or "none")
+            + f"; {stats.get('tokens', 0)} tokens, {frac:.1%} trained")
+
+
+# ------------------------------------------------------------------ dataset/batches
+class ConversationDataset(torch.utils.data.Dataset):
+    """Unpadded samples over the concatenated arrays (no per-sample objects in memory).
+    Items are ``{"input_ids", "labels"}`` int64 tensors; ``lengths`` feeds the Trainer's
+    length-grouped sampler."""
+
+    def __init__(self, arrays: dict):
+        self.input_ids = torch.from_numpy(np.asarray(arrays["input_ids"], dtype=np.int64))
+        self.labels = torch.from_numpy(np.asarray(arrays["labels"], dtype=np.int64))
+        self.offsets = np.asarray(arrays["offsets"], dtype=np.int64)
+        self.lengths = np.diff(self.offsets).tolist()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> dict:
+        s, e = int(self.offsets[i]), int(self.offsets[i + 1])
+        return {"input_ids": self.input_ids[s:e], "labels": self.labels[s:e]}
+
+
+class PadToLongestCollator:
+    """Right-pads a batch to its longest sample, rounded up to ``multiple`` (8 keeps
+    tensor-core shapes), or to ``fixed_length`` (the course's pad-everything-to-2048,
+    kept for the benchmark's baseline). Labels pad with -100, attention with 0."""
+
+    def __init__(self, pad_id: int, multiple: int = 8, fixed_length: Optional[int] = None):
+        self.pad_id, self.multiple, self.fixed_length = pad_id, multiple, fixed_length
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, **kw):
+        return cls(pad_token_id(tokenizer), **kw)
+
+    def __call__(self, samples: list[dict]) -> dict:
+        longest = max(len(s["input_ids"]) for s in samples)
+        width = self.fixed_length or -(-longest // self.multiple) * self.multiple
+        width = max(width, longest)
+        batch = {
+            "input_ids": torch.full((len(samples), width), self.pad_id, dtype=torch.long),
+            "labels": torch.full((len(samples), width), IGNORE_TOKEN_ID, dtype=torch.long),
+            "attention_mask": torch.zeros((len(samples), width), dtype=torch.long),
+        }
+        for row, s in enumerate(samples):
+            n = len(s["input_ids"])
+            batch["input_ids"][row, :n] = torch.as_tensor(s["input_ids"])
+            batch["labels"][row, :n] = torch.as_tensor(s["labels"])
+            batch["attention_mask"][row, :n] = 1
+        return batch

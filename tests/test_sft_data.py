@@ -1,0 +1,154 @@
+"""sft_data: reading, drop accounting, errors naming file and line, the cache, batching."""
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+import sft_data
+from utils import IGNORE_TOKEN_ID
+
+
+def chat(user, assistant, system=None):
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return {"conversations": msgs}
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def build(path, tokenizer, **kw):
+    args = dict(max_length=kw.pop("max_length", 256), truncation="right", max_rounds=0, mask_mode="assistant")
+    args.update(kw)
+    return sft_data.build_features(str(path), tokenizer, **args)
+
+
+def test_formats_and_field_names_read_alike(tmp_path, tokenizer):
+    recs = [chat("Name a color.", "Blue."), chat("And a fruit?", "A pear.", system="Be brief.")]
+    jl = write_jsonl(tmp_path / "a.jsonl", recs)
+    js = tmp_path / "b.json"
+    # ShareGPT turns under "messages" in a JSON list: the same conversations.
+    js.write_text(json.dumps([{"messages": [{"from": m["role"].replace("user", "human").replace("assistant", "gpt"),
+                                             "value": m["content"]} for m in r["conversations"]]} for r in recs]))
+    a, sa = build(jl, tokenizer)
+    b, sb = build(js, tokenizer)
+    for k in ("input_ids", "labels", "offsets"):
+        assert np.array_equal(a[k], b[k])
+    assert sa["conversations_kept"] == 2 and sb["records_read"] == 2
+    # A folder reads every file in it.
+    folder = tmp_path / "both"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(jl.read_text())
+    (folder / "b.json").write_text(js.read_text())
+    c, sc = build(folder, tokenizer)
+    assert sc["conversations_kept"] == 4 and len(c["offsets"]) == 5
+
+
+def test_unpadded_features_are_the_masked_sample(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [chat("Hi there", "Hello! How can I help?")])
+    arrays, stats = build(path, tokenizer)
+    text = tokenizer.apply_chat_template(chat("Hi there", "Hello! How can I help?")["conversations"], tokenize=False)
+    expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert arrays["input_ids"].tolist() == expected
+    # Trained tokens are exactly the assistant turn: header, content, <|im_end|>\n.
+    trained = [t for t, l in zip(expected, arrays["labels"].tolist()) if l != IGNORE_TOKEN_ID]
+    assert tokenizer.decode(trained) == "<|im_start|>assistant\nHello! How can I help?<|im_end|>\n"
+    assert stats["tokens"] == len(expected) and stats["trained_tokens"] == len(trained)
+
+
+def test_drops_are_counted_by_reason(tmp_path, tokenizer):
+    recs = [
+        chat("Keep me.", "Kept."),
+        {"conversations": [{"role": "user", "content": "No answer."}]},  # empty after normalization
+        {"conversations": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "Late."}]},
+        {"conversations": [{"role": "narrator", "content": "?"}, *chat("Q", "A")["conversations"]]},
+    ]
+    arrays, stats = build(write_jsonl(tmp_path / "d.jsonl", recs), tokenizer, max_length=64)
+    assert stats["records_read"] == 4 and stats["conversations_kept"] == 2
+    assert stats["dropped_empty_after_normalization"] == 1
+    assert stats["dropped_no_trained_token_after_truncation"] == 1
+    assert stats["turn_unknown_role"] == 1 and stats["turn_unpaired_user"] == 1
+    line = sft_data.format_stats(stats)
+    assert "dropped_no_trained_token_after_truncation=1" in line and "2 conversations kept" in line
+
+
+def test_reverse_mode_trains_user_turns(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [chat("Tell me a joke.", "No.")])
+    arrays, _ = build(path, tokenizer, mask_mode="reverse")
+    trained = [t for t, l in zip(arrays["input_ids"].tolist(), arrays["labels"].tolist()) if l != IGNORE_TOKEN_ID]
+    assert tokenizer.decode(trained) == "<|im_start|>user\nTell me a joke.<|im_end|>\n"
+
+
+@pytest.mark.parametrize("name,content,where", [
+    ("bad.jsonl", '{"conversations": []}\n{"conversations": [\n', "bad.jsonl:2"),
+    ("bad.json", '[\n {"conversations": []},\n {"conversations": [}\n]', "bad.json:3"),
+])
+def test_malformed_json_names_file_and_line(tmp_path, tokenizer, name, content, where):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(sft_data.DataFormatError, match=rf"{where}: invalid JSON"):
+        build(tmp_path / name, tokenizer)
+
+
+def test_malformed_records_name_the_record(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [chat("a", "b"), {"text": "no turns"}])
+    with pytest.raises(sft_data.DataFormatError, match=r"d.jsonl:2: no 'conversations'"):
+        build(path, tokenizer)
+    path = write_jsonl(tmp_path / "e.jsonl", [{"conversations": [{"role": "user", "content": 5}]}])
+    with pytest.raises(sft_data.DataFormatError, match=r"e.jsonl:1: turn 0: 'content' must be a string"):
+        build(path, tokenizer)
+    with pytest.raises(sft_data.DataFormatError, match="no such data file"):
+        build(tmp_path / "missing.json", tokenizer)
+
+
+def test_cache_hit_stale_and_corrupt(tmp_path, tokenizer):
+    data = write_jsonl(tmp_path / "d.jsonl", [chat("One?", "Two."), chat("Three?", "Four.")])
+    cache = tmp_path / "cache"
+    logs = []
+    kw = dict(max_length=128, cache_dir=str(cache), log=logs.append)
+    first, stats, key = sft_data.load_or_build(str(data), tokenizer, **kw)
+    assert len(list(cache.glob("*.npz"))) == 1 and key["max_length"] == 128
+    again, stats2, _ = sft_data.load_or_build(str(data), tokenizer, **kw)
+    assert "loaded cached features" in logs[-1] and stats2 == stats
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    # Another max_length or mask mode is another key; so is changed data.
+    sft_data.load_or_build(str(data), tokenizer, **{**kw, "max_length": 64})
+    sft_data.load_or_build(str(data), tokenizer, mask_mode="reverse", **kw)
+    write_jsonl(data, [chat("One?", "Two!")])
+    _, stats3, key3 = sft_data.load_or_build(str(data), tokenizer, **kw)
+    assert len(list(cache.glob("*.npz"))) == 4 and stats3["conversations_kept"] == 1
+    # A corrupt file is rebuilt, with a message.
+    path = next(p for p in cache.glob("*.npz") if _matches(p, key3))
+    path.write_bytes(path.read_bytes()[:50])
+    rebuilt, _, _ = sft_data.load_or_build(str(data), tokenizer, **kw)
+    assert "stale or corrupt" in logs[-2] and "rebuilding" in logs[-2]
+    assert rebuilt["offsets"].tolist()[-1] > 0
+
+
+def _matches(path, key):
+    try:
+        sft_data._read_cache(path, key)
+        return True
+    except ValueError:
+        return False
+
+
+def test_dataset_and_collator_pad_to_longest_multiple_of_8():
+    arrays = {"input_ids": np.arange(1, 14, dtype=np.int32),
+              "labels": np.array([-100, -100, 3, 4, 5, -100, 7, 8, -100, -100, 11, 12, 13], dtype=np.int32),
+              "offsets": np.array([0, 5, 13], dtype=np.int64)}
+    ds = sft_data.ConversationDataset(arrays)
+    assert len(ds) == 2 and ds.lengths == [5, 8]
+    assert ds[1]["input_ids"].tolist() == [6, 7, 8, 9, 10, 11, 12, 13]
+    batch = sft_data.PadToLongestCollator(pad_id=0)([ds[0], ds[1]])
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["input_ids"][0].tolist() == [1, 2, 3, 4, 5, 0, 0, 0]
+    assert batch["labels"][0].tolist() == [-100, -100, 3, 4, 5, -100, -100, -100]
+    assert batch["attention_mask"].tolist() == [[1] * 5 + [0] * 3, [1] * 8]
+    assert sft_data.PadToLongestCollator(0)([ds[0]])["input_ids"].shape == (1, 8)  # 5 -> 8
+    nine = {"input_ids": torch.ones(9, dtype=torch.long), "labels": torch.ones(9, dtype=torch.long)}
+    assert sft_data.PadToLongestCollator(0)([nine])["input_ids"].shape == (1, 16)
+    assert sft_data.PadToLongestCollator(0, fixed_length=32)([ds[0]])["labels"].shape == (1, 32)

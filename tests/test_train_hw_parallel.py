@@ -1,0 +1,202 @@
+"""train_hw_parallel.py: exact gradient accumulation (with and without DeepSpeed, one and
+two ranks), logged loss = mean token loss, learning on a repeated batch, outputs.
+
+The reference for one optimizer step is computed here independently of the Trainer and
+of the project's loss: per-sample summed cross-entropy (torch's own) over all trained
+tokens of the 4 samples, divided by their count, back-propagated, then one plain SGD
+step theta - lr * grad. Every run must land on those parameters.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import sft_data
+import train_hw_parallel
+from utils import REPO_ROOT
+
+LR = 1.0  # large, so a wrong gradient scale moves parameters far beyond the tolerance
+
+
+def tiny_llama(path: Path, tokenizer) -> Path:
+    """A 2-layer, hidden-64 Llama with SmolLM2's vocabulary, saved with the tokenizer."""
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=49152, bos_token_id=0, eos_token_id=0,
+                      tie_word_embeddings=True, max_position_embeddings=512)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# Four chats of different lengths (so padding and per-rank token counts differ).
+CHATS = [
+    [("user", "What is two plus two?"), ("assistant", "Four.")],
+    [("system", "You answer in one short sentence."), ("user", "Why is the sky blue?"),
+     ("assistant", "Air scatters blue light more than red light, so the sky looks blue from every direction.")],
+    [("user", "Say hi."), ("assistant", "Hi!"), ("user", "Now say bye."), ("assistant", "Bye, and have a good day.")],
+    [("user", "List three prime numbers, please."), ("assistant", "Two, three and five are prime numbers.")],
+]
+
+
+def write_chats(path: Path, chats=CHATS) -> Path:
+    with open(path, "w") as f:
+        for c in chats:
+            f.write(json.dumps({"conversations": [{"role": r, "content": t} for r, t in c]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("train")
+    model = tiny_llama(root / "tiny", tokenizer)
+    data = write_chats(root / "four.jsonl")
+    return root, model, data
+
+
+def common_args(model, data, out, cache):
+    return ["--model_name_or_path", str(model), "--data_path", str(data), "--output_dir", str(out),
+            "--data_cache_dir", str(cache), "--model_max_length", "256", "--max_steps", "1",
+            "--optim", "sgd", "--learning_rate", str(LR), "--lr_scheduler_type", "constant",
+            "--max_grad_norm", "0", "--weight_decay", "0", "--logging_steps", "1", "--save_strategy", "no",
+            "--report_to", "none", "--dataloader_pin_memory", "False", "--seed", "1"]
+
+
+def reference_step(model_dir: Path, tokenizer, data: Path):
+    """(mean token loss, parameters after one SGD step) over all samples of ``data``."""
+    arrays, _ = sft_data.build_features(str(data), tokenizer, 256, "right", 0, "assistant")
+    samples = sft_data.ConversationDataset(arrays)
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    total, count = 0.0, 0
+    for s in samples:  # one at a time: no padding involved
+        logits = model(input_ids=s["input_ids"][None]).logits[0, :-1]
+        target = s["labels"][1:]
+        total = total + F.cross_entropy(logits, target, ignore_index=-100, reduction="sum")
+        count += int((target != -100).sum())
+    loss = total / count
+    loss.backward()
+    with torch.no_grad():
+        after = {n: (p - LR * p.grad).clone() for n, p in model.named_parameters()}
+    return float(loss), after
+
+
+@pytest.fixture(scope="module")
+def reference(setup, tokenizer):
+    _, model, data = setup
+    return reference_step(model, tokenizer, data)
+
+
+def assert_params_match(model_dir: Path, after: dict, what: str):
+    saved = load_file(str(Path(model_dir) / "model.safetensors"))
+    checked = 0
+    for name, expected in after.items():
+        if name not in saved:  # tied lm_head is stored once, as the embedding
+            continue
+        torch.testing.assert_close(saved[name].float(), expected, rtol=1e-4, atol=2e-5, msg=lambda m: f"{what}: {name}: {m}")
+        checked += 1
+    assert checked >= len(saved) - 1 and checked > 10
+
+
+def logged_losses(out: Path) -> list:
+    state = json.loads((Path(out) / "trainer_state.json").read_text())
+    return [h["loss"] for h in state["log_history"] if "loss" in h]
+
+
+@pytest.mark.parametrize("bsz,ga", [(4, 1), (1, 4)])
+def test_accumulation_exact_without_deepspeed(setup, reference, bsz, ga):
+    root, model, data = setup
+    out = root / f"plain_{bsz}x{ga}"
+    argv = common_args(model, data, out, root / "cache") + [
+        "--per_device_train_batch_size", str(bsz), "--gradient_accumulation_steps", str(ga)]
+    trainer = train_hw_parallel.main(argv)
+    assert trainer.state.global_step == 1
+    ref_loss, ref_after = reference
+    # Logged loss is the mean token loss (rounded to 4 decimals by the Trainer), not / GA.
+    assert logged_losses(out)[0] == pytest.approx(ref_loss, abs=1e-4)
+    assert_params_match(out, ref_after, f"bsz {bsz} x GA {ga}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _single_rank_env() -> dict:
+    # One DeepSpeed rank without the launcher: torch.distributed reads these.
+    return {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+
+
+def test_accumulation_exact_with_deepspeed(setup, reference):
+    """ZeRO-2 on the CPU accelerator: 1 rank 4x1, 1 rank 1x4 (in parallel), then 2 ranks
+    through the launcher, 1 sample x GA 2 each; all land on the reference step."""
+    root, model, data = setup
+    ds = str(REPO_ROOT / "ds_configs" / "zero2_no_offload.json")
+    procs = {}
+    for bsz, ga in [(4, 1), (1, 4)]:
+        out = root / f"ds_{bsz}x{ga}"
+        cmd = [sys.executable, str(REPO_ROOT / "train_hw_parallel.py"), "--deepspeed", ds,
+               *common_args(model, data, out, root / "cache"),
+               "--per_device_train_batch_size", str(bsz), "--gradient_accumulation_steps", str(ga)]
+        procs[out] = subprocess.Popen(cmd, env=_single_rank_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True)
+    for out, p in procs.items():
+        log = p.communicate(timeout=300)[0]
+        assert p.returncode == 0, log[-3000:]
+    out2 = root / "ds_2ranks"
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(_free_port()),
+           str(REPO_ROOT / "train_hw_parallel.py"), "--deepspeed", ds,
+           *common_args(model, data, out2, root / "cache"),
+           "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    ref_loss, ref_after = reference
+    for out, what in [*((o, o.name) for o in procs), (out2, "2 ranks x 1 x GA 2")]:
+        assert logged_losses(out)[0] == pytest.approx(ref_loss, abs=1e-4), what
+        assert_params_match(out, ref_after, what)
+
+
+def test_loss_decreases_on_repeated_batch(setup, tmp_path):
+    _, model, _ = setup
+    data = write_chats(tmp_path / "two.jsonl", CHATS[:2])
+    out = tmp_path / "run"
+    argv = common_args(model, data, out, tmp_path / "cache")
+    argv += ["--per_device_train_batch_size", "2", "--max_steps", "8", "--optim", "adamw_torch",
+             "--learning_rate", "3e-3"]
+    train_hw_parallel.main(argv)
+    losses = logged_losses(out)
+    assert len(losses) == 8
+    assert losses[-1] < losses[0] - 2.0, losses
+
+
+def test_padding_free_refuses_sdpa(setup, tmp_path):
+    _, model, data = setup
+    argv = common_args(model, data, tmp_path / "x", tmp_path / "cache") + ["--padding_free", "True"]
+    with pytest.raises(ValueError, match="--padding_free needs --flash_attn"):
+        train_hw_parallel.main(argv)
+
+
+def test_bad_data_stops_with_file_and_line(setup, tmp_path):
+    _, model, _ = setup
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"conversations": []}\n{"conversations": [{"role": "user", "content": "x"}\n')
+    argv = common_args(model, bad, tmp_path / "x", tmp_path / "cache")
+    with pytest.raises(sft_data.DataFormatError, match=r"bad.jsonl:2: invalid JSON"):
+        train_hw_parallel.main(argv)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"conversations": [{"role": "user", "content": "no answer"}]}\n')
+    with pytest.raises(SystemExit, match="no trainable conversation"):
+        train_hw_parallel.main(common_args(model, empty, tmp_path / "y", tmp_path / "cache"))
+
+
+def test_end_token_ids(tokenizer):
+    assert train_hw_parallel.end_token_ids(tokenizer) == [2, 0]

@@ -1,0 +1,212 @@
+"""Part 6: supervised fine-tuning of a causal LM on chat data with the HF Trainer,
+under DeepSpeed ZeRO-2 when launched through ``scripts/sft.sh``.
+
+    deepspeed --num_gpus N train_hw_parallel.py --deepspeed ds_configs/zero2_no_offload.json \\
+        --model_name_or_path SmolLM2-135M --data_path smol-smoltalk-6k.json --output_dir ckpt/HW2 ...
+    python train_hw_parallel.py --help          # every TrainingArguments flag + the ones below
+
+What it adds to a plain Trainer run:
+- data: records normalized by ``utils.normalize_conversation`` and masked by Parts 1-4
+  (``--mask_mode assistant`` trains assistant turns, ``reverse`` trains user turns: a
+  user simulator), cached unpadded (``sft_data``), every drop counted and printed;
+- batches padded to their longest sample (multiple of 8) with length-grouped sampling
+  (``--group_by_length``, on by default here), or packed without padding when the
+  attention can keep samples apart (``--padding_free`` with ``--flash_attn``);
+- the Part 5 loss through ``compute_loss_func``: the Trainer then passes the token count
+  of the whole accumulated batch (all ranks), the loss is a sum / that count, so
+  gradient accumulation is exact and the logged loss is the mean token loss;
+- outputs a report needs: the model in safetensors with a generation config that stops
+  at ``<|im_end|>``, the tokenizer with its chat template, ``trainer_state.json``, a loss
+  curve PNG and ``run_manifest.json`` (arguments, commit, hashes, masking statistics);
+- rerunning the same command resumes from the last checkpoint in ``--output_dir``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+import sft_data
+from loss_functions import compute_loss_from_logits
+from utils import IM_END, REPO_ROOT, load_tokenizer, pad_token_id, resolve_model_path
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from plot_loss import plot_run  # noqa: E402  (scripts/ is not a package)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default="SmolLM2-135M", metadata={"help": "Model folder or hub id."})
+    flash_attn: bool = field(
+        default=False,
+        metadata={"help": "Use flash_attention_2 (needs the flash-attn package, an Ampere+ GPU and bf16/fp16); "
+                          "otherwise PyTorch sdpa."},
+    )
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(
+        default="smol-smoltalk-6k.json",
+        metadata={"help": "A .json/.jsonl file, a folder of them, or a hub dataset id (train split)."},
+    )
+    conversation_field: str = field(
+        default="conversations",
+        metadata={"help": "Record field holding the turns; 'conversations' and 'messages' are both tried."},
+    )
+    max_rounds: int = field(default=5, metadata={"help": "Keep the first N (user, assistant) rounds; 0 keeps all."})
+    preprocess_workers: int = field(default=1, metadata={"help": "Processes for tokenization and masking."})
+    truncation_side: str = field(
+        default="right", metadata={"help": "right keeps the start of a long chat, left keeps its end.",
+                                   "choices": ["right", "left"]}
+    )
+    model_max_length: int = field(default=2048, metadata={"help": "Tokens per sample after truncation."})
+    mask_mode: str = field(
+        default="assistant",
+        metadata={"help": "assistant: train assistant turns (Parts 1-2); reverse: train user turns (Parts 3-4).",
+                  "choices": ["assistant", "reverse"]},
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "Pack each batch into one row with position ids, no padding (flash_attention_2 only: "
+                          "sdpa/eager would let packed samples attend to each other)."},
+    )
+    data_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": f"Preprocessing cache folder (default {sft_data.DEFAULT_CACHE_DIR})."}
+    )
+    no_data_cache: bool = field(default=False, metadata={"help": "Preprocess without reading or writing the cache."})
+
+
+def git_commit() -> str:
+    """The code's commit, with "-dirty" when tracked files differ from it (or "unknown")."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def end_token_ids(tokenizer) -> list[int]:
+    """Ids that end a generated answer: ``<|im_end|>`` (the end of a chat turn, id 2 in
+    SmolLM2) first, then the tokenizer's EOS (``<|endoftext|>``, id 0)."""
+    ids = []
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    if im_end is not None and im_end != tokenizer.unk_token_id:
+        ids.append(im_end)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def make_collator(data_args: DataArguments, attn_implementation: str, tokenizer):
+    """Pad-to-longest batches, or padding-free packing where the attention supports it."""
+    if not data_args.padding_free:
+        return sft_data.PadToLongestCollator.for_tokenizer(tokenizer)
+    if attn_implementation != "flash_attention_2":
+        raise ValueError(
+            f"--padding_free needs --flash_attn (attention is {attn_implementation}): packed samples "
+            "are kept apart only by flash-attention's variable-length kernels"
+        )
+    # Library collator: concatenates the batch into one row, restarts position_ids per
+    # sample (flash-attention turns them into sequence boundaries) and puts -100 at each
+    # sample's first label so no sample is trained to predict the next one's start.
+    return transformers.DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+
+
+def write_manifest(path: str, model_args, data_args, training_args, stats, key, trainer, resumed_from) -> dict:
+    """run_manifest.json: what was run, on which code and data, and what the masking kept."""
+    manifest = {
+        "command": sys.argv,
+        "model_args": asdict(model_args),
+        "data_args": asdict(data_args),
+        "training_args": json.loads(training_args.to_json_string()),
+        "git_commit": git_commit(),
+        "tokenizer_fingerprint": key["tokenizer"],
+        "data_hash": key["data_hash"],
+        "preprocess_key": key,
+        "masking": {
+            **{k: int(v) for k, v in sorted(stats.items())},
+            "trained_token_fraction": stats.get("trained_tokens", 0) / max(stats.get("tokens", 0), 1),
+        },
+        "world_size": training_args.world_size,
+        "resumed_from": resumed_from,
+        "global_step": trainer.state.global_step,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    with open(path, "w") as f:
+        json.dump(manifest, f, indent=2)
+    return manifest
+
+
+def main(argv: Optional[list[str]] = None) -> Trainer:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    log = print if training_args.process_index == 0 else (lambda *a, **k: None)
+    transformers.set_seed(training_args.seed)
+
+    model_path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_path, data_args.model_max_length)
+
+    # Rank 0 preprocesses and writes the cache while the other ranks wait, then read it.
+    with training_args.main_process_first(desc="preprocessing"):
+        arrays, stats, key = sft_data.load_or_build(
+            data_args.data_path, tokenizer, data_args.model_max_length, data_args.truncation_side,
+            data_args.max_rounds, data_args.mask_mode, data_args.conversation_field,
+            data_args.preprocess_workers, data_args.data_cache_dir, not data_args.no_data_cache, log=log,
+        )
+    log(f"[data] {data_args.data_path}: {sft_data.format_stats(stats)}")
+    if stats["conversations_kept"] == 0:
+        raise SystemExit(f"{data_args.data_path}: no trainable conversation left (see the drop counts above)")
+    dataset = sft_data.ConversationDataset(arrays)
+
+    attn = "flash_attention_2" if model_args.flash_attn else "sdpa"
+    collator = make_collator(data_args, attn, tokenizer)
+    # fp32 master weights; the Trainer/DeepSpeed casts for bf16/fp16 compute.
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
+    model.generation_config.eos_token_id = end_token_ids(tokenizer)
+    model.generation_config.pad_token_id = pad_token_id(tokenizer)
+    if training_args.gradient_checkpointing:
+        model.config.use_cache = False
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_loss_func=compute_loss_from_logits,
+    )
+
+    resume = training_args.resume_from_checkpoint
+    if resume is None and os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+        resume = get_last_checkpoint(training_args.output_dir)
+    if resume:
+        log(f"[train] resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    trainer.save_model()  # safetensors + generation_config.json + tokenizer and chat template
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        out = training_args.output_dir
+        write_manifest(os.path.join(out, "run_manifest.json"), model_args, data_args, training_args, stats, key,
+                       trainer, resume)
+        png = plot_run(out)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        print(f"[done] {trainer.state.global_step} steps, first/last logged loss "
+              f"{losses[0] if losses else float('nan'):.4f}/{losses[-1] if losses else float('nan'):.4f}, "
+              f"{result.metrics.get('train_runtime', 0):.0f}s; model, manifest and {os.path.basename(png)} in {out}")
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
