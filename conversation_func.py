@@ -1,0 +1,329 @@
+"""Parts 1-2: loss masking of a chat for SFT (assistant turns trained), plus the shared
+masking core that Parts 3-4 (``reverse_conversation_func.py``) reuse, and the checker CLI.
+
+The contract (the course's): ``full_ids`` is the chat-template rendering of the whole
+conversation, tokenized. Message *i* owns the tokens from ``len(tok(render(messages[:i])))``
+to ``len(tok(render(messages[:i+1])))`` (the first span starts at 0, so it holds the
+template's leading newline), i.e. its role header, its content and its ``<|im_end|>\\n``.
+Labels copy ``full_ids`` on the spans of the trained roles and are -100 elsewhere; then
+the sequence is truncated to ``max_length`` (``left`` keeps the end, ``right`` the start)
+and right-padded.
+
+Speed: the course finds the spans by tokenizing every prefix again (N+1 renderings and
+tokenizations per conversation). Here the conversation is rendered once in Python and
+tokenized once; each span boundary is the character position where a message's
+``<|im_start|>`` begins, mapped to a token with the offsets of that single encoding. This
+is exact because ``<|im_start|>`` is a special token: the tokenizer splits special
+tokens out before any BPE merge, so nothing merges across a boundary, and the tokens of
+a prefix rendering are a prefix of the full tokens. Every boundary is checked (the token
+found there must be ``<|im_start|>`` starting at that character) and any tokenizer or
+template where this cannot be guaranteed uses the prefix method instead.
+
+Public API
+- ``conversation_to_features(messages, tokenizer, max_length, truncation)`` -> padded
+  1-D ``torch.long`` tensors ``input_ids``/``labels``/``attention_mask`` or ``None``.
+- ``conversation_to_unpadded(messages, tokenizer, max_length, truncation, train_roles)``
+  -> ``{"input_ids": [...], "labels": [...]}`` (Python int lists, truncated, NOT padded)
+  or ``None``; what a training pipeline stores before padding per batch.
+- ``pad_features(unpadded, max_length, pad_id)`` -> the padded tensors.
+- ``mask_conversation(messages, tokenizer, train_roles)`` -> untruncated ``(ids, labels)``.
+- ``has_trained_tokens(features)`` / ``count_trained_tokens(features)``: a sample whose
+  labels are all -100 (e.g. its trained turns were cut by truncation) must be dropped.
+
+CLI: ``python conversation_func.py [--multi-turn] [--samples P] [--golden P] ...`` checks
+the masking against golden files (exit 0 only when every sample matches); ``--show N``
+prints N samples with the trained tokens marked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from utils import (
+    CHATML_TEMPLATE,
+    DEFAULT_MODEL,
+    IGNORE_TOKEN_ID,
+    IM_START,
+    REPO_ROOT,
+    load_tokenizer,
+    pad_token_id,
+    validate_messages,
+)
+
+ASSISTANT_ROLES = frozenset({"assistant"})
+TRUNCATION_SIDES = ("left", "right")
+
+
+# ------------------------------------------------------------------- span finding
+def _render_message(message: dict) -> str:
+    """One message as the project's ChatML template renders it (utils.CHATML_TEMPLATE)."""
+    return IM_START + message["role"] + "\n" + message["content"] + "<|im_end|>\n"
+
+
+def can_render_exactly(tokenizer) -> bool:
+    """True when the one-pass method is provably identical to the prefix method: the
+    tokenizer carries the project's ChatML template (so the Python rendering above is the
+    template's output) and is a fast tokenizer whose ``<|im_start|>`` is a special token
+    matched as is (no strip flags, not split), so no merge crosses a message boundary."""
+    cached = getattr(tokenizer, "_one_pass_ok", None)
+    if cached is not None and cached[0] == tokenizer.chat_template:
+        return cached[1]
+    ok = (
+        tokenizer.chat_template == CHATML_TEMPLATE
+        and getattr(tokenizer, "is_fast", False)
+        and not getattr(tokenizer, "split_special_tokens", False)
+    )
+    if ok:
+        start_id = tokenizer.convert_tokens_to_ids(IM_START)
+        added = tokenizer.added_tokens_decoder.get(start_id)
+        ok = added is not None and added.special and not (added.lstrip or added.rstrip or added.normalized)
+    try:  # remember per tokenizer object (and template), it is asked for every conversation
+        tokenizer._one_pass_ok = (tokenizer.chat_template, ok)
+    except AttributeError:
+        pass
+    return ok
+
+
+def spans_one_pass(messages: list[dict], tokenizer) -> Optional[tuple[list[int], list[int]]]:
+    """``(full_ids, bounds)`` from ONE tokenization, where message i owns
+    ``full_ids[bounds[i]:bounds[i+1]]``; ``None`` if a boundary does not fall exactly on
+    an ``<|im_start|>`` token (the caller then uses the prefix method)."""
+    pieces = [_render_message(m) for m in messages]
+    text = "\n" + "".join(pieces)
+    enc = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    ids = enc.ids
+    start_id = tokenizer.convert_tokens_to_ids(IM_START)
+    bounds = [0]
+    char = 1  # the template's leading newline belongs to the first span
+    for piece in pieces[:-1]:
+        char += len(piece)
+        tok = enc.char_to_token(char)
+        if tok is None or ids[tok] != start_id or enc.offsets[tok][0] != char:
+            return None
+        bounds.append(tok)
+    bounds.append(len(ids))
+    return ids, bounds
+
+
+def spans_by_prefix(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    """The course's method, for any chat template: tokenize the rendering of every prefix
+    and take its length as the next boundary (clipped to the full length)."""
+    full = list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False))
+    bounds = [0]
+    for i in range(1, len(messages)):
+        n = len(tokenizer.apply_chat_template(messages[:i], tokenize=True, add_generation_prompt=False))
+        bounds.append(min(n, len(full)))
+    bounds.append(len(full))
+    return full, bounds
+
+
+def message_spans(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    """``(full_ids, bounds)``: one pass when exact, otherwise the prefix method."""
+    if can_render_exactly(tokenizer):
+        out = spans_one_pass(messages, tokenizer)
+        if out is not None:
+            return out
+    return spans_by_prefix(messages, tokenizer)
+
+
+# --------------------------------------------------------------------- masking core
+def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str]) -> tuple[list[int], list[int]]:
+    """Untruncated, unpadded ``(input_ids, labels)``: labels copy the ids on the spans of
+    messages whose role is in ``train_roles``, -100 elsewhere. Validates the messages
+    (a bad role or non-string content raises ``utils.ConversationFormatError``)."""
+    validate_messages(messages)
+    ids, bounds = message_spans(list(messages), tokenizer)
+    labels = [IGNORE_TOKEN_ID] * len(ids)
+    roles = set(train_roles)
+    for i, m in enumerate(messages):
+        if m["role"] in roles:
+            s, e = bounds[i], bounds[i + 1]
+            labels[s:e] = ids[s:e]
+    return ids, labels
+
+
+def _check_args(max_length: int, truncation: str) -> None:
+    if truncation not in TRUNCATION_SIDES:
+        raise ValueError(f"truncation must be 'left' or 'right', got {truncation!r}")
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+
+
+def conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left",
+                             train_roles: Iterable[str] = ASSISTANT_ROLES) -> Optional[dict]:
+    """``{"input_ids", "labels"}`` as int lists truncated to ``max_length`` (``left``
+    keeps the end, ``right`` the start) but not padded; ``None`` for an empty
+    conversation. Check :func:`has_trained_tokens` before training on it."""
+    _check_args(max_length, truncation)
+    validate_messages(messages)
+    if len(messages) == 0:
+        return None
+    ids, labels = mask_conversation(messages, tokenizer, train_roles)
+    if len(ids) > max_length:
+        cut = slice(len(ids) - max_length, None) if truncation == "left" else slice(0, max_length)
+        ids, labels = ids[cut], labels[cut]
+    return {"input_ids": list(ids), "labels": labels}
+
+
+def pad_features(unpadded: Optional[dict], max_length: int, pad_id: int = 0) -> Optional[dict]:
+    """Right-pad unpadded features to ``max_length``: ids with ``pad_id``, labels -100,
+    attention 0. Returns 1-D ``torch.long`` tensors (``None`` stays ``None``)."""
+    if unpadded is None:
+        return None
+    n = len(unpadded["input_ids"])
+    if n > max_length:
+        raise ValueError(f"sequence of {n} tokens is longer than max_length={max_length}")
+    pad = max_length - n
+    return {
+        "input_ids": torch.tensor(list(unpadded["input_ids"]) + [pad_id] * pad, dtype=torch.long),
+        "labels": torch.tensor(list(unpadded["labels"]) + [IGNORE_TOKEN_ID] * pad, dtype=torch.long),
+        "attention_mask": torch.tensor([1] * n + [0] * pad, dtype=torch.long),
+    }
+
+
+def conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
+    """Parts 1-2: padded ``input_ids``/``labels``/``attention_mask`` (1-D ``torch.long``,
+    length ``max_length``) with only the assistant spans labelled; ``None`` if empty."""
+    unpadded = conversation_to_unpadded(messages, tokenizer, max_length, truncation, ASSISTANT_ROLES)
+    return pad_features(unpadded, max_length, pad_token_id(tokenizer))
+
+
+def count_trained_tokens(features: Optional[dict]) -> int:
+    """Number of labels that are not -100 (0 for ``None``); takes lists or tensors."""
+    if features is None:
+        return 0
+    labels = features["labels"]
+    if isinstance(labels, torch.Tensor):
+        return int((labels != IGNORE_TOKEN_ID).sum())
+    return sum(1 for x in labels if x != IGNORE_TOKEN_ID)
+
+
+def has_trained_tokens(features: Optional[dict]) -> bool:
+    """False for a sample that would contribute nothing to the loss (all labels -100,
+    e.g. truncation cut every trained turn): the training data drops it and counts it."""
+    return count_trained_tokens(features) > 0
+
+
+# ----------------------------------------------------------------------- checker CLI
+def _tokens_around(tokenizer, ids: list, pos: int, width: int = 4) -> str:
+    lo, hi = max(0, pos - width), min(len(ids), pos + width + 1)
+    shown = []
+    for j in range(lo, hi):
+        t = ids[j]
+        txt = repr(tokenizer.decode([t])) if isinstance(t, int) and t >= 0 else str(t)
+        shown.append(("->" if j == pos else "") + f"{t}:{txt}")
+    return " ".join(shown)
+
+
+def first_mismatch(got: list, want: list) -> Optional[int]:
+    """First index where two lists differ (a length difference counts), else None."""
+    for j, (a, b) in enumerate(zip(got, want)):
+        if a != b:
+            return j
+    return None if len(got) == len(want) else min(len(got), len(want))
+
+
+def marked_text(tokenizer, features: dict, start: str = "[[", end: str = "]]") -> str:
+    """The real tokens of a sample decoded, with every trained run wrapped in markers."""
+    ids = [int(x) for x in features["input_ids"]]
+    labels = [int(x) for x in features["labels"]]
+    n = int(sum(int(x) for x in features["attention_mask"]))
+    out, j = [], 0
+    while j < n:
+        trained = labels[j] != IGNORE_TOKEN_ID
+        k = j
+        while k < n and (labels[k] != IGNORE_TOKEN_ID) == trained:
+            k += 1
+        text = tokenizer.decode(ids[j:k])
+        out.append(start + text + end if trained else text)
+        j = k
+    return "".join(out)
+
+
+def run_checker(feature_fn: Callable, description: str, default_golden: str, argv=None) -> int:
+    """The checker CLI shared by ``conversation_func.py`` and ``reverse_conversation_func.py``:
+    compute features for every sample of the chosen list with ``feature_fn`` and compare
+    them with the golden file. Returns the process exit code (0 only if all match)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--multi-turn", action="store_true", help="check the multi_turn list (default: single_turn)")
+    ap.add_argument("--samples", default=str(REPO_ROOT / "exercise_samples.json"), help="samples JSON (default: the repo's)")
+    ap.add_argument("--golden", default=str(REPO_ROOT / default_golden), help=f"golden JSON (default: the repo's {default_golden})")
+    ap.add_argument("--model-name", default=DEFAULT_MODEL, help="tokenizer folder or hub id (default: %(default)s)")
+    ap.add_argument("--model-max-length", type=int, default=None,
+                    help="max_length (default: the golden file's meta.model_max_length, else 2048)")
+    ap.add_argument("--truncation", choices=TRUNCATION_SIDES, default=None,
+                    help="truncation side (default: the golden file's meta.truncation, else left)")
+    ap.add_argument("--show", type=int, default=0, metavar="N", help="print N samples with trained tokens marked")
+    args = ap.parse_args(argv)
+
+    split = "multi_turn" if args.multi_turn else "single_turn"
+    samples = json.loads(Path(args.samples).read_text(encoding="utf-8"))
+    golden = json.loads(Path(args.golden).read_text(encoding="utf-8"))
+    for name, doc in ((args.samples, samples), (args.golden, golden)):
+        if split not in doc:
+            print(f"error: {name} has no '{split}' list (keys: {sorted(doc)})", file=sys.stderr)
+            return 2
+    meta = golden.get("meta", {})
+    max_length = args.model_max_length or int(meta.get("model_max_length", 2048))
+    truncation = args.truncation or meta.get("truncation", "left")
+    tokenizer = load_tokenizer(args.model_name, max_length)
+    print(f"checking {split}: {args.samples} vs {args.golden} (max_length={max_length}, truncation={truncation})")
+
+    want_list = golden[split]
+    n_ok, n_bad = 0, 0
+    if len(want_list) != len(samples[split]):
+        print(f"MISMATCH: {len(samples[split])} samples but {len(want_list)} golden entries")
+        n_bad += 1
+    for k, (sample, want) in enumerate(zip(samples[split], want_list)):
+        sid = sample.get("id", k)
+        if want.get("id") != sid:
+            print(f"[{k}] id {sid}: MISMATCH golden entry has id {want.get('id')!r}")
+            n_bad += 1
+            continue
+        feats = feature_fn(sample["messages"], tokenizer, max_length, truncation)
+        got = {f: v.tolist() for f, v in feats.items()} if feats is not None else None
+        exp = want.get("features")
+        problems = []
+        if got is None or exp is None:
+            if got != exp:
+                problems.append(f"features: got {'None' if got is None else 'a sample'}, golden {'None' if exp is None else 'a sample'}")
+        else:
+            for field in ("input_ids", "labels", "attention_mask"):
+                pos = first_mismatch(got[field], exp.get(field, []))
+                if pos is not None:
+                    ids_for_text = got["input_ids"]
+                    problems.append(
+                        f"field {field} differs first at position {pos} "
+                        f"(len got {len(got[field])}, golden {len(exp.get(field, []))})\n"
+                        f"      got:    {_tokens_around(tokenizer, got[field], pos)}\n"
+                        f"      golden: {_tokens_around(tokenizer, exp.get(field, []), pos)}\n"
+                        f"      text:   {_tokens_around(tokenizer, ids_for_text, pos)}"
+                    )
+        n_tok = sum(got["attention_mask"]) if got else 0
+        n_lab = count_trained_tokens(got)
+        if problems:
+            n_bad += 1
+            print(f"[{k}] id {sid}: MISMATCH ({len(sample['messages'])} messages)")
+            for p in problems:
+                print("    " + p)
+        else:
+            n_ok += 1
+            print(f"[{k}] id {sid}: ok ({len(sample['messages'])} messages, {n_tok} tokens, {n_lab} trained)")
+        if k < args.show and got is not None:
+            # Colour on a terminal; plain [[ ]] markers when piped to a file.
+            marks = ("\x1b[1;32m[[", "]]\x1b[0m") if sys.stdout.isatty() else ("[[", "]]")
+            print(f"---- id {sid}: trained tokens inside [[ ]] ----\n{marked_text(tokenizer, got, *marks)}\n----")
+    total = len(samples[split])
+    print(f"{split}: {n_ok}/{total} samples match" + ("" if n_bad == 0 else f", {n_bad} mismatches"))
+    return 0 if n_bad == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_checker(conversation_to_features,
+                         "Parts 1-2: check assistant-only loss masking against golden files.",
+                         "exercise_solutions.json"))

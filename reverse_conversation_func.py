@@ -1,0 +1,62 @@
+"""Parts 3-4: reverse loss masking, training a "user simulator" that predicts the user's
+turns. It uses the masking core of ``conversation_func`` with the user role trained:
+
+- Part 3, a single-turn chat (decided by ``utils.is_single_turn_conversation`` on the
+  conversation itself): reordered to ``[system?] [assistant] [user]`` (roles and contents
+  unchanged), so the model reads an answer and learns the question that produced it.
+- Part 4, any other chat: ``{"role": "system", "content": utils.REVERSE_SYSTEM_PROMPT}``
+  is put first when the first message is not a system message; every user span is
+  trained, system and assistant spans stay -100.
+
+Public API (same shapes as the forward module):
+- ``reverse_conversation_to_features(messages, tokenizer, max_length, truncation)``
+- ``reverse_conversation_to_unpadded(messages, tokenizer, max_length, truncation)``
+- ``reverse_messages(messages)``: the reordered / system-prefixed message list.
+
+CLI: ``python reverse_conversation_func.py [--multi-turn] ...`` checks against
+``reverse_exercise_solutions.json`` (same options as ``conversation_func.py``).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from conversation_func import conversation_to_unpadded, pad_features, run_checker
+from utils import REVERSE_SYSTEM_PROMPT, is_single_turn_conversation, pad_token_id, validate_messages
+
+USER_ROLES = frozenset({"user"})
+
+
+def reverse_messages(messages: list[dict]) -> list[dict]:
+    """The conversation the reverse model is trained on (see the module docstring).
+    Messages are validated first; the input list is not modified."""
+    validate_messages(messages)
+    msgs = list(messages)
+    if not msgs:
+        return msgs
+    if is_single_turn_conversation(msgs):
+        by_role = {m["role"]: m for m in msgs}
+        system = [by_role["system"]] if "system" in by_role else []
+        return system + [by_role["assistant"], by_role["user"]]
+    if msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": REVERSE_SYSTEM_PROMPT})
+    return msgs
+
+
+def reverse_conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
+    """Reverse-masked ``{"input_ids", "labels"}`` int lists, truncated, not padded
+    (``None`` for an empty conversation)."""
+    return conversation_to_unpadded(reverse_messages(messages), tokenizer, max_length, truncation, USER_ROLES)
+
+
+def reverse_conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
+    """Parts 3-4: padded ``input_ids``/``labels``/``attention_mask`` (1-D ``torch.long``,
+    length ``max_length``) with only the user spans labelled; ``None`` if empty."""
+    unpadded = reverse_conversation_to_unpadded(messages, tokenizer, max_length, truncation)
+    return pad_features(unpadded, max_length, pad_token_id(tokenizer))
+
+
+if __name__ == "__main__":
+    sys.exit(run_checker(reverse_conversation_to_features,
+                         "Parts 3-4: check reverse (user-turn) loss masking against golden files.",
+                         "reverse_exercise_solutions.json"))
