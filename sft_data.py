@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from conversation_func import has_trained_tokens
+
 from utils import (
     IGNORE_TOKEN_ID,
     REPO_ROOT,
@@ -156,27 +158,22 @@ def record_messages(rec: object, where: str, conversation_field: str) -> list:
 # ------------------------------------------------------------------------- masking
 def mask_function(mask_mode: str):
     """The Part 1-2 (``assistant``) or Part 3-4 (``reverse``: user turns trained)
-    feature function, ``f(messages, tokenizer, max_length, truncation)``."""
+    unpadded feature function, ``f(messages, tokenizer, max_length, truncation)``."""
     if mask_mode == "assistant":
-        from conversation_func import conversation_to_features
+        from conversation_func import conversation_to_unpadded
 
-        return conversation_to_features
+        return conversation_to_unpadded
     if mask_mode == "reverse":
-        from reverse_conversation_func import reverse_conversation_to_features
+        from reverse_conversation_func import reverse_conversation_to_unpadded
 
-        return reverse_conversation_to_features
+        return reverse_conversation_to_unpadded
     raise ValueError(f"mask_mode must be 'assistant' or 'reverse', got {mask_mode!r}")
 
 
 def unpadded_features(messages, tokenizer, max_length: int, truncation: str, mask_mode: str):
-    """(input_ids, labels) of one normalized conversation without padding, or None when
-    the masking returns nothing. The masking pads on the right, so the real tokens are
-    the first ``attention_mask.sum()`` positions."""
-    feats = mask_function(mask_mode)(messages, tokenizer, max_length, truncation)
-    if feats is None:
-        return None
-    n = int(feats["attention_mask"].sum())
-    return feats["input_ids"][:n].numpy().astype(np.int32), feats["labels"][:n].numpy().astype(np.int32)
+    """``{"input_ids", "labels"}`` of one normalized conversation, truncated, not
+    padded; ``None`` when the masking returns nothing (an empty conversation)."""
+    return mask_function(mask_mode)(messages, tokenizer, max_length, truncation)
 
 
 def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
@@ -192,14 +189,14 @@ def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
     if not msgs:
         stats["dropped_empty_after_normalization"] += 1
         return None, stats, None
-    out = unpadded_features(msgs, tokenizer, cfg["max_length"], cfg["truncation"], cfg["mask_mode"])
-    if out is None:
+    feats = unpadded_features(msgs, tokenizer, cfg["max_length"], cfg["truncation"], cfg["mask_mode"])
+    if feats is None:
         stats["dropped_empty_after_normalization"] += 1
         return None, stats, None
-    if not (out[1] != IGNORE_TOKEN_ID).any():
+    if not has_trained_tokens(feats):  # all labels -100: must never reach the loss
         stats["dropped_no_trained_token_after_truncation"] += 1
         return None, stats, None
-    return out, stats, None
+    return (np.asarray(feats["input_ids"], np.int32), np.asarray(feats["labels"], np.int32)), stats, None
 
 
 _WORKER_TOKENIZER = None

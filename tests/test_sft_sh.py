@@ -1,0 +1,156 @@
+"""scripts/sft.sh: hardware detection and arguments (dry runs with a fake nvidia-smi), and
+the tiny end-to-end run through DeepSpeed ZeRO-2 with two CPU ranks, then its resume."""
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_train_hw_parallel import CHATS, tiny_llama, write_chats
+from utils import REPO_ROOT
+
+SFT = REPO_ROOT / "scripts" / "sft.sh"
+
+
+def fake_bin(tmp_path: Path, gpu_caps=None, flash_attn=False) -> dict:
+    """An environment whose PATH has an nvidia-smi printing ``gpu_caps`` (one compute
+    capability per GPU; None: no GPU, the tool fails) and, optionally, an importable
+    ``flash_attn`` stand-in."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    smi = bin_dir / "nvidia-smi"
+    body = "exit 9" if gpu_caps is None else "printf '" + "\\n".join(gpu_caps) + "\\n'"
+    smi.write_text(f"#!/bin/sh\n{body}\n")
+    smi.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    if flash_attn:
+        (tmp_path / "fa" / "flash_attn").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fa" / "flash_attn" / "__init__.py").write_text("")
+        env["PYTHONPATH"] = f"{tmp_path / 'fa'}:{env.get('PYTHONPATH', '')}"
+    return env
+
+
+def dry_run(env, *args, script=SFT, **overrides):
+    env = {**env, "SFT_DRY_RUN": "1", "MASTER_PORT": "29999", **overrides}
+    r = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60)
+    return r
+
+
+def launch_args(r) -> list:
+    return shlex.split(r.stdout.strip().splitlines()[-1])
+
+
+def flag(argv, name):
+    """Value of the LAST occurrence of --name (later ones win in HfArgumentParser)."""
+    idx = [i for i, a in enumerate(argv) if a == name]
+    return argv[idx[-1] + 1] if idx else None
+
+
+def test_cpu_defaults_and_extra_args_last(tmp_path):
+    r = dry_run(fake_bin(tmp_path), "--max_steps", "3", "--learning_rate", "1e-4", CPU_RANKS="2")
+    assert r.returncode == 0, r.stderr
+    argv = launch_args(r)
+    assert argv[argv.index("--num_gpus") + 1] == "2"
+    # 128 = 2 ranks x 4 per device x GA 16
+    assert flag(argv, "--per_device_train_batch_size") == "4" and flag(argv, "--gradient_accumulation_steps") == "16"
+    assert flag(argv, "--learning_rate") == "1e-4" and argv[-4:] == ["--max_steps", "3", "--learning_rate", "1e-4"]
+    assert "--bf16" not in argv and "--fp16" not in argv and "--flash_attn" not in argv
+    assert flag(argv, "--deepspeed").endswith("ds_configs/zero2_no_offload.json")
+    assert flag(argv, "--output_dir") == "ckpt/HW2" and flag(argv, "--model_max_length") == "2048"
+    assert flag(argv, "--report_to") == "none" and "W&B not configured" in r.stdout
+    assert "CPU, 2 rank(s) x 1 thread(s), fp32" in r.stdout
+
+
+def test_wandb_only_when_configured(tmp_path):
+    r = dry_run(fake_bin(tmp_path), WANDB_MODE="offline")
+    assert flag(launch_args(r), "--report_to") == "wandb" and "W&B not configured" not in r.stdout
+
+
+@pytest.mark.parametrize("caps,prec,fa,bsz,ga", [
+    (["7.5"], "--fp16", False, "16", "8"),            # T4: no bf16, no flash-attention
+    (["8.0", "8.0"], "--bf16", False, "16", "4"),     # A100 x2, flash_attn not installed
+    (["8.6", "8.6", "8.6", "8.6"], "--bf16", True, "16", "2"),
+    (["8.0", "7.0"], "--fp16", False, "16", "4"),     # mixed: the oldest decides
+])
+def test_gpu_detection(tmp_path, caps, prec, fa, bsz, ga):
+    r = dry_run(fake_bin(tmp_path, caps, flash_attn=fa))
+    assert r.returncode == 0, r.stderr
+    argv = launch_args(r)
+    assert argv[argv.index("--num_gpus") + 1] == str(len(caps))
+    assert flag(argv, prec) == "True" and ({"--bf16", "--fp16"} - {prec}).isdisjoint(argv)
+    assert (flag(argv, "--flash_attn") == "True") is fa
+    assert flag(argv, "--per_device_train_batch_size") == bsz and flag(argv, "--gradient_accumulation_steps") == ga
+
+
+def test_env_overrides_hostfile_and_offload(tmp_path):
+    env = fake_bin(tmp_path, ["8.0"] * 4)
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=4\nnode-b slots=4\n")
+    r = dry_run(env, HOSTFILE=str(hostfile), TOTALBSZ="64", BSZPERDEV="2", RUNNAME="x", OUTPUTPATH="out")
+    argv = launch_args(r)
+    assert flag(argv, "--hostfile") == str(hostfile) and "--num_gpus" not in argv
+    assert flag(argv, "--gradient_accumulation_steps") == "4"  # 64 / 8 devices / 2
+    assert flag(argv, "--output_dir") == "out/x"
+    r = dry_run(env, script=REPO_ROOT / "scripts" / "sft_offload.sh")
+    assert flag(launch_args(r), "--deepspeed").endswith("ds_configs/zero2_offload.json")
+
+
+def test_indivisible_batch_is_an_error(tmp_path):
+    r = dry_run(fake_bin(tmp_path), TOTALBSZ="10", BSZPERDEV="4", CPU_RANKS="2")
+    assert r.returncode == 2 and "not a multiple" in r.stderr
+
+
+def _state(run: Path) -> dict:
+    return json.loads((run / "trainer_state.json").read_text())
+
+
+def test_tiny_end_to_end_with_deepspeed_and_resume(tmp_path, tokenizer):
+    """Two CPU ranks under ZeRO-2: 4 steps with checkpoints, then the same command with
+    --max_steps 6 resumes at step 4; its steps 5-6 match an uninterrupted 6-step run."""
+    model = tiny_llama(tmp_path / "tiny", tokenizer)
+    chats = CHATS * 2 + [[("user", "A question nobody answers.")]]  # last one is dropped (counted)
+    data = write_chats(tmp_path / "chats.jsonl", chats)
+    env = {**os.environ, "MODELPATH": str(model), "DATAPATH": str(data), "OUTPUTPATH": str(tmp_path / "out"),
+           "TOTALBSZ": "4", "BSZPERDEV": "1", "CPU_RANKS": "2", "OMP_NUM_THREADS": "1", "SAVESTEPS": "2"}
+    env.pop("WANDB_MODE", None)
+    env.pop("WANDB_API_KEY", None)
+    # A constant LR: with cosine the schedule itself depends on --max_steps, so a 4-then-6
+    # run could not match a straight 6-step run.
+    common = ["--model_max_length", "256", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
+              "--data_cache_dir", str(tmp_path / "cache")]
+
+    def run(name, steps):
+        r = subprocess.run(["bash", str(SFT), *common, "--max_steps", str(steps)], env={**env, "RUNNAME": name},
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+        return r.stdout + r.stderr
+
+    log = run("resumed", 4)
+    run_dir = tmp_path / "out" / "resumed"
+    assert "8 conversations kept" in log and "dropped_empty_after_normalization=1" in log
+    assert _state(run_dir)["global_step"] == 4
+    for name in ("model.safetensors", "tokenizer.json", "trainer_state.json", "loss_curve.png", "run_manifest.json"):
+        assert (run_dir / name).is_file(), name
+    tok_cfg = json.loads((run_dir / "tokenizer_config.json").read_text())
+    assert "<|im_start|>" in (tok_cfg.get("chat_template") or (run_dir / "chat_template.jinja").read_text())
+    assert json.loads((run_dir / "generation_config.json").read_text())["eos_token_id"] == [2, 0]
+    manifest = json.loads((run_dir / "run_manifest.json").read_text())
+    assert manifest["data_hash"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert manifest["world_size"] == 2 and manifest["masking"]["conversations_kept"] == 8
+    assert 0 < manifest["masking"]["trained_token_fraction"] < 1 and len(manifest["tokenizer_fingerprint"]) == 16
+    assert manifest["data_args"]["model_max_length"] == 256 and manifest["git_commit"]
+
+    log = run("resumed", 6)
+    assert "resuming from" in log and "checkpoint-4" in log
+    resumed = _state(run_dir)
+    assert resumed["global_step"] == 6
+    run("straight", 6)
+    straight = _state(tmp_path / "out" / "straight")
+    loss = lambda s: {h["step"]: h["loss"] for h in s["log_history"] if "loss" in h}  # noqa: E731
+    assert sorted(loss(resumed)) == [1, 2, 3, 4, 5, 6]
+    for step in (5, 6):
+        assert loss(resumed)[step] == pytest.approx(loss(straight)[step], abs=2e-4), step
