@@ -10,7 +10,7 @@ What it adds to a plain Trainer run:
   (``--mask_mode assistant`` trains assistant turns, ``reverse`` trains user turns: a
   user simulator), cached unpadded (``sft_data``), every drop counted and printed;
 - batches padded to their longest sample (multiple of 8) with length-grouped sampling
-  (``--group_by_length``, on by default here), or packed without padding when the
+  (``--group_by_length``, which scripts/sft.sh turns on), or packed without padding when the
   attention can keep samples apart (``--padding_free`` with ``--flash_attn``);
 - the Part 5 loss through ``compute_loss_func``: the Trainer then passes the token count
   of the whole accumulated batch (all ranks), the loss is a sum / that count, so
