@@ -23,10 +23,13 @@ Public API
 - ``conversation_to_features(messages, tokenizer, max_length, truncation)`` -> padded
   1-D ``torch.long`` tensors ``input_ids``/``labels``/``attention_mask`` or ``None``.
 - ``conversation_to_unpadded(messages, tokenizer, max_length, truncation, train_roles)``
-  -> ``{"input_ids": [...], "labels": [...]}`` (Python int lists, truncated, NOT padded)
-  or ``None``; what a training pipeline stores before padding per batch.
+  -> ``{"input_ids", "labels"}`` 1-D ``torch.long`` tensors, truncated, NOT padded, or
+  ``None``; what a training pipeline stores before padding per batch.
 - ``pad_features(unpadded, max_length, pad_id)`` -> the padded tensors.
-- ``mask_conversation(messages, tokenizer, train_roles)`` -> untruncated ``(ids, labels)``.
+- ``mask_conversation(messages, tokenizer, train_roles)`` -> untruncated ``(ids, labels)``
+  int64 numpy arrays.
+- every function above takes ``method="prefix"`` to force the course's prefix method
+  (the benchmark's baseline); the default ``auto`` uses one pass whenever it is exact.
 - ``has_trained_tokens(features)`` / ``count_trained_tokens(features)``: a sample whose
   labels are all -100 (e.g. its trained turns were cut by truncation) must be dropped.
 
@@ -40,8 +43,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from utils import (
@@ -65,47 +69,66 @@ def _render_message(message: dict) -> str:
     return IM_START + message["role"] + "\n" + message["content"] + "<|im_end|>\n"
 
 
-def can_render_exactly(tokenizer) -> bool:
-    """True when the one-pass method is provably identical to the prefix method: the
-    tokenizer carries the project's ChatML template (so the Python rendering above is the
-    template's output) and is a fast tokenizer whose ``<|im_start|>`` is a special token
-    matched as is (no strip flags, not split), so no merge crosses a message boundary."""
-    cached = getattr(tokenizer, "_one_pass_ok", None)
-    if cached is not None and cached[0] == tokenizer.chat_template:
+def one_pass_start_id(tokenizer) -> Optional[int]:
+    """The ``<|im_start|>`` id when the one-pass method applies, else ``None``. It applies
+    when the tokenizer carries the project's ChatML template (so the Python rendering
+    above is the template's output) and is a fast tokenizer whose ``<|im_start|>`` is a
+    special token matched as is (no strip flags, not split); each encoding is then
+    checked again in :func:`spans_one_pass`."""
+    template = tokenizer.chat_template
+    cached = getattr(tokenizer, "_one_pass_start_id", None)
+    if cached is not None and cached[0] == template:
         return cached[1]
-    ok = (
-        tokenizer.chat_template == CHATML_TEMPLATE
-        and getattr(tokenizer, "is_fast", False)
-        and not getattr(tokenizer, "split_special_tokens", False)
-    )
-    if ok:
-        start_id = tokenizer.convert_tokens_to_ids(IM_START)
-        added = tokenizer.added_tokens_decoder.get(start_id)
-        ok = added is not None and added.special and not (added.lstrip or added.rstrip or added.normalized)
-    try:  # remember per tokenizer object (and template), it is asked for every conversation
-        tokenizer._one_pass_ok = (tokenizer.chat_template, ok)
+    start_id = None
+    if template == CHATML_TEMPLATE and getattr(tokenizer, "is_fast", False) \
+            and not getattr(tokenizer, "split_special_tokens", False):
+        tid = tokenizer.convert_tokens_to_ids(IM_START)
+        added = tokenizer.added_tokens_decoder.get(tid)
+        if added is not None and added.special and not (added.lstrip or added.rstrip or added.normalized):
+            start_id = tid
+    try:  # remember per tokenizer object (and template): it is asked for every conversation
+        tokenizer._one_pass_start_id = (template, start_id)
     except AttributeError:
         pass
-    return ok
+    return start_id
 
 
-def spans_one_pass(messages: list[dict], tokenizer) -> Optional[tuple[list[int], list[int]]]:
+def can_render_exactly(tokenizer) -> bool:
+    """True when :func:`spans_one_pass` may be used for this tokenizer."""
+    return one_pass_start_id(tokenizer) is not None
+
+
+def spans_one_pass(messages: list[dict], tokenizer) -> Optional[tuple[np.ndarray, list[int]]]:
     """``(full_ids, bounds)`` from ONE tokenization, where message i owns
-    ``full_ids[bounds[i]:bounds[i+1]]``; ``None`` if a boundary does not fall exactly on
-    an ``<|im_start|>`` token (the caller then uses the prefix method)."""
+    ``full_ids[bounds[i]:bounds[i+1]]``; ``None`` when the tokenizer does not qualify
+    (:func:`one_pass_start_id`) or the check below fails (the caller then uses the
+    prefix method).
+
+    Message i+1 starts at its header's ``<|im_start|>``, which is the (k+1)-th
+    ``<|im_start|>`` token of the encoding, k being how often the text before it contains
+    the string ``<|im_start|>`` (contents may hold it literally). That holds when every
+    occurrence of the string became the special token, which is checked by comparing the
+    token count with the string count: an ``<|im_start|>`` id only comes from that text,
+    so equal counts mean no occurrence was split, stripped or swallowed by a neighbour,
+    hence nothing merged across any boundary and each prefix's tokens are a prefix of
+    these. Offsets are not needed, so the tokenizer's offset-free encoder is used.
+    """
+    start_id = one_pass_start_id(tokenizer)
+    if start_id is None:
+        return None
     pieces = [_render_message(m) for m in messages]
     text = "\n" + "".join(pieces)
-    enc = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
-    ids = enc.ids
-    start_id = tokenizer.convert_tokens_to_ids(IM_START)
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers >= 0.21 skips offsets
+    ids = np.array(encode([text], add_special_tokens=False)[0].ids, dtype=np.int64)
+    starts = np.flatnonzero(ids == start_id)
+    if len(starts) != text.count(IM_START):
+        return None
     bounds = [0]
-    char = 1  # the template's leading newline belongs to the first span
+    seen = 0  # occurrences of "<|im_start|>" before the current message
     for piece in pieces[:-1]:
-        char += len(piece)
-        tok = enc.char_to_token(char)
-        if tok is None or ids[tok] != start_id or enc.offsets[tok][0] != char:
-            return None
-        bounds.append(tok)
+        seen += piece.count(IM_START)
+        bounds.append(int(starts[seen]))
     bounds.append(len(ids))
     return ids, bounds
 
@@ -122,9 +145,15 @@ def spans_by_prefix(messages: list[dict], tokenizer) -> tuple[list[int], list[in
     return full, bounds
 
 
-def message_spans(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
-    """``(full_ids, bounds)``: one pass when exact, otherwise the prefix method."""
-    if can_render_exactly(tokenizer):
+SPAN_METHODS = ("auto", "prefix")
+
+
+def message_spans(messages: list[dict], tokenizer, method: str = "auto") -> tuple[Sequence[int], list[int]]:
+    """``(full_ids, bounds)`` (ids as a list or int64 array): one pass when exact, otherwise (or with
+    ``method="prefix"``, the benchmark's baseline) the prefix method."""
+    if method not in SPAN_METHODS:
+        raise ValueError(f"span method must be one of {SPAN_METHODS}, got {method!r}")
+    if method == "auto":
         out = spans_one_pass(messages, tokenizer)
         if out is not None:
             return out
@@ -132,13 +161,17 @@ def message_spans(messages: list[dict], tokenizer) -> tuple[list[int], list[int]
 
 
 # --------------------------------------------------------------------- masking core
-def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str]) -> tuple[list[int], list[int]]:
-    """Untruncated, unpadded ``(input_ids, labels)``: labels copy the ids on the spans of
-    messages whose role is in ``train_roles``, -100 elsewhere. Validates the messages
-    (a bad role or non-string content raises ``utils.ConversationFormatError``)."""
+def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str],
+                      method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Untruncated, unpadded ``(input_ids, labels)`` as int64 numpy arrays: labels copy
+    the ids on the spans of messages whose role is in ``train_roles``, -100 elsewhere.
+    Validates the messages (a bad role or non-string content raises
+    ``utils.ConversationFormatError``). ``method``: ``auto`` (one pass when exact) or
+    ``prefix`` (see :func:`message_spans`)."""
     validate_messages(messages)
-    ids, bounds = message_spans(list(messages), tokenizer)
-    labels = [IGNORE_TOKEN_ID] * len(ids)
+    ids, bounds = message_spans(list(messages), tokenizer, method)
+    ids = np.asarray(ids, dtype=np.int64)
+    labels = np.full(len(ids), IGNORE_TOKEN_ID, dtype=np.int64)
     roles = set(train_roles)
     for i, m in enumerate(messages):
         if m["role"] in roles:
@@ -155,41 +188,46 @@ def _check_args(max_length: int, truncation: str) -> None:
 
 
 def conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left",
-                             train_roles: Iterable[str] = ASSISTANT_ROLES) -> Optional[dict]:
-    """``{"input_ids", "labels"}`` as int lists truncated to ``max_length`` (``left``
-    keeps the end, ``right`` the start) but not padded; ``None`` for an empty
-    conversation. Check :func:`has_trained_tokens` before training on it."""
+                             train_roles: Iterable[str] = ASSISTANT_ROLES, method: str = "auto") -> Optional[dict]:
+    """``{"input_ids", "labels"}``: 1-D ``torch.long`` tensors truncated to ``max_length``
+    (``left`` keeps the end, ``right`` the start) but NOT padded, so a training pipeline
+    can store them compactly and pad per batch; ``None`` for an empty conversation.
+    Check :func:`has_trained_tokens` before training on it."""
     _check_args(max_length, truncation)
-    validate_messages(messages)
-    if len(messages) == 0:
+    if isinstance(messages, (list, tuple)) and len(messages) == 0:
         return None
-    ids, labels = mask_conversation(messages, tokenizer, train_roles)
+    ids, labels = mask_conversation(messages, tokenizer, train_roles, method)
     if len(ids) > max_length:
         cut = slice(len(ids) - max_length, None) if truncation == "left" else slice(0, max_length)
         ids, labels = ids[cut], labels[cut]
-    return {"input_ids": list(ids), "labels": labels}
+    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
 
 
 def pad_features(unpadded: Optional[dict], max_length: int, pad_id: int = 0) -> Optional[dict]:
-    """Right-pad unpadded features to ``max_length``: ids with ``pad_id``, labels -100,
-    attention 0. Returns 1-D ``torch.long`` tensors (``None`` stays ``None``)."""
+    """Right-pad unpadded features (tensors or int lists) to ``max_length``: ids with
+    ``pad_id``, labels -100, attention 0. Returns 1-D ``torch.long`` tensors
+    (``None`` stays ``None``)."""
     if unpadded is None:
         return None
     n = len(unpadded["input_ids"])
     if n > max_length:
         raise ValueError(f"sequence of {n} tokens is longer than max_length={max_length}")
-    pad = max_length - n
-    return {
-        "input_ids": torch.tensor(list(unpadded["input_ids"]) + [pad_id] * pad, dtype=torch.long),
-        "labels": torch.tensor(list(unpadded["labels"]) + [IGNORE_TOKEN_ID] * pad, dtype=torch.long),
-        "attention_mask": torch.tensor([1] * n + [0] * pad, dtype=torch.long),
-    }
+    # numpy then one zero-copy wrap: a few torch ops per sample cost more than the masking.
+    ids = np.full(max_length, pad_id, dtype=np.int64)
+    labels = np.full(max_length, IGNORE_TOKEN_ID, dtype=np.int64)
+    attention = np.zeros(max_length, dtype=np.int64)
+    ids[:n] = np.asarray(unpadded["input_ids"])
+    labels[:n] = np.asarray(unpadded["labels"])
+    attention[:n] = 1
+    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+            "attention_mask": torch.from_numpy(attention)}
 
 
-def conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
+def conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left",
+                             method: str = "auto") -> Optional[dict]:
     """Parts 1-2: padded ``input_ids``/``labels``/``attention_mask`` (1-D ``torch.long``,
     length ``max_length``) with only the assistant spans labelled; ``None`` if empty."""
-    unpadded = conversation_to_unpadded(messages, tokenizer, max_length, truncation, ASSISTANT_ROLES)
+    unpadded = conversation_to_unpadded(messages, tokenizer, max_length, truncation, ASSISTANT_ROLES, method)
     return pad_features(unpadded, max_length, pad_token_id(tokenizer))
 
 
