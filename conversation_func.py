@@ -25,6 +25,8 @@ Public API
 - ``conversation_to_unpadded(messages, tokenizer, max_length, truncation, train_roles)``
   -> ``{"input_ids", "labels"}`` 1-D ``torch.long`` tensors, truncated, NOT padded, or
   ``None``; what a training pipeline stores before padding per batch.
+- ``conversations_to_unpadded(conversations, ...)``: the same for a list, tokenized in
+  one batched call (bulk preprocessing).
 - ``pad_features(unpadded, max_length, pad_id)`` -> the padded tensors.
 - ``mask_conversation(messages, tokenizer, train_roles)`` -> untruncated ``(ids, labels)``
   int64 numpy arrays.
@@ -54,6 +56,7 @@ from utils import (
     IGNORE_TOKEN_ID,
     IM_START,
     REPO_ROOT,
+    ConversationFormatError,
     load_tokenizer,
     pad_token_id,
     validate_messages,
@@ -113,24 +116,34 @@ def spans_one_pass(messages: list[dict], tokenizer) -> Optional[tuple[np.ndarray
     hence nothing merged across any boundary and each prefix's tokens are a prefix of
     these. Offsets are not needed, so the tokenizer's offset-free encoder is used.
     """
+    return spans_one_pass_batch([messages], tokenizer)[0]
+
+
+def spans_one_pass_batch(conversations: list, tokenizer) -> list:
+    """:func:`spans_one_pass` for many conversations with one call into the tokenizer
+    (which may spread a batch over cores: ``TOKENIZERS_PARALLELISM``)."""
     start_id = one_pass_start_id(tokenizer)
     if start_id is None:
-        return None
-    pieces = [_render_message(m) for m in messages]
-    text = "\n" + "".join(pieces)
+        return [None] * len(conversations)
+    rendered = [[_render_message(m) for m in msgs] for msgs in conversations]
+    texts = ["\n" + "".join(pieces) for pieces in rendered]
     backend = tokenizer.backend_tokenizer
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers >= 0.21 skips offsets
-    ids = np.array(encode([text], add_special_tokens=False)[0].ids, dtype=np.int64)
-    starts = np.flatnonzero(ids == start_id)
-    if len(starts) != text.count(IM_START):
-        return None
-    bounds = [0]
-    seen = 0  # occurrences of "<|im_start|>" before the current message
-    for piece in pieces[:-1]:
-        seen += piece.count(IM_START)
-        bounds.append(int(starts[seen]))
-    bounds.append(len(ids))
-    return ids, bounds
+    out = []
+    for pieces, text, enc in zip(rendered, texts, encode(texts, add_special_tokens=False)):
+        ids = np.array(enc.ids, dtype=np.int64)
+        starts = np.flatnonzero(ids == start_id)
+        if len(starts) != text.count(IM_START):
+            out.append(None)
+            continue
+        bounds = [0]
+        seen = 0  # occurrences of "<|im_start|>" before the current message
+        for piece in pieces[:-1]:
+            seen += piece.count(IM_START)
+            bounds.append(int(starts[seen]))
+        bounds.append(len(ids))
+        out.append((ids, bounds))
+    return out
 
 
 def spans_by_prefix(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
@@ -161,15 +174,7 @@ def message_spans(messages: list[dict], tokenizer, method: str = "auto") -> tupl
 
 
 # --------------------------------------------------------------------- masking core
-def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str],
-                      method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Untruncated, unpadded ``(input_ids, labels)`` as int64 numpy arrays: labels copy
-    the ids on the spans of messages whose role is in ``train_roles``, -100 elsewhere.
-    Validates the messages (a bad role or non-string content raises
-    ``utils.ConversationFormatError``). ``method``: ``auto`` (one pass when exact) or
-    ``prefix`` (see :func:`message_spans`)."""
-    validate_messages(messages)
-    ids, bounds = message_spans(list(messages), tokenizer, method)
+def _labels_from_spans(messages: list[dict], ids, bounds: list[int], train_roles) -> tuple[np.ndarray, np.ndarray]:
     ids = np.asarray(ids, dtype=np.int64)
     labels = np.full(len(ids), IGNORE_TOKEN_ID, dtype=np.int64)
     roles = set(train_roles)
@@ -180,11 +185,31 @@ def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str
     return ids, labels
 
 
+def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str],
+                      method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Untruncated, unpadded ``(input_ids, labels)`` as int64 numpy arrays: labels copy
+    the ids on the spans of messages whose role is in ``train_roles``, -100 elsewhere.
+    Validates the messages (a bad role or non-string content raises
+    ``utils.ConversationFormatError``). ``method``: ``auto`` (one pass when exact) or
+    ``prefix`` (see :func:`message_spans`)."""
+    validate_messages(messages)
+    ids, bounds = message_spans(list(messages), tokenizer, method)
+    return _labels_from_spans(messages, ids, bounds, train_roles)
+
+
 def _check_args(max_length: int, truncation: str) -> None:
     if truncation not in TRUNCATION_SIDES:
         raise ValueError(f"truncation must be 'left' or 'right', got {truncation!r}")
     if not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+
+
+def _window(ids: np.ndarray, labels: np.ndarray, max_length: int, truncation: str) -> dict:
+    """Truncate (``left`` keeps the end, ``right`` the start) and wrap as tensors."""
+    if len(ids) > max_length:
+        cut = slice(len(ids) - max_length, None) if truncation == "left" else slice(0, max_length)
+        ids, labels = ids[cut], labels[cut]
+    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
 
 
 def conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left",
@@ -196,11 +221,28 @@ def conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: s
     _check_args(max_length, truncation)
     if isinstance(messages, (list, tuple)) and len(messages) == 0:
         return None
-    ids, labels = mask_conversation(messages, tokenizer, train_roles, method)
-    if len(ids) > max_length:
-        cut = slice(len(ids) - max_length, None) if truncation == "left" else slice(0, max_length)
-        ids, labels = ids[cut], labels[cut]
-    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
+    return _window(*mask_conversation(messages, tokenizer, train_roles, method), max_length, truncation)
+
+
+def conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left",
+                              train_roles: Iterable[str] = ASSISTANT_ROLES) -> list:
+    """:func:`conversation_to_unpadded` for a list of conversations, tokenized in one
+    batched call (faster for bulk preprocessing; same outputs). A malformed conversation
+    raises ``ConversationFormatError`` naming its index."""
+    _check_args(max_length, truncation)
+    for k, msgs in enumerate(conversations):
+        try:
+            validate_messages(msgs)
+        except ConversationFormatError as e:
+            raise ConversationFormatError(f"conversation {k}: {e}") from None
+    todo = [k for k, msgs in enumerate(conversations) if len(msgs) > 0]
+    spans = spans_one_pass_batch([list(conversations[k]) for k in todo], tokenizer)
+    out: list = [None] * len(conversations)
+    for k, sp in zip(todo, spans):
+        msgs = list(conversations[k])
+        ids, bounds = sp if sp is not None else spans_by_prefix(msgs, tokenizer)
+        out[k] = _window(*_labels_from_spans(msgs, ids, bounds, train_roles), max_length, truncation)
+    return out
 
 
 def pad_features(unpadded: Optional[dict], max_length: int, pad_id: int = 0) -> Optional[dict]:

@@ -11,6 +11,7 @@ turns. It uses the masking core of ``conversation_func`` with the user role trai
 Public API (same shapes as the forward module):
 - ``reverse_conversation_to_features(messages, tokenizer, max_length, truncation)``
 - ``reverse_conversation_to_unpadded(messages, tokenizer, max_length, truncation)``
+- ``reverse_conversations_to_unpadded(conversations, ...)``: a list in one batched call.
 - ``reverse_messages(messages)``: the reordered / system-prefixed message list.
 
 CLI: ``python reverse_conversation_func.py [--multi-turn] ...`` checks against
@@ -21,8 +22,14 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from conversation_func import conversation_to_unpadded, pad_features, run_checker
-from utils import REVERSE_SYSTEM_PROMPT, is_single_turn_conversation, pad_token_id, validate_messages
+from conversation_func import conversation_to_unpadded, conversations_to_unpadded, pad_features, run_checker
+from utils import (
+    REVERSE_SYSTEM_PROMPT,
+    ConversationFormatError,
+    is_single_turn_conversation,
+    pad_token_id,
+    validate_messages,
+)
 
 USER_ROLES = frozenset({"user"})
 
@@ -48,6 +55,17 @@ def reverse_conversation_to_unpadded(messages, tokenizer, max_length: int, trunc
     """Reverse-masked ``{"input_ids", "labels"}`` int lists, truncated, not padded
     (``None`` for an empty conversation). ``method`` as in ``conversation_func.message_spans``."""
     return conversation_to_unpadded(reverse_messages(messages), tokenizer, max_length, truncation, USER_ROLES, method)
+
+
+def reverse_conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left") -> list:
+    """:func:`reverse_conversation_to_unpadded` for a list, tokenized in one batched call."""
+    reordered = []
+    for k, msgs in enumerate(conversations):
+        try:
+            reordered.append(reverse_messages(msgs))
+        except ConversationFormatError as e:
+            raise ConversationFormatError(f"conversation {k}: {e}") from None
+    return conversations_to_unpadded(reordered, tokenizer, max_length, truncation, USER_ROLES)
 
 
 def reverse_conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left",

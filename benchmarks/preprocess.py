@@ -8,7 +8,8 @@ alike; every output of the one-pass path is compared with the prefix method's.
 
     python benchmarks/preprocess.py [--data PATH] [--repeats 2] [--mode forward|reverse|both]
 
-Prints the time per call of each method, the speedup, the time of a bare tokenization
+Prints the time per call of each method, the speedup, the batched API's time per
+conversation (one tokenizer call per chunk, which the tokenizer may spread over cores), the time of a bare tokenization
 of each rendering (the floor of any exact method) and whether all outputs are
 identical; exits 1 if any output differs.
 """
@@ -24,9 +25,9 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conversation_func import conversation_to_features  # noqa: E402
-from reverse_conversation_func import reverse_conversation_to_features  # noqa: E402
-from utils import DEFAULT_MODEL, load_tokenizer, shared_dir  # noqa: E402
+from conversation_func import conversation_to_features, conversations_to_unpadded, pad_features  # noqa: E402
+from reverse_conversation_func import reverse_conversation_to_features, reverse_conversations_to_unpadded  # noqa: E402
+from utils import DEFAULT_MODEL, load_tokenizer, pad_token_id, shared_dir  # noqa: E402
 
 
 def load_chats(path: Path, rounds: int = 6, limit: int = 0) -> tuple[list, list]:
@@ -63,6 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=("forward", "reverse", "both"), default="forward",
                     help="which masking to time (default: forward, i.e. conversation_to_features)")
     ap.add_argument("--repeats", type=int, default=2, help="passes over the data (default: %(default)s)")
+    ap.add_argument("--batch", type=int, default=64, help="conversations per call of the batched API (default: %(default)s)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N pairs (0: all)")
     args = ap.parse_args(argv)
     if not args.data or not Path(args.data).exists():
@@ -102,9 +104,24 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
             t_bare += (time.perf_counter() - t0) * len(fns)
+    # Bulk preprocessing: the batched API (one tokenizer call per chunk), same outputs.
+    batch_fns = {conversation_to_features: conversations_to_unpadded,
+                 reverse_conversation_to_features: reverse_conversations_to_unpadded}
+    t_batch = 0.0
+    for fn in fns:
+        for start in range(0, len(chats), args.batch):
+            chunk = chats[start:start + args.batch]
+            t0 = time.perf_counter()
+            feats = [pad_features(u, args.max_length, pad_token_id(tokenizer))
+                     for u in batch_fns[fn](chunk, tokenizer, args.max_length, args.truncation)]
+            t_batch += time.perf_counter() - t0
+            mismatches += sum(not same(f, fn(m, tokenizer, args.max_length, args.truncation)) for f, m in zip(feats, chunk))
+    n_batch = len(chats) * len(fns)
     per = {name: t / calls * 1e3 for name, t in (("fast", t_fast), ("prefix", t_prefix), ("bare", t_bare))}
     print(f"prefix method: {per['prefix']:.3f} ms/call; one pass: {per['fast']:.3f} ms/call; "
           f"a bare tokenization alone: {per['bare']:.3f} ms ({t_prefix / t_bare:.2f}x)")
+    print(f"batched ({args.batch} conversations per call, tokenizer threads allowed): "
+          f"{t_batch / n_batch * 1e3:.3f} ms/conversation ({t_prefix / calls / (t_batch / n_batch):.2f}x the prefix method)")
     print(f"speedup {t_prefix / t_fast:.2f}x over {calls} calls ({len(chats)} conversations x {args.repeats} "
           f"repeats x {len(fns)} masking); outputs identical: {'yes' if mismatches == 0 else f'NO ({mismatches} differ)'}")
     return 0 if mismatches == 0 else 1

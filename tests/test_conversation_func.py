@@ -14,6 +14,7 @@ import torch
 from conversation_func import (
     conversation_to_features,
     conversation_to_unpadded,
+    conversations_to_unpadded,
     count_trained_tokens,
     has_trained_tokens,
     mask_conversation,
@@ -182,6 +183,26 @@ def test_unpadded_and_pad_features_round_trip(tokenizer):
     assert feats["labels"][n:].eq(IGNORE_TOKEN_ID).all() and feats["input_ids"][n:].eq(0).all()
     with pytest.raises(ValueError, match="longer than max_length"):
         pad_features(un, n - 1)
+
+
+def test_batched_api_equals_per_call(tokenizer, model_dir):
+    """conversations_to_unpadded gives what conversation_to_unpadded gives, one by one,
+    including empty conversations and (with another template) the prefix fallback."""
+    convs = [msgs for msgs, _, _ in random_cases(seed=21, n=40)]
+    convs.insert(3, [])
+    other = load_tokenizer(str(model_dir), 2048)
+    other.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    for tok in (tokenizer, other):
+        for truncation in ("left", "right"):
+            batch = conversations_to_unpadded(convs, tok, 300, truncation)
+            for k, (msgs, got) in enumerate(zip(convs, batch, strict=True)):
+                want = conversation_to_unpadded(msgs, tok, 300, truncation)
+                assert (got is None) == (want is None) == (msgs == []), k
+                if got is not None:
+                    assert got["input_ids"].tolist() == want["input_ids"].tolist(), k
+                    assert got["labels"].tolist() == want["labels"].tolist(), k
+    with pytest.raises(ConversationFormatError, match="conversation 1: message 0 \\(user\\): content must be a string"):
+        conversations_to_unpadded([convs[0], [{"role": "user", "content": None}]], tokenizer, 64)
 
 
 def test_empty_conversation_is_none(tokenizer):

@@ -11,6 +11,7 @@ from generate_golden_answers import reverse_reference
 from reverse_conversation_func import (
     reverse_conversation_to_features,
     reverse_conversation_to_unpadded,
+    reverse_conversations_to_unpadded,
     reverse_messages,
     run_checker,
 )
@@ -55,6 +56,18 @@ def test_features_equal_independent_reference(tokenizer):
     for k, (msgs, max_length, truncation) in enumerate(cases):
         got = reverse_conversation_to_features(msgs, tokenizer, max_length, truncation)
         assert as_lists(got) == reverse_reference(msgs, tokenizer, max_length, truncation), f"case {k}: {msgs!r}"
+
+
+def test_batched_reverse_equals_per_call(tokenizer):
+    convs = [msgs for msgs, _, _ in random_cases(seed=31, n=20)] + [[SYS, U1, A1], [U1, A1], []]
+    for msgs, got in zip(convs, reverse_conversations_to_unpadded(convs, tokenizer, 200, "right"), strict=True):
+        want = reverse_conversation_to_unpadded(msgs, tokenizer, 200, "right")
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert got["input_ids"].tolist() == want["input_ids"].tolist()
+            assert got["labels"].tolist() == want["labels"].tolist()
+    with pytest.raises(ConversationFormatError, match="conversation 1: message 0: unknown role 'bot'"):
+        reverse_conversations_to_unpadded([[U1, A1], [{"role": "bot", "content": "x"}]], tokenizer, 64)
 
 
 def test_single_turn_is_reordered():
