@@ -9,15 +9,16 @@ Labels copy ``full_ids`` on the spans of the trained roles and are -100 elsewher
 the sequence is truncated to ``max_length`` (``left`` keeps the end, ``right`` the start)
 and right-padded.
 
-Speed: the course finds the spans by tokenizing every prefix again (N+1 renderings and
-tokenizations per conversation). Here the conversation is rendered once in Python and
-tokenized once; each span boundary is the character position where a message's
-``<|im_start|>`` begins, mapped to a token with the offsets of that single encoding. This
-is exact because ``<|im_start|>`` is a special token: the tokenizer splits special
-tokens out before any BPE merge, so nothing merges across a boundary, and the tokens of
-a prefix rendering are a prefix of the full tokens. Every boundary is checked (the token
-found there must be ``<|im_start|>`` starting at that character) and any tokenizer or
-template where this cannot be guaranteed uses the prefix method instead.
+Speed: the course finds the spans by tokenizing every prefix again (one chat-template
+rendering and tokenization per message). Here the conversation is rendered once in
+Python and tokenized once, and each boundary is read off that single encoding: message
+i+1 begins at its header's ``<|im_start|>`` token. This is exact because ``<|im_start|>``
+is a special token, which the tokenizer splits out before any BPE merge: nothing merges
+across a boundary, so the tokens of each prefix rendering are a prefix of the full
+tokens. Each encoding is checked (every ``<|im_start|>`` in the text, including any
+written literally inside a content, must have become that token; see
+:func:`spans_one_pass`), and a tokenizer or template for which the Python rendering is
+not provably the template's output uses the prefix method instead.
 
 Public API
 - ``conversation_to_features(messages, tokenizer, max_length, truncation)`` -> padded
@@ -30,8 +31,8 @@ Public API
 - ``pad_features(unpadded, max_length, pad_id)`` -> the padded tensors.
 - ``mask_conversation(messages, tokenizer, train_roles)`` -> untruncated ``(ids, labels)``
   int64 numpy arrays.
-- every function above takes ``method="prefix"`` to force the course's prefix method
-  (the benchmark's baseline); the default ``auto`` uses one pass whenever it is exact.
+- the single-conversation functions take ``method="prefix"`` to force the course's prefix
+  method (the benchmark's baseline); the default ``auto`` uses one pass whenever exact.
 - ``has_trained_tokens(features)`` / ``count_trained_tokens(features)``: a sample whose
   labels are all -100 (e.g. its trained turns were cut by truncation) must be dropped.
 
@@ -94,11 +95,6 @@ def one_pass_start_id(tokenizer) -> Optional[int]:
     except AttributeError:
         pass
     return start_id
-
-
-def can_render_exactly(tokenizer) -> bool:
-    """True when :func:`spans_one_pass` may be used for this tokenizer."""
-    return one_pass_start_id(tokenizer) is not None
 
 
 def spans_one_pass(messages: list[dict], tokenizer) -> Optional[tuple[np.ndarray, list[int]]]:
@@ -175,6 +171,7 @@ def message_spans(messages: list[dict], tokenizer, method: str = "auto") -> tupl
 
 # --------------------------------------------------------------------- masking core
 def _labels_from_spans(messages: list[dict], ids, bounds: list[int], train_roles) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) int64 arrays: labels copy ids on the spans of trained roles."""
     ids = np.asarray(ids, dtype=np.int64)
     labels = np.full(len(ids), IGNORE_TOKEN_ID, dtype=np.int64)
     roles = set(train_roles)
@@ -342,8 +339,12 @@ def run_checker(feature_fn: Callable, description: str, default_golden: str, arg
     args = ap.parse_args(argv)
 
     split = "multi_turn" if args.multi_turn else "single_turn"
-    samples = json.loads(Path(args.samples).read_text(encoding="utf-8"))
-    golden = json.loads(Path(args.golden).read_text(encoding="utf-8"))
+    try:
+        samples = json.loads(Path(args.samples).read_text(encoding="utf-8"))
+        golden = json.loads(Path(args.golden).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"error: cannot read {args.samples} / {args.golden}: {e}", file=sys.stderr)
+        return 2
     for name, doc in ((args.samples, samples), (args.golden, golden)):
         if split not in doc:
             print(f"error: {name} has no '{split}' list (keys: {sorted(doc)})", file=sys.stderr)
@@ -365,7 +366,12 @@ def run_checker(feature_fn: Callable, description: str, default_golden: str, arg
             print(f"[{k}] id {sid}: MISMATCH golden entry has id {want.get('id')!r}")
             n_bad += 1
             continue
-        feats = feature_fn(sample["messages"], tokenizer, max_length, truncation)
+        try:
+            feats = feature_fn(sample.get("messages"), tokenizer, max_length, truncation)
+        except ConversationFormatError as e:
+            print(f"[{k}] id {sid}: ERROR in {args.samples}: {e}")
+            n_bad += 1
+            continue
         got = {f: v.tolist() for f, v in feats.items()} if feats is not None else None
         exp = want.get("features")
         problems = []
@@ -376,13 +382,12 @@ def run_checker(feature_fn: Callable, description: str, default_golden: str, arg
             for field in ("input_ids", "labels", "attention_mask"):
                 pos = first_mismatch(got[field], exp.get(field, []))
                 if pos is not None:
-                    ids_for_text = got["input_ids"]
                     problems.append(
                         f"field {field} differs first at position {pos} "
                         f"(len got {len(got[field])}, golden {len(exp.get(field, []))})\n"
                         f"      got:    {_tokens_around(tokenizer, got[field], pos)}\n"
                         f"      golden: {_tokens_around(tokenizer, exp.get(field, []), pos)}\n"
-                        f"      text:   {_tokens_around(tokenizer, ids_for_text, pos)}"
+                        f"      text:   {_tokens_around(tokenizer, got['input_ids'], pos)}"
                     )
         n_tok = sum(got["attention_mask"]) if got else 0
         n_lab = count_trained_tokens(got)

@@ -267,6 +267,16 @@ def test_checker_reports_first_mismatch(tmp_path, capsys):
     assert "1 mismatches" in out
 
 
+def test_checker_names_a_bad_sample(tmp_path, capsys):
+    samples = json.loads((REPO / "exercise_samples.json").read_text(encoding="utf-8"))
+    samples["single_turn"][2]["messages"][0]["content"] = None
+    bad = tmp_path / "samples.json"
+    bad.write_text(json.dumps(samples))
+    assert run_checker(conversation_to_features, "t", "exercise_solutions.json", ["--samples", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert f"id {samples['single_turn'][2]['id']}: ERROR" in out and "content must be a string" in out
+
+
 def test_help_exits_zero():
     with pytest.raises(SystemExit) as e:
         run_checker(conversation_to_features, "t", "exercise_solutions.json", ["--help"])
