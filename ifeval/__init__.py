@@ -1,0 +1,1 @@
+"""IFEval generation, scoring and comparison (see ifeval/scoring.py, ifeval/run_ifeval.py)."""

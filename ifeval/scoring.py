@@ -1,0 +1,459 @@
+"""IFEval scoring: the official strict and loose verdicts, offline and deterministic.
+
+The 25 instruction checkers are lm-eval's (``lm_eval.tasks.ifeval``, pinned in
+requirements.txt), which agree prompt by prompt with Google's reference implementation.
+This module only wraps them; what it adds is what a reproducible evaluation needs:
+
+* **offline** - the project's ``nltk_data/`` (punkt_tab) is put on nltk's search path
+  before lm-eval's IFEval modules are imported; otherwise their import tries
+  ``nltk.download`` and sentence splitting later fails without a network.
+* **deterministic** - ``langdetect`` is seeded, and the random arguments the official
+  code draws when an instruction's kwargs do not pin them (the letter-frequency
+  instruction draws a random letter when asked about ``#`` or ``!``, GPT-4 set keys 1122
+  and 1129) are drawn from a ``random`` seeded per (prompt key, instruction index). The
+  caller's global ``random`` state is saved and restored around each draw.
+* **official semantics** - strict: the instruction is checked on the answer itself;
+  loose: also on the answer with its first line, its last line or both removed, each
+  with and without ``*`` characters, passing if any variant passes. A blank answer fails
+  every instruction (the official code counts them in the instruction-level total too).
+  A prompt with no answer at all is scored like a blank answer and reported as missing.
+* ``<think>...</think>`` reasoning blocks are removed before scoring (see
+  :func:`strip_think`).
+
+API (used by ``ifeval/run_ifeval.py`` and ``scripts/make_demo_data.py``):
+:func:`load_prompts`, :func:`load_responses`, :func:`check_response`, :func:`score`,
+:func:`write_results`, :func:`format_summary`. Run alone::
+
+    python ifeval/scoring.py --input_data ifeval/data/input_data.jsonl \\
+        --input_response_data responses.jsonl --output_dir out/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+# Importable both as ``ifeval.scoring`` (repo root on sys.path) and as ``scoring``
+# (ifeval/ on sys.path, e.g. ``python ifeval/scoring.py``): utils lives at the root.
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from utils import setup_nltk_data  # noqa: E402
+
+# Order matters: punkt_tab must be findable before lm-eval's instructions_util is
+# imported, because that import calls nltk.download() when it cannot find it.
+setup_nltk_data()
+
+import langdetect  # noqa: E402
+from lm_eval.tasks.ifeval import instructions_registry as _registry  # noqa: E402
+from lm_eval.tasks.ifeval import utils as _lm_ifeval  # noqa: E402
+
+# langdetect draws random numbers in its detector; a fixed seed makes language checks
+# (response_language, english_capital, english_lowercase) give the same verdict every run.
+langdetect.DetectorFactory.seed = 0
+
+INSTRUCTION_IDS: tuple[str, ...] = tuple(sorted(_registry.INSTRUCTION_DICT))
+METRIC_NAMES = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
+STRICT_FILE, LOOSE_FILE, SUMMARY_FILE = "eval_results_strict.jsonl", "eval_results_loose.jsonl", "summary.json"
+
+
+class IFEvalDataError(ValueError):
+    """An IFEval prompt or response file that cannot be scored (the message names the
+    file and line, or the prompts concerned)."""
+
+
+class PromptList(list):
+    """A list of prompt records that remembers which file it came from (``source``), so
+    the summary can name the prompt set. Slicing keeps ``source``."""
+
+    source: Optional[str] = None
+
+    def __getitem__(self, item):
+        out = super().__getitem__(item)
+        if isinstance(item, slice):
+            out = PromptList(out)
+            out.source = self.source
+        return out
+
+
+# ------------------------------------------------------------------------- loading
+def _read_jsonl(path: str | os.PathLike, what: str) -> Iterable[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; errors name file:line."""
+    p = Path(path)
+    if not p.exists():
+        raise IFEvalDataError(f"{what} file not found: {p}")
+    if p.is_dir():
+        raise IFEvalDataError(f"{what} path is a directory, expected a JSONL file: {p}")
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise IFEvalDataError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise IFEvalDataError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _validate_prompt_record(rec: dict, where: str) -> None:
+    for field in ("key", "prompt", "instruction_id_list", "kwargs"):
+        if field not in rec:
+            raise IFEvalDataError(f"{where}: missing field '{field}' (IFEval records need key, prompt, "
+                                  "instruction_id_list, kwargs)")
+    if not isinstance(rec["key"], int) or isinstance(rec["key"], bool):
+        raise IFEvalDataError(f"{where}: 'key' must be an integer, got {rec['key']!r}")
+    if not isinstance(rec["prompt"], str):
+        raise IFEvalDataError(f"{where}: 'prompt' must be a string")
+    ids, kwargs = rec["instruction_id_list"], rec["kwargs"]
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise IFEvalDataError(f"{where}: 'instruction_id_list' must be a list of strings")
+    if not isinstance(kwargs, list) or not all(isinstance(k, dict) for k in kwargs):
+        raise IFEvalDataError(f"{where}: 'kwargs' must be a list of objects")
+    if len(ids) != len(kwargs):
+        raise IFEvalDataError(f"{where}: {len(ids)} instruction ids but {len(kwargs)} kwargs entries")
+    unknown = [i for i in ids if i not in _registry.INSTRUCTION_DICT]
+    if unknown:
+        raise IFEvalDataError(f"{where}: unknown instruction id(s) {unknown}")
+
+
+def load_prompts(path: str | os.PathLike) -> PromptList:
+    """Read an IFEval input file (JSONL of ``key``, ``prompt``, ``instruction_id_list``,
+    ``kwargs``) in file order. Raises :class:`IFEvalDataError` naming file:line for
+    malformed JSON, missing or ill-typed fields, unknown instruction ids and duplicate
+    keys, and for a file with no records."""
+    out = PromptList()
+    out.source = Path(path).name
+    seen: dict[int, int] = {}
+    for lineno, rec in _read_jsonl(path, "IFEval prompt"):
+        where = f"{path}:{lineno}"
+        _validate_prompt_record(rec, where)
+        if rec["key"] in seen:
+            raise IFEvalDataError(f"{where}: duplicate key {rec['key']} (first on line {seen[rec['key']]})")
+        seen[rec["key"]] = lineno
+        out.append(rec)
+    if not out:
+        raise IFEvalDataError(f"{path}: no prompt records (empty file)")
+    return out
+
+
+def load_responses(path: str | os.PathLike, prompts: list[dict]) -> dict[int, str]:
+    """Read an answer file and join it to ``prompts``: returns {prompt key: response}.
+
+    Each JSONL record has ``response`` (a string) and either ``key`` (preferred: the
+    hub's copy of IFEval words one prompt differently from the current input set) or
+    the ``prompt`` text (the course's / official ``{"prompt", "response"}`` format).
+    Prompts without an answer are simply absent from the result (:func:`score` counts
+    them as failed and missing). Errors (:class:`IFEvalDataError`): missing file,
+    malformed line (file:line), no records, answers whose key or prompt text is not in
+    the input set (named, with their lines), and two answers for the same prompt.
+    """
+    by_key = {p["key"]: p for p in prompts}
+    by_text: dict[str, int] = {}
+    for p in prompts:
+        by_text.setdefault(p["prompt"], p["key"])
+    out: dict[int, str] = {}
+    first_line: dict[int, int] = {}
+    unknown: list[str] = []
+    n_records = 0
+    for lineno, rec in _read_jsonl(path, "IFEval response"):
+        n_records += 1
+        where = f"{path}:{lineno}"
+        if "response" not in rec:
+            raise IFEvalDataError(f"{where}: missing field 'response' (keys: {sorted(rec)})")
+        if not isinstance(rec["response"], str):
+            raise IFEvalDataError(f"{where}: 'response' must be a string, got {type(rec['response']).__name__}")
+        if rec.get("key") is not None:
+            key = rec["key"]
+            if not isinstance(key, int) or isinstance(key, bool):
+                raise IFEvalDataError(f"{where}: 'key' must be an integer, got {key!r}")
+            if key not in by_key:
+                unknown.append(f"line {lineno}: key {key}")
+                continue
+        elif isinstance(rec.get("prompt"), str):
+            key = by_text.get(rec["prompt"])
+            if key is None:
+                unknown.append(f"line {lineno}: prompt {rec['prompt'][:60]!r}")
+                continue
+        else:
+            raise IFEvalDataError(f"{where}: a response record needs 'key' or 'prompt' to say which prompt it answers")
+        if key in out:
+            raise IFEvalDataError(f"{where}: second answer for prompt key {key} (first on line {first_line[key]})")
+        out[key] = rec["response"]
+        first_line[key] = lineno
+    if n_records == 0:
+        raise IFEvalDataError(f"{path}: no response records (empty file)")
+    if unknown:
+        shown = "; ".join(unknown[:10]) + (f"; ... ({len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        raise IFEvalDataError(f"{path}: {len(unknown)} response(s) answer prompts that are not in the input set "
+                              f"(wrong --input_data?): {shown}")
+    return out
+
+
+# ------------------------------------------------------------------------- checking
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+
+
+def strip_think(response: str) -> str:
+    """Remove reasoning blocks before scoring.
+
+    Complete ``<think>...</think>`` blocks are removed; if a ``</think>`` is left (the
+    opening tag was part of the prompt), everything up to the last one goes; an
+    unclosed ``<think>`` (generation cut off while reasoning) removes the rest of the
+    answer. When anything was removed the remainder is stripped of surrounding
+    whitespace, so the separator after the block does not count as part of the answer.
+    An answer without think tags is returned unchanged.
+    """
+    if "<think>" not in response and "</think>" not in response:
+        return response
+    text = _THINK_BLOCK.sub("", response)
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    if "<think>" in text:
+        text = text.split("<think>", 1)[0]
+    return text.strip()
+
+
+def _seed_for(prompt_record: dict, index: int) -> str:
+    # A string seed goes through sha512 in random.seed(), so it does not depend on
+    # PYTHONHASHSEED. Records without a key (demo-data checks) are seeded by their text.
+    key = prompt_record.get("key")
+    ident = f"key={key}" if key is not None else "prompt=" + prompt_record.get("prompt", "")
+    return f"ifeval:{ident}:instruction={index}"
+
+
+def check_response(prompt_record: dict, response: str) -> dict:
+    """Check one answer against one prompt's instructions.
+
+    ``prompt_record`` needs ``instruction_id_list`` and ``kwargs`` (and ``prompt``, which
+    some checkers read; ``key`` optional, it only picks the seed of random argument
+    draws). Returns ``{"strict": [bool, ...], "loose": [bool, ...], "response": str}``,
+    one verdict per instruction; ``response`` is the text that was scored (after
+    :func:`strip_think`).
+    """
+    ids = prompt_record.get("instruction_id_list")
+    kwargs = prompt_record.get("kwargs")
+    if not isinstance(ids, list) or not isinstance(kwargs, list) or len(ids) != len(kwargs):
+        raise IFEvalDataError("prompt record needs instruction_id_list and kwargs lists of equal length")
+    unknown = [i for i in ids if i not in _registry.INSTRUCTION_DICT]
+    if unknown:
+        raise IFEvalDataError(f"unknown instruction id(s) {unknown} (key {prompt_record.get('key')})")
+    if not isinstance(response, str):
+        raise IFEvalDataError(f"response must be a string, got {type(response).__name__}")
+    text = strip_think(response)
+    prompt = prompt_record.get("prompt", "")
+    strict, loose = [], []
+    for index, (inst_id, kw) in enumerate(zip(ids, kwargs)):
+        # One instruction at a time through lm-eval's own strict/loose functions, so
+        # each can get its own seed; both modes draw the same arguments.
+        single = _lm_ifeval.InputExample(key=prompt_record.get("key", -1), instruction_id_list=[inst_id],
+                                         prompt=prompt, kwargs=[kw])
+        saved = random.getstate()
+        try:
+            random.seed(_seed_for(prompt_record, index))
+            s = _lm_ifeval.test_instruction_following_strict(single, text).follow_instruction_list[0]
+            random.seed(_seed_for(prompt_record, index))
+            lo = _lm_ifeval.test_instruction_following_loose(single, text).follow_instruction_list[0]
+        finally:
+            random.setstate(saved)
+        strict.append(bool(s))
+        loose.append(bool(lo))
+    return {"strict": strict, "loose": loose, "response": text}
+
+
+# -------------------------------------------------------------------------- scoring
+def score(prompts: list[dict], responses: dict[int, str], progress: bool = True,
+          prompt_set: Optional[str] = None) -> dict:
+    """Score every prompt in ``prompts`` (in order) with its answer from ``responses``.
+
+    A prompt with no entry in ``responses`` is scored as failing all its instructions
+    and marked ``missing``. Returns ``{"strict": [...], "loose": [...], "metrics": {...},
+    "num_prompts", "num_instructions", "num_missing", "missing_keys", "prompt_set",
+    "per_instruction_type": {...}}`` where each per-prompt record has key, prompt,
+    response, instruction_id_list, follow_instruction_list, follow_all_instructions,
+    missing. ``prompt_set`` defaults to the file name :func:`load_prompts` remembered.
+    """
+    extra = sorted(set(responses) - {p["key"] for p in prompts})
+    if extra:
+        raise IFEvalDataError(f"{len(extra)} response(s) for keys not in the prompt set: {extra[:10]}")
+    from tqdm import tqdm
+
+    strict_recs, loose_recs, missing_keys = [], [], []
+    for p in tqdm(prompts, desc="IFEval scoring", unit="prompt", disable=not progress):
+        missing = p["key"] not in responses
+        if missing:
+            missing_keys.append(p["key"])
+            n = len(p["instruction_id_list"])
+            verdict = {"strict": [False] * n, "loose": [False] * n, "response": ""}
+        else:
+            verdict = check_response(p, responses[p["key"]])
+        for mode, recs in (("strict", strict_recs), ("loose", loose_recs)):
+            recs.append({
+                "key": p["key"],
+                "prompt": p["prompt"],
+                "response": verdict["response"],
+                "instruction_id_list": list(p["instruction_id_list"]),
+                "follow_instruction_list": verdict[mode],
+                "follow_all_instructions": all(verdict[mode]),
+                "missing": missing,
+            })
+
+    per_type: dict[str, dict] = {}
+    for srec, lrec in zip(strict_recs, loose_recs):
+        for inst_id, s, lo in zip(srec["instruction_id_list"], srec["follow_instruction_list"],
+                                  lrec["follow_instruction_list"]):
+            t = per_type.setdefault(inst_id, {"count": 0, "strict_correct": 0, "loose_correct": 0})
+            t["count"] += 1
+            t["strict_correct"] += int(s)
+            t["loose_correct"] += int(lo)
+    per_type = OrderedDict(sorted(per_type.items()))
+    for t in per_type.values():
+        t["strict_acc"] = t["strict_correct"] / t["count"]
+        t["loose_acc"] = t["loose_correct"] / t["count"]
+
+    def counts(recs):
+        flat = [v for r in recs for v in r["follow_instruction_list"]]
+        return sum(r["follow_all_instructions"] for r in recs), len(recs), sum(flat), len(flat)
+
+    ps, pn, is_, in_ = counts(strict_recs)
+    pl, _, il, _ = counts(loose_recs)
+    metrics = {
+        "prompt_level_strict_acc": ps / pn if pn else 0.0,
+        "inst_level_strict_acc": is_ / in_ if in_ else 0.0,
+        "prompt_level_loose_acc": pl / pn if pn else 0.0,
+        "inst_level_loose_acc": il / in_ if in_ else 0.0,
+    }
+    return {
+        "strict": strict_recs,
+        "loose": loose_recs,
+        "metrics": metrics,
+        "counts": {"prompt_strict": ps, "inst_strict": is_, "prompt_loose": pl, "inst_loose": il},
+        "num_prompts": pn,
+        "num_instructions": in_,
+        "num_missing": len(missing_keys),
+        "missing_keys": missing_keys,
+        "prompt_set": prompt_set or getattr(prompts, "source", None),
+        "per_instruction_type": per_type,
+    }
+
+
+def write_results(result: dict, output_dir: str | os.PathLike, meta: Optional[dict] = None) -> dict:
+    """Write ``eval_results_strict.jsonl``, ``eval_results_loose.jsonl`` and
+    ``summary.json`` into ``output_dir`` and return the summary.
+
+    The summary holds the four metrics, the course's ``strict_accuracy`` /
+    ``loose_accuracy`` (= the prompt-level ones), the correct counts, ``num_prompts``,
+    ``num_instructions``, ``num_missing`` (+ ``missing_keys``), ``prompt_set``,
+    ``per_instruction_type`` and every entry of ``meta`` (model, generation settings; a
+    ``prompt_set`` in ``meta`` overrides the remembered one). Nothing time-dependent is
+    added, so the same inputs give byte-identical files.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, recs in ((STRICT_FILE, result["strict"]), (LOOSE_FILE, result["loose"])):
+        with open(out / name, "w", encoding="utf-8") as f:
+            for r in recs:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    m = result["metrics"]
+    summary: dict[str, Any] = {name: m[name] for name in METRIC_NAMES}
+    summary["strict_accuracy"] = m["prompt_level_strict_acc"]
+    summary["loose_accuracy"] = m["prompt_level_loose_acc"]
+    summary.update({
+        "counts": result["counts"],
+        "num_prompts": result["num_prompts"],
+        "num_instructions": result["num_instructions"],
+        "num_missing": result["num_missing"],
+        "missing_keys": result["missing_keys"],
+        "prompt_set": result.get("prompt_set"),
+        "per_instruction_type": result["per_instruction_type"],
+    })
+    for k, v in (meta or {}).items():
+        summary[k] = v
+    with open(out / SUMMARY_FILE, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The console report: a four-line metric table, then accuracy per instruction type."""
+    c = summary.get("counts", {})
+    n_p, n_i = summary["num_prompts"], summary["num_instructions"]
+    rows = [
+        ("prompt_level_strict_acc", c.get("prompt_strict"), n_p),
+        ("inst_level_strict_acc", c.get("inst_strict"), n_i),
+        ("prompt_level_loose_acc", c.get("prompt_loose"), n_p),
+        ("inst_level_loose_acc", c.get("inst_loose"), n_i),
+    ]
+    header = (f"IFEval on {summary.get('prompt_set') or '?'}: {n_p} prompts, {n_i} instructions"
+              + (f", {summary['num_missing']} prompts without an answer (counted as failed)"
+                 if summary.get("num_missing") else ""))
+    lines = [header, f"{'metric':<26}{'accuracy':>9}  {'correct':>11}"]
+    for name, k, n in rows:
+        frac = f"{k}/{n}" if k is not None else ""
+        lines.append(f"{name:<26}{summary[name]:>9.4f}  {frac:>11}")
+    per = summary.get("per_instruction_type") or {}
+    if per:
+        w = max(len(k) for k in per) + 2
+        lines.append("")
+        lines.append(f"{'instruction type':<{w}}{'n':>5}{'strict':>9}{'loose':>9}")
+        for inst_id, t in per.items():
+            lines.append(f"{inst_id:<{w}}{t['count']:>5}{t['strict_acc']:>9.3f}{t['loose_acc']:>9.3f}")
+    return "\n".join(lines)
+
+
+def summary_line(summary: dict) -> str:
+    """One line for the end of a run."""
+    return (f"IFEval {summary.get('prompt_set') or '?'}: {summary['num_prompts']} prompts "
+            f"({summary.get('num_missing', 0)} missing) | prompt strict {summary['prompt_level_strict_acc']:.4f} "
+            f"inst strict {summary['inst_level_strict_acc']:.4f} | prompt loose {summary['prompt_level_loose_acc']:.4f} "
+            f"inst loose {summary['inst_level_loose_acc']:.4f}")
+
+
+# ---------------------------------------------------------------------------- CLI
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="Score IFEval answers (official strict/loose semantics, offline, deterministic) and write "
+                    "eval_results_strict.jsonl, eval_results_loose.jsonl and summary.json.")
+    ap.add_argument("--input_data", required=True, help="IFEval prompts JSONL (key, prompt, instruction_id_list, kwargs)")
+    ap.add_argument("--input_response_data", required=True,
+                    help="answers JSONL: {'key' or 'prompt', 'response'} per line")
+    ap.add_argument("--output_dir", required=True, help="where the result files go (created if needed)")
+    ap.add_argument("--model", default=None, help="model name recorded in summary.json (optional)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar and no per-instruction table")
+    args = ap.parse_args(argv)
+
+    try:
+        prompts = load_prompts(args.input_data)
+        responses = load_responses(args.input_response_data, prompts)
+    except IFEvalDataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    result = score(prompts, responses, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    meta = {"responses_file": Path(args.input_response_data).name}
+    if args.model:
+        meta["model"] = args.model
+    summary = write_results(result, args.output_dir, meta)
+    if not args.quiet:
+        print(format_summary(summary))
+    if summary["num_missing"]:
+        shown = summary["missing_keys"][:10]
+        print(f"warning: {summary['num_missing']} prompts have no answer and count as failed (keys {shown}"
+              f"{' ...' if summary['num_missing'] > 10 else ''})", file=sys.stderr)
+    print(summary_line(summary) + f" | {seconds:.1f}s -> {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
