@@ -486,9 +486,13 @@ def build_turn(rng: random.Random, topic: dict, task: str) -> tuple[str, str, li
 
 # ----------------------------------------------------------------------------- driver
 def load_checker():
-    """The project's IFEval scorer: check_response(ids, kwargs, prompt, response) -> (strict, loose)."""
+    """The project's IFEval scorer, as check(ids, kwargs, prompt, response) -> strict verdicts."""
     from ifeval.scoring import check_response
-    return check_response
+
+    def strict_verdicts(ids, kwargs, prompt, response):
+        record = {"instruction_id_list": ids, "kwargs": kwargs, "prompt": prompt}
+        return check_response(record, response)["strict"]
+    return strict_verdicts
 
 
 def make_conversations(seed: int, num: int, check_response, max_tries: int = 8, progress: bool = True):
@@ -514,7 +518,7 @@ def make_conversations(seed: int, num: int, check_response, max_tries: int = 8, 
                 task = rng.choice(FOLLOW_NEW).format(name=topic["name"])
             for attempt in range(max_tries):
                 request, answer, ids, kws = build_turn(rng, topic, task)
-                strict, _ = check_response(ids, kws, request, answer)
+                strict = check_response(ids, kws, request, answer)
                 if all(strict):
                     break
                 for i, ok in zip(ids, strict):

@@ -52,7 +52,8 @@ def test_every_answer_passes_its_instructions_strict():
         msgs = [m for m in records[c["id"]]["conversations"] if m["role"] != "system"]
         user, answer = msgs[2 * c["turn"]], msgs[2 * c["turn"] + 1]
         assert user["role"] == "user" and answer["role"] == "assistant"
-        strict, _ = check_response(c["instruction_id_list"], c["kwargs"], user["content"], answer["content"])
+        strict = check_response({"instruction_id_list": c["instruction_id_list"], "kwargs": c["kwargs"],
+                                 "prompt": user["content"]}, answer["content"])["strict"]
         failures += [(c["id"], c["turn"], i) for i, ok in zip(c["instruction_id_list"], strict) if not ok]
     assert failures == []
 
@@ -66,7 +67,8 @@ def test_the_scorer_does_reject_a_broken_answer():
         if "punctuation:no_comma" in c["instruction_id_list"] or "change_case:english_lowercase" in c["instruction_id_list"]:
             msgs = [m for m in records[c["id"]]["conversations"] if m["role"] != "system"]
             bad = "Well, " + msgs[2 * c["turn"] + 1]["content"] + " And, Finally."
-            strict, _ = check_response(c["instruction_id_list"], c["kwargs"], msgs[2 * c["turn"]]["content"], bad)
+            strict = check_response({"instruction_id_list": c["instruction_id_list"], "kwargs": c["kwargs"],
+                                     "prompt": msgs[2 * c["turn"]]["content"]}, bad)["strict"]
             assert not all(strict)
             broken += 1
     assert broken >= 20
