@@ -115,6 +115,6 @@ def test_no_ifeval_sentence_is_reused():
 
 def test_generator_fails_loudly_when_answers_cannot_pass():
     import make_demo_data
-    always_fail = lambda ids, kwargs, prompt, response: ([False] * len(ids), [False] * len(ids))  # noqa: E731
+    always_fail = lambda ids, kwargs, prompt, response: [False] * len(ids)  # noqa: E731
     with pytest.raises(make_demo_data.DemoDataError, match="fails"):
         make_demo_data.make_conversations(3, 2, always_fail, progress=False)
