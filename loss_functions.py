@@ -1,0 +1,204 @@
+"""Part 5: token-level causal-LM cross-entropy from logits, exact and memory-lean.
+
+    from loss_functions import compute_loss_from_logits
+    Trainer(..., compute_loss_func=compute_loss_from_logits)
+
+    loss = cross_entropy_loss(logits, labels, num_items_in_batch=None)
+
+What is computed
+----------------
+``logits`` is ``[batch, seq, vocab]`` (fp32, bf16, fp16 or fp64) and ``labels`` is
+``[batch, seq]`` with ``-100`` (``utils.IGNORE_TOKEN_ID``) where nothing is trained.
+Position ``t`` predicts the label at ``t + 1`` (the causal shift), so the last position
+of every row predicts nothing. With ``lse = log(sum_v exp(logits[b, t, v]))``::
+
+    loss = sum over valid (b, t) of  (lse[b, t] - logits[b, t, labels[b, t + 1]])
+           / num_items_in_batch
+
+``-log softmax(x)[y] = logsumexp(x) - x[y]``, and the log-sum-exp is taken after
+subtracting each row's maximum, so logits of any size (1e4 and beyond) do not overflow.
+``num_items_in_batch=None`` divides by the number of valid shifted targets in this
+batch (the plain token mean). When nothing is valid, or the count is 0, the result is
+a finite 0 whose gradient is all zeros (never NaN). The arithmetic runs in fp32 for
+fp32/bf16/fp16 logits (fp64 stays fp64, which ``gradcheck`` needs); the loss is fp32
+and the gradient comes back in the logits' own dtype.
+
+How the HF Trainer (transformers 4.57.1) uses it
+------------------------------------------------
+- ``Trainer.compute_loss`` pops ``labels`` from the batch when ``compute_loss_func`` is
+  set, runs the model without them (so the model computes no loss of its own), then
+  calls ``compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)``.
+- ``num_items_in_batch`` is counted once per optimizer step in ``get_batch_samples``:
+  ``labels.ne(-100).sum()`` over *all* micro-batches of the gradient-accumulation
+  window, and, with ``average_tokens_across_devices`` (default True), summed over all
+  ranks. It is a tensor. It counts unshifted labels, so it equals our shifted count
+  only when the first label of each row is -100, which holds for chat SFT data (the
+  prompt opens every sample) and for ``DataCollatorWithFlattening(separator_id=-100)``.
+- Because ``compute_loss_func`` is set, ``training_step`` does *not* divide the loss by
+  the number of accumulation steps (it does so only when ``compute_loss_func is None``
+  and the model takes no loss kwargs or the count is missing); under DeepSpeed it also
+  passes ``scale_wrt_gas=False``. So each micro-batch contributes (its token-loss sum) /
+  (token count of the whole accumulated batch) and the accumulated gradient is exactly
+  the gradient of the mean token loss of the big batch, however tokens are spread.
+- With ``average_tokens_across_devices`` the Trainer multiplies the returned loss by the
+  number of processes, which cancels the averaging of gradients across ranks; the
+  logged loss (sum over micro-batches, averaged over ranks) is then the mean token loss.
+- ``model_accepts_loss_kwargs`` (True for Llama: its ``forward`` takes ``**kwargs``)
+  only decides whether the count is also passed into ``model(...)``; with the labels
+  popped the model ignores it.
+
+Why a custom autograd function
+------------------------------
+The plain form ``log_softmax(logits.float())`` keeps a ``[tokens, vocab]`` fp32 tensor
+for backward and builds another one, plus its gradient, in backward: at 2,048 tokens x
+49,152 vocab each copy is 400 MB. :class:`ChunkedCrossEntropy` walks the valid
+positions in chunks of ``chunk_size`` rows: forward keeps only one number per position
+(its log-sum-exp); backward re-reads the chunk's logits, recomputes
+``softmax = exp(x - lse)``, subtracts 1 at the target, scales, and writes the chunk into
+the gradient. Extra memory is about two chunks (the fp32 working copy, and for bf16/fp16
+its cast back), ``benchmarks/loss.py`` measures it. Only valid rows are read at all.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+
+from utils import IGNORE_TOKEN_ID
+
+# Rows (positions) per chunk. 49,152-wide fp32 rows are 192 KiB each, so 512 rows are a
+# 96 MiB working copy; benchmarks/loss.py measured this size as both lean and fast.
+DEFAULT_CHUNK_SIZE = 512
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half-precision (and fp32) logits; fp64 stays fp64 (gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Sum over ``rows`` of ``logsumexp(flat[r]) - flat[r, targets[r]]``, chunk by chunk.
+
+    ``flat`` is the logits viewed as ``[positions, vocab]``; ``rows`` (int64) are the
+    positions that have a target and ``targets`` their label ids. Returns a 0-d tensor in
+    the compute dtype. Saved for backward: the logits themselves (no copy), ``rows``,
+    ``targets`` and one log-sum-exp per row.
+    """
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int):
+        cdt = _compute_dtype(flat.dtype)
+        n = rows.numel()
+        lse = torch.empty(n, dtype=cdt, device=flat.device)
+        total = torch.zeros((), dtype=torch.float64 if cdt == torch.float64 else torch.float32, device=flat.device)
+        for start in range(0, n, chunk_size):
+            r = rows[start:start + chunk_size]
+            t = targets[start:start + chunk_size]
+            x = flat.index_select(0, r).to(cdt)  # fresh working copy: safe to modify in place
+            target_logit = x.gather(1, t.unsqueeze(1)).squeeze(1)
+            m = x.amax(dim=1, keepdim=True)
+            # A row of all -inf would give m = -inf and (-inf) - (-inf) = NaN; such a row
+            # has no finite answer anyway, but keep the shift finite.
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+            x.sub_(m).exp_()
+            chunk_lse = x.sum(dim=1).log_().add_(m.squeeze(1))
+            lse[start:start + chunk_size] = chunk_lse
+            total += (chunk_lse - target_logit).sum()
+        ctx.save_for_backward(flat, rows, targets, lse)
+        ctx.chunk_size = chunk_size
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total: torch.Tensor):
+        flat, rows, targets, lse = ctx.saved_tensors
+        cdt = lse.dtype
+        # Positions without a target get exactly zero gradient.
+        grad = torch.zeros_like(flat)
+        coef = grad_total.to(cdt)
+        for start in range(0, rows.numel(), ctx.chunk_size):
+            r = rows[start:start + ctx.chunk_size]
+            t = targets[start:start + ctx.chunk_size]
+            x = flat.index_select(0, r).to(cdt)
+            # d/dx (lse - x[y]) = softmax(x) - onehot(y), recomputed from the saved lse.
+            x.sub_(lse[start:start + ctx.chunk_size].unsqueeze(1)).exp_()
+            x[torch.arange(r.numel(), device=x.device), t] -= 1.0
+            x.mul_(coef)
+            grad.index_copy_(0, r, x.to(flat.dtype))
+        return grad, None, None, None
+
+
+def _num_items(num_items_in_batch: Union[int, float, torch.Tensor, None], fallback: int,
+               device: torch.device) -> torch.Tensor:
+    """The divisor as a 0-d fp32 tensor (counts above 2**24 lose nothing that matters)."""
+    if num_items_in_batch is None:
+        return torch.tensor(float(fallback), device=device)
+    if torch.is_tensor(num_items_in_batch):
+        if num_items_in_batch.numel() != 1:
+            raise ValueError(f"num_items_in_batch must hold one number, got shape {tuple(num_items_in_batch.shape)}")
+        return num_items_in_batch.detach().reshape(()).to(device=device, dtype=torch.float32)
+    if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, (int, float)):
+        raise TypeError(f"num_items_in_batch must be an int, a tensor or None, got {type(num_items_in_batch).__name__}")
+    if num_items_in_batch < 0:
+        raise ValueError(f"num_items_in_batch must be >= 0, got {num_items_in_batch}")
+    return torch.tensor(float(num_items_in_batch), device=device)
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor,
+                       num_items_in_batch: Union[int, torch.Tensor, None] = None,
+                       chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """Causal-LM token cross-entropy: sum of ``-log softmax(logits[:, t])[labels[:, t+1]]``
+    over non-ignored targets, divided by ``num_items_in_batch`` (``None``: by the number of
+    those targets). Returns a 0-d fp32 tensor (fp64 for fp64 logits). See the module
+    docstring for the exact semantics and the memory behaviour."""
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [batch, seq, vocab], got shape {tuple(logits.shape)}")
+    if labels is None:
+        raise ValueError("labels is None: the loss needs the batch's labels (did the collator drop them?)")
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match logits {tuple(logits.shape[:2])}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got {logits.dtype}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    batch, seq, vocab = logits.shape
+    labels = labels.to(logits.device)
+
+    # Shifted targets laid out like the logits: position t of a row holds label t+1,
+    # the last position of each row holds "ignored".
+    shifted = torch.full_like(labels, IGNORE_TOKEN_ID)
+    shifted[:, :-1] = labels[:, 1:]
+    shifted = shifted.reshape(-1)
+    rows = (shifted != IGNORE_TOKEN_ID).nonzero().squeeze(1)
+    targets = shifted.index_select(0, rows)
+    if targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
+        bad = targets[(targets < 0) | (targets >= vocab)][0].item()
+        raise ValueError(f"label id {bad} is outside the vocabulary [0, {vocab}) and is not {IGNORE_TOKEN_ID}")
+
+    # A view when the logits are contiguous (the usual model output): no copy.
+    flat = logits.reshape(batch * seq, vocab)
+    total = ChunkedCrossEntropy.apply(flat, rows, targets, chunk_size)
+    denom = _num_items(num_items_in_batch, rows.numel(), logits.device).to(total.dtype)
+    # Nothing to average over: a finite zero that still backpropagates (zeros).
+    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+    return torch.where(denom > 0, total / safe, total * 0.0)
+
+
+def _logits_of(outputs: Any) -> torch.Tensor:
+    """The logits of a model output: ``.logits`` (ModelOutput, SimpleNamespace),
+    ``["logits"]`` (dict), or the tensor itself."""
+    if torch.is_tensor(outputs):
+        return outputs
+    logits = getattr(outputs, "logits", None)
+    if logits is None and isinstance(outputs, dict):
+        logits = outputs.get("logits")
+    if logits is None:
+        raise TypeError(f"model output {type(outputs).__name__} has no logits")
+    return logits
+
+
+def compute_loss_from_logits(outputs: Any, labels: torch.Tensor,
+                             num_items_in_batch: Union[int, torch.Tensor, None] = None) -> torch.Tensor:
+    """What ``Trainer(compute_loss_func=...)`` calls: ``cross_entropy_loss`` on
+    ``outputs.logits`` with the batch's ``labels`` and the Trainer's token count."""
+    return cross_entropy_loss(_logits_of(outputs), labels, num_items_in_batch)
