@@ -146,7 +146,7 @@ def load_prompts(path: str | os.PathLike) -> PromptList:
     return out
 
 
-def load_responses(path: str | os.PathLike, prompts: list[dict]) -> dict[int, str]:
+def load_responses(path: str | os.PathLike, prompts: list[dict], allow_extra: bool = False) -> dict[int, str]:
     """Read an answer file and join it to ``prompts``: returns {prompt key: response}.
 
     Each JSONL record has ``response`` (a string) and either ``key`` (preferred: the
@@ -156,6 +156,10 @@ def load_responses(path: str | os.PathLike, prompts: list[dict]) -> dict[int, st
     them as failed and missing). Errors (:class:`IFEvalDataError`): missing file,
     malformed line (file:line), no records, answers whose key or prompt text is not in
     the input set (named, with their lines), and two answers for the same prompt.
+
+    ``allow_extra=True`` is for scoring a subset (``--limit``) against an answer file
+    that also holds answers to other prompts: those are skipped and their number is
+    printed to stderr instead of raising.
     """
     by_key = {p["key"]: p for p in prompts}
     by_text: dict[str, int] = {}
@@ -192,7 +196,10 @@ def load_responses(path: str | os.PathLike, prompts: list[dict]) -> dict[int, st
         first_line[key] = lineno
     if n_records == 0:
         raise IFEvalDataError(f"{path}: no response records (empty file)")
-    if unknown:
+    if unknown and allow_extra:
+        print(f"note: {path}: skipped {len(unknown)} answer(s) to prompts outside the {len(prompts)} selected",
+              file=sys.stderr)
+    elif unknown:
         shown = "; ".join(unknown[:10]) + (f"; ... ({len(unknown) - 10} more)" if len(unknown) > 10 else "")
         raise IFEvalDataError(f"{path}: {len(unknown)} response(s) answer prompts that are not in the input set "
                               f"(wrong --input_data?): {shown}")
@@ -412,11 +419,19 @@ def format_summary(summary: dict) -> str:
 
 
 def summary_line(summary: dict) -> str:
-    """One line for the end of a run."""
-    return (f"IFEval {summary.get('prompt_set') or '?'}: {summary['num_prompts']} prompts "
-            f"({summary.get('num_missing', 0)} missing) | prompt strict {summary['prompt_level_strict_acc']:.4f} "
-            f"inst strict {summary['inst_level_strict_acc']:.4f} | prompt loose {summary['prompt_level_loose_acc']:.4f} "
-            f"inst loose {summary['inst_level_loose_acc']:.4f}")
+    """One line for the end of a run: the four metrics with their counts."""
+    c = summary.get("counts") or {}
+    n_p, n_i = summary["num_prompts"], summary["num_instructions"]
+
+    def part(metric, count_key, n):
+        k = c.get(count_key)
+        return f"{summary[metric]:.4f}" + (f" ({k}/{n})" if k is not None else "")
+
+    return (f"IFEval {summary.get('prompt_set') or '?'}: {n_p} prompts ({summary.get('num_missing', 0)} missing) | "
+            f"prompt strict {part('prompt_level_strict_acc', 'prompt_strict', n_p)}, "
+            f"inst strict {part('inst_level_strict_acc', 'inst_strict', n_i)} | "
+            f"prompt loose {part('prompt_level_loose_acc', 'prompt_loose', n_p)}, "
+            f"inst loose {part('inst_level_loose_acc', 'inst_loose', n_i)}")
 
 
 # ---------------------------------------------------------------------------- CLI

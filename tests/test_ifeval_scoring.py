@@ -351,6 +351,16 @@ def test_load_responses_errors(tmp_path, records, match):
         load_responses(_write_jsonl(tmp_path / "r.jsonl", records), prompts)
 
 
+def test_load_responses_allow_extra_skips_and_reports(tmp_path, capsys):
+    prompts = load_prompts(_prompts_file(tmp_path))[:1]  # a --limit 1 style subset
+    resp = _write_jsonl(tmp_path / "r.jsonl", [{"key": 10, "response": "a"}, {"key": 20, "response": "b"},
+                                               {"key": 30, "response": "c"}])
+    with pytest.raises(IFEvalDataError, match="2 response"):
+        load_responses(resp, prompts)
+    assert load_responses(resp, prompts, allow_extra=True) == {10: "a"}
+    assert "skipped 2 answer(s)" in capsys.readouterr().err
+
+
 def test_load_responses_malformed_empty_missing(tmp_path):
     prompts = load_prompts(_prompts_file(tmp_path))
     bad = tmp_path / "bad.jsonl"
