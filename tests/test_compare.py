@@ -1,0 +1,97 @@
+"""ifeval/compare.py on two synthetic result folders written through ifeval/scoring.py's
+own write_results, so the inputs have exactly the layout real runs produce."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from utils import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT))
+from ifeval import compare  # noqa: E402
+from ifeval.scoring import score, write_results  # noqa: E402
+
+PROMPTS = [
+    {"key": 1, "prompt": "Answer in all capital letters.", "instruction_id_list": ["change_case:english_capital"],
+     "kwargs": [{}]},
+    {"key": 2, "prompt": "Do not use any commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+    {"key": 3, "prompt": "End with 'Is there anything else I can help with?'",
+     "instruction_id_list": ["startend:end_checker"],
+     "kwargs": [{"end_phrase": "Is there anything else I can help with?"}]},
+]
+# base: 1 fails, 2 passes, 3 fails; sft: 1 passes (fixed), 2 fails (broken), 3 fails.
+BASE = {1: "this is all lower case text.", 2: "No commas here at all.", 3: "Goodbye."}
+SFT = {1: "THIS IS ALL IN CAPITAL LETTERS AND IT IS LONG ENOUGH.", 2: "Well, a | pipe and <b>tag</b>,\nsecond line",
+       3: "Bye."}
+
+
+def make_run(path, responses, model):
+    write_results(score(PROMPTS, responses, progress=False, prompt_set="toy.jsonl"), path,
+                  {"model": model, "max_tokens": 64})
+    return path
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    return make_run(tmp_path / "base", BASE, "base-model"), make_run(tmp_path / "sft", SFT, "sft-model")
+
+
+def test_report_contents(two_runs, tmp_path):
+    out = tmp_path / "rep" / "cmp.md"
+    res = compare.main([str(two_runs[0]), str(two_runs[1]), "--output", str(out), "--examples", "2"])
+    text = out.read_text()
+    # Four metrics per run with the change from the base: base 1/3 prompts strict, sft 1/3.
+    assert "| base-model | toy.jsonl | 3 | 64 | 33.3 | 33.3 | 33.3 | 33.3 |" in text
+    assert "| sft-model | toy.jsonl | 3 | 64 | 33.3 (+0.0) | 33.3 (+0.0) |" in text
+    # Per-type rows: english_capital 0 -> 100, no_comma 100 -> 0.
+    assert "| change_case:english_capital | 1 | 0.0 | 100.0 (+100.0) |" in text
+    assert "| punctuation:no_comma | 1 | 100.0 | 0.0 (-100.0) |" in text
+    assert "3 prompts in both runs: 1 fixed (fail -> pass), 1 broken (pass -> fail), 1 unchanged" in text
+    assert "#### Fixed: key 1" in text and "#### Broken: key 2" in text and "key 3" not in text
+    # The answers side by side, escaped so the table stays a table.
+    assert "| No commas here at all. | Well, a \\| pipe and &lt;b&gt;tag&lt;/b&gt;,<br>second line |" in text
+    assert "![IFEval accuracy](cmp.png)" in text
+    png = tmp_path / "rep" / "cmp.png"
+    assert res["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_truncation_and_names(two_runs, tmp_path):
+    out = tmp_path / "c.md"
+    compare.main([*map(str, two_runs), "--output", str(out), "--plot", str(tmp_path / "p.png"),
+                  "--names", "before", "after", "--max_chars", "10"])
+    text = out.read_text()
+    assert "| before (FAIL) | after (pass) |" in text
+    assert "| this is al … | THIS IS AL … |" in text
+
+
+def test_same_model_twice_uses_folder_names(tmp_path):
+    a = make_run(tmp_path / "run_a", BASE, "m")
+    b = make_run(tmp_path / "run_b", BASE, "m")
+    compare.main([str(a), str(b), "--output", str(tmp_path / "c.md")])
+    text = (tmp_path / "c.md").read_text()
+    assert "| run_a |" in text and "| run_b |" in text and "0 fixed" in text
+
+
+def test_missing_summary_is_a_clear_error(two_runs, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match=r"empty/summary\.json: missing; score the run first"):
+        compare.main([str(two_runs[0]), str(empty), "--output", str(tmp_path / "x.md")])
+    with pytest.raises(SystemExit, match="not a folder"):
+        compare.main([str(tmp_path / "nowhere"), "--output", str(tmp_path / "x.md")])
+    (empty / "summary.json").write_text('{"model": "x"}')
+    with pytest.raises(SystemExit, match="no prompt_level_strict_acc"):
+        compare.main([str(empty), "--output", str(tmp_path / "x.md")])
+    assert not (tmp_path / "x.md").exists()
+
+
+def test_cli_help_and_run(two_runs, tmp_path):
+    script = REPO_ROOT / "ifeval" / "compare.py"
+    h = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    assert h.returncode == 0 and "RESULT_DIR" in h.stdout
+    r = subprocess.run([sys.executable, str(script), *map(str, two_runs), "--output", "r.md"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "r.md").is_file() and (tmp_path / "r.png").is_file()
+    assert "[compare] 2 runs, prompt strict %: base-model 33.3, sft-model 33.3 (+0.0)" in r.stdout
