@@ -79,28 +79,54 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class ChunkedCrossEntropy(torch.autograd.Function):
     """Sum over ``rows`` of ``logsumexp(flat[r]) - flat[r, targets[r]]``, chunk by chunk.
 
-    ``flat`` is the logits viewed as ``[positions, vocab]``; ``rows`` (int64) are the
-    positions that have a target and ``targets`` their label ids. Returns a 0-d tensor in
-    the compute dtype. Saved for backward: the logits themselves (no copy), ``rows``,
-    ``targets`` and one log-sum-exp per row.
+    ``flat`` is the logits viewed as ``[positions, vocab]``; ``rows`` (int64, increasing)
+    are the positions that have a target and ``targets`` their label ids. Returns a 0-d
+    tensor in the compute dtype. Saved for backward: the logits themselves (no copy),
+    ``rows``, ``targets`` and one log-sum-exp per row.
+
+    Both passes reuse one ``[chunk_size, vocab]`` working buffer in the compute dtype (plus
+    one in the logits' dtype for bf16/fp16 when a chunk's rows are not contiguous): a fresh
+    allocation per chunk would cost a page fault per 4 KiB page every time.
     """
 
     @staticmethod
-    def forward(ctx, flat: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int):
+    def _load(flat, r, buf, low):
+        """Copy rows ``r`` of ``flat`` into ``buf[:len(r)]`` (converting to its dtype)."""
+        n = r.numel()
+        first, last = int(r[0]), int(r[-1])
+        out = buf[:n]
+        if last - first + 1 == n:  # a run of consecutive positions (the usual case): a slice
+            out.copy_(flat[first:last + 1])
+        elif low is None:
+            torch.index_select(flat, 0, r, out=out)
+        else:
+            torch.index_select(flat, 0, r, out=low[:n])
+            out.copy_(low[:n])
+        return out
+
+    @staticmethod
+    def _buffers(flat, n_rows, chunk_size):
         cdt = _compute_dtype(flat.dtype)
+        rows = min(chunk_size, max(n_rows, 1))
+        buf = torch.empty(rows, flat.shape[1], dtype=cdt, device=flat.device)
+        low = None if flat.dtype == cdt else torch.empty(rows, flat.shape[1], dtype=flat.dtype, device=flat.device)
+        return buf, low
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int):
         n = rows.numel()
-        lse = torch.empty(n, dtype=cdt, device=flat.device)
-        total = torch.zeros((), dtype=torch.float64 if cdt == torch.float64 else torch.float32, device=flat.device)
+        buf, low = ChunkedCrossEntropy._buffers(flat, n, chunk_size)
+        lse = torch.empty(n, dtype=buf.dtype, device=flat.device)
+        total = torch.zeros((), dtype=buf.dtype, device=flat.device)
         for start in range(0, n, chunk_size):
             r = rows[start:start + chunk_size]
             t = targets[start:start + chunk_size]
-            x = flat.index_select(0, r).to(cdt)  # fresh working copy: safe to modify in place
+            x = ChunkedCrossEntropy._load(flat, r, buf, low)
             target_logit = x.gather(1, t.unsqueeze(1)).squeeze(1)
             m = x.amax(dim=1, keepdim=True)
-            # A row of all -inf would give m = -inf and (-inf) - (-inf) = NaN; such a row
-            # has no finite answer anyway, but keep the shift finite.
+            # A row of all -inf would give (-inf) - (-inf) = NaN; keep the shift finite.
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-            x.sub_(m).exp_()
+            x.sub_(m).exp_()  # in place: the buffer is ours
             chunk_lse = x.sum(dim=1).log_().add_(m.squeeze(1))
             lse[start:start + chunk_size] = chunk_lse
             total += (chunk_lse - target_logit).sum()
@@ -112,19 +138,32 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total: torch.Tensor):
         flat, rows, targets, lse = ctx.saved_tensors
-        cdt = lse.dtype
-        # Positions without a target get exactly zero gradient.
-        grad = torch.zeros_like(flat)
-        coef = grad_total.to(cdt)
-        for start in range(0, rows.numel(), ctx.chunk_size):
-            r = rows[start:start + ctx.chunk_size]
-            t = targets[start:start + ctx.chunk_size]
-            x = flat.index_select(0, r).to(cdt)
+        chunk_size = ctx.chunk_size
+        n = rows.numel()
+        # Every row is either written below or zeroed here: no full-size zero fill.
+        grad = torch.empty_like(flat)
+        untouched = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
+        untouched[rows] = False
+        grad[untouched] = 0
+        if n == 0:
+            return grad, None, None, None
+        buf, low = ChunkedCrossEntropy._buffers(flat, n, chunk_size)
+        coef = grad_total.to(buf.dtype)
+        for start in range(0, n, chunk_size):
+            r = rows[start:start + chunk_size]
+            t = targets[start:start + chunk_size]
+            x = ChunkedCrossEntropy._load(flat, r, buf, low)
             # d/dx (lse - x[y]) = softmax(x) - onehot(y), recomputed from the saved lse.
-            x.sub_(lse[start:start + ctx.chunk_size].unsqueeze(1)).exp_()
-            x[torch.arange(r.numel(), device=x.device), t] -= 1.0
-            x.mul_(coef)
-            grad.index_copy_(0, r, x.to(flat.dtype))
+            x.sub_(lse[start:start + chunk_size].unsqueeze(1)).exp_().mul_(coef)
+            x[torch.arange(r.numel(), device=x.device), t] -= coef
+            first, last = int(r[0]), int(r[-1])
+            if last - first + 1 == r.numel():
+                grad[first:last + 1].copy_(x)
+            elif low is None:
+                grad.index_copy_(0, r, x)
+            else:
+                low[:r.numel()].copy_(x)
+                grad.index_copy_(0, r, low[:r.numel()])
         return grad, None, None, None
 
 
