@@ -148,11 +148,44 @@ def write_manifest(path: str, model_args, data_args, training_args, stats, key, 
     return manifest
 
 
-def main(argv: Optional[list[str]] = None) -> Trainer:
+def finished_step(checkpoint: Optional[str], training_args: TrainingArguments) -> Optional[int]:
+    """The step at which a run resumed from ``checkpoint`` is already complete, else None.
+
+    Why: the Trainer resumed from a checkpoint at its last step still runs one more
+    optimizer step before it notices it is done, so rerunning a finished command would
+    change the saved model. A run counts as finished when its final model was saved and the
+    checkpoint reached the requested ``--max_steps`` (or, for epoch-based runs, the step
+    count it had planned for the same ``--num_train_epochs``).
+    """
+    if not checkpoint:
+        return None
+    state_path = os.path.join(checkpoint, "trainer_state.json")
+    final_model = os.path.join(training_args.output_dir, "model.safetensors")
+    if not (os.path.exists(state_path) and os.path.exists(final_model)):
+        return None
+    with open(state_path, encoding="utf-8") as f:
+        state = json.load(f)
+    step = state.get("global_step", 0)
+    if training_args.max_steps > 0:
+        return step if step >= training_args.max_steps else None
+    same_plan = state.get("num_train_epochs") == training_args.num_train_epochs
+    return step if same_plan and step >= state.get("max_steps", float("inf")) else None
+
+
+def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     log = print if training_args.process_index == 0 else (lambda *a, **k: None)
     transformers.set_seed(training_args.seed)
+
+    resume = training_args.resume_from_checkpoint
+    if resume is None and os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+        resume = get_last_checkpoint(training_args.output_dir)
+    done_at = finished_step(resume, training_args)
+    if done_at is not None:
+        log(f"[done] {training_args.output_dir} already finished at step {done_at} (checkpoint {resume}); "
+            f"nothing to train. Use a new --output_dir or --overwrite_output_dir True to train again.")
+        return None
 
     model_path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path, data_args.model_max_length)
@@ -187,9 +220,6 @@ def main(argv: Optional[list[str]] = None) -> Trainer:
         compute_loss_func=compute_loss_from_logits,
     )
 
-    resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
-        resume = get_last_checkpoint(training_args.output_dir)
     if resume:
         log(f"[train] resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)

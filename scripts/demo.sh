@@ -85,7 +85,9 @@ train() {
 }
 
 report() {
-  $PY ifeval/compare.py "$OUT/ifeval_base" "$OUT/ifeval_sft" --output_dir "$OUT/report"
+  mkdir -p "$OUT/report"
+  $PY ifeval/compare.py "$OUT/ifeval_base" "$OUT/ifeval_sft" --names base fine-tuned \
+      --output "$OUT/report/ifeval_compare.md" --plot "$OUT/report/ifeval_compare.png"
 }
 
 T_ALL=$SECONDS

@@ -91,7 +91,7 @@ def run_config(cfg: dict, args, run_root: Path) -> dict:
     log = run_root / "run.log"
     t0 = time.time()
     env = dict(os.environ, MODELPATH=args.model, DATAPATH=args.data, OUTPUTPATH=str(run_root.resolve()),
-               RUNNAME="ckpt", TOTALBSZ=str(cfg["total_bsz"]), BSZPERDEV=str(min(args.bsz_per_dev, cfg["total_bsz"])))
+               RUNNAME="ckpt", TOTALBSZ=str(cfg["total_bsz"]), BSZPERDEV=str(args.bsz_per_dev))
     train_args = []
     for k, (flag, _) in AXES.items():
         if flag.startswith("--"):
