@@ -69,11 +69,25 @@ from utils import IGNORE_TOKEN_ID
 # Rows (positions) per chunk. 49,152-wide fp32 rows are 192 KiB each, so 512 rows are a
 # 96 MiB working copy; benchmarks/loss.py measured this size as both lean and fast.
 DEFAULT_CHUNK_SIZE = 512
+# Largest |lse - log g| for which backward folds the incoming gradient g into the exponent.
+_FUSE_LIMIT = 64.0
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 for half-precision (and fp32) logits; fp64 stays fp64 (gradcheck)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _plan(rows: torch.Tensor, chunk_size: int) -> list:
+    """Chunks of the valid rows as ``(start, end, first_row)``, ``first_row`` set when the
+    chunk's rows are consecutive positions (then it is read as a slice, no gather)."""
+    host = rows.tolist()  # one device sync per call; the plan is reused by backward
+    plan = []
+    for start in range(0, len(host), chunk_size):
+        end = min(start + chunk_size, len(host))
+        first = host[start]
+        plan.append((start, end, first if host[end - 1] - first == end - start - 1 else None))
+    return plan
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
@@ -85,52 +99,58 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     ``rows``, ``targets`` and one log-sum-exp per row.
 
     Both passes reuse one ``[chunk_size, vocab]`` working buffer in the compute dtype (plus
-    one in the logits' dtype for bf16/fp16 when a chunk's rows are not contiguous): a fresh
-    allocation per chunk would cost a page fault per 4 KiB page every time.
+    one in the logits' dtype for bf16/fp16 when a chunk's rows are not consecutive): a new
+    allocation per chunk would page-fault on every 4 KiB page each time. Each chunk costs
+    few full passes over its rows, because on a busy machine every multi-threaded op pays
+    for thread synchronisation: forward reads the rows for their max, writes
+    ``x - max`` into the buffer, exponentiates it and sums it; backward writes
+    ``x - (lse - log g)`` into the buffer and exponentiates it straight into the gradient
+    (``exp(x - lse) * g`` in one go, for the usual incoming gradient ``g > 0``).
     """
 
     @staticmethod
-    def _load(flat, r, buf, low):
-        """Copy rows ``r`` of ``flat`` into ``buf[:len(r)]`` (converting to its dtype)."""
+    def _gather(flat, r, buf, low):
+        """Rows ``r`` of ``flat`` into ``buf[:len(r)]`` (in the buffer's dtype)."""
         n = r.numel()
-        first, last = int(r[0]), int(r[-1])
-        out = buf[:n]
-        if last - first + 1 == n:  # a run of consecutive positions (the usual case): a slice
-            out.copy_(flat[first:last + 1])
-        elif low is None:
-            torch.index_select(flat, 0, r, out=out)
-        else:
-            torch.index_select(flat, 0, r, out=low[:n])
-            out.copy_(low[:n])
-        return out
+        if low is None:
+            return torch.index_select(flat, 0, r, out=buf[:n])
+        torch.index_select(flat, 0, r, out=low[:n])
+        return buf[:n].copy_(low[:n])
 
     @staticmethod
-    def _buffers(flat, n_rows, chunk_size):
+    def _buffers(flat, n_rows, chunk_size, need_low):
         cdt = _compute_dtype(flat.dtype)
-        rows = min(chunk_size, max(n_rows, 1))
-        buf = torch.empty(rows, flat.shape[1], dtype=cdt, device=flat.device)
-        low = None if flat.dtype == cdt else torch.empty(rows, flat.shape[1], dtype=flat.dtype, device=flat.device)
+        size = (min(chunk_size, max(n_rows, 1)), flat.shape[1])
+        buf = torch.empty(size, dtype=cdt, device=flat.device)
+        low = torch.empty(size, dtype=flat.dtype, device=flat.device) if need_low and flat.dtype != cdt else None
         return buf, low
 
     @staticmethod
     def forward(ctx, flat: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int):
         n = rows.numel()
-        buf, low = ChunkedCrossEntropy._buffers(flat, n, chunk_size)
-        lse = torch.empty(n, dtype=buf.dtype, device=flat.device)
-        total = torch.zeros((), dtype=buf.dtype, device=flat.device)
-        for start in range(0, n, chunk_size):
-            r = rows[start:start + chunk_size]
-            t = targets[start:start + chunk_size]
-            x = ChunkedCrossEntropy._load(flat, r, buf, low)
-            target_logit = x.gather(1, t.unsqueeze(1)).squeeze(1)
-            m = x.amax(dim=1, keepdim=True)
+        plan = _plan(rows, chunk_size)
+        buf, low = ChunkedCrossEntropy._buffers(flat, n, chunk_size, any(f is None for _, _, f in plan))
+        cdt = buf.dtype
+        lse = torch.empty(n, dtype=cdt, device=flat.device)
+        total = torch.zeros((), dtype=cdt, device=flat.device)
+        for start, end, first in plan:
+            t = targets[start:end].unsqueeze(1)
+            x = buf[:end - start]
+            if first is not None:
+                src = flat[first:first + end - start]  # a view of the logits
+                m = src.amax(dim=1, keepdim=True).to(cdt)
+            else:
+                src = ChunkedCrossEntropy._gather(flat, rows[start:end], buf, low)
+                m = src.amax(dim=1, keepdim=True)
+            target_logit = src.gather(1, t).squeeze(1).to(cdt)
             # A row of all -inf would give (-inf) - (-inf) = NaN; keep the shift finite.
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-            x.sub_(m).exp_()  # in place: the buffer is ours
-            chunk_lse = x.sum(dim=1).log_().add_(m.squeeze(1))
-            lse[start:start + chunk_size] = chunk_lse
+            torch.sub(src, m, out=x)  # also the fp32 upcast of bf16/fp16 rows
+            chunk_lse = x.exp_().sum(dim=1).log_().add_(m.squeeze(1))
+            lse[start:end] = chunk_lse
             total += (chunk_lse - target_logit).sum()
         ctx.save_for_backward(flat, rows, targets, lse)
+        ctx.plan = plan
         ctx.chunk_size = chunk_size
         return total
 
@@ -138,32 +158,56 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total: torch.Tensor):
         flat, rows, targets, lse = ctx.saved_tensors
-        chunk_size = ctx.chunk_size
+        plan = ctx.plan
         n = rows.numel()
         # Every row is either written below or zeroed here: no full-size zero fill.
         grad = torch.empty_like(flat)
         untouched = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
         untouched[rows] = False
-        grad[untouched] = 0
+        grad.index_fill_(0, untouched.nonzero().squeeze(1), 0)
         if n == 0:
             return grad, None, None, None
-        buf, low = ChunkedCrossEntropy._buffers(flat, n, chunk_size)
-        coef = grad_total.to(buf.dtype)
-        for start in range(0, n, chunk_size):
-            r = rows[start:start + chunk_size]
-            t = targets[start:start + chunk_size]
-            x = ChunkedCrossEntropy._load(flat, r, buf, low)
-            # d/dx (lse - x[y]) = softmax(x) - onehot(y), recomputed from the saved lse.
-            x.sub_(lse[start:start + chunk_size].unsqueeze(1)).exp_().mul_(coef)
-            x[torch.arange(r.numel(), device=x.device), t] -= coef
-            first, last = int(r[0]), int(r[-1])
-            if last - first + 1 == r.numel():
-                grad[first:last + 1].copy_(x)
-            elif low is None:
-                grad.index_copy_(0, r, x)
+        buf, low = ChunkedCrossEntropy._buffers(flat, n, ctx.chunk_size, True)
+        coef = grad_total.detach().to(buf.dtype)
+        # d/dx g * (lse - x[y]) = g * softmax(x) - g * onehot(y). For g > 0 (always, from a
+        # loss that is minimised) fold g into the exponent, saving a pass:
+        # g * exp(x - lse) = exp(x - (lse - log g)). Only while |lse - log g| stays small:
+        # its rounding error (half an ulp, 2**-19 relative below 64) becomes the relative
+        # error of the gradient, and at lse ~ 1e4 log g would be rounded away entirely.
+        fused = bool(coef > 0) and bool(torch.isfinite(coef))
+        if fused:
+            shift = lse - coef.log()
+            fused = bool(shift.abs().max() <= _FUSE_LIMIT)
+        if not fused:
+            shift = lse
+        for start, end, first in plan:
+            t = targets[start:end].unsqueeze(1)
+            x = buf[:end - start]
+            if first is not None:
+                torch.sub(flat[first:first + end - start], shift[start:end].unsqueeze(1), out=x)
             else:
-                low[:r.numel()].copy_(x)
-                grad.index_copy_(0, r, low[:r.numel()])
+                ChunkedCrossEntropy._gather(flat, rows[start:end], buf, low).sub_(shift[start:end].unsqueeze(1))
+            # The target entries, computed in the compute dtype before any rounding to the
+            # logits' dtype (g * p - g loses everything if p ~ 1 is rounded first).
+            at_target = x.gather(1, t).exp_()
+            at_target = (at_target if fused else at_target * coef) - coef
+            if first is not None and fused:
+                dst = grad[first:first + end - start]
+                torch.exp(x, out=dst)  # straight into the gradient, cast included
+            else:
+                x.exp_()
+                if not fused:
+                    x.mul_(coef)
+                dst = x
+            dst.scatter_(1, t, at_target.to(dst.dtype))
+            if first is not None and not fused:
+                grad[first:first + end - start].copy_(x)
+            elif first is None:
+                if low is None:
+                    grad.index_copy_(0, rows[start:end], x)
+                else:
+                    low[:end - start].copy_(x)
+                    grad.index_copy_(0, rows[start:end], low[:end - start])
         return grad, None, None, None
 
 

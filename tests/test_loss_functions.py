@@ -280,3 +280,14 @@ def test_benchmark_runs_small():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "fp32 chunk" in out.stdout and "summary:" in out.stdout
+
+
+@pytest.mark.parametrize("factor", [-2.0, 0.5, 1e-3])
+def test_backward_with_other_incoming_gradients(factor):
+    """The incoming gradient is folded into the exponent only when it is positive and the
+    shift stays small; negative, small and large factors all give factor * reference."""
+    logits, labels = random_case(18, ignore_frac=0.2)
+    x = logits.clone().requires_grad_()
+    (cross_entropy_loss(x, labels, chunk_size=5) * factor).backward()
+    _, ref_grad = reference(logits, labels)
+    torch.testing.assert_close(x.grad.double(), ref_grad * factor, atol=1e-7 * abs(factor), rtol=1e-4)
