@@ -146,6 +146,19 @@ def test_end_to_end_tiny_checkpoint(chain_ckpt, tmp_path):
     assert len(read_jsonl(tmp_path / "eval_results_loose.jsonl")) == 3
 
 
+def test_checkpoint_generation_config_does_not_leak(chain_ckpt, tmp_path):
+    """A checkpoint whose generation_config asks for sampling at a huge temperature and
+    2 new tokens: greedy with --max_tokens 20 must still give the chain's answer."""
+    ckpt = tmp_path / "sampling-ckpt"
+    shutil.copytree(chain_ckpt, ckpt)
+    gc = json.loads((ckpt / "generation_config.json").read_text())
+    gc.update(do_sample=True, temperature=50.0, top_k=0, max_new_tokens=2)
+    (ckpt / "generation_config.json").write_text(json.dumps(gc))
+    run_main(ckpt, tmp_path / "out", "--limit", "4", "--max_tokens", "20", "--mode", "inference")
+    recs = read_jsonl(tmp_path / "out" / "responses_sampling-ckpt.jsonl")
+    assert [r["response"] for r in recs] == ["Hello world"] * 4 and {r["num_tokens"] for r in recs} == {3}
+
+
 def test_resume_after_kill_answers_only_missing(chain_ckpt, tmp_path):
     prompts = first_prompts(4)
     rfile = tmp_path / "responses_chain-model.jsonl"
