@@ -1,0 +1,80 @@
+"""scripts/sweep.py: two tiny configurations train and get scored, the table has two rows
+with numbers, and a rerun skips both."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, model_dir):
+    """A randomly initialised 2-layer Llama (hidden 64) with the real SmolLM2 tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from utils import load_tokenizer
+    tok = load_tokenizer(str(model_dir), 256)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _sweep(out, model):
+    cmd = [sys.executable, "scripts/sweep.py", "--model", str(model), "--lr", "1e-3,3e-3", "--max_steps", "2",
+           "--total_bsz", "2", "--bsz_per_dev", "1", "--model_max_length", "128", "--prompts", "2",
+           "--max_tokens", "8", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    return r.stdout + r.stderr
+
+
+def test_two_configs_then_rerun_skips(tmp_path, tiny_model):
+    out = tmp_path / "sweep"
+    log = _sweep(out, tiny_model)
+    assert "2 configs (2 run now, 0 skipped)" in log
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 2
+    assert sorted(float(r["lr"]) for r in rows) == [1e-3, 3e-3]
+    for r in rows:
+        assert float(r["final_train_loss"]) > 0
+        for m in ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"):
+            assert 0.0 <= float(r[m]) <= 1.0
+        assert float(r["wall_seconds"]) > 0
+    md = (out / "results.md").read_text().strip().splitlines()
+    assert len(md) == 4  # header, rule, two rows
+    assert (out / "sweep_prompt_level_strict_acc.png").read_bytes()[:4] == b"\x89PNG"
+
+    results = sorted(out.glob("runs/*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    log2 = _sweep(out, tiny_model)
+    assert "2 configs (0 run now, 2 skipped)" in log2
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+    assert len(list(csv.DictReader(open(out / "results.csv")))) == 2
+
+
+def test_grid_parsing_and_names():
+    import sweep
+    assert sweep.parse_axis("lr", "1e-5, 2e-5") == [1e-5, 2e-5]
+    with pytest.raises(SystemExit, match="--total_bsz"):
+        sweep.parse_axis("total_bsz", "eight")
+    a = {"lr": 2e-5, "epochs": 3.0, "warmup_ratio": 0.1, "scheduler": "cosine", "total_bsz": 128, "model_max_length": 2048}
+    b = dict(a, lr=5e-5)
+    assert sweep.config_name(a) != sweep.config_name(b)
+    assert sweep.config_name(a) == sweep.config_name(dict(a))
+    assert "/" not in sweep.config_name(a)
+
+
+def test_help():
+    r = subprocess.run([sys.executable, "scripts/sweep.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "--lr" in r.stdout and "resumable" in r.stdout
