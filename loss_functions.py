@@ -102,10 +102,11 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     one in the logits' dtype for bf16/fp16 when a chunk's rows are not consecutive): a new
     allocation per chunk would page-fault on every 4 KiB page each time. Each chunk costs
     few full passes over its rows, because on a busy machine every multi-threaded op pays
-    for thread synchronisation: forward reads the rows for their max, writes
-    ``x - max`` into the buffer, exponentiates it and sums it; backward writes
-    ``x - (lse - log g)`` into the buffer and exponentiates it straight into the gradient
-    (``exp(x - lse) * g`` in one go, for the usual incoming gradient ``g > 0``).
+    for thread synchronisation. fp32, consecutive rows: forward reads the rows for their
+    max, writes ``x - max`` into the buffer, exponentiates it and sums it (4 passes);
+    backward writes ``x - (lse - log g)`` into the buffer and exponentiates it straight
+    into the gradient (``exp(x - lse) * g`` in one go for the usual incoming ``g > 0``;
+    2 passes). bf16/fp16 add one conversion copy each way.
     """
 
     @staticmethod
@@ -126,6 +127,22 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return buf, low
 
     @staticmethod
+    def _load_shifted(flat, rows, start, end, first, shift, buf, low):
+        """``flat[rows[start:end]] - shift`` in the compute dtype, written into the buffer.
+        Same-dtype rows are shifted on the way in (one pass); bf16/fp16 rows are first
+        converted by a plain copy, because CPU kernels that mix dtypes in one op run an
+        unvectorised casting loop, several times slower than copy + op."""
+        x = buf[:end - start]
+        if first is not None:
+            src = flat[first:first + end - start]  # a view of the logits
+            if src.dtype == x.dtype:
+                return torch.sub(src, shift, out=x)
+            x.copy_(src)
+        else:
+            ChunkedCrossEntropy._gather(flat, rows[start:end], buf, low)
+        return x.sub_(shift)
+
+    @staticmethod
     def forward(ctx, flat: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int):
         n = rows.numel()
         plan = _plan(rows, chunk_size)
@@ -135,17 +152,19 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=cdt, device=flat.device)
         for start, end, first in plan:
             t = targets[start:end].unsqueeze(1)
-            x = buf[:end - start]
-            if first is not None:
-                src = flat[first:first + end - start]  # a view of the logits
-                m = src.amax(dim=1, keepdim=True).to(cdt)
-            else:
-                src = ChunkedCrossEntropy._gather(flat, rows[start:end], buf, low)
+            if first is not None and flat.dtype == cdt:
+                src = flat[first:first + end - start]
                 m = src.amax(dim=1, keepdim=True)
-            target_logit = src.gather(1, t).squeeze(1).to(cdt)
-            # A row of all -inf would give (-inf) - (-inf) = NaN; keep the shift finite.
-            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-            torch.sub(src, m, out=x)  # also the fp32 upcast of bf16/fp16 rows
+                target_logit = src.gather(1, t).squeeze(1)
+                # A row of all -inf would give (-inf) - (-inf) = NaN; keep the shift finite.
+                m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+                x = torch.sub(src, m, out=buf[:end - start])
+            else:
+                x = ChunkedCrossEntropy._load_shifted(flat, rows, start, end, first, 0.0, buf, low)
+                m = x.amax(dim=1, keepdim=True)
+                target_logit = x.gather(1, t).squeeze(1)
+                m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+                x.sub_(m)
             chunk_lse = x.exp_().sum(dim=1).log_().add_(m.squeeze(1))
             lse[start:end] = chunk_lse
             total += (chunk_lse - target_logit).sum()
@@ -167,7 +186,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         grad.index_fill_(0, untouched.nonzero().squeeze(1), 0)
         if n == 0:
             return grad, None, None, None
-        buf, low = ChunkedCrossEntropy._buffers(flat, n, ctx.chunk_size, True)
+        buf, low = ChunkedCrossEntropy._buffers(flat, n, ctx.chunk_size, any(f is None for _, _, f in plan))
         coef = grad_total.detach().to(buf.dtype)
         # d/dx g * (lse - x[y]) = g * softmax(x) - g * onehot(y). For g > 0 (always, from a
         # loss that is minimised) fold g into the exponent, saving a pass:
@@ -182,32 +201,28 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             shift = lse
         for start, end, first in plan:
             t = targets[start:end].unsqueeze(1)
-            x = buf[:end - start]
-            if first is not None:
-                torch.sub(flat[first:first + end - start], shift[start:end].unsqueeze(1), out=x)
-            else:
-                ChunkedCrossEntropy._gather(flat, rows[start:end], buf, low).sub_(shift[start:end].unsqueeze(1))
-            # The target entries, computed in the compute dtype before any rounding to the
-            # logits' dtype (g * p - g loses everything if p ~ 1 is rounded first).
+            x = ChunkedCrossEntropy._load_shifted(flat, rows, start, end, first,
+                                                  shift[start:end].unsqueeze(1), buf, low)
+            # The target entries, in the compute dtype before any rounding to the logits'
+            # dtype (g * p - g loses everything if p ~ 1 is rounded first).
             at_target = x.gather(1, t).exp_()
             at_target = (at_target if fused else at_target * coef) - coef
-            if first is not None and fused:
+            if first is not None and fused and flat.dtype == x.dtype:
                 dst = grad[first:first + end - start]
-                torch.exp(x, out=dst)  # straight into the gradient, cast included
+                torch.exp(x, out=dst)  # straight into the gradient
+                dst.scatter_(1, t, at_target)
+                continue
+            x.exp_()
+            if not fused:
+                x.mul_(coef)
+            x.scatter_(1, t, at_target)
+            if first is not None:
+                grad[first:first + end - start].copy_(x)  # casts to bf16/fp16 if needed
+            elif low is None:
+                grad.index_copy_(0, rows[start:end], x)
             else:
-                x.exp_()
-                if not fused:
-                    x.mul_(coef)
-                dst = x
-            dst.scatter_(1, t, at_target.to(dst.dtype))
-            if first is not None and not fused:
-                grad[first:first + end - start].copy_(x)
-            elif first is None:
-                if low is None:
-                    grad.index_copy_(0, rows[start:end], x)
-                else:
-                    low[:end - start].copy_(x)
-                    grad.index_copy_(0, rows[start:end], low[:end - start])
+                low[:end - start].copy_(x)
+                grad.index_copy_(0, rows[start:end], low[:end - start])
         return grad, None, None, None
 
 
