@@ -23,8 +23,10 @@ Measured per variant:
   it glibc's adaptive threshold may keep freed buffers resident and blur the peak).
   Resolution is a page; runtime noise is a few MB.
 
-Labels are all valid (every position but the last of a row has a target), the most work
-for the chunked form; the plain form costs the same whatever the labels. The two forms
+By default labels are all valid (every position but the last of a row has a target), the
+most work for the chunked form; the plain form costs the same whatever the labels.
+``--masked blocks`` ignores chat-like spans and ``--masked random`` half the positions at
+random (every chunk then gathers its rows instead of slicing them). The two forms
 run interleaved over ``--rounds`` rounds and the medians are taken over all rounds, so a
 burst of load from other processes hits both. Prints one row per variant, then the
 chunked/plain ratios and whether the goal (memory <= 1/4, time <= 1.25x) is met.
@@ -58,7 +60,19 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def worker(variant: str, dtype_name: str, chunk: int, batch: int, tokens: int, vocab: int, reps: int) -> dict:
+def make_labels(torch, batch: int, tokens: int, vocab: int, masked: str, gen):
+    """Random target ids with -100 where the ``--masked`` pattern says."""
+    labels = torch.randint(0, vocab, (batch, tokens), generator=gen)
+    if masked == "blocks":  # chat-like: 96 prompt tokens ignored, then 160 answer tokens
+        pos = torch.arange(tokens) % 256
+        labels[:, pos < 96] = -100
+    elif masked == "random":  # every other position on average: no chunk is a run
+        labels[torch.rand(batch, tokens, generator=gen) < 0.5] = -100
+    return labels
+
+
+def worker(variant: str, dtype_name: str, chunk: int, batch: int, tokens: int, vocab: int, reps: int,
+           masked: str = "none") -> dict:
     """One variant in this (fresh) process; returns times and memory as a dict."""
     import torch
 
@@ -68,7 +82,7 @@ def worker(variant: str, dtype_name: str, chunk: int, batch: int, tokens: int, v
     dtype = getattr(torch, DTYPES[dtype_name])
     gen = torch.Generator().manual_seed(0)
     logits = (torch.randn(batch, tokens, vocab, generator=gen) * 2.0).to(dtype).requires_grad_()
-    labels = torch.randint(0, vocab, (batch, tokens), generator=gen)
+    labels = make_labels(torch, batch, tokens, vocab, masked, gen)
 
     if variant == "plain":
         def loss_fn():
@@ -112,7 +126,7 @@ def run_worker(args, variant: str, dtype_name: str, chunk: int) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     cmd = [sys.executable, __file__, "--worker", variant, dtype_name, str(chunk),
            "--batch", str(args.batch), "--tokens", str(args.tokens), "--vocab", str(args.vocab),
-           "--reps", str(args.reps)]
+           "--reps", str(args.reps), "--masked", args.masked]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"worker {variant} {dtype_name} failed:\n{out.stderr}")
@@ -129,13 +143,17 @@ def main(argv=None) -> int:
                     help="chunk sizes (rows) to try; default: loss_functions.DEFAULT_CHUNK_SIZE")
     ap.add_argument("--variants", nargs="+", default=["plain", "chunked", "hf"], choices=["plain", "chunked", "hf"])
     ap.add_argument("--reps", type=int, default=5, help="timed forward+backward repetitions per process")
+    ap.add_argument("--masked", default="none", choices=["none", "blocks", "random"],
+                    help="ignored labels: none (all valid, the default), blocks (96 of every 256 positions, "
+                         "chat-like), random (half of them, so chunks must gather rows)")
     ap.add_argument("--rounds", type=int, default=2, help="fresh processes per variant, interleaved")
     ap.add_argument("--worker", nargs=3, metavar=("VARIANT", "DTYPE", "CHUNK"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.worker:
         variant, dtype_name, chunk = args.worker
-        print(json.dumps(worker(variant, dtype_name, int(chunk), args.batch, args.tokens, args.vocab, args.reps)))
+        print(json.dumps(worker(variant, dtype_name, int(chunk), args.batch, args.tokens, args.vocab, args.reps,
+                                args.masked)))
         return 0
 
     from tqdm import tqdm
@@ -162,7 +180,8 @@ def main(argv=None) -> int:
                 bar.update(1)
 
     print(f"\nbatch {args.batch} x {args.tokens} tokens x vocab {args.vocab}; {args.rounds} processes x "
-          f"{args.reps} reps per variant; torch threads as default; memory = peak RSS above logits + grad")
+          f"{args.reps} reps per variant; labels masked: {args.masked}; torch threads as default; "
+          f"memory = peak RSS above logits + grad")
     print(f"{'dtype':5} {'variant':14} {'loss':>10} {'extra MB (max)':>15} {'fwd+bwd ms (median)':>20}")
     summary = []
     ok_all = True
