@@ -456,10 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)  # before the imports below: --help stays instant
     from ifeval.scoring import IFEvalDataError
 
     try:
-        return _main(build_parser().parse_args(argv))
+        return _main(args)
     except IFEvalDataError as e:  # bad prompt/response file: the message names file and line
         raise SystemExit(f"[ifeval] error: {e}") from None
 

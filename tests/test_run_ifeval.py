@@ -65,6 +65,16 @@ def chain_ckpt(model_dir, tmp_path_factory):
     return save_chain_checkpoint(model_dir, tmp_path_factory.mktemp("chain") / "chain-model")
 
 
+@pytest.fixture
+def one_thread():
+    """Real-model tests run on one CPU thread: on a busy 2-core machine (CI, other jobs)
+    two OpenMP threads can be several times slower than one. Behaviour is unchanged."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def read_jsonl(p: Path):
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
@@ -265,7 +275,7 @@ def test_vllm_path_with_stand_in_module(tokenizer, monkeypatch):
 
 
 # --------------------------------------------------------------- the real model
-def test_real_model_cpu_end_to_end(model_dir, tmp_path):
+def test_real_model_cpu_end_to_end(model_dir, tmp_path, one_thread):
     res = ri.main(["--model_path", str(model_dir), "--output_dir", str(tmp_path), "--limit", "2",
                    "--max_tokens", "8", "--backend", "hf"])
     recs = read_jsonl(tmp_path / "responses_SmolLM2-135M.jsonl")
@@ -275,7 +285,7 @@ def test_real_model_cpu_end_to_end(model_dir, tmp_path):
     assert res["summary"]["num_prompts"] == 2 and (tmp_path / "summary.json").is_file()
 
 
-def test_batched_equals_one_at_a_time_greedy(model_dir):
+def test_batched_equals_one_at_a_time_greedy(model_dir, one_thread):
     """Left padding must not change greedy answers: the padded positions are masked and
     position ids start at each row's first real token. (fp32 sums over different
     shapes can differ in the last bits; on these prompts the argmax does not move.)"""

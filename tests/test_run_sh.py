@@ -2,6 +2,7 @@
 run from the repository root (chain model) and from ifeval/ (the embedded SmolLM2,
 found through the repository root)."""
 import json
+import os
 import subprocess
 
 from test_run_ifeval import first_prompts, read_jsonl, save_chain_checkpoint
@@ -11,7 +12,10 @@ RUN_SH = REPO_ROOT / "ifeval" / "run.sh"
 
 
 def run(args, cwd, timeout=300):
-    return subprocess.run(["bash", str(RUN_SH), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    # One CPU thread: on a busy 2-core machine two OpenMP threads can be several times slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(["bash", str(RUN_SH), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def test_usage_and_help():
