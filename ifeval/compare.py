@@ -200,8 +200,9 @@ def plot(runs, names, path: Path) -> None:
     types = sorted({t for r in runs for t in (r["summary"].get("per_instruction_type") or {})})
     k = len(runs)
     width = 0.8 / k
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 4 + 0.28 * max(len(types), 1) * max(k, 2) / 2 + 3),
-                                   gridspec_kw={"height_ratios": [1, max(1.5, len(types) * k / 12)]})
+    rows = max(len(types), 1) * k  # bars in the per-type panel
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 4 + 0.16 * rows + 1),
+                                   gridspec_kw={"height_ratios": [4, 0.16 * rows + 1]})
     for i, (run, name) in enumerate(zip(runs, names)):
         xs = [j + (i - (k - 1) / 2) * width for j in range(len(METRICS))]
         vals = [100 * run["summary"][m] for m, _ in METRICS]
@@ -216,7 +217,9 @@ def plot(runs, names, path: Path) -> None:
         for i, (run, name) in enumerate(zip(runs, names)):
             per = run["summary"].get("per_instruction_type") or {}
             ys = [j + (i - (k - 1) / 2) * width for j in range(len(types))]
-            ax2.barh(ys, [100 * per[t]["strict_acc"] if t in per else 0 for t in types], width, label=name)
+            # A type the run was not scored on gets no bar (NaN), not a misleading 0.
+            ax2.barh(ys, [100 * per[t]["strict_acc"] if t in per else float("nan") for t in types], width,
+                     label=name)
         ax2.set_yticks(range(len(types)), types, fontsize=7)
         ax2.invert_yaxis()
         ax2.set_xlim(0, 100)
