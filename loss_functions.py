@@ -55,17 +55,18 @@ for backward and builds another one, plus its gradient, in backward: at 2,048 to
 positions in chunks of ``chunk_size`` rows: forward keeps only one number per position
 (its log-sum-exp); backward re-reads the chunk's logits, recomputes
 ``softmax = exp(x - lse)``, subtracts 1 at the target, scales, and writes the chunk into
-the gradient. Only valid rows are read at all, and the gradient rows of ignored
-positions are set to zero without a full-size zero fill. Extra memory is one
+the gradient. Chunks are slices of consecutive positions that skip ignored spans longer
+than 32 positions (shorter gaps are computed and discarded: slicing is much cheaper
+than gathering rows on CPU), and the gradient rows of ignored positions are set to zero
+without a full-size zero fill. Extra memory is one
 ``[chunk_size, vocab]`` fp32 buffer reused by every chunk (96 MiB at the default 512
-rows x 49,152), plus one in the logits' dtype when bf16/fp16 rows of a chunk are not
-consecutive and must be gathered. ``benchmarks/loss.py`` measured, at batch 1, 2,048
+rows x 49,152). ``benchmarks/loss.py`` measured, at batch 1, 2,048
 tokens, vocab 49,152 on 2 busy CPU cores: 96 MB above logits + gradient against 767 MB
 (fp32) and 959 MB (bf16) for the plain form, at about 0.7-0.8x its time.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 
@@ -77,6 +78,9 @@ from utils import IGNORE_TOKEN_ID
 # multi-threaded op waits for both cores, so small chunks (many ops) slow down most; 512
 # keeps the time robust at 1/8 of the plain form's memory.
 DEFAULT_CHUNK_SIZE = 512
+# Gaps of up to this many ignored positions are computed inside a chunk rather than
+# starting a new one (see _plan).
+_MAX_GAP = 32
 # Largest |lse - log g| for which backward folds the incoming gradient g into the exponent.
 _FUSE_LIMIT = 64.0
 
@@ -86,15 +90,31 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _plan(rows: torch.Tensor, chunk_size: int) -> list:
-    """Chunks of the valid rows as ``(start, end, first_row)``, ``first_row`` set when the
-    chunk's rows are consecutive positions (then it is read as a slice, no gather)."""
+def _plan(rows: torch.Tensor, n_positions: int, chunk_size: int) -> list:
+    """Cut the valid rows into chunks that are slices of consecutive positions.
+
+    Returns ``(p0, p1, i0, i1, local, ignored)`` per chunk: positions ``[p0, p1)`` (at most
+    ``chunk_size``) hold the valid rows ``rows[i0:i1]``, at offsets ``local`` from ``p0``;
+    ``ignored`` are the offsets of the ignored positions inside the slice (or None). A
+    chunk ends at ``chunk_size`` positions or at a gap of more than ``_MAX_GAP`` ignored
+    positions, so long ignored spans (prompts, padding) are skipped while short gaps are
+    computed and then discarded: PyTorch's CPU row gathers (index_select) are far slower
+    than slicing, and every extra chunk costs a dozen multi-threaded ops.
+    """
     host = rows.tolist()  # one device sync per call; the plan is reused by backward
+    device = rows.device
     plan = []
-    for start in range(0, len(host), chunk_size):
-        end = min(start + chunk_size, len(host))
-        first = host[start]
-        plan.append((start, end, first if host[end - 1] - first == end - start - 1 else None))
+    i = 0
+    while i < len(host):
+        p0, j = host[i], i
+        while j + 1 < len(host) and host[j + 1] - p0 < chunk_size and host[j + 1] - host[j] <= _MAX_GAP + 1:
+            j += 1
+        p1 = host[j] + 1
+        local = [r - p0 for r in host[i:j + 1]]
+        ignored = sorted(set(range(p1 - p0)) - set(local)) if p1 - p0 > len(local) else None
+        plan.append((p0, p1, i, j + 1, torch.tensor(local, device=device),
+                     None if ignored is None else torch.tensor(ignored, device=device)))
+        i = j + 1
     return plan
 
 
@@ -104,81 +124,49 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     ``flat`` is the logits viewed as ``[positions, vocab]``; ``rows`` (int64, increasing)
     are the positions that have a target and ``targets`` their label ids. Returns a 0-d
     tensor in the compute dtype. Saved for backward: the logits themselves (no copy),
-    ``rows``, ``targets`` and one log-sum-exp per row.
+    ``rows``, ``targets`` and one log-sum-exp per position.
 
-    Both passes reuse one ``[chunk_size, vocab]`` working buffer in the compute dtype (plus
-    one in the logits' dtype for bf16/fp16 when a chunk's rows are not consecutive): a new
-    allocation per chunk would page-fault on every 4 KiB page each time. Each chunk costs
-    few full passes over its rows, because on a busy machine every multi-threaded op pays
-    for thread synchronisation. fp32, consecutive rows: forward reads the rows for their
-    max, writes ``x - max`` into the buffer, exponentiates it and sums it (4 passes);
-    backward writes ``x - (lse - log g)`` into the buffer and exponentiates it straight
-    into the gradient (``exp(x - lse) * g`` in one go for the usual incoming ``g > 0``;
-    2 passes). bf16/fp16 add one conversion copy each way.
+    Chunks are slices of consecutive positions (see :func:`_plan`). Both passes reuse one
+    ``[chunk_size, vocab]`` working buffer in the compute dtype: a new allocation per
+    chunk would page-fault on every 4 KiB page each time. Each chunk costs few full passes
+    over its rows, because on a busy machine every multi-threaded op pays for thread
+    synchronisation. fp32: forward reads the rows for their max, writes ``x - max`` into
+    the buffer, exponentiates it and sums it (4 passes); backward writes
+    ``x - (lse - log g)`` into the buffer and exponentiates it straight into the gradient
+    (``exp(x - lse) * g`` in one go for the usual incoming ``g > 0``; 2 passes). bf16/fp16
+    rows are converted by a plain copy first (and the gradient copied back), because CPU
+    kernels that mix dtypes in one op run an unvectorised casting loop, several times
+    slower than copy + op.
     """
 
     @staticmethod
-    def _gather(flat, r, buf, low):
-        """Rows ``r`` of ``flat`` into ``buf[:len(r)]`` (in the buffer's dtype)."""
-        n = r.numel()
-        if low is None:
-            return torch.index_select(flat, 0, r, out=buf[:n])
-        torch.index_select(flat, 0, r, out=low[:n])
-        return buf[:n].copy_(low[:n])
-
-    @staticmethod
-    def _buffers(flat, n_rows, chunk_size, need_low):
-        cdt = _compute_dtype(flat.dtype)
-        size = (min(chunk_size, max(n_rows, 1)), flat.shape[1])
-        buf = torch.empty(size, dtype=cdt, device=flat.device)
-        low = torch.empty(size, dtype=flat.dtype, device=flat.device) if need_low and flat.dtype != cdt else None
-        return buf, low
-
-    @staticmethod
-    def _load_shifted(flat, rows, start, end, first, shift, buf, low):
-        """``flat[rows[start:end]] - shift`` in the compute dtype, written into the buffer.
-        Same-dtype rows are shifted on the way in (one pass); bf16/fp16 rows are first
-        converted by a plain copy, because CPU kernels that mix dtypes in one op run an
-        unvectorised casting loop, several times slower than copy + op."""
-        x = buf[:end - start]
-        if first is not None:
-            src = flat[first:first + end - start]  # a view of the logits
-            if src.dtype == x.dtype:
-                return torch.sub(src, shift, out=x)
-            x.copy_(src)
-        else:
-            ChunkedCrossEntropy._gather(flat, rows[start:end], buf, low)
-        return x.sub_(shift)
+    def _shifted(flat, p0, p1, shift, buf):
+        """``flat[p0:p1] - shift`` in the compute dtype, written into the buffer."""
+        src, x = flat[p0:p1], buf[:p1 - p0]
+        if src.dtype == x.dtype:
+            return torch.sub(src, shift, out=x)  # shift on the way in: one pass
+        return x.copy_(src).sub_(shift)
 
     @staticmethod
     def forward(ctx, flat: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int):
-        n = rows.numel()
-        plan = _plan(rows, chunk_size)
-        buf, low = ChunkedCrossEntropy._buffers(flat, n, chunk_size, any(f is None for _, _, f in plan))
-        cdt = buf.dtype
-        lse = torch.empty(n, dtype=cdt, device=flat.device)
+        plan = _plan(rows, flat.shape[0], chunk_size)
+        cdt = _compute_dtype(flat.dtype)
+        width = max((p1 - p0 for p0, p1, *_ in plan), default=1)
+        buf = torch.empty(width, flat.shape[1], dtype=cdt, device=flat.device)
+        lse = torch.zeros(flat.shape[0], dtype=cdt, device=flat.device)
         total = torch.zeros((), dtype=cdt, device=flat.device)
-        for start, end, first in plan:
-            t = targets[start:end].unsqueeze(1)
-            if first is not None and flat.dtype == cdt:
-                src = flat[first:first + end - start]
-                m = src.amax(dim=1, keepdim=True)
-                target_logit = src.gather(1, t).squeeze(1)
-                # A row of all -inf would give (-inf) - (-inf) = NaN; keep the shift finite.
-                m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-                x = torch.sub(src, m, out=buf[:end - start])
-            else:
-                x = ChunkedCrossEntropy._load_shifted(flat, rows, start, end, first, 0.0, buf, low)
-                m = x.amax(dim=1, keepdim=True)
-                target_logit = x.gather(1, t).squeeze(1)
-                m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-                x.sub_(m)
+        for p0, p1, i0, i1, local, _ in plan:
+            src = flat[p0:p1]
+            m = src.amax(dim=1, keepdim=True).to(cdt)  # exact in any dtype
+            # A row of all -inf would give (-inf) - (-inf) = NaN; keep the shift finite.
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+            target_logit = src[local, targets[i0:i1]].to(cdt)
+            x = ChunkedCrossEntropy._shifted(flat, p0, p1, m, buf)
             chunk_lse = x.exp_().sum(dim=1).log_().add_(m.squeeze(1))
-            lse[start:end] = chunk_lse
-            total += (chunk_lse - target_logit).sum()
+            lse[p0:p1] = chunk_lse
+            total += (chunk_lse[local] - target_logit).sum()
         ctx.save_for_backward(flat, rows, targets, lse)
         ctx.plan = plan
-        ctx.chunk_size = chunk_size
         return total
 
     @staticmethod
@@ -186,16 +174,19 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total: torch.Tensor):
         flat, rows, targets, lse = ctx.saved_tensors
         plan = ctx.plan
-        n = rows.numel()
-        # Every row is either written below or zeroed here: no full-size zero fill.
+        # Positions outside every chunk are zeroed here, ignored ones inside a chunk below:
+        # no full-size zero fill.
         grad = torch.empty_like(flat)
-        untouched = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
-        untouched[rows] = False
-        grad.index_fill_(0, untouched.nonzero().squeeze(1), 0)
-        if n == 0:
+        outside = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
+        for p0, p1, *_ in plan:
+            outside[p0:p1] = False
+        grad.index_fill_(0, outside.nonzero().squeeze(1), 0)
+        if not plan:
             return grad, None, None, None
-        buf, low = ChunkedCrossEntropy._buffers(flat, n, ctx.chunk_size, any(f is None for _, _, f in plan))
-        coef = grad_total.detach().to(buf.dtype)
+        cdt = lse.dtype
+        width = max(p1 - p0 for p0, p1, *_ in plan)
+        buf = torch.empty(width, flat.shape[1], dtype=cdt, device=flat.device)
+        coef = grad_total.detach().to(cdt)
         # d/dx g * (lse - x[y]) = g * softmax(x) - g * onehot(y). For g > 0 (always, from a
         # loss that is minimised) fold g into the exponent, saving a pass:
         # g * exp(x - lse) = exp(x - (lse - log g)). Only while |lse - log g| stays small:
@@ -207,47 +198,42 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             fused = bool(shift.abs().max() <= _FUSE_LIMIT)
         if not fused:
             shift = lse
-        for start, end, first in plan:
-            t = targets[start:end].unsqueeze(1)
-            x = ChunkedCrossEntropy._load_shifted(flat, rows, start, end, first,
-                                                  shift[start:end].unsqueeze(1), buf, low)
+        for p0, p1, i0, i1, local, ignored in plan:
+            t = targets[i0:i1]
+            x = ChunkedCrossEntropy._shifted(flat, p0, p1, shift[p0:p1].unsqueeze(1), buf)
             # The target entries, in the compute dtype before any rounding to the logits'
             # dtype (g * p - g loses everything if p ~ 1 is rounded first).
-            at_target = x.gather(1, t).exp_()
+            at_target = x[local, t].exp()
             at_target = (at_target if fused else at_target * coef) - coef
-            if first is not None and fused and flat.dtype == x.dtype:
-                dst = grad[first:first + end - start]
+            dst = grad[p0:p1]
+            if fused and flat.dtype == cdt:
                 torch.exp(x, out=dst)  # straight into the gradient
-                dst.scatter_(1, t, at_target)
-                continue
-            x.exp_()
-            if not fused:
-                x.mul_(coef)
-            x.scatter_(1, t, at_target)
-            if first is not None:
-                grad[first:first + end - start].copy_(x)  # casts to bf16/fp16 if needed
-            elif low is None:
-                grad.index_copy_(0, rows[start:end], x)
+                dst[local, t] = at_target
             else:
-                low[:end - start].copy_(x)
-                grad.index_copy_(0, rows[start:end], low[:end - start])
+                x.exp_()
+                if not fused:
+                    x.mul_(coef)
+                x[local, t] = at_target
+                dst.copy_(x)  # casts to bf16/fp16 where needed
+            if ignored is not None:
+                dst.index_fill_(0, ignored, 0)
         return grad, None, None, None
 
 
 def _num_items(num_items_in_batch: Union[int, float, torch.Tensor, None], fallback: int,
                device: torch.device) -> torch.Tensor:
-    """The divisor as a 0-d fp32 tensor (counts above 2**24 lose nothing that matters)."""
+    """The divisor as a 0-d fp64 tensor (exact for any count); the caller casts it."""
     if num_items_in_batch is None:
-        return torch.tensor(float(fallback), device=device)
+        return torch.tensor(float(fallback), dtype=torch.float64, device=device)
     if torch.is_tensor(num_items_in_batch):
         if num_items_in_batch.numel() != 1:
             raise ValueError(f"num_items_in_batch must hold one number, got shape {tuple(num_items_in_batch.shape)}")
-        return num_items_in_batch.detach().reshape(()).to(device=device, dtype=torch.float32)
+        return num_items_in_batch.detach().reshape(()).to(device=device, dtype=torch.float64)
     if isinstance(num_items_in_batch, bool) or not isinstance(num_items_in_batch, (int, float)):
         raise TypeError(f"num_items_in_batch must be an int, a tensor or None, got {type(num_items_in_batch).__name__}")
     if num_items_in_batch < 0:
         raise ValueError(f"num_items_in_batch must be >= 0, got {num_items_in_batch}")
-    return torch.tensor(float(num_items_in_batch), device=device)
+    return torch.tensor(float(num_items_in_batch), dtype=torch.float64, device=device)
 
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor,

@@ -247,9 +247,10 @@ def test_bad_inputs_raise_clear_errors():
         cross_entropy_loss(logits, labels, chunk_size=0)
 
 
-def test_backward_keeps_only_one_number_per_target():
+def test_backward_keeps_only_one_number_per_position():
     """What autograd holds between forward and backward: the logits themselves (same
-    storage, no copy) and per-target vectors, nothing of size [targets, vocab]."""
+    storage, no copy) and vectors of at most one number per position, nothing of size
+    [positions, vocab]."""
     logits, labels = random_case(17, batch=2, seq=50, vocab=1000, ignore_frac=0.0)
     x = logits.clone().requires_grad_()
     loss = cross_entropy_loss(x, labels, chunk_size=8)
@@ -258,8 +259,7 @@ def test_backward_keeps_only_one_number_per_target():
         node = next((f for f, _ in node.next_functions if f is not None), None)
     assert node is not None, "chunked function not found in the graph"
     saved = node.saved_tensors
-    n_targets = int((labels[:, 1:] != IGNORE).sum())
-    big = [t for t in saved if t.numel() > n_targets]
+    big = [t for t in saved if t.numel() > labels.numel()]
     assert len(big) == 1 and big[0].data_ptr() == x.data_ptr(), [tuple(t.shape) for t in saved]
 
 
@@ -291,3 +291,34 @@ def test_backward_with_other_incoming_gradients(factor):
     (cross_entropy_loss(x, labels, chunk_size=5) * factor).backward()
     _, ref_grad = reference(logits, labels)
     torch.testing.assert_close(x.grad.double(), ref_grad * factor, atol=1e-7 * abs(factor), rtol=1e-4)
+
+
+def test_long_ignored_spans_are_skipped_and_short_gaps_computed():
+    """Chat-like labels: a long ignored prompt (skipped, a new chunk starts after it) and
+    short ignored gaps inside answers (computed within a chunk, then zeroed)."""
+    from loss_functions import _MAX_GAP, _plan
+
+    logits, labels = random_case(19, batch=2, seq=120, vocab=11, ignore_frac=0.0)
+    labels[:, :40] = IGNORE          # prompt: longer than _MAX_GAP
+    labels[0, 60:63] = IGNORE        # short gap inside an answer
+    labels[1, 70:70 + _MAX_GAP + 5] = IGNORE  # a second long span in row 1
+    ref_loss, ref_grad = reference(logits, labels)
+    for chunk in (7, 50, 512):
+        loss, grad = loss_and_grad(cross_entropy_loss, logits, labels, chunk_size=chunk)
+        torch.testing.assert_close(loss.double(), ref_loss, atol=1e-6, rtol=1e-5, msg=f"chunk {chunk}")
+        torch.testing.assert_close(grad.double(), ref_grad, atol=1e-7, rtol=1e-4, msg=f"chunk {chunk}")
+    shifted = torch.full_like(labels, IGNORE)
+    shifted[:, :-1] = labels[:, 1:]
+    rows = (shifted.reshape(-1) != IGNORE).nonzero().squeeze(1)
+    plan = _plan(rows, labels.numel(), 512)
+    covered = set()
+    for p0, p1, i0, i1, local, ignored in plan:
+        covered.update(range(p0, p1))
+        assert (local + p0).tolist() == rows[i0:i1].tolist()
+    assert covered >= set(rows.tolist())
+    # Prompts (shifted positions 0-38 of each row) are never read; row 0's short gap
+    # (shifted positions 59-61) is inside a chunk; row 1's long gap (69-105) is skipped.
+    assert not covered & (set(range(0, 39)) | set(range(120, 120 + 39)))
+    assert {59, 60, 61} <= covered
+    assert not covered & set(range(120 + 69, 120 + 106))
+    assert all(p1 - p0 <= 7 for p0, p1, *_ in _plan(rows, labels.numel(), 7))
