@@ -61,11 +61,10 @@ run_stage() {
 }
 
 checks() {
-  for i in 1 2 3 4; do
+  for i in 1 2 3 4 5; do
     [[ -f scripts/check_exercises_$i.sh ]] || { echo "missing scripts/check_exercises_$i.sh" >&2; return 1; }
-    bash "scripts/check_exercises_$i.sh"
+    bash "scripts/check_exercises_$i.sh"   # 1-4: masking golden files, 5: the loss checker
   done
-  $PY loss_functions_checker.py
 }
 
 LIMIT_ARGS=(); [[ "$PROMPTS" != 0 ]] && LIMIT_ARGS=(--limit "$PROMPTS")
