@@ -221,6 +221,59 @@ def load_hf_model(model_path: str, device: Optional[str] = None):
     return model
 
 
+def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_ids: Sequence[int],
+                 temperature: float = 0.0, top_p: float = 1.0, generator=None) -> list[list[int]]:
+    """Greedy (or sampled) decoding of one left-padded batch; returns each row's new ids,
+    ending with its stop id when it stopped.
+
+    A plain loop over the model with a KV cache, instead of ``model.generate``, for one
+    reason: a row that has stopped leaves the batch (its cache rows are dropped), so the
+    remaining rows do not pay for it. ``generate`` keeps computing finished rows until the
+    last one ends; with ``max_tokens`` 1024, one rambling answer per batch would make every
+    row cost 1024 steps. Position ids count real tokens only (left padding does not shift
+    them) and padded positions are masked, as ``generate`` does. Nothing is read from the
+    checkpoint's generation_config.
+    """
+    import torch
+    from transformers import DynamicCache
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    stops = torch.tensor(sorted(set(int(s) for s in stop_ids)), device=input_ids.device)
+    warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else []) \
+        if temperature > 0 else []
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original row of each active row
+    out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    n_real = attention_mask.sum(-1)  # real tokens per row: the next token's position id
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    for step in range(max_new_tokens):
+        if warpers:
+            scores = logits.float()
+            for w in warpers:
+                scores = w(None, scores)
+            nxt = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator).squeeze(1)
+        else:
+            nxt = logits.argmax(-1)
+        for r, t in zip(rows.tolist(), nxt.tolist()):
+            out[r].append(t)
+        if step == max_new_tokens - 1:
+            break
+        keep = ~torch.isin(nxt, stops)
+        if not bool(keep.any()):
+            break
+        if not bool(keep.all()):  # drop the rows that just stopped
+            idx = keep.nonzero().squeeze(1)
+            cache.batch_select_indices(idx)
+            rows, nxt, n_real, attention_mask = rows[idx], nxt[idx], n_real[idx], attention_mask[idx]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], -1)
+        logits = model(input_ids=nxt[:, None], attention_mask=attention_mask, position_ids=n_real[:, None],
+                       past_key_values=cache, use_cache=True).logits[:, -1, :]
+        n_real = n_real + 1
+    return out
+
+
 def generate_hf(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
                 top_p: float = 1.0, batch_size: int = DEFAULT_HF_BATCH, stop_ids: Optional[Sequence[int]] = None,
                 seed: int = 0, on_batch: Optional[Callable[[list[int], list[dict]], None]] = None,
@@ -228,28 +281,18 @@ def generate_hf(model, tokenizer, prompts: list[str], *, max_new_tokens: int, te
     """Generate an answer for each rendered prompt with transformers.
 
     Prompts are sorted by token length (longest first, so a batch that does not fit in
-    memory fails at once) and generated ``batch_size`` at a time with left padding, so
-    every row's last prompt token sits at the same position. ``on_batch(indices,
-    answers)`` is called after each batch with the prompts' original indices. Returns
-    the :func:`finish_answer` dicts in the original order."""
+    memory fails at once; similar lengths need little padding) and decoded
+    ``batch_size`` at a time with left padding by :func:`decode_batch`.
+    ``on_batch(indices, answers)`` is called after each batch with the prompts' original
+    indices. Returns the :func:`finish_answer` dicts in the original order."""
     import torch
     from tqdm import tqdm
-    from transformers import GenerationConfig
 
     stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer)
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (-len(enc[i]), i))
-    sample = temperature > 0
-    # A fresh config, and use_model_defaults=False below: nothing from the checkpoint's
-    # generation_config (its eos, sampling defaults) leaks in.
-    gen_cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=sample, eos_token_id=stop_ids,
-        pad_token_id=pad_token_id(tokenizer),
-        **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sample else {}),
-    )
-    if sample:
-        torch.manual_seed(seed)
     device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
     pad = pad_token_id(tokenizer)
     answers: list[Optional[dict]] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc="generating (transformers)", unit="prompt", disable=not show_progress)
@@ -261,9 +304,9 @@ def generate_hf(model, tokenizer, prompts: list[str], *, max_new_tokens: int, te
         input_ids = torch.tensor([[pad] * (width - len(enc[i])) + enc[i] for i in idx], device=device)
         attn = torch.tensor([[0] * (width - len(enc[i])) + [1] * len(enc[i]) for i in idx], device=device)
         with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=attn, generation_config=gen_cfg,
-                                 use_model_defaults=False)
-        batch_answers = [finish_answer(tokenizer, row[width:].tolist(), stop_ids) for row in out]
+            new_ids = decode_batch(model, input_ids, attn, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                                   temperature=temperature, top_p=top_p, generator=generator)
+        batch_answers = [finish_answer(tokenizer, ids, stop_ids) for ids in new_ids]
         for i, a in zip(idx, batch_answers):
             answers[i] = a
         generated += sum(a["num_tokens"] for a in batch_answers)
