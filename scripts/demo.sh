@@ -9,10 +9,10 @@
 # Knobs (environment), defaults in brackets (CPU demo / --full):
 #   DEMO_OUT          output folder                         [demo_out / demo_out_full]
 #   DEMO_PROMPT_SET   IFEval prompts                        [ifeval/data/sampled_input_data.jsonl]
-#   DEMO_PROMPTS      first N prompts of that set (0 = all) [24 / 0]
-#   DEMO_MAX_TOKENS   generation budget per answer          [160 / 1024]
+#   DEMO_PROMPTS      first N prompts of that set (0 = all) [0 / 0]
+#   DEMO_MAX_TOKENS   generation budget per answer          [256 / 1024]
 #   DEMO_DATA         training data                         [data/demo_sft.json / smol-smoltalk-6k.json]
-#   DEMO_STEPS        optimizer steps (0 = whole epochs)    [16 / 0]
+#   DEMO_STEPS        optimizer steps (0 = whole epochs)    [0 / 0]
 #   DEMO_EPOCHS       epochs when DEMO_STEPS=0              [1 / 3]
 #   DEMO_LR           learning rate                         [5e-5 / sft.sh default 2e-5]
 #   DEMO_TOTALBSZ     total batch size                      [8 / sft.sh default 128]
@@ -40,8 +40,8 @@ if [[ "$FULL" == 1 ]]; then
   LR=${DEMO_LR:-}; TOTALBSZ_=${DEMO_TOTALBSZ:-}; BSZ_=${DEMO_BSZPERDEV:-}; MAXLEN=${DEMO_MAXLEN:-}
   [[ -f "$DATA" ]] || { echo "demo.sh --full: $DATA not found (bash setup.sh fetches it online; offline set SMOLTALK_6K_PATH)" >&2; exit 1; }
 else
-  OUT=${DEMO_OUT:-demo_out}; PROMPTS=${DEMO_PROMPTS:-24}; MAXTOK=${DEMO_MAX_TOKENS:-160}
-  DATA=${DEMO_DATA:-data/demo_sft.json}; STEPS=${DEMO_STEPS:-16}; EPOCHS=${DEMO_EPOCHS:-1}
+  OUT=${DEMO_OUT:-demo_out}; PROMPTS=${DEMO_PROMPTS:-0}; MAXTOK=${DEMO_MAX_TOKENS:-256}
+  DATA=${DEMO_DATA:-data/demo_sft.json}; STEPS=${DEMO_STEPS:-0}; EPOCHS=${DEMO_EPOCHS:-1}
   LR=${DEMO_LR:-5e-5}; TOTALBSZ_=${DEMO_TOTALBSZ:-8}; BSZ_=${DEMO_BSZPERDEV:-4}; MAXLEN=${DEMO_MAXLEN:-512}
 fi
 MODEL=${DEMO_MODEL:-SmolLM2-135M}

@@ -12,7 +12,7 @@ a killed training resumes from its last checkpoint, as sft.sh does). At the end 
 writes OUT/results.csv and OUT/results.md (configuration, final training loss, the four
 IFEval metrics, wall time) and OUT/sweep_<metric>.png (the metric against each swept value).
 
-Defaults are the CPU demo's small configuration (scripts/demo.sh): 16 steps of total
+Defaults are a small CPU configuration (a few minutes per point on 2 cores): 16 steps of total
 batch 8 at model_max_length 512 on data/demo_sft.json, IFEval on the first 24 prompts of
 the 100-prompt set with 160 new tokens. --full switches to the course configuration
 (smol-smoltalk-6k.json, whole epochs, all 100 prompts, 1024 tokens).
