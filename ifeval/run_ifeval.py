@@ -226,13 +226,14 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_
     """Greedy (or sampled) decoding of one left-padded batch; returns each row's new ids,
     ending with its stop id when it stopped.
 
-    A plain loop over the model with a KV cache, instead of ``model.generate``, for one
-    reason: a row that has stopped leaves the batch (its cache rows are dropped), so the
-    remaining rows do not pay for it. ``generate`` keeps computing finished rows until the
-    last one ends; with ``max_tokens`` 1024, one rambling answer per batch would make every
-    row cost 1024 steps. Position ids count real tokens only (left padding does not shift
-    them) and padded positions are masked, as ``generate`` does. Nothing is read from the
-    checkpoint's generation_config.
+    A plain loop over the model with a KV cache, equivalent to greedy ``model.generate``
+    with our stop ids, so that nothing is read from the checkpoint's generation_config.
+    Finished rows stay in the batch (their further tokens are discarded) until every row
+    has stopped. Dropping them from the batch and its cache was tried: with two CPU threads
+    the shrinking, odd batch shapes made each step several times slower (measured 9 vs 98
+    tokens/s on the 16 longest prompts of the 100-prompt set, 256 new tokens). Position
+    ids count real tokens only (left padding does not shift them) and padded positions
+    are masked, as ``generate`` does.
     """
     import torch
     from transformers import DynamicCache
@@ -241,7 +242,7 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_
     stops = torch.tensor(sorted(set(int(s) for s in stop_ids)), device=input_ids.device)
     warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else []) \
         if temperature > 0 else []
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # original row of each active row
+    alive = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     n_real = attention_mask.sum(-1)  # real tokens per row: the next token's position id
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -256,17 +257,14 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_
             nxt = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator).squeeze(1)
         else:
             nxt = logits.argmax(-1)
-        for r, t in zip(rows.tolist(), nxt.tolist()):
-            out[r].append(t)
+        for r, (t, live) in enumerate(zip(nxt.tolist(), alive.tolist())):
+            if live:
+                out[r].append(t)
         if step == max_new_tokens - 1:
             break
-        keep = ~torch.isin(nxt, stops)
-        if not bool(keep.any()):
+        alive &= ~torch.isin(nxt, stops)
+        if not bool(alive.any()):
             break
-        if not bool(keep.all()):  # drop the rows that just stopped
-            idx = keep.nonzero().squeeze(1)
-            cache.batch_select_indices(idx)
-            rows, nxt, n_real, attention_mask = rows[idx], nxt[idx], n_real[idx], attention_mask[idx]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], -1)
         logits = model(input_ids=nxt[:, None], attention_mask=attention_mask, position_ids=n_real[:, None],
                        past_key_values=cache, use_cache=True).logits[:, -1, :]
