@@ -234,9 +234,11 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_
     tokens/s on the 16 longest prompts of the 100-prompt set, 256 new tokens). Position
     ids count real tokens only (left padding does not shift them) and padded positions
     are masked, as ``generate`` does.
+
+    The prompt pass (prefill) runs in groups of similar length when padding would be
+    more than a quarter of the padded batch (see :func:`_prefill`).
     """
     import torch
-    from transformers import DynamicCache
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
     stops = torch.tensor(sorted(set(int(s) for s in stop_ids)), device=input_ids.device)
@@ -246,9 +248,7 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_
     out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     n_real = attention_mask.sum(-1)  # real tokens per row: the next token's position id
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+    cache, logits = _prefill(model, input_ids, attention_mask, positions)
     for step in range(max_new_tokens):
         if warpers:
             scores = logits.float()
@@ -270,6 +270,59 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, stop_
                        past_key_values=cache, use_cache=True).logits[:, -1, :]
         n_real = n_real + 1
     return out
+
+
+# The prompt pass of a batch with more than this share of padding runs in groups of
+# PREFILL_GROUP rows of similar length (see _prefill).
+ROW_PREFILL_PADDING = 0.25
+PREFILL_GROUP = 4
+
+
+def _prefill(model, input_ids, attention_mask, positions):
+    """Run the prompt pass of a left-padded batch; returns (KV cache, last-token logits).
+
+    A padded batch spends the prompt pass on pad positions too: on 16 IFEval prompts of 27
+    to 119 tokens, 54% of the padded batch is padding. When more than ROW_PREFILL_PADDING
+    of the batch is padding, the rows are sorted by length and passed PREFILL_GROUP at a
+    time, each group padded only to its own longest row; each group's per-layer keys and
+    values are then left-padded with zeros to the batch width and concatenated into one
+    cache (padded positions are masked in every later step, so their content is never
+    read). Measured on those 16 prompts, 2 CPU threads: one padded pass 1.66 s, groups of
+    8 1.13 s, of 4 0.98 s, of 2 1.12 s, one row at a time 1.40 s. Both paths fill the same
+    config-less ``DynamicCache`` the decode loop uses (sliding windows are applied by the
+    attention mask, not by the cache)."""
+    import torch
+    from transformers import DynamicCache
+
+    def one_pass(ids, mask, pos):
+        cache = DynamicCache()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        return cache, logits
+
+    lengths = attention_mask.sum(-1)
+    width = input_ids.shape[1]
+    if 1 - float(lengths.sum()) / (len(lengths) * width) <= ROW_PREFILL_PADDING:
+        return one_pass(input_ids, attention_mask, positions)
+    order = sorted(range(len(lengths)), key=lambda r: -int(lengths[r]))
+    groups = []
+    for g in range(0, len(order), PREFILL_GROUP):
+        rows = torch.tensor(order[g:g + PREFILL_GROUP], device=input_ids.device)
+        w = int(lengths[rows].max())  # left padding: the group's real tokens are its last w columns
+        groups.append(one_pass(input_ids[rows, width - w:], attention_mask[rows, width - w:],
+                               positions[rows, width - w:]))
+    inverse = torch.empty(len(order), dtype=torch.long, device=input_ids.device)
+    inverse[torch.tensor(order, device=input_ids.device)] = torch.arange(len(order), device=input_ids.device)
+    merged = DynamicCache()
+    for li in range(len(groups[0][0].layers)):
+        keys, values = [], []
+        for cache, _ in groups:  # [rows, heads, w, dim] -> [rows, heads, width, dim], zeros on the left
+            layer = cache.layers[li]
+            pad = width - layer.keys.shape[-2]
+            keys.append(torch.nn.functional.pad(layer.keys, (0, 0, pad, 0)))
+            values.append(torch.nn.functional.pad(layer.values, (0, 0, pad, 0)))
+        merged.update(torch.cat(keys)[inverse], torch.cat(values)[inverse], li)
+    return merged, torch.cat([logits for _, logits in groups])[inverse]
 
 
 def generate_hf(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,

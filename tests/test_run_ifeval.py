@@ -332,3 +332,41 @@ def test_sampling_is_seeded(model_dir, one_thread):
     assert runs[0] == runs[1]
     greedy = ri.generate_hf(model, tok, prompts, max_new_tokens=8, show_progress=False)
     assert runs[0] != greedy or runs[2] != greedy  # sampling does sample
+
+
+def test_row_prefill_matches_batched_prefill(model_dir, one_thread, monkeypatch):
+    """The prompt pass run in groups of rows and merged into one left-padded cache gives
+    the batched pass's next-token logits and the same greedy answers as one prompt at a
+    time, whatever the group size (groups of 1, of 2, of 3 with a short last group)."""
+    tok = load_tokenizer(str(model_dir), padding_side="left")
+    model = ri.load_hf_model(str(model_dir), "cpu")
+    prompts = ri.render_prompts(tok, [read_jsonl(PROMPTS)[i] for i in (0, 3, 9, 15)], None)
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    lens = [len(e) for e in enc]
+    assert lens != sorted(lens, reverse=True)  # groups take rows out of order: the merge must undo it
+    width = max(lens)
+    ids = torch.tensor([[EOT] * (width - len(e)) + e for e in enc])
+    attn = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    got = {}
+    with torch.inference_mode():
+        for name, threshold, group, n_calls in (("batched", 1.0, 4, 1), (1, -1.0, 1, 4), (3, -1.0, 3, 2),
+                                                 (2, -1.0, 2, 2)):
+            monkeypatch.setattr(ri, "ROW_PREFILL_PADDING", threshold)
+            monkeypatch.setattr(ri, "PREFILL_GROUP", group)
+            calls.clear()
+            cache, logits = ri._prefill(model, ids, attn, pos)
+            assert len(calls) == n_calls  # the path under test was the one taken
+            assert cache.get_seq_length() == width
+            got[name] = logits
+    hook.remove()
+    for name in (1, 2, 3):
+        assert torch.allclose(got[name], got["batched"], atol=1e-4, rtol=1e-4), name
+    monkeypatch.setattr(ri, "ROW_PREFILL_PADDING", -1.0)  # every padded batch goes in groups
+    single = ri.generate_hf(model, tok, prompts, max_new_tokens=16, batch_size=1, show_progress=False)
+    for group in (1, 3):
+        monkeypatch.setattr(ri, "PREFILL_GROUP", group)
+        rows = ri.generate_hf(model, tok, prompts, max_new_tokens=16, batch_size=4, show_progress=False)
+        assert rows == single, group
