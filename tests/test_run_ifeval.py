@@ -370,3 +370,34 @@ def test_row_prefill_matches_batched_prefill(model_dir, one_thread, monkeypatch)
         monkeypatch.setattr(ri, "PREFILL_GROUP", group)
         rows = ri.generate_hf(model, tok, prompts, max_new_tokens=16, batch_size=4, show_progress=False)
         assert rows == single, group
+
+
+def test_growing_cache_matches_dynamic_cache(model_dir, one_thread):
+    """The doubling-buffer cache gives the same keys, values and logits as transformers'
+    DynamicCache across several buffer regrowths (64 -> 128 -> 256 positions) and after a
+    batch selection replaced its tensors."""
+    from transformers import DynamicCache
+
+    model = ri.load_hf_model(str(model_dir), "cpu")
+    torch.manual_seed(0)
+    ids = torch.randint(100, 1000, (3, 40))
+    caches = {"dynamic": DynamicCache(), "growing": ri.growing_cache()}
+    with torch.inference_mode():
+        logits = {k: model(input_ids=ids, past_key_values=c, use_cache=True).logits[:, -1] for k, c in caches.items()}
+        for step in range(150):
+            if step == 100:  # drop row 1, as beam search or row compaction would
+                for c in caches.values():
+                    c.batch_select_indices(torch.tensor([0, 2]))
+                logits = {k: v[[0, 2]] for k, v in logits.items()}
+            assert torch.allclose(logits["growing"], logits["dynamic"], atol=1e-4, rtol=1e-4), step
+            assert torch.equal(logits["growing"].argmax(-1), logits["dynamic"].argmax(-1)), step
+            nxt = logits["dynamic"].argmax(-1, keepdim=True)
+            logits = {k: model(input_ids=nxt, past_key_values=c, use_cache=True).logits[:, -1]
+                      for k, c in caches.items()}
+    grow, dyn = caches["growing"], caches["dynamic"]
+    assert grow.get_seq_length() == dyn.get_seq_length() == 190
+    layer = grow.layers[0]
+    assert layer._buffers[0].shape[-2] > 190  # the buffer really grew beyond the filled part
+    for lg, ld in zip(grow.layers, dyn.layers):
+        assert lg.keys.shape == ld.keys.shape and torch.allclose(lg.keys, ld.keys, atol=1e-4)
+        assert torch.allclose(lg.values, ld.values, atol=1e-4)
