@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on one command: checks -> IFEval (base) -> SFT -> IFEval (fine-tuned) -> report.
 #
-#   bash scripts/demo.sh            # CPU demo (about 20 minutes on 2 cores), embedded data/demo_sft.json
+#   bash scripts/demo.sh            # CPU demo (about 16 minutes on 2 cores), embedded data/demo_sft.json
 #   bash scripts/demo.sh --full     # course configuration on a GPU machine (also DEMO_FULL=1):
 #                                   # smol-smoltalk-6k.json, 3 epochs, sft.sh defaults, all 100 prompts, 1024 tokens
 #   bash scripts/demo.sh --help
