@@ -36,7 +36,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import sft_data
 from loss_functions import compute_loss_from_logits
-from utils import IM_END, REPO_ROOT, load_tokenizer, pad_token_id, resolve_model_path
+from utils import IM_END, REPO_ROOT, load_tokenizer, pad_token_id, resolve_path
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from plot_loss import plot_run  # noqa: E402  (scripts/ is not a package)
@@ -187,7 +187,7 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
             f"nothing to train. Use a new --output_dir or --overwrite_output_dir True to train again.")
         return None
 
-    model_path = resolve_model_path(model_args.model_name_or_path)
+    model_path = resolve_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path, data_args.model_max_length)
 
     # Rank 0 preprocesses and writes the cache while the other ranks wait, then read it.

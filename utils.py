@@ -51,9 +51,10 @@ class ConversationFormatError(ValueError):
 
 
 # --------------------------------------------------------------------------- paths
-def resolve_model_path(name_or_path: str) -> str:
-    """A model reference as the scripts take it: a folder relative to the current
-    directory, else relative to the repository root, else a hub id (returned as is)."""
+def resolve_path(name_or_path: str) -> str:
+    """A model folder or data file as the scripts take it: relative to the current
+    directory, else relative to the repository root, else returned as is (for a model,
+    a hub id)."""
     p = Path(name_or_path).expanduser()
     if p.exists():
         return str(p.resolve())
@@ -91,7 +92,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, model_max_length: int = 20
     """
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(name_or_path)
+    path = resolve_path(name_or_path)
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = padding_side
     if tok.pad_token is None:

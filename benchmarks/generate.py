@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ifeval.run_ifeval import (  # noqa: E402
-    DEFAULT_INPUT, generate_hf, load_hf_model, render_prompts, resolve_input_path, stop_token_ids,
+    DEFAULT_INPUT, generate_hf, load_hf_model, load_prompt_set, render_prompts, stop_token_ids,
 )
-from utils import DEFAULT_MODEL, load_tokenizer, resolve_model_path  # noqa: E402
+from utils import DEFAULT_MODEL, load_tokenizer, resolve_path  # noqa: E402
 
 
 def timed(model, tok, prompts, batch_size, max_new_tokens, stop_ids, desc):
@@ -53,10 +53,10 @@ def main(argv=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = resolve_model_path(args.model)
+    path = resolve_path(args.model)
     tok = load_tokenizer(path, padding_side="left")
     model = load_hf_model(path, "cpu")
-    records = [json.loads(line) for line in open(resolve_input_path(args.prompts)) if line.strip()][:args.n]
+    _, records, _ = load_prompt_set(args.prompts, args.n)
     prompts = render_prompts(tok, records, None)
     stop_ids = stop_token_ids(tok, [model.generation_config.eos_token_id])
     print(f"[bench] {path}: {len(prompts)} prompts, max_new_tokens {args.max_new_tokens}, greedy, "

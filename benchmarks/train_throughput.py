@@ -26,7 +26,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sft_data  # noqa: E402
 from loss_functions import compute_loss_from_logits  # noqa: E402
-from utils import DEFAULT_MODEL, load_tokenizer, resolve_model_path, shared_dir  # noqa: E402
+from utils import DEFAULT_MODEL, load_tokenizer, resolve_path, shared_dir  # noqa: E402
 
 
 def chats_file(responses: Path, out: Path) -> Path:
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     data = Path(args.data) if args.data else (shared_dir() or Path("../shared")) / "ifeval" / "gpt4_responses.jsonl"
     if not data.is_file():
         sys.exit(f"{data}: not found (pass --data or set SHARED_DIR)")
-    model_path = resolve_model_path(args.model)
+    model_path = resolve_path(args.model)
     tok = load_tokenizer(model_path, args.model_max_length)
     with tempfile.TemporaryDirectory() as tmp:
         arrays, stats = sft_data.build_features(str(chats_file(data, Path(tmp) / "chats.jsonl")), tok,

@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere: utils and ifeval.* importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from utils import IM_END, load_tokenizer, pad_token_id, render_chat, resolve_model_path  # noqa: E402
+from utils import IM_END, load_tokenizer, pad_token_id, render_chat, resolve_path  # noqa: E402
 
 DEFAULT_INPUT = "ifeval/data/sampled_input_data.jsonl"
 DEFAULT_HF_BATCH = 16
@@ -54,15 +54,6 @@ GENERATION_KEYS = ("model_path", "max_tokens", "temperature", "top_p", "system_m
 
 
 # ----------------------------------------------------------------------------- paths
-def resolve_input_path(path: str) -> Path:
-    """A data file relative to the current directory, else to the repository root."""
-    p = Path(path).expanduser()
-    if p.exists() or p.is_absolute():
-        return p
-    q = REPO_ROOT / path
-    return q if q.exists() else p
-
-
 def model_label(model_path: str) -> str:
     """A file-name-safe name for a model: its folder name (``org/name`` hub ids give
     ``name``); a ``checkpoint-N`` folder is prefixed with its run folder, since every
@@ -352,8 +343,7 @@ def _prefill(model, input_ids, attention_mask, positions):
         w = int(lengths[rows].max())  # left padding: the group's real tokens are its last w columns
         groups.append(one_pass(input_ids[rows, width - w:], attention_mask[rows, width - w:],
                                positions[rows, width - w:]))
-    inverse = torch.empty(len(order), dtype=torch.long, device=input_ids.device)
-    inverse[torch.tensor(order, device=input_ids.device)] = torch.arange(len(order), device=input_ids.device)
+    inverse = torch.argsort(torch.tensor(order, device=input_ids.device))  # back to the batch's row order
     merged = growing_cache()
     for li in range(len(groups[0][0].layers)):
         keys, values = [], []
@@ -444,7 +434,7 @@ def load_prompt_set(input_data: str, limit: Optional[int]):
     """(all prompts of the file, the first ``limit`` of them, resolved path)."""
     from ifeval.scoring import load_prompts
 
-    path = resolve_input_path(input_data)
+    path = Path(resolve_path(input_data))
     if not path.is_file():
         raise SystemExit(f"[ifeval] prompt file not found: {input_data} (run `bash setup.sh` for ifeval/data/)")
     prompts = load_prompts(str(path))
@@ -499,6 +489,8 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
                 stop_ids=stop_token_ids(tokenizer, eos if isinstance(eos, list) else [eos]), on_batch=on_batch)
     finally:
         writer.close()
+    sp = settings_path(responses)  # remember which backend made the (latest) answers
+    sp.write_text(json.dumps({**json.loads(sp.read_text()), "backend": backend}, indent=2) + "\n")
     stats.update(generated=len(answers), seconds=time.perf_counter() - t0,
                  tokens=sum(a["num_tokens"] for a in answers),
                  hit_max_tokens=sum(a["finish_reason"] == "length" for a in answers))
@@ -506,12 +498,14 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
 
 
 def _config_eos(model_path: str) -> list[int]:
-    """The eos id(s) of a checkpoint's generation_config.json, if it has one (for vLLM,
-    which does not load the model here)."""
-    p = Path(model_path) / "generation_config.json"
-    if not p.is_file():
+    """The eos id(s) of a checkpoint's generation config, if it has one (for vLLM, which
+    does not load the model here)."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json in the folder or the hub repo
         return []
-    eos = json.loads(p.read_text()).get("eos_token_id")
     return [] if eos is None else (eos if isinstance(eos, list) else [eos])
 
 
@@ -607,7 +601,7 @@ def _main(args) -> dict:
         raise SystemExit("[ifeval] --batch_size must be positive")
     if not args.model_path and (args.mode != "eval" or not args.input_response_data):
         raise SystemExit("[ifeval] --model_path is required (except for --mode eval with --input_response_data)")
-    model_path = resolve_model_path(args.model_path) if args.model_path else None
+    model_path = resolve_path(args.model_path) if args.model_path else None
     responses = (Path(args.input_response_data) if args.input_response_data
                  else default_responses_path(args.output_dir, model_path))
     all_prompts, selected, prompt_path = load_prompt_set(args.input_data, args.limit)
@@ -616,11 +610,6 @@ def _main(args) -> dict:
     stats = None
     if args.mode in ("all", "inference"):
         stats = run_inference(args, model_path, selected, responses)
-        sp = settings_path(responses)
-        if stats["backend"]:  # remember which backend made the (latest) answers
-            s = json.loads(sp.read_text())
-            s["backend"] = stats["backend"]
-            sp.write_text(json.dumps(s, indent=2) + "\n")
         if stats["generated"]:
             print(f"[ifeval] generated {stats['generated']} answers with {stats['backend']} in "
                   f"{stats['seconds']:.1f}s ({stats['tokens'] / max(stats['seconds'], 1e-9):.1f} tokens/s); "

@@ -10,7 +10,7 @@ from utils import (
     is_single_turn_conversation,
     load_tokenizer,
     normalize_conversation,
-    resolve_model_path,
+    resolve_path,
     tokenizer_fingerprint,
     validate_messages,
 )
@@ -149,9 +149,9 @@ def test_left_padding_option_and_fingerprint(model_dir, tokenizer):
     assert tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(load_tokenizer(str(model_dir), 2048))
 
 
-def test_resolve_model_path(tmp_path, monkeypatch, model_dir):
+def test_resolve_path(tmp_path, monkeypatch, model_dir):
     monkeypatch.chdir(tmp_path)
-    assert resolve_model_path("SmolLM2-135M") == str(model_dir.resolve())  # repo root fallback
+    assert resolve_path("SmolLM2-135M") == str(model_dir.resolve())  # repo root fallback
     (tmp_path / "SmolLM2-135M").mkdir()
-    assert resolve_model_path("SmolLM2-135M") == str((tmp_path / "SmolLM2-135M").resolve())  # cwd first
-    assert resolve_model_path("org/some-hub-model") == "org/some-hub-model"
+    assert resolve_path("SmolLM2-135M") == str((tmp_path / "SmolLM2-135M").resolve())  # cwd first
+    assert resolve_path("org/some-hub-model") == "org/some-hub-model"
