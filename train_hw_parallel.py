@@ -153,23 +153,23 @@ def finished_step(checkpoint: Optional[str], training_args: TrainingArguments) -
 
     Why: the Trainer resumed from a checkpoint at its last step still runs one more
     optimizer step before it notices it is done, so rerunning a finished command would
-    change the saved model. A run counts as finished when its final model was saved and the
-    checkpoint reached the requested ``--max_steps`` (or, for epoch-based runs, the step
-    count it had planned for the same ``--num_train_epochs``).
+    change the saved model. The decision is made here, before anything loads, because a
+    callback cannot stop the Trainer before that step. A run counts as finished when
+    ``run_manifest.json`` (written only after a completed run) records the same plan as
+    requested now: a ``--max_steps`` it reached, or, without ``--max_steps``, the same
+    ``--num_train_epochs`` (compared with the requested arguments, not the Trainer's
+    rounded-up plan in trainer_state.json).
     """
-    if not checkpoint:
+    manifest_path = os.path.join(training_args.output_dir, "run_manifest.json")
+    if not checkpoint or not os.path.exists(manifest_path):
         return None
-    state_path = os.path.join(checkpoint, "trainer_state.json")
-    final_model = os.path.join(training_args.output_dir, "model.safetensors")
-    if not (os.path.exists(state_path) and os.path.exists(final_model)):
-        return None
-    with open(state_path, encoding="utf-8") as f:
-        state = json.load(f)
-    step = state.get("global_step", 0)
+    with open(manifest_path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    step, done_args = manifest.get("global_step", 0), manifest.get("training_args", {})
     if training_args.max_steps > 0:
         return step if step >= training_args.max_steps else None
-    same_plan = state.get("num_train_epochs") == training_args.num_train_epochs
-    return step if same_plan and step >= state.get("max_steps", float("inf")) else None
+    same_plan = done_args.get("max_steps", -1) <= 0 and done_args.get("num_train_epochs") == training_args.num_train_epochs
+    return step if same_plan else None
 
 
 def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:

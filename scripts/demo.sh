@@ -83,10 +83,9 @@ train() {
       bash scripts/sft.sh "${extra[@]}"
 }
 
-report() {
-  mkdir -p "$OUT/report"
+report() {  # compare.py makes the folder and puts the chart beside the report (.png)
   $PY ifeval/compare.py "$OUT/ifeval_base" "$OUT/ifeval_sft" --names base fine-tuned \
-      --output "$OUT/report/ifeval_compare.md" --plot "$OUT/report/ifeval_compare.png"
+      --output "$OUT/report/ifeval_compare.md"
 }
 
 T_ALL=$SECONDS

@@ -90,8 +90,9 @@ def run_config(cfg: dict, args, run_root: Path) -> dict:
     run_root.mkdir(parents=True, exist_ok=True)
     log = run_root / "run.log"
     t0 = time.time()
+    bsz_per_dev = min(args.bsz_per_dev, int(cfg["total_bsz"]))  # a small total batch fits one micro-batch
     env = dict(os.environ, MODELPATH=args.model, DATAPATH=args.data, OUTPUTPATH=str(run_root.resolve()),
-               RUNNAME="ckpt", TOTALBSZ=str(cfg["total_bsz"]), BSZPERDEV=str(args.bsz_per_dev))
+               RUNNAME="ckpt", TOTALBSZ=str(cfg["total_bsz"]), BSZPERDEV=str(bsz_per_dev))
     train_args = []
     for k, (flag, _) in AXES.items():
         if flag.startswith("--"):

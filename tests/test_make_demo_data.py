@@ -41,7 +41,8 @@ def test_committed_file_is_the_generators_output(tmp_path):
 
 
 def test_every_answer_passes_its_instructions_strict():
-    from ifeval.scoring import check_response
+    from make_demo_data import load_checker
+    check = load_checker()  # the verdicts the generator itself checks with
     records = {r["id"]: r for r in json.loads(DATA.read_text())}
     checks = [json.loads(line) for line in CHECKS.read_text().splitlines()]
     # one check line per assistant turn, in order
@@ -52,23 +53,22 @@ def test_every_answer_passes_its_instructions_strict():
         msgs = [m for m in records[c["id"]]["conversations"] if m["role"] != "system"]
         user, answer = msgs[2 * c["turn"]], msgs[2 * c["turn"] + 1]
         assert user["role"] == "user" and answer["role"] == "assistant"
-        strict = check_response({"instruction_id_list": c["instruction_id_list"], "kwargs": c["kwargs"],
-                                 "prompt": user["content"]}, answer["content"])["strict"]
+        strict = check(c["instruction_id_list"], c["kwargs"], user["content"], answer["content"])
         failures += [(c["id"], c["turn"], i) for i, ok in zip(c["instruction_id_list"], strict) if not ok]
     assert failures == []
 
 
 def test_the_scorer_does_reject_a_broken_answer():
     """Guard against a verification that cannot fail: breaking answers makes the scorer say so."""
-    from ifeval.scoring import check_response
+    from make_demo_data import load_checker
+    check = load_checker()  # the verdicts the generator itself checks with
     records = {r["id"]: r for r in json.loads(DATA.read_text())}
     broken = 0
     for c in (json.loads(line) for line in CHECKS.read_text().splitlines()):
         if "punctuation:no_comma" in c["instruction_id_list"] or "change_case:english_lowercase" in c["instruction_id_list"]:
             msgs = [m for m in records[c["id"]]["conversations"] if m["role"] != "system"]
             bad = "Well, " + msgs[2 * c["turn"] + 1]["content"] + " And, Finally."
-            strict = check_response({"instruction_id_list": c["instruction_id_list"], "kwargs": c["kwargs"],
-                                     "prompt": msgs[2 * c["turn"]]["content"]}, bad)["strict"]
+            strict = check(c["instruction_id_list"], c["kwargs"], msgs[2 * c["turn"]]["content"], bad)
             assert not all(strict)
             broken += 1
     assert broken >= 20

@@ -13,21 +13,11 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, model_dir):
-    """A randomly initialised 2-layer Llama (hidden 64) with the real SmolLM2 tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_model(tmp_path_factory, tokenizer):
+    """A randomly initialised 2-layer Llama with the real SmolLM2 tokenizer."""
+    from test_train_hw_parallel import tiny_llama
 
-    from utils import load_tokenizer
-    tok = load_tokenizer(str(model_dir), 256)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer)
 
 
 def _sweep(out, model):

@@ -204,17 +204,23 @@ def test_end_token_ids(tokenizer):
 
 def test_finished_run_is_not_trained_again(tmp_path):
     """A finished run is recognised (the Trainer would otherwise add one step on resume);
-    a longer --max_steps, a changed epoch plan or a missing final model resume instead."""
+    a longer --max_steps, a changed epoch plan or a run that never completed resume instead."""
     from transformers import TrainingArguments
     out = tmp_path / "run"
     ckpt = out / "checkpoint-2"
     ckpt.mkdir(parents=True)
-    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 2, "max_steps": 2, "num_train_epochs": 1}))
+    manifest = out / "run_manifest.json"
     args = lambda **kw: TrainingArguments(output_dir=str(out), report_to="none", **kw)  # noqa: E731
-    assert train_hw_parallel.finished_step(str(ckpt), args(max_steps=2)) is None  # no final model yet
-    (out / "model.safetensors").write_bytes(b"x")
+    assert train_hw_parallel.finished_step(str(ckpt), args(max_steps=2)) is None  # never completed: no manifest
+    manifest.write_text(json.dumps({"global_step": 2, "training_args": {"max_steps": -1, "num_train_epochs": 1.0}}))
     assert train_hw_parallel.finished_step(str(ckpt), args(max_steps=2)) == 2
     assert train_hw_parallel.finished_step(str(ckpt), args(max_steps=3)) is None
     assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=1)) == 2
     assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=2)) is None
     assert train_hw_parallel.finished_step(None, args(max_steps=2)) is None
+    # A run cut short by --max_steps is not a finished epoch plan, and fractional epochs
+    # compare as requested (the Trainer's state rounds them up).
+    manifest.write_text(json.dumps({"global_step": 2, "training_args": {"max_steps": 2, "num_train_epochs": 1.0}}))
+    assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=1)) is None
+    manifest.write_text(json.dumps({"global_step": 3, "training_args": {"max_steps": -1, "num_train_epochs": 1.5}}))
+    assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=1.5)) == 3
