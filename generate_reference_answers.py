@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-FORMAT_VERSION = 1
-IGNORE = -100
+from utils import IGNORE_TOKEN_ID
+
+FORMAT_VERSION = 1  # also what loss_functions_checker.py expects
 DEFAULT_OUT = Path(__file__).resolve().parent / "reference_answers.pkl"
 
 
@@ -43,7 +44,7 @@ def reference_loss(logits: list, shape: list, labels: list, num_items):
     for b in range(batch):
         for t in range(seq - 1):
             y = labels[b][t + 1]
-            if y != IGNORE:
+            if y != IGNORE_TOKEN_ID:
                 rows.append(((b * seq + t) * vocab, y))
     divisor = len(rows) if num_items is None else num_items
     grad = [0.0] * len(logits)
@@ -113,13 +114,18 @@ def build_cases() -> list:
     return cases
 
 
+def write_reference(path, cases: list) -> None:
+    """Write ``cases`` to ``path`` in the layout the checker reads."""
+    with open(path, "wb") as f:
+        pickle.dump({"format_version": FORMAT_VERSION, "cases": cases}, f, protocol=4)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output pickle (default: %(default)s)")
     args = ap.parse_args(argv)
     cases = build_cases()
-    with open(args.out, "wb") as f:
-        pickle.dump({"format_version": FORMAT_VERSION, "cases": cases}, f, protocol=4)
+    write_reference(args.out, cases)
     for c in cases:
         print(f"{c['name']:24} {c['dtype']:9} shape {c['shape']} valid {c['n_valid']:2} "
               f"num_items {c['num_items_in_batch']} loss {c['loss']:.10g}")

@@ -90,7 +90,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _plan(rows: torch.Tensor, n_positions: int, chunk_size: int) -> list:
+def _plan(rows: torch.Tensor, chunk_size: int) -> list:
     """Cut the valid rows into chunks that are slices of consecutive positions.
 
     Returns ``(p0, p1, i0, i1, local, ignored)`` per chunk: positions ``[p0, p1)`` (at most
@@ -149,7 +149,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, flat: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int):
-        plan = _plan(rows, flat.shape[0], chunk_size)
+        plan = _plan(rows, chunk_size)
         cdt = _compute_dtype(flat.dtype)
         width = max((p1 - p0 for p0, p1, *_ in plan), default=1)
         buf = torch.empty(width, flat.shape[1], dtype=cdt, device=flat.device)
@@ -224,7 +224,7 @@ def _num_items(num_items_in_batch: Union[int, float, torch.Tensor, None], fallba
                device: torch.device) -> torch.Tensor:
     """The divisor as a 0-d fp64 tensor (exact for any count); the caller casts it."""
     if num_items_in_batch is None:
-        return torch.tensor(float(fallback), dtype=torch.float64, device=device)
+        num_items_in_batch = fallback
     if torch.is_tensor(num_items_in_batch):
         if num_items_in_batch.numel() != 1:
             raise ValueError(f"num_items_in_batch must hold one number, got shape {tuple(num_items_in_batch.shape)}")
@@ -234,6 +234,19 @@ def _num_items(num_items_in_batch: Union[int, float, torch.Tensor, None], fallba
     if num_items_in_batch < 0:
         raise ValueError(f"num_items_in_batch must be >= 0, got {num_items_in_batch}")
     return torch.tensor(float(num_items_in_batch), dtype=torch.float64, device=device)
+
+
+def _shifted_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, targets)`` of the causal shift: the flat positions ``b * seq + t`` (int64,
+    increasing) whose next label ``labels[b, t + 1]`` is not ignored, and those labels.
+    The last position of each row predicts nothing."""
+    # Shifted targets laid out like the logits: position t of a row holds label t+1,
+    # the last position of each row holds "ignored".
+    shifted = torch.full_like(labels, IGNORE_TOKEN_ID)
+    shifted[:, :-1] = labels[:, 1:]
+    shifted = shifted.reshape(-1)
+    rows = (shifted != IGNORE_TOKEN_ID).nonzero().squeeze(1)
+    return rows, shifted.index_select(0, rows)
 
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor,
@@ -256,13 +269,7 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor,
     batch, seq, vocab = logits.shape
     labels = labels.to(logits.device)
 
-    # Shifted targets laid out like the logits: position t of a row holds label t+1,
-    # the last position of each row holds "ignored".
-    shifted = torch.full_like(labels, IGNORE_TOKEN_ID)
-    shifted[:, :-1] = labels[:, 1:]
-    shifted = shifted.reshape(-1)
-    rows = (shifted != IGNORE_TOKEN_ID).nonzero().squeeze(1)
-    targets = shifted.index_select(0, rows)
+    rows, targets = _shifted_targets(labels)
     if targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
         bad = targets[(targets < 0) | (targets >= vocab)][0].item()
         raise ValueError(f"label id {bad} is outside the vocabulary [0, {vocab}) and is not {IGNORE_TOKEN_ID}")

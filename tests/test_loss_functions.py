@@ -19,8 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from conftest import REPO
 from loss_functions import ChunkedCrossEntropy, compute_loss_from_logits, cross_entropy_loss
-
-IGNORE = -100
+from utils import IGNORE_TOKEN_ID as IGNORE
 
 
 def reference(logits: torch.Tensor, labels: torch.Tensor, num_items=None):
@@ -296,7 +295,7 @@ def test_backward_with_other_incoming_gradients(factor):
 def test_long_ignored_spans_are_skipped_and_short_gaps_computed():
     """Chat-like labels: a long ignored prompt (skipped, a new chunk starts after it) and
     short ignored gaps inside answers (computed within a chunk, then zeroed)."""
-    from loss_functions import _MAX_GAP, _plan
+    from loss_functions import _MAX_GAP, _plan, _shifted_targets
 
     logits, labels = random_case(19, batch=2, seq=120, vocab=11, ignore_frac=0.0)
     labels[:, :40] = IGNORE          # prompt: longer than _MAX_GAP
@@ -307,10 +306,8 @@ def test_long_ignored_spans_are_skipped_and_short_gaps_computed():
         loss, grad = loss_and_grad(cross_entropy_loss, logits, labels, chunk_size=chunk)
         torch.testing.assert_close(loss.double(), ref_loss, atol=1e-6, rtol=1e-5, msg=f"chunk {chunk}")
         torch.testing.assert_close(grad.double(), ref_grad, atol=1e-7, rtol=1e-4, msg=f"chunk {chunk}")
-    shifted = torch.full_like(labels, IGNORE)
-    shifted[:, :-1] = labels[:, 1:]
-    rows = (shifted.reshape(-1) != IGNORE).nonzero().squeeze(1)
-    plan = _plan(rows, labels.numel(), 512)
+    rows, _ = _shifted_targets(labels)
+    plan = _plan(rows, 512)
     covered = set()
     for p0, p1, i0, i1, local, ignored in plan:
         covered.update(range(p0, p1))
@@ -321,4 +318,4 @@ def test_long_ignored_spans_are_skipped_and_short_gaps_computed():
     assert not covered & (set(range(0, 39)) | set(range(120, 120 + 39)))
     assert {59, 60, 61} <= covered
     assert not covered & set(range(120 + 69, 120 + 106))
-    assert all(p1 - p0 <= 7 for p0, p1, *_ in _plan(rows, labels.numel(), 7))
+    assert all(p1 - p0 <= 7 for p0, p1, *_ in _plan(rows, 7))

@@ -15,6 +15,7 @@ import torch
 import loss_functions
 import loss_functions_checker as checker
 from conftest import REPO
+from generate_reference_answers import FORMAT_VERSION, write_reference
 
 PKL = REPO / "reference_answers.pkl"
 
@@ -27,12 +28,6 @@ def run(*args, timeout=300):
 @pytest.fixture(scope="module")
 def cases():
     return checker.load_reference(PKL)
-
-
-def write_cases(path, cases):
-    with open(path, "wb") as f:
-        pickle.dump({"format_version": checker.FORMAT_VERSION, "cases": cases}, f, protocol=4)
-    return path
 
 
 def test_committed_reference_is_what_the_generator_writes(tmp_path, cases):
@@ -92,7 +87,9 @@ def test_checker_cli_fails_on_a_corrupted_reference(tmp_path, cases, field, delt
         i = max(range(len(grad)), key=lambda k: abs(grad[k]))
         grad[i] += delta
         target["grad"] = grad
-    res = run(REPO / "loss_functions_checker.py", "--reference", write_cases(tmp_path / "bad.pkl", bad))
+    path = tmp_path / "bad.pkl"
+    write_reference(path, bad)
+    res = run(REPO / "loss_functions_checker.py", "--reference", path)
     assert res.returncode == 1, res.stdout
     fails = [line for line in res.stdout.splitlines() if line.startswith("[FAIL]")]
     assert len(fails) == 1 and "several_sequences" in fails[0]
@@ -127,6 +124,19 @@ def test_checker_names_an_unusable_file(tmp_path, kind):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("shape", [[2, 3], [2, 3, 5, 1], "2x3x5", None, [2, 3.0, 5], [2, True, 5], [-2, -3, 5]])
+def test_checker_names_a_case_with_a_malformed_shape(tmp_path, cases, shape):
+    bad = [dict(c) for c in cases]
+    target = next(c for c in bad if c["name"] == "worked_example")
+    target["shape"] = shape
+    path = tmp_path / "bad_shape.pkl"
+    write_reference(path, bad)
+    res = run(REPO / "loss_functions_checker.py", "--reference", path)
+    assert res.returncode == 1
+    assert str(path) in res.stderr and "worked_example" in res.stderr and "shape" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 class _Touch:
     """Unpickling this would create a file: the checker must refuse before that."""
 
@@ -140,7 +150,7 @@ class _Touch:
 def test_checker_refuses_classes_and_runs_no_code(tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pkl"
-    path.write_bytes(pickle.dumps({"format_version": 1, "cases": [_Touch(marker)]}))
+    path.write_bytes(pickle.dumps({"format_version": FORMAT_VERSION, "cases": [_Touch(marker)]}))
     res = run(REPO / "loss_functions_checker.py", "--reference", path)
     assert res.returncode == 1
     assert "refusing to load" in res.stderr and str(path) in res.stderr
