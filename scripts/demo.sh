@@ -99,27 +99,22 @@ printf '%s\t%s\n' total $((SECONDS - T_ALL)) >> "$TIMES"
 # Summary: the four metrics before/after, per-instruction-type changes, stage times, paths.
 $PY - "$OUT" "$RUN" "$FULL" "$PROMPT_SET" "$PROMPTS" "$MAXTOK" "$DATA" <<'EOF'
 import json, sys, glob, os
+sys.path.insert(0, "scripts")
+from plot_loss import read_curve
 out, run, full, prompt_set, prompts, maxtok, data = sys.argv[1:]
 metrics = ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"]
 base = json.load(open(f"{out}/ifeval_base/summary.json"))
 sft = json.load(open(f"{out}/ifeval_sft/summary.json"))
 times = [l.rstrip("\n").split("\t") for l in open(f"{out}/stage_times.tsv") if l.strip()]
-state_path = f"{out}/ckpt/{run}/trainer_state.json"
-losses = [h["loss"] for h in json.load(open(state_path))["log_history"] if "loss" in h] if os.path.exists(state_path) else []
+losses = read_curve(f"{out}/ckpt/{run}")[1] if os.path.exists(f"{out}/ckpt/{run}/trainer_state.json") else []
 pngs = sorted(glob.glob(f"{out}/ckpt/{run}/*.png"))
 reports = sorted(glob.glob(f"{out}/report/*.md"))
 
-def per_type(path):
-    """instruction id -> (passed, total) from a run's strict per-prompt records."""
-    acc = {}
-    for line in open(path):
-        r = json.loads(line)
-        for inst, ok in zip(r["instruction_id_list"], r["follow_instruction_list"]):
-            p, t = acc.get(inst, (0, 0))
-            acc[inst] = (p + bool(ok), t + 1)
-    return acc
+def per_type(summary):
+    """instruction id -> (passed, total), strict, from a run's summary.json."""
+    return {k: (v["strict_correct"], v["count"]) for k, v in summary["per_instruction_type"].items()}
 
-pb, ps = per_type(f"{out}/ifeval_base/eval_results_strict.jsonl"), per_type(f"{out}/ifeval_sft/eval_results_strict.jsonl")
+pb, ps = per_type(base), per_type(sft)
 lines = ["# Demo summary", "",
          f"Mode: {'full (course configuration)' if full == '1' else 'CPU demo'}; prompts: "
          f"{'all' if prompts == '0' else 'first ' + prompts} of `{prompt_set}` "

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from plot_loss import read_curve  # scripts/ is on sys.path when this runs
+
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"]
 # grid axis -> (flag of train_hw_parallel.py or sft.sh variable, parser)
@@ -78,10 +80,9 @@ def run_logged(cmd: list[str], env: dict, log_path: Path, what: str) -> None:
 
 def final_train_loss(run_dir: Path) -> float | None:
     """Last logged training loss from the Trainer's state (None if nothing was logged)."""
-    state = run_dir / "trainer_state.json"
-    if not state.exists():
+    if not (run_dir / "trainer_state.json").exists():
         return None
-    losses = [h["loss"] for h in json.loads(state.read_text())["log_history"] if "loss" in h]
+    losses = read_curve(run_dir)[1]
     return losses[-1] if losses else None
 
 
