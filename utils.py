@@ -8,10 +8,11 @@ when it is trained and when it is evaluated.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 IGNORE_TOKEN_ID = -100
 REPO_ROOT = Path(__file__).resolve().parent
@@ -62,6 +63,28 @@ def resolve_path(name_or_path: str) -> str:
     if q.exists():
         return str(q.resolve())
     return name_or_path
+
+
+def iter_jsonl(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line of a JSONL file. A missing
+    file, a directory, a malformed line or a line that is not a JSON object raises
+    ``error`` with a message naming ``what`` (e.g. "IFEval prompt") or file:line."""
+    p = Path(path)
+    if not p.exists():
+        raise error(f"{what} file not found: {p}")
+    if p.is_dir():
+        raise error(f"{what} path is a directory, expected a JSONL file: {p}")
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise error(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
 
 
 def setup_nltk_data() -> None:

@@ -5,7 +5,7 @@
         --names base HW2 HW3 --output report/ifeval.md --plot report/ifeval.png
 
 Each RESULT_DIR is an ``--output_dir`` of ``ifeval/run_ifeval.py`` (``summary.json``, and
-``eval_results_strict.jsonl`` / ``eval_results_loose.jsonl`` for the examples). The report
+``eval_results_strict.jsonl`` for the examples). The report
 has, for every run: the four IFEval metrics with the change from the first run; the
 strict and loose accuracy per instruction type with the change from the first run; and,
 for each later run, a few prompts whose strict prompt-level verdict changed (fixed and
@@ -21,6 +21,14 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+# Importable as ``ifeval.compare`` and runnable as ``python ifeval/compare.py``: utils
+# lives at the repository root. (Not ifeval.scoring: its lm-eval import is slow.)
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from utils import iter_jsonl  # noqa: E402
+
 METRICS = [("prompt_level_strict_acc", "prompt strict"), ("inst_level_strict_acc", "instruction strict"),
            ("prompt_level_loose_acc", "prompt loose"), ("inst_level_loose_acc", "instruction loose")]
 
@@ -30,21 +38,8 @@ class ResultError(ValueError):
 
 
 # ----------------------------------------------------------------------- reading
-def read_jsonl(path: Path) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ResultError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-    return out
-
-
 def load_run(result_dir: str) -> dict:
-    """A result folder's summary and (when present) per-prompt strict/loose records."""
+    """A result folder's summary and (when present) its per-prompt strict records."""
     d = Path(result_dir)
     if not d.is_dir():
         raise ResultError(f"{d}: not a folder (expected an --output_dir of ifeval/run_ifeval.py)")
@@ -60,14 +55,14 @@ def load_run(result_dir: str) -> dict:
     if missing:
         raise ResultError(f"{sp}: no {', '.join(missing)} (not an IFEval summary from ifeval/scoring.py?)")
     run = {"dir": d, "summary": summary, "records": {}}
-    for mode in ("strict", "loose"):
-        p = d / f"eval_results_{mode}.jsonl"
-        if p.is_file():
-            recs = read_jsonl(p)
-            for i, r in enumerate(recs, 1):
-                if "key" not in r or "follow_all_instructions" not in r:
-                    raise ResultError(f"{p}:{i}: record without key/follow_all_instructions")
-            run["records"][mode] = {r["key"]: r for r in recs}
+    p = d / "eval_results_strict.jsonl"  # the examples; the per-type tables come from the summary
+    if p.is_file():
+        recs = {}
+        for lineno, r in iter_jsonl(p, "strict results", ResultError):
+            if "key" not in r or "follow_all_instructions" not in r:
+                raise ResultError(f"{p}:{lineno}: record without key/follow_all_instructions")
+            recs[r["key"]] = r
+        run["records"]["strict"] = recs
     return run
 
 

@@ -6,8 +6,8 @@
 #   bash ifeval/run.sh ckpt/HW2 outputs/ifeval_hw2 --limit 8 --max_tokens 64
 #   bash ifeval/run.sh ckpt/HW2 outputs/ifeval_hw2_full --input_data ifeval/data/input_data.jsonl
 #
-# Defaults: the course's 100-prompt set (ifeval/data/sampled_input_data.jsonl) and
-# --max_tokens 1024. Extra arguments come last, so they override the defaults.
+# Defaults (run_ifeval.py's own): the course's 100-prompt set (ifeval/data/sampled_input_data.jsonl)
+# and --max_tokens 1024. Extra arguments are passed on, so they override the defaults.
 # Works from the repository root or from ifeval/: MODEL_PATH is looked up relative to the
 # current directory, then the repository root, else used as a hub id; OUTPUT_DIR is
 # relative to the current directory. PYTHON=... picks the interpreter.
@@ -26,5 +26,4 @@ if [[ $# -lt 2 ]]; then
 fi
 model=$1 out=$2
 shift 2
-exec "$PY" "$here/run_ifeval.py" --mode all --model_path "$model" --output_dir "$out" \
-  --input_data "$here/data/sampled_input_data.jsonl" --max_tokens 1024 "$@"
+exec "$PY" "$here/run_ifeval.py" --model_path "$model" --output_dir "$out" "$@"

@@ -512,7 +512,7 @@ def _config_eos(model_path: str) -> list[int]:
 def run_eval(args, all_prompts: list[dict], selected: list[dict], prompt_path: Path, responses: Path,
              model_path: Optional[str]) -> dict:
     """Score the answers to the selected prompts and write the result files."""
-    from ifeval.scoring import format_summary, load_responses, score, write_results
+    from ifeval.scoring import format_summary, load_responses, missing_warning, score, write_results
 
     if not responses.is_file():
         raise SystemExit(f"[ifeval] response file not found: {responses}")
@@ -549,10 +549,9 @@ def run_eval(args, all_prompts: list[dict], selected: list[dict], prompt_path: P
     result = score(selected, answers)
     summary = write_results(result, args.output_dir, meta)
     print(format_summary(summary))
-    if summary.get("num_missing"):
-        print(f"[ifeval] warning: {summary['num_missing']} of {len(selected)} prompts have no answer in {responses} "
-              f"and count as failed (keys {summary['missing_keys'][:10]}{' ...' if summary['num_missing'] > 10 else ''})",
-              file=sys.stderr)
+    warning = missing_warning(summary, responses)
+    if warning:
+        print(f"[ifeval] warning: {warning}", file=sys.stderr)
     return summary
 
 

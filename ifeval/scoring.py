@@ -38,7 +38,7 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 # Importable both as ``ifeval.scoring`` (repo root on sys.path) and as ``scoring``
 # (ifeval/ on sys.path, e.g. ``python ifeval/scoring.py``): utils lives at the root.
@@ -46,7 +46,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from utils import setup_nltk_data  # noqa: E402
+from utils import iter_jsonl, setup_nltk_data  # noqa: E402
 
 # Order matters: punkt_tab must be findable before lm-eval's instructions_util is
 # imported, because that import calls nltk.download() when it cannot find it.
@@ -85,26 +85,6 @@ class PromptList(list):
 
 
 # ------------------------------------------------------------------------- loading
-def _read_jsonl(path: str | os.PathLike, what: str) -> Iterable[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; errors name file:line."""
-    p = Path(path)
-    if not p.exists():
-        raise IFEvalDataError(f"{what} file not found: {p}")
-    if p.is_dir():
-        raise IFEvalDataError(f"{what} path is a directory, expected a JSONL file: {p}")
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise IFEvalDataError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise IFEvalDataError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-
-
 def _validate_prompt_record(rec: dict, where: str) -> None:
     for field in ("key", "prompt", "instruction_id_list", "kwargs"):
         if field not in rec:
@@ -134,7 +114,7 @@ def load_prompts(path: str | os.PathLike) -> PromptList:
     out = PromptList()
     out.source = Path(path).name
     seen: dict[int, int] = {}
-    for lineno, rec in _read_jsonl(path, "IFEval prompt"):
+    for lineno, rec in iter_jsonl(path, "IFEval prompt", IFEvalDataError):
         where = f"{path}:{lineno}"
         _validate_prompt_record(rec, where)
         if rec["key"] in seen:
@@ -169,7 +149,7 @@ def load_responses(path: str | os.PathLike, prompts: list[dict], allow_extra: bo
     first_line: dict[int, int] = {}
     unknown: list[str] = []
     n_records = 0
-    for lineno, rec in _read_jsonl(path, "IFEval response"):
+    for lineno, rec in iter_jsonl(path, "IFEval response", IFEvalDataError):
         n_records += 1
         where = f"{path}:{lineno}"
         if "response" not in rec:
@@ -393,20 +373,20 @@ def write_results(result: dict, output_dir: str | os.PathLike, meta: Optional[di
 
 def format_summary(summary: dict) -> str:
     """The console report: a four-line metric table, then accuracy per instruction type."""
-    c = summary.get("counts", {})
+    c = summary["counts"]
     n_p, n_i = summary["num_prompts"], summary["num_instructions"]
     rows = [
-        ("prompt_level_strict_acc", c.get("prompt_strict"), n_p),
-        ("inst_level_strict_acc", c.get("inst_strict"), n_i),
-        ("prompt_level_loose_acc", c.get("prompt_loose"), n_p),
-        ("inst_level_loose_acc", c.get("inst_loose"), n_i),
+        ("prompt_level_strict_acc", c["prompt_strict"], n_p),
+        ("inst_level_strict_acc", c["inst_strict"], n_i),
+        ("prompt_level_loose_acc", c["prompt_loose"], n_p),
+        ("inst_level_loose_acc", c["inst_loose"], n_i),
     ]
     header = (f"IFEval on {summary.get('prompt_set') or '?'}: {n_p} prompts, {n_i} instructions"
               + (f", {summary['num_missing']} prompts without an answer (counted as failed)"
                  if summary.get("num_missing") else ""))
     lines = [header, f"{'metric':<26}{'accuracy':>9}  {'correct':>11}"]
     for name, k, n in rows:
-        frac = f"{k}/{n}" if k is not None else ""
+        frac = f"{k}/{n}"
         lines.append(f"{name:<26}{summary[name]:>9.4f}  {frac:>11}")
     per = summary.get("per_instruction_type") or {}
     if per:
@@ -420,18 +400,26 @@ def format_summary(summary: dict) -> str:
 
 def summary_line(summary: dict) -> str:
     """One line for the end of a run: the four metrics with their counts."""
-    c = summary.get("counts") or {}
+    c = summary["counts"]
     n_p, n_i = summary["num_prompts"], summary["num_instructions"]
 
     def part(metric, count_key, n):
-        k = c.get(count_key)
-        return f"{summary[metric]:.4f}" + (f" ({k}/{n})" if k is not None else "")
+        return f"{summary[metric]:.4f} ({c[count_key]}/{n})"
 
     return (f"IFEval {summary.get('prompt_set') or '?'}: {n_p} prompts ({summary.get('num_missing', 0)} missing) | "
             f"prompt strict {part('prompt_level_strict_acc', 'prompt_strict', n_p)}, "
             f"inst strict {part('inst_level_strict_acc', 'inst_strict', n_i)} | "
             f"prompt loose {part('prompt_level_loose_acc', 'prompt_loose', n_p)}, "
             f"inst loose {part('inst_level_loose_acc', 'inst_loose', n_i)}")
+
+
+def missing_warning(summary: dict, responses_path: str | os.PathLike) -> Optional[str]:
+    """The warning for prompts without an answer (None when every prompt has one)."""
+    n = summary["num_missing"]
+    if not n:
+        return None
+    return (f"{n} of {summary['num_prompts']} prompts have no answer in {responses_path} and count as failed "
+            f"(keys {summary['missing_keys'][:10]}{' ...' if n > 10 else ''})")
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -462,10 +450,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = write_results(result, args.output_dir, meta)
     if not args.quiet:
         print(format_summary(summary))
-    if summary["num_missing"]:
-        shown = summary["missing_keys"][:10]
-        print(f"warning: {summary['num_missing']} prompts have no answer and count as failed (keys {shown}"
-              f"{' ...' if summary['num_missing'] > 10 else ''})", file=sys.stderr)
+    warning = missing_warning(summary, args.input_response_data)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(summary_line(summary) + f" | {seconds:.1f}s -> {args.output_dir}")
     return 0
 

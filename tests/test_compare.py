@@ -6,11 +6,9 @@ import sys
 
 import pytest
 
+from ifeval import compare
+from ifeval.scoring import score, write_results
 from utils import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT))
-from ifeval import compare  # noqa: E402
-from ifeval.scoring import score, write_results  # noqa: E402
 
 PROMPTS = [
     {"key": 1, "prompt": "Answer in all capital letters.", "instruction_id_list": ["change_case:english_capital"],

@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from ifeval import scoring  # noqa: E402
-from ifeval.scoring import (  # noqa: E402
+from ifeval import scoring
+from ifeval.scoring import (
     IFEvalDataError,
     check_response,
     format_summary,
@@ -28,6 +25,7 @@ from ifeval.scoring import (  # noqa: E402
     strip_think,
     write_results,
 )
+from utils import REPO_ROOT
 
 RLP = "Write a haiku about rain."  # prompt_to_repeat used by the repeat_prompt cases
 
@@ -416,7 +414,7 @@ def test_cli_error_exit_names_file_and_line(tmp_path):
     prompts = _prompts_file(tmp_path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"key": 10, "response": "a"}\nnot json\n', encoding="utf-8")
-    r = subprocess.run([sys.executable, str(REPO / "ifeval" / "scoring.py"), "--input_data", str(prompts),
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "ifeval" / "scoring.py"), "--input_data", str(prompts),
                         "--input_response_data", str(bad), "--output_dir", str(tmp_path / "o")],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2
@@ -470,7 +468,7 @@ def test_two_runs_give_identical_files(shared, tmp_path):
     for run, hashseed in (("a", "1"), ("b", "2")):
         out = tmp_path / run
         env = dict(os.environ, PYTHONHASHSEED=hashseed)
-        r = subprocess.run([sys.executable, str(REPO / "ifeval" / "scoring.py"),
+        r = subprocess.run([sys.executable, str(REPO_ROOT / "ifeval" / "scoring.py"),
                             "--input_data", str(shared / "ifeval" / "input_data.jsonl"),
                             "--input_response_data", str(shared / "ifeval" / "gpt4_responses.jsonl"),
                             "--output_dir", str(out), "--model", "gpt-4"],
