@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ifeval.run_ifeval import (  # noqa: E402
-    DEFAULT_INPUT, generate_hf, load_hf_model, load_prompt_set, render_prompts, stop_token_ids,
+    DEFAULT_INPUT, generate_hf, load_hf_model, load_prompt_set, model_stop_ids, render_prompts,
 )
 from utils import DEFAULT_MODEL, load_tokenizer, resolve_path  # noqa: E402
 
@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     model = load_hf_model(path, "cpu")
     _, records, _ = load_prompt_set(args.prompts, args.n)
     prompts = render_prompts(tok, records, None)
-    stop_ids = stop_token_ids(tok, [model.generation_config.eos_token_id])
+    stop_ids = model_stop_ids(tok, model)
     print(f"[bench] {path}: {len(prompts)} prompts, max_new_tokens {args.max_new_tokens}, greedy, "
           f"{torch.get_num_threads()} CPU threads", file=sys.stderr)
     generate_hf(model, tok, prompts[:2], max_new_tokens=4, batch_size=2, stop_ids=stop_ids, show_progress=False)

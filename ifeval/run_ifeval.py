@@ -88,6 +88,13 @@ def stop_token_ids(tokenizer, extra: Sequence[int] = ()) -> list[int]:
     return list(dict.fromkeys(ids))  # unique, order kept
 
 
+def model_stop_ids(tokenizer, model) -> list[int]:
+    """:func:`stop_token_ids` plus the loaded model's generation_config eos, which is a
+    list in this project's SFT checkpoints (``[<|im_end|>, <|endoftext|>]``)."""
+    eos = model.generation_config.eos_token_id
+    return stop_token_ids(tokenizer, eos if isinstance(eos, list) else [eos])
+
+
 def finish_answer(tokenizer, new_ids: Sequence[int], stop_ids: Sequence[int]) -> dict:
     """Cut generated ids at the first stop id and decode them.
 
@@ -482,11 +489,10 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
                 seed=args.seed, chunk_size=args.batch_size or DEFAULT_VLLM_CHUNK, on_batch=on_batch)
         else:
             model = load_hf_model(model_path)
-            eos = model.generation_config.eos_token_id
             answers = generate_hf(
                 model, tokenizer, prompts, max_new_tokens=args.max_tokens, temperature=args.temperature,
                 top_p=args.top_p, batch_size=args.batch_size or DEFAULT_HF_BATCH, seed=args.seed,
-                stop_ids=stop_token_ids(tokenizer, eos if isinstance(eos, list) else [eos]), on_batch=on_batch)
+                stop_ids=model_stop_ids(tokenizer, model), on_batch=on_batch)
     finally:
         writer.close()
     sp = settings_path(responses)  # remember which backend made the (latest) answers

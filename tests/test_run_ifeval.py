@@ -401,3 +401,14 @@ def test_growing_cache_matches_dynamic_cache(model_dir, one_thread):
     for lg, ld in zip(grow.layers, dyn.layers):
         assert lg.keys.shape == ld.keys.shape and torch.allclose(lg.keys, ld.keys, atol=1e-4)
         assert torch.allclose(lg.values, ld.values, atol=1e-4)
+
+
+def test_model_stop_ids_take_int_or_list_eos(tokenizer):
+    """A base checkpoint's generation_config has one eos id; this project's SFT
+    checkpoints have a list ([<|im_end|>, <|endoftext|>]): both are accepted."""
+    from types import SimpleNamespace
+
+    model = lambda eos: SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=eos))  # noqa: E731
+    assert ri.model_stop_ids(tokenizer, model(EOT)) == [IM_END_ID, EOT]
+    assert ri.model_stop_ids(tokenizer, model([IM_END_ID, EOT, 7])) == [IM_END_ID, EOT, 7]
+    assert ri.model_stop_ids(tokenizer, model(None)) == [IM_END_ID, EOT]
