@@ -145,10 +145,10 @@ def spans_one_pass_batch(conversations: list, tokenizer) -> list:
 def spans_by_prefix(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
     """The course's method, for any chat template: tokenize the rendering of every prefix
     and take its length as the next boundary (clipped to the full length)."""
-    full = list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False))
+    full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, add_generation_prompt=False))
     bounds = [0]
     for i in range(1, len(messages)):
-        n = len(tokenizer.apply_chat_template(messages[:i], tokenize=True, add_generation_prompt=False))
+        n = len(tokenizer.apply_chat_template(messages[:i], tokenize=True, return_dict=False, add_generation_prompt=False))
         bounds.append(min(n, len(full)))
     bounds.append(len(full))
     return full, bounds

@@ -40,7 +40,7 @@ def prefix_token_lengths(messages: list[dict], tokenizer) -> list[int]:
     rendering and tokenization per prefix (the empty prefix renders nothing)."""
     lengths = [0]
     for i in range(1, len(messages) + 1):
-        ids = tokenizer.apply_chat_template(messages[:i], tokenize=True, add_generation_prompt=False)
+        ids = tokenizer.apply_chat_template(messages[:i], tokenize=True, return_dict=False, add_generation_prompt=False)
         lengths.append(len(ids))
     return lengths
 
@@ -51,7 +51,7 @@ def reference_features(messages: list[dict], tokenizer, max_length: int, truncat
     validate_messages(messages)
     if not messages:
         return None
-    full_ids = list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False))
+    full_ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, add_generation_prompt=False))
     lengths = prefix_token_lengths(messages, tokenizer)
     labels = []
     for pos in range(len(full_ids)):

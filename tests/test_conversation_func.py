@@ -104,7 +104,7 @@ def test_repo_samples_cover_the_issue_cases(tokenizer):
     assert {1, 6} <= rounds
     has_system = {c[0]["role"] == "system" for c in convs}
     assert has_system == {True, False}
-    lengths = [len(tokenizer.apply_chat_template(c, tokenize=True)) for c in convs]
+    lengths = [len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=False)) for c in convs]
     assert max(lengths) > 2048
     text = "".join(m["content"] for c in convs for m in c)
     assert "<|im_end|>" in text and any(ord(ch) > 0x3000 for ch in text) and any(ord(ch) > 0xFFFF for ch in text)
@@ -162,7 +162,7 @@ def test_span_layout_on_a_small_chat(tokenizer):
     the template's leading newline; only assistant tokens are labelled."""
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
     ids, labels = mask_conversation(msgs, tokenizer, {"assistant"})
-    text_user = tokenizer.apply_chat_template(msgs[:1], tokenize=True)
+    text_user = tokenizer.apply_chat_template(msgs[:1], tokenize=True, return_dict=False)
     assert labels[: len(text_user)].tolist() == [IGNORE_TOKEN_ID] * len(text_user)
     trained = tokenizer.decode(ids[len(text_user):].tolist())
     assert trained == "<|im_start|>assistant\nHello!<|im_end|>\n"

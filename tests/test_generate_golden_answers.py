@@ -39,7 +39,7 @@ def test_prefix_lengths_and_truncation(tokenizer):
     msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u " * 40},
             {"role": "assistant", "content": "a " * 40}]
     lengths = gga.prefix_token_lengths(msgs, tokenizer)
-    full = tokenizer.apply_chat_template(msgs, tokenize=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=False)
     assert lengths[0] == 0 and lengths[-1] == len(full) and lengths == sorted(lengths)
     left = gga.forward_reference(msgs, tokenizer, 30, "left")
     right = gga.forward_reference(msgs, tokenizer, 30, "right")
@@ -72,7 +72,7 @@ def test_reference_with_another_tokenizer_template(model_dir):
     tok.chat_template = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' }}{% endfor %}"
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
     feats = gga.forward_reference(msgs, tok, 16, "left")
-    n_user = len(tok.apply_chat_template(msgs[:1], tokenize=True))
+    n_user = len(tok.apply_chat_template(msgs[:1], tokenize=True, return_dict=False))
     n = sum(feats["attention_mask"])
     assert feats["labels"][:n_user] == [-100] * n_user
     assert feats["labels"][n_user:n] == feats["input_ids"][n_user:n] and n > n_user

@@ -136,7 +136,7 @@ def test_official_sample_ids_match(tokenizer, course_ref):
             assert s["id"] == g["id"]
             f = g["features"]
             expected = [i for i, m in zip(f["input_ids"], f["attention_mask"]) if m]
-            got = tokenizer.apply_chat_template(s["messages"], tokenize=True)
+            got = tokenizer.apply_chat_template(s["messages"], tokenize=True, return_dict=False)
             assert len(got) <= 2048, "official samples fit in 2048 tokens"
             assert got == expected, f"{split} id {s['id']}"
             n += 1
