@@ -10,7 +10,7 @@ What it adds to a plain Trainer run:
   (``--mask_mode assistant`` trains assistant turns, ``reverse`` trains user turns: a
   user simulator), cached unpadded (``sft_data``), every drop counted and printed;
 - batches padded to their longest sample (multiple of 8) with length-grouped sampling
-  (``--group_by_length``, which scripts/sft.sh turns on), or packed without padding when the
+  (``--train_sampling_strategy group_by_length``, which scripts/sft.sh turns on), or packed without padding when the
   attention can keep samples apart (``--padding_free`` with ``--flash_attn``);
 - the Part 5 loss through ``compute_loss_func``: the Trainer then passes the token count
   of the whole accumulated batch (all ranks), the loss is a sum / that count, so
@@ -83,6 +83,15 @@ class DataArguments:
         default=None, metadata={"help": f"Preprocessing cache folder (default {sft_data.DEFAULT_CACHE_DIR})."}
     )
     no_data_cache: bool = field(default=False, metadata={"help": "Preprocess without reading or writing the cache."})
+
+
+@dataclass
+class RunArguments:
+    # transformers 5 dropped this TrainingArguments flag; the resume logic here still needs it.
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start from scratch even when --output_dir holds checkpoints (default: resume from the last)."},
+    )
 
 
 def git_commit() -> str:
@@ -173,13 +182,13 @@ def finished_step(checkpoint: Optional[str], training_args: TrainingArguments) -
 
 
 def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__)
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), description=__doc__)
+    model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     log = print if training_args.process_index == 0 else (lambda *a, **k: None)
     transformers.set_seed(training_args.seed)
 
     resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+    if resume is None and os.path.isdir(training_args.output_dir) and not run_args.overwrite_output_dir:
         resume = get_last_checkpoint(training_args.output_dir)
     done_at = finished_step(resume, training_args)
     if done_at is not None:

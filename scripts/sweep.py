@@ -39,7 +39,7 @@ METRICS = ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loo
 AXES = {
     "lr": ("--learning_rate", float),
     "epochs": ("--num_train_epochs", float),
-    "warmup_ratio": ("--warmup_ratio", float),
+    "warmup_ratio": ("--warmup_steps", float),  # transformers 5 reads a float in [0, 1) as a ratio
     "scheduler": ("--lr_scheduler_type", str),
     "total_bsz": ("TOTALBSZ", int),
     "model_max_length": ("--model_max_length", int),
