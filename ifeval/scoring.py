@@ -39,6 +39,7 @@ API (used by ``ifeval/run_ifeval.py`` and ``scripts/make_demo_data.py``):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -116,6 +117,7 @@ class Checkers:
     prompt_file: Optional[Path] = None
 
 
+@functools.lru_cache(maxsize=None)
 def checkers(benchmark: str = "ifeval") -> Checkers:
     """The checkers of ``benchmark`` (a key of :data:`BENCHMARKS`). IFBench's are imported
     on first use (ifeval/ifbench_adapter.py), since they need a package and NLTK data
