@@ -29,11 +29,13 @@ if [[ "${SKIP_PIP:-0}" != 1 ]]; then
     # torch; they fail to load against torch 2.13.0+cpu and nothing here needs them.
     $PY -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
   fi
+  # IFBench's checkers: without their declared dependencies (see requirements-nodeps.txt).
+  $PY -m pip install --no-deps -r requirements-nodeps.txt
 else
   step "2/3 SKIP_PIP=1: not installing packages"
 fi
 
-step "3/3 assets: model, NLTK punkt_tab, IFEval prompts, training data"
+step "3/3 assets: model, NLTK data (punkt_tab; stopwords and POS tagger for IFBench), IFEval prompts, training data"
 $PY scripts/fetch_assets.py all
 
 echo

@@ -5,6 +5,7 @@
 #   bash ifeval/run.sh SmolLM2-135M outputs/ifeval_base
 #   bash ifeval/run.sh ckpt/HW2 outputs/ifeval_hw2 --limit 8 --max_tokens 64
 #   bash ifeval/run.sh ckpt/HW2 outputs/ifeval_hw2_full --input_data ifeval/data/input_data.jsonl
+#   bash ifeval/run.sh ckpt/HW2 outputs/ifbench_hw2 --benchmark ifbench    # IFBench's 294 prompts
 #
 # Defaults (run_ifeval.py's own): the course's 100-prompt set (ifeval/data/sampled_input_data.jsonl)
 # and --max_tokens 1024. Extra arguments are passed on, so they override the defaults.
@@ -16,7 +17,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY=${PYTHON:-python}
 
 if [[ $# -ge 1 && ( "$1" == "-h" || "$1" == "--help" ) ]]; then
-  sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   echo
   exec "$PY" "$here/run_ifeval.py" --help
 fi

