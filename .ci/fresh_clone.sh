@@ -14,8 +14,9 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/fresh_clone.XXXXXX")
 [[ "${KEEP:-0}" == 1 ]] || trap 'rm -rf "$tmp"' EXIT
 fail() { echo "[fresh-clone] FAILED: $*" >&2; exit 1; }
 
-git clone -q . "$tmp/repo"
-echo "[fresh-clone] cloned $(git -C "$tmp/repo" rev-parse --short HEAD) into $tmp/repo"
+git -c advice.detachedHead=false clone -q . "$tmp/repo"
+[[ $(git -C "$tmp/repo" rev-parse HEAD) == $(git rev-parse HEAD) ]] || fail "the clone is not at HEAD $(git rev-parse HEAD)"
+echo "[fresh-clone] cloned HEAD $(git rev-parse --short HEAD) into $tmp/repo (uncommitted changes are not in it)"
 clean=(env -u IFEVAL_DATA_DIR -u SHARED_DIR -u SMOLTALK_6K_PATH -u NLTK_DATA)
 for v in $(compgen -e | grep '^HF_' || true); do clean+=(-u "$v"); done
 cd "$tmp/repo"
