@@ -173,8 +173,12 @@ def read_prompt_set(data: bytes, where: str) -> list[dict]:
     """Parse and check an IFEval prompt file (JSON lines, UTF-8): exactly IFEVAL_COUNT records,
     each with exactly the fields IFEVAL_FIELDS, unique ``key`` values, and every key of
     ifeval/subset_keys.json present. Raises SystemExit naming ``where`` (and the line) otherwise."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"[setup:ifeval] {where}: not UTF-8 text ({e})")
     records, seen = [], set()
-    for i, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
