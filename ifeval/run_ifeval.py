@@ -292,7 +292,7 @@ def growing_cache():
     class GrowingLayer(DynamicLayer):
         def update(self, key_states, value_states, cache_kwargs=None):
             if not self.is_initialized:
-                self.lazy_initialization(key_states)
+                self.lazy_initialization(key_states, value_states)
             n, new = self.get_seq_length(), key_states.shape[-2]
             buf = getattr(self, "_buffers", None)
             if (n == 0 or buf is None or buf[0].data_ptr() != self.keys.data_ptr()

