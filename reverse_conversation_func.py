@@ -15,14 +15,14 @@ Public API (same shapes as the forward module):
 - ``reverse_messages(messages)``: the reordered / system-prefixed message list.
 
 CLI: ``python reverse_conversation_func.py [--multi-turn] ...`` checks against
-``reverse_exercise_solutions.json`` (same options as ``conversation_func.py``).
+``reverse_exercise_solutions.json`` (``masking_checker.py``; same options as ``conversation_func.py``).
 """
 from __future__ import annotations
 
 import sys
 from typing import Optional
 
-from conversation_func import conversation_to_unpadded, conversations_to_unpadded, pad_features, run_checker
+from conversation_func import conversation_to_unpadded, conversations_to_unpadded, pad_features
 from utils import (
     REVERSE_SYSTEM_PROMPT,
     ConversationFormatError,
@@ -77,6 +77,8 @@ def reverse_conversation_to_features(messages, tokenizer, max_length: int, trunc
 
 
 if __name__ == "__main__":
+    from masking_checker import run_checker
+
     sys.exit(run_checker(reverse_conversation_to_features,
                          "Parts 3-4: check reverse (user-turn) loss masking against golden files.",
                          "reverse_exercise_solutions.json"))
