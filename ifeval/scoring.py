@@ -20,7 +20,7 @@ This module only wraps them; what it adds is what a reproducible evaluation need
 * ``<think>...</think>`` reasoning blocks are removed before scoring (see
   :func:`strip_think`).
 
-API (used by ``ifeval/run_ifeval.py`` and ``scripts/make_demo_data.py``):
+API (used by ``ifeval/run_ifeval.py`` and ``tools/make_demo_data.py``):
 :func:`load_prompts`, :func:`load_responses`, :func:`check_response`, :func:`score`,
 :func:`write_results`, :func:`format_summary`. Run alone::
 
