@@ -31,8 +31,6 @@ Public API
 - ``pad_features(unpadded, max_length, pad_id)`` -> the padded tensors.
 - ``mask_conversation(messages, tokenizer, train_roles)`` -> untruncated ``(ids, labels)``
   int64 numpy arrays.
-- the single-conversation functions take ``method="prefix"`` to force the course's prefix
-  method (the benchmark's baseline); the default ``auto`` uses one pass whenever exact.
 - ``has_trained_tokens(features)`` / ``count_trained_tokens(features)``: a sample whose
   labels are all -100 (e.g. its trained turns were cut by truncation) must be dropped.
 
@@ -147,19 +145,11 @@ def spans_by_prefix(messages: list[dict], tokenizer) -> tuple[list[int], list[in
     return full, bounds
 
 
-SPAN_METHODS = ("auto", "prefix")
-
-
-def message_spans(messages: list[dict], tokenizer, method: str = "auto") -> tuple[Sequence[int], list[int]]:
-    """``(full_ids, bounds)`` (ids as a list or int64 array): one pass when exact, otherwise (or with
-    ``method="prefix"``, the benchmark's baseline) the prefix method."""
-    if method not in SPAN_METHODS:
-        raise ValueError(f"span method must be one of {SPAN_METHODS}, got {method!r}")
-    if method == "auto":
-        out = spans_one_pass(messages, tokenizer)
-        if out is not None:
-            return out
-    return spans_by_prefix(messages, tokenizer)
+def message_spans(messages: list[dict], tokenizer) -> tuple[Sequence[int], list[int]]:
+    """``(full_ids, bounds)`` (ids as a list or int64 array): one pass when exact, otherwise
+    the prefix method."""
+    out = spans_one_pass(messages, tokenizer)
+    return out if out is not None else spans_by_prefix(messages, tokenizer)
 
 
 # --------------------------------------------------------------------- masking core
@@ -175,15 +165,13 @@ def _labels_from_spans(messages: list[dict], ids, bounds: list[int], train_roles
     return ids, labels
 
 
-def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str],
-                      method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     """Untruncated, unpadded ``(input_ids, labels)`` as int64 numpy arrays: labels copy
     the ids on the spans of messages whose role is in ``train_roles``, -100 elsewhere.
     Validates the messages (a bad role or non-string content raises
-    ``utils.ConversationFormatError``). ``method``: ``auto`` (one pass when exact) or
-    ``prefix`` (see :func:`message_spans`)."""
+    ``utils.ConversationFormatError``)."""
     validate_messages(messages)
-    ids, bounds = message_spans(list(messages), tokenizer, method)
+    ids, bounds = message_spans(list(messages), tokenizer)
     return _labels_from_spans(messages, ids, bounds, train_roles)
 
 
@@ -203,7 +191,7 @@ def _window(ids: np.ndarray, labels: np.ndarray, max_length: int, truncation: st
 
 
 def conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left",
-                             train_roles: Iterable[str] = ASSISTANT_ROLES, method: str = "auto") -> Optional[dict]:
+                             train_roles: Iterable[str] = ASSISTANT_ROLES) -> Optional[dict]:
     """``{"input_ids", "labels"}``: 1-D ``torch.long`` tensors truncated to ``max_length``
     (``left`` keeps the end, ``right`` the start) but NOT padded, so a training pipeline
     can store them compactly and pad per batch; ``None`` for an empty conversation.
@@ -211,7 +199,7 @@ def conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: s
     _check_args(max_length, truncation)
     if isinstance(messages, (list, tuple)) and len(messages) == 0:
         return None
-    return _window(*mask_conversation(messages, tokenizer, train_roles, method), max_length, truncation)
+    return _window(*mask_conversation(messages, tokenizer, train_roles), max_length, truncation)
 
 
 def conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left",
@@ -255,11 +243,10 @@ def pad_features(unpadded: Optional[dict], max_length: int, pad_id: int = 0) -> 
             "attention_mask": torch.from_numpy(attention)}
 
 
-def conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left",
-                             method: str = "auto") -> Optional[dict]:
+def conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
     """Parts 1-2: padded ``input_ids``/``labels``/``attention_mask`` (1-D ``torch.long``,
     length ``max_length``) with only the assistant spans labelled; ``None`` if empty."""
-    unpadded = conversation_to_unpadded(messages, tokenizer, max_length, truncation, ASSISTANT_ROLES, method)
+    unpadded = conversation_to_unpadded(messages, tokenizer, max_length, truncation, ASSISTANT_ROLES)
     return pad_features(unpadded, max_length, pad_token_id(tokenizer))
 
 

@@ -238,5 +238,3 @@ def test_bad_arguments(tokenizer):
         conversation_to_features(msgs, tokenizer, 64, "middle")
     with pytest.raises(ValueError, match="max_length must be a positive int"):
         conversation_to_features(msgs, tokenizer, 0, "left")
-    with pytest.raises(ValueError, match="span method"):
-        conversation_to_features(msgs, tokenizer, 64, "left", method="guess")
