@@ -1,5 +1,5 @@
 """Parts 1-2: loss masking of a chat for SFT (assistant turns trained), plus the shared
-masking core that Parts 3-4 (``reverse_conversation_func.py``) reuse, and the checker CLI.
+masking core that Parts 3-4 (``reverse_conversation_func.py``) reuse.
 
 The contract (the course's): ``full_ids`` is the chat-template rendering of the whole
 conversation, tokenized. Message *i* owns the tokens from ``len(tok(render(messages[:i])))``
@@ -31,34 +31,25 @@ Public API
 - ``pad_features(unpadded, max_length, pad_id)`` -> the padded tensors.
 - ``mask_conversation(messages, tokenizer, train_roles)`` -> untruncated ``(ids, labels)``
   int64 numpy arrays.
-- the single-conversation functions take ``method="prefix"`` to force the course's prefix
-  method (the benchmark's baseline); the default ``auto`` uses one pass whenever exact.
 - ``has_trained_tokens(features)`` / ``count_trained_tokens(features)``: a sample whose
   labels are all -100 (e.g. its trained turns were cut by truncation) must be dropped.
 
-CLI: ``python conversation_func.py [--multi-turn] [--samples P] [--golden P] ...`` checks
-the masking against golden files (exit 0 only when every sample matches); ``--show N``
-prints N samples with the trained tokens marked.
+CLI: ``python conversation_func.py [--multi-turn] ...`` checks the masking against the
+golden files (``masking_checker.py`` holds the checker; exit 0 only when every sample matches).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from utils import (
     CHATML_TEMPLATE,
-    DEFAULT_MODEL,
     IGNORE_TOKEN_ID,
     IM_START,
-    REPO_ROOT,
     ConversationFormatError,
-    load_tokenizer,
     pad_token_id,
     validate_messages,
 )
@@ -154,19 +145,11 @@ def spans_by_prefix(messages: list[dict], tokenizer) -> tuple[list[int], list[in
     return full, bounds
 
 
-SPAN_METHODS = ("auto", "prefix")
-
-
-def message_spans(messages: list[dict], tokenizer, method: str = "auto") -> tuple[Sequence[int], list[int]]:
-    """``(full_ids, bounds)`` (ids as a list or int64 array): one pass when exact, otherwise (or with
-    ``method="prefix"``, the benchmark's baseline) the prefix method."""
-    if method not in SPAN_METHODS:
-        raise ValueError(f"span method must be one of {SPAN_METHODS}, got {method!r}")
-    if method == "auto":
-        out = spans_one_pass(messages, tokenizer)
-        if out is not None:
-            return out
-    return spans_by_prefix(messages, tokenizer)
+def message_spans(messages: list[dict], tokenizer) -> tuple[Sequence[int], list[int]]:
+    """``(full_ids, bounds)`` (ids as a list or int64 array): one pass when exact, otherwise
+    the prefix method."""
+    out = spans_one_pass(messages, tokenizer)
+    return out if out is not None else spans_by_prefix(messages, tokenizer)
 
 
 # --------------------------------------------------------------------- masking core
@@ -182,15 +165,13 @@ def _labels_from_spans(messages: list[dict], ids, bounds: list[int], train_roles
     return ids, labels
 
 
-def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str],
-                      method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     """Untruncated, unpadded ``(input_ids, labels)`` as int64 numpy arrays: labels copy
     the ids on the spans of messages whose role is in ``train_roles``, -100 elsewhere.
     Validates the messages (a bad role or non-string content raises
-    ``utils.ConversationFormatError``). ``method``: ``auto`` (one pass when exact) or
-    ``prefix`` (see :func:`message_spans`)."""
+    ``utils.ConversationFormatError``)."""
     validate_messages(messages)
-    ids, bounds = message_spans(list(messages), tokenizer, method)
+    ids, bounds = message_spans(list(messages), tokenizer)
     return _labels_from_spans(messages, ids, bounds, train_roles)
 
 
@@ -210,7 +191,7 @@ def _window(ids: np.ndarray, labels: np.ndarray, max_length: int, truncation: st
 
 
 def conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left",
-                             train_roles: Iterable[str] = ASSISTANT_ROLES, method: str = "auto") -> Optional[dict]:
+                             train_roles: Iterable[str] = ASSISTANT_ROLES) -> Optional[dict]:
     """``{"input_ids", "labels"}``: 1-D ``torch.long`` tensors truncated to ``max_length``
     (``left`` keeps the end, ``right`` the start) but NOT padded, so a training pipeline
     can store them compactly and pad per batch; ``None`` for an empty conversation.
@@ -218,7 +199,7 @@ def conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: s
     _check_args(max_length, truncation)
     if isinstance(messages, (list, tuple)) and len(messages) == 0:
         return None
-    return _window(*mask_conversation(messages, tokenizer, train_roles, method), max_length, truncation)
+    return _window(*mask_conversation(messages, tokenizer, train_roles), max_length, truncation)
 
 
 def conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left",
@@ -262,11 +243,10 @@ def pad_features(unpadded: Optional[dict], max_length: int, pad_id: int = 0) -> 
             "attention_mask": torch.from_numpy(attention)}
 
 
-def conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left",
-                             method: str = "auto") -> Optional[dict]:
+def conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
     """Parts 1-2: padded ``input_ids``/``labels``/``attention_mask`` (1-D ``torch.long``,
     length ``max_length``) with only the assistant spans labelled; ``None`` if empty."""
-    unpadded = conversation_to_unpadded(messages, tokenizer, max_length, truncation, ASSISTANT_ROLES, method)
+    unpadded = conversation_to_unpadded(messages, tokenizer, max_length, truncation, ASSISTANT_ROLES)
     return pad_features(unpadded, max_length, pad_token_id(tokenizer))
 
 
@@ -286,129 +266,9 @@ def has_trained_tokens(features: Optional[dict]) -> bool:
     return count_trained_tokens(features) > 0
 
 
-# ----------------------------------------------------------------------- checker CLI
-def _tokens_around(tokenizer, ids: list, pos: int, width: int = 4) -> str:
-    lo, hi = max(0, pos - width), min(len(ids), pos + width + 1)
-    shown = []
-    for j in range(lo, hi):
-        t = ids[j]
-        txt = repr(tokenizer.decode([t])) if isinstance(t, int) and t >= 0 else str(t)
-        shown.append(("->" if j == pos else "") + f"{t}:{txt}")
-    return " ".join(shown)
-
-
-def first_mismatch(got: list, want: list) -> Optional[int]:
-    """First index where two lists differ (a length difference counts), else None."""
-    for j, (a, b) in enumerate(zip(got, want)):
-        if a != b:
-            return j
-    return None if len(got) == len(want) else min(len(got), len(want))
-
-
-def marked_text(tokenizer, features: dict, start: str = "[[", end: str = "]]") -> str:
-    """The real tokens of a sample decoded, with every trained run wrapped in markers."""
-    ids = [int(x) for x in features["input_ids"]]
-    labels = [int(x) for x in features["labels"]]
-    n = int(sum(int(x) for x in features["attention_mask"]))
-    out, j = [], 0
-    while j < n:
-        trained = labels[j] != IGNORE_TOKEN_ID
-        k = j
-        while k < n and (labels[k] != IGNORE_TOKEN_ID) == trained:
-            k += 1
-        text = tokenizer.decode(ids[j:k])
-        out.append(start + text + end if trained else text)
-        j = k
-    return "".join(out)
-
-
-def run_checker(feature_fn: Callable, description: str, default_golden: str, argv=None) -> int:
-    """The checker CLI shared by ``conversation_func.py`` and ``reverse_conversation_func.py``:
-    compute features for every sample of the chosen list with ``feature_fn`` and compare
-    them with the golden file. Returns the process exit code (0 only if all match)."""
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--multi-turn", action="store_true", help="check the multi_turn list (default: single_turn)")
-    ap.add_argument("--samples", default=str(REPO_ROOT / "exercise_samples.json"), help="samples JSON (default: the repo's)")
-    ap.add_argument("--golden", default=str(REPO_ROOT / default_golden), help=f"golden JSON (default: the repo's {default_golden})")
-    ap.add_argument("--model-name", default=DEFAULT_MODEL, help="tokenizer folder or hub id (default: %(default)s)")
-    ap.add_argument("--model-max-length", type=int, default=None,
-                    help="max_length (default: the golden file's meta.model_max_length, else 2048)")
-    ap.add_argument("--truncation", choices=TRUNCATION_SIDES, default=None,
-                    help="truncation side (default: the golden file's meta.truncation, else left)")
-    ap.add_argument("--show", type=int, default=0, metavar="N", help="print N samples with trained tokens marked")
-    args = ap.parse_args(argv)
-
-    split = "multi_turn" if args.multi_turn else "single_turn"
-    try:
-        samples = json.loads(Path(args.samples).read_text(encoding="utf-8"))
-        golden = json.loads(Path(args.golden).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        print(f"error: cannot read {args.samples} / {args.golden}: {e}", file=sys.stderr)
-        return 2
-    for name, doc in ((args.samples, samples), (args.golden, golden)):
-        if split not in doc:
-            print(f"error: {name} has no '{split}' list (keys: {sorted(doc)})", file=sys.stderr)
-            return 2
-    meta = golden.get("meta", {})
-    max_length = args.model_max_length or int(meta.get("model_max_length", 2048))
-    truncation = args.truncation or meta.get("truncation", "left")
-    tokenizer = load_tokenizer(args.model_name, max_length)
-    print(f"checking {split}: {args.samples} vs {args.golden} (max_length={max_length}, truncation={truncation})")
-
-    want_list = golden[split]
-    n_ok, n_bad = 0, 0
-    if len(want_list) != len(samples[split]):
-        print(f"MISMATCH: {len(samples[split])} samples but {len(want_list)} golden entries")
-        n_bad += 1
-    for k, (sample, want) in enumerate(zip(samples[split], want_list)):
-        sid = sample.get("id", k)
-        if want.get("id") != sid:
-            print(f"[{k}] id {sid}: MISMATCH golden entry has id {want.get('id')!r}")
-            n_bad += 1
-            continue
-        try:
-            feats = feature_fn(sample.get("messages"), tokenizer, max_length, truncation)
-        except ConversationFormatError as e:
-            print(f"[{k}] id {sid}: ERROR in {args.samples}: {e}")
-            n_bad += 1
-            continue
-        got = {f: v.tolist() for f, v in feats.items()} if feats is not None else None
-        exp = want.get("features")
-        problems = []
-        if got is None or exp is None:
-            if got != exp:
-                problems.append(f"features: got {'None' if got is None else 'a sample'}, golden {'None' if exp is None else 'a sample'}")
-        else:
-            for field in ("input_ids", "labels", "attention_mask"):
-                pos = first_mismatch(got[field], exp.get(field, []))
-                if pos is not None:
-                    problems.append(
-                        f"field {field} differs first at position {pos} "
-                        f"(len got {len(got[field])}, golden {len(exp.get(field, []))})\n"
-                        f"      got:    {_tokens_around(tokenizer, got[field], pos)}\n"
-                        f"      golden: {_tokens_around(tokenizer, exp.get(field, []), pos)}\n"
-                        f"      text:   {_tokens_around(tokenizer, got['input_ids'], pos)}"
-                    )
-        n_tok = sum(got["attention_mask"]) if got else 0
-        n_lab = count_trained_tokens(got)
-        if problems:
-            n_bad += 1
-            print(f"[{k}] id {sid}: MISMATCH ({len(sample['messages'])} messages)")
-            for p in problems:
-                print("    " + p)
-        else:
-            n_ok += 1
-            print(f"[{k}] id {sid}: ok ({len(sample['messages'])} messages, {n_tok} tokens, {n_lab} trained)")
-        if k < args.show and got is not None:
-            # Colour on a terminal; plain [[ ]] markers when piped to a file.
-            marks = ("\x1b[1;32m[[", "]]\x1b[0m") if sys.stdout.isatty() else ("[[", "]]")
-            print(f"---- id {sid}: trained tokens inside [[ ]] ----\n{marked_text(tokenizer, got, *marks)}\n----")
-    total = len(samples[split])
-    print(f"{split}: {n_ok}/{total} samples match" + ("" if n_bad == 0 else f", {n_bad} mismatches"))
-    return 0 if n_bad == 0 else 1
-
-
 if __name__ == "__main__":
+    from masking_checker import run_checker
+
     sys.exit(run_checker(conversation_to_features,
                          "Parts 1-2: check assistant-only loss masking against golden files.",
                          "exercise_solutions.json"))

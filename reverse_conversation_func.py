@@ -15,14 +15,14 @@ Public API (same shapes as the forward module):
 - ``reverse_messages(messages)``: the reordered / system-prefixed message list.
 
 CLI: ``python reverse_conversation_func.py [--multi-turn] ...`` checks against
-``reverse_exercise_solutions.json`` (same options as ``conversation_func.py``).
+``reverse_exercise_solutions.json`` (``masking_checker.py``; same options as ``conversation_func.py``).
 """
 from __future__ import annotations
 
 import sys
 from typing import Optional
 
-from conversation_func import conversation_to_unpadded, conversations_to_unpadded, pad_features, run_checker
+from conversation_func import conversation_to_unpadded, conversations_to_unpadded, pad_features
 from utils import (
     REVERSE_SYSTEM_PROMPT,
     ConversationFormatError,
@@ -50,11 +50,10 @@ def reverse_messages(messages: list[dict]) -> list[dict]:
     return msgs
 
 
-def reverse_conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left",
-                                     method: str = "auto") -> Optional[dict]:
-    """Reverse-masked ``{"input_ids", "labels"}`` int lists, truncated, not padded
-    (``None`` for an empty conversation). ``method`` as in ``conversation_func.message_spans``."""
-    return conversation_to_unpadded(reverse_messages(messages), tokenizer, max_length, truncation, USER_ROLES, method)
+def reverse_conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
+    """Reverse-masked ``{"input_ids", "labels"}``: 1-D ``torch.long`` tensors, truncated,
+    not padded (``None`` for an empty conversation)."""
+    return conversation_to_unpadded(reverse_messages(messages), tokenizer, max_length, truncation, USER_ROLES)
 
 
 def reverse_conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left") -> list:
@@ -68,15 +67,16 @@ def reverse_conversations_to_unpadded(conversations: list, tokenizer, max_length
     return conversations_to_unpadded(reordered, tokenizer, max_length, truncation, USER_ROLES)
 
 
-def reverse_conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left",
-                                     method: str = "auto") -> Optional[dict]:
+def reverse_conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
     """Parts 3-4: padded ``input_ids``/``labels``/``attention_mask`` (1-D ``torch.long``,
     length ``max_length``) with only the user spans labelled; ``None`` if empty."""
-    unpadded = reverse_conversation_to_unpadded(messages, tokenizer, max_length, truncation, method)
+    unpadded = reverse_conversation_to_unpadded(messages, tokenizer, max_length, truncation)
     return pad_features(unpadded, max_length, pad_token_id(tokenizer))
 
 
 if __name__ == "__main__":
+    from masking_checker import run_checker
+
     sys.exit(run_checker(reverse_conversation_to_features,
                          "Parts 3-4: check reverse (user-turn) loss masking against golden files.",
                          "reverse_exercise_solutions.json"))

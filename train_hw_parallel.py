@@ -36,10 +36,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import sft_data
 from loss_functions import compute_loss_from_logits
+from report import plot_loss_curve
 from utils import IM_END, REPO_ROOT, load_tokenizer, pad_token_id, resolve_path
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from plot_loss import plot_run  # noqa: E402  (scripts/ is not a package)
 
 
 @dataclass
@@ -239,7 +237,7 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
         out = training_args.output_dir
         write_manifest(os.path.join(out, "run_manifest.json"), model_args, data_args, training_args, stats, key,
                        trainer, resume)
-        png = plot_run(out)
+        png = plot_loss_curve(out)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         print(f"[done] {trainer.state.global_step} steps, first/last logged loss "
               f"{losses[0] if losses else float('nan'):.4f}/{losses[-1] if losses else float('nan'):.4f}, "

@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # loss_functions is at the repository root (imported late: torch)
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 MB = 1024 * 1024
 
@@ -79,7 +80,6 @@ def worker(variant: str, dtype_name: str, chunk: int, batch: int, tokens: int, v
     """One variant in this (fresh) process; returns times and memory as a dict."""
     import torch
 
-    sys.path.insert(0, str(REPO))
     from loss_functions import cross_entropy_loss
 
     dtype = getattr(torch, DTYPES[dtype_name])
@@ -162,7 +162,6 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    sys.path.insert(0, str(REPO))
     from loss_functions import DEFAULT_CHUNK_SIZE
 
     chunks = args.chunk_sizes or [DEFAULT_CHUNK_SIZE]

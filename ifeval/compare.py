@@ -16,44 +16,26 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import sys
 from pathlib import Path
 from typing import Optional
 
-# Importable as ``ifeval.compare`` and runnable as ``python ifeval/compare.py``: utils
-# lives at the repository root. (Not ifeval.scoring: its lm-eval import is slow.)
+# Importable as ``ifeval.compare`` and runnable as ``python ifeval/compare.py``: report and
+# utils live at the repository root.
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
+from report import ResultError, delta, load_summary, metrics_table, pct, per_type_table, plot_accuracy  # noqa: E402
 from utils import iter_jsonl  # noqa: E402
-
-METRICS = [("prompt_level_strict_acc", "prompt strict"), ("inst_level_strict_acc", "instruction strict"),
-           ("prompt_level_loose_acc", "prompt loose"), ("inst_level_loose_acc", "instruction loose")]
-
-
-class ResultError(ValueError):
-    """A result folder that cannot be compared (the message names the file)."""
 
 
 # ----------------------------------------------------------------------- reading
 def load_run(result_dir: str) -> dict:
-    """A result folder's summary and (when present) its per-prompt strict records."""
+    """A result folder's summary (``report.load_summary``) and, when present, its
+    per-prompt strict records."""
     d = Path(result_dir)
-    if not d.is_dir():
-        raise ResultError(f"{d}: not a folder (expected an --output_dir of ifeval/run_ifeval.py)")
-    sp = d / "summary.json"
-    if not sp.is_file():
-        raise ResultError(f"{sp}: missing; score the run first (bash ifeval/run.sh MODEL {d}, or "
-                          f"python ifeval/run_ifeval.py --mode eval ... --output_dir {d})")
-    try:
-        summary = json.loads(sp.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ResultError(f"{sp}: malformed JSON ({e.msg} at line {e.lineno})") from None
-    missing = [k for k, _ in METRICS if not isinstance(summary.get(k), (int, float))]
-    if missing:
-        raise ResultError(f"{sp}: no {', '.join(missing)} (not an IFEval summary from ifeval/scoring.py?)")
+    summary = load_summary(d)
     run = {"dir": d, "summary": summary, "records": {}}
     p = d / "eval_results_strict.jsonl"  # the examples; the per-type tables come from the summary
     if p.is_file():
@@ -82,16 +64,6 @@ def run_names(runs: list[dict], names: Optional[list[str]]) -> list[str]:
 
 
 # ------------------------------------------------------------------- formatting
-def pct(x: Optional[float]) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def delta(x: Optional[float], base: Optional[float]) -> str:
-    if x is None or base is None:
-        return ""
-    return f" ({100 * (x - base):+.1f})"
-
-
 def cell(text: str, max_chars: int) -> str:
     """An answer as one Markdown table cell: truncated, HTML-escaped (answers may hold
     tags or ``<think>``), pipes escaped, newlines as <br>."""
@@ -102,36 +74,6 @@ def cell(text: str, max_chars: int) -> str:
 
 def mark(ok: bool) -> str:
     return "pass" if ok else "FAIL"
-
-
-def metrics_table(runs, names) -> list[str]:
-    base = runs[0]["summary"]
-    lines = ["| run | prompt set | prompts | max_tokens | " + " | ".join(n for _, n in METRICS) + " |",
-             "|---|---|---:|---:|" + "---:|" * len(METRICS)]
-    for run, name in zip(runs, names):
-        s = run["summary"]
-        vals = [pct(s[k]) + ("" if run is runs[0] else delta(s[k], base[k])) for k, _ in METRICS]
-        lines.append(f"| {name} | {s.get('prompt_set') or '?'} | {s.get('num_prompts', '?')} | "
-                     f"{s.get('max_tokens') if s.get('max_tokens') is not None else '?'} | " + " | ".join(vals) + " |")
-    return lines
-
-
-def per_type_table(runs, names, mode: str) -> list[str]:
-    types = sorted({t for r in runs for t in (r["summary"].get("per_instruction_type") or {})})
-    if not types:
-        return ["*(no per_instruction_type in the summaries)*"]
-    lines = ["| instruction type | n | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(runs)]
-    acc_key = f"{mode}_acc"
-    for t in types:
-        entries = [(r["summary"].get("per_instruction_type") or {}).get(t) for r in runs]
-        ns = sorted({str(e["count"]) for e in entries if e})
-        base = entries[0][acc_key] if entries[0] else None
-        vals = []
-        for i, e in enumerate(entries):
-            v = e[acc_key] if e else None
-            vals.append(pct(v) + ("" if i == 0 else delta(v, base)))
-        lines.append(f"| {t} | {'/'.join(ns)} | " + " | ".join(vals) + " |")
-    return lines
 
 
 def changed_examples(base: dict, other: dict, base_name: str, name: str, n: int, max_chars: int) -> list[str]:
@@ -164,8 +106,11 @@ def changed_examples(base: dict, other: dict, base_name: str, name: str, n: int,
     return lines
 
 
-def build_report(runs, names, examples: int, max_chars: int, plot_name: Optional[str]) -> str:
-    out = ["# IFEval comparison", ""]
+def build_report(runs, names, examples: int, max_chars: int, plot_name: Optional[str],
+                 benchmark: str = "IFEval") -> str:
+    """The Markdown report: runs, the metrics table, the chart link, the per-type tables
+    (report.py) and the changed prompts of each later run against the first."""
+    out = [f"# {benchmark} comparison", ""]
     out.append("Runs, the first being the reference for every change shown: "
                + "; ".join(f"**{n}** (`{r['dir']}`, model `{r['summary'].get('model', '?')}`)"
                            for r, n in zip(runs, names)) + ".")
@@ -174,57 +119,16 @@ def build_report(runs, names, examples: int, max_chars: int, plot_name: Optional
         out += ["", "**Warning:** the runs were scored on different prompt sets or numbers of prompts, so the "
                     "changes are not like for like."]
     out += ["", "## Accuracy (%)", "", "Change from the first run in brackets, in percentage points.", ""]
-    out += metrics_table(runs, names)
+    out += metrics_table([r["summary"] for r in runs], names)
     if plot_name:
-        out += ["", f"![IFEval accuracy]({plot_name})"]
+        out += ["", f"![{benchmark} accuracy]({plot_name})"]
     for mode in ("strict", "loose"):
         out += ["", f"## {mode.capitalize()} accuracy per instruction type (%)", ""]
-        out += per_type_table(runs, names, mode)
+        out += per_type_table([r["summary"] for r in runs], names, mode)
     for run, name in zip(runs[1:], names[1:]):
         out += ["", f"## Prompts whose verdict changed: {names[0]} -> {name}", ""]
         out += changed_examples(runs[0], run, names[0], name, examples, max_chars)
     return "\n".join(out) + "\n"
-
-
-def plot(runs, names, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    types = sorted({t for r in runs for t in (r["summary"].get("per_instruction_type") or {})})
-    k = len(runs)
-    width = 0.8 / k
-    rows = max(len(types), 1) * k  # bars in the per-type panel
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 4 + 0.16 * rows + 1),
-                                   gridspec_kw={"height_ratios": [4, 0.16 * rows + 1]})
-    for i, (run, name) in enumerate(zip(runs, names)):
-        xs = [j + (i - (k - 1) / 2) * width for j in range(len(METRICS))]
-        vals = [100 * run["summary"][m] for m, _ in METRICS]
-        bars = ax1.bar(xs, vals, width, label=name)
-        ax1.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax1.set_xticks(range(len(METRICS)), [n for _, n in METRICS])
-    ax1.set_ylabel("accuracy (%)")
-    ax1.set_ylim(0, 105)
-    ax1.set_title("IFEval")
-    ax1.legend(fontsize=8)
-    if types:
-        for i, (run, name) in enumerate(zip(runs, names)):
-            per = run["summary"].get("per_instruction_type") or {}
-            ys = [j + (i - (k - 1) / 2) * width for j in range(len(types))]
-            # A type the run was not scored on gets no bar (NaN), not a misleading 0.
-            ax2.barh(ys, [100 * per[t]["strict_acc"] if t in per else float("nan") for t in types], width,
-                     label=name)
-        ax2.set_yticks(range(len(types)), types, fontsize=7)
-        ax2.invert_yaxis()
-        ax2.set_xlim(0, 100)
-        ax2.set_xlabel("strict accuracy per instruction type (%)")
-    else:
-        ax2.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -244,7 +148,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"[compare] error: {e}") from None
     report_path = Path(args.output)
     plot_path = Path(args.plot) if args.plot else report_path.with_suffix(".png")
-    plot(runs, names, plot_path)
+    plot_accuracy([r["summary"] for r in runs], names, plot_path)
     # Link the chart relative to the report so the pair can be moved together.
     try:
         rel = plot_path.resolve().relative_to(report_path.resolve().parent).as_posix()

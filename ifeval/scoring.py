@@ -29,7 +29,7 @@ per-instruction seeding (IFBench's ``repeat:repeat_span`` draws span indices at 
 when ``n_start`` is 0, prompt key 286). The result files and the console report are the
 same as for IFEval.
 
-API (used by ``ifeval/run_ifeval.py`` and ``scripts/make_demo_data.py``):
+API (used by ``ifeval/run_ifeval.py`` and ``tools/make_demo_data.py``):
 :func:`load_prompts`, :func:`load_responses`, :func:`check_response`, :func:`score`,
 :func:`write_results`, :func:`format_summary`. Run alone::
 
@@ -52,11 +52,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 # Importable both as ``ifeval.scoring`` (repo root on sys.path) and as ``scoring``
-# (ifeval/ on sys.path, e.g. ``python ifeval/scoring.py``): utils lives at the root.
+# (ifeval/ on sys.path, e.g. ``python ifeval/scoring.py``): report and utils live at the root.
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
+from report import METRIC_NAMES  # noqa: E402
 from utils import iter_jsonl, setup_nltk_data  # noqa: E402
 
 # Order matters: punkt_tab must be findable before lm-eval's instructions_util is
@@ -73,7 +74,6 @@ langdetect.DetectorFactory.seed = 0
 
 INSTRUCTION_IDS: tuple[str, ...] = tuple(sorted(_registry.INSTRUCTION_DICT))
 BENCHMARKS = {"ifeval": "IFEval", "ifbench": "IFBench"}  # --benchmark value -> name in reports
-METRIC_NAMES = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")
 STRICT_FILE, LOOSE_FILE, SUMMARY_FILE = "eval_results_strict.jsonl", "eval_results_loose.jsonl", "summary.json"
 
 
@@ -447,12 +447,9 @@ def format_summary(summary: dict) -> str:
     """The console report: a four-line metric table, then accuracy per instruction type."""
     c = summary["counts"]
     n_p, n_i = summary["num_prompts"], summary["num_instructions"]
-    rows = [
-        ("prompt_level_strict_acc", c["prompt_strict"], n_p),
-        ("inst_level_strict_acc", c["inst_strict"], n_i),
-        ("prompt_level_loose_acc", c["prompt_loose"], n_p),
-        ("inst_level_loose_acc", c["inst_loose"], n_i),
-    ]
+    # the correct counts and denominators in METRIC_NAMES order
+    rows = zip(METRIC_NAMES, (c["prompt_strict"], c["inst_strict"], c["prompt_loose"], c["inst_loose"]),
+               (n_p, n_i, n_p, n_i))
     header = (f"{_benchmark_name(summary)} on {summary.get('prompt_set') or '?'}: {n_p} prompts, {n_i} instructions"
               + (f", {summary['num_missing']} prompts without an answer (counted as failed)"
                  if summary.get("num_missing") else ""))

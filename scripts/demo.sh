@@ -97,47 +97,7 @@ run_stage report report
 printf '%s\t%s\n' total $((SECONDS - T_ALL)) >> "$TIMES"
 
 # Summary: the four metrics before/after, per-instruction-type changes, stage times, paths.
-$PY - "$OUT" "$RUN" "$FULL" "$PROMPT_SET" "$PROMPTS" "$MAXTOK" "$DATA" <<'EOF'
-import json, sys, glob, os
-sys.path.insert(0, "scripts")
-from plot_loss import read_curve
-out, run, full, prompt_set, prompts, maxtok, data = sys.argv[1:]
-metrics = ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"]
-base = json.load(open(f"{out}/ifeval_base/summary.json"))
-sft = json.load(open(f"{out}/ifeval_sft/summary.json"))
-times = [l.rstrip("\n").split("\t") for l in open(f"{out}/stage_times.tsv") if l.strip()]
-losses = read_curve(f"{out}/ckpt/{run}")[1] if os.path.exists(f"{out}/ckpt/{run}/trainer_state.json") else []
-pngs = sorted(glob.glob(f"{out}/ckpt/{run}/*.png"))
-reports = sorted(glob.glob(f"{out}/report/*.md"))
-
-def per_type(summary):
-    """instruction id -> (passed, total), strict, from a run's summary.json."""
-    return {k: (v["strict_correct"], v["count"]) for k, v in summary["per_instruction_type"].items()}
-
-pb, ps = per_type(base), per_type(sft)
-lines = ["# Demo summary", "",
-         f"Mode: {'full (course configuration)' if full == '1' else 'CPU demo'}; prompts: "
-         f"{'all' if prompts == '0' else 'first ' + prompts} of `{prompt_set}` "
-         f"({base.get('num_prompts', '?')} scored), max_tokens {maxtok}; training data `{data}`.", "",
-         "| metric | base | fine-tuned | change |", "|---|---|---|---|"]
-for m in metrics:
-    lines.append(f"| {m} | {base[m]:.4f} | {sft[m]:.4f} | {sft[m] - base[m]:+.4f} |")
-lines += ["", "Per instruction type (strict, passed/total):", "",
-          "| instruction | base | fine-tuned | change |", "|---|---|---|---|"]
-for inst in sorted(set(pb) | set(ps)):
-    (a, n), (b, n2) = pb.get(inst, (0, 0)), ps.get(inst, (0, 0))
-    lines.append(f"| {inst} | {a}/{n} | {b}/{n2} | {b - a:+d} |")
-lines += ["", "Training: " + (f"{len(losses)} logged losses, first {losses[0]:.4f}, last {losses[-1]:.4f}" if losses else "no logged loss found"),
-          "", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in times]
-lines += ["", "Files:", f"- report: {', '.join(reports) or 'missing'}",
-          f"- loss curve: {', '.join(pngs) or 'missing'}",
-          f"- IFEval summaries: {out}/ifeval_base/summary.json, {out}/ifeval_sft/summary.json",
-          f"- fine-tuned checkpoint: {out}/ckpt/{run}"]
-open(f"{out}/summary.md", "w").write("\n".join(lines) + "\n")
-json.dump({"base": {m: base[m] for m in metrics}, "sft": {m: sft[m] for m in metrics},
-           "per_type_strict": {i: {"base": pb.get(i), "sft": ps.get(i)} for i in sorted(set(pb) | set(ps))},
-           "stage_seconds": {k: int(v) for k, v in times}, "losses": losses,
-           "report": reports, "loss_curve": pngs}, open(f"{out}/summary.json", "w"), indent=1)
-print("\n".join(lines))
-print(f"\ndemo finished: summary in {out}/summary.md and {out}/summary.json")
-EOF
+FULL_ARGS=(); [[ "$FULL" == 1 ]] && FULL_ARGS=(--full)
+$PY report.py demo-summary "$OUT" --run "$RUN" "${FULL_ARGS[@]}" --prompt_set "$PROMPT_SET" \
+    --prompts "$PROMPTS" --max_tokens "$MAXTOK" --data "$DATA"
+echo; echo "demo finished: summary in $OUT/summary.md and $OUT/summary.json"

@@ -31,10 +31,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from plot_loss import read_curve  # scripts/ is on sys.path when this runs
-
 REPO = Path(__file__).resolve().parent.parent
-METRICS = ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"]
+sys.path.insert(0, str(REPO))  # run as python scripts/sweep.py: report.py is at the repository root
+from report import METRIC_NAMES, load_summary, logged_losses  # noqa: E402
+
 # grid axis -> (flag of train_hw_parallel.py or sft.sh variable, parser)
 AXES = {
     "lr": ("--learning_rate", float),
@@ -78,14 +78,6 @@ def run_logged(cmd: list[str], env: dict, log_path: Path, what: str) -> None:
         raise SweepError(f"{what} failed (exit {rc}); log {log_path}:\n{tail}")
 
 
-def final_train_loss(run_dir: Path) -> float | None:
-    """Last logged training loss from the Trainer's state (None if nothing was logged)."""
-    if not (run_dir / "trainer_state.json").exists():
-        return None
-    losses = read_curve(run_dir)[1]
-    return losses[-1] if losses else None
-
-
 def run_config(cfg: dict, args, run_root: Path) -> dict:
     """Train and evaluate one configuration; returns its result row (also saved to result.json)."""
     run_root.mkdir(parents=True, exist_ok=True)
@@ -103,23 +95,24 @@ def run_config(cfg: dict, args, run_root: Path) -> dict:
     train_args += args.train_args
     run_logged(["bash", "scripts/sft.sh", *train_args], env, log, f"training {run_root.name}")
     ckpt = run_root / "ckpt"
-    loss = final_train_loss(ckpt)
+    losses = logged_losses(ckpt)
+    loss = losses[-1] if losses else None
     t_train = time.time() - t0
     ev = ["bash", "ifeval/run.sh", str(ckpt.resolve()), str((run_root / "ifeval").resolve()),
           "--input_data", args.prompt_set, "--max_tokens", str(args.max_tokens)]
     if args.prompts:
         ev += ["--limit", str(args.prompts)]
     run_logged(ev, dict(os.environ), log, f"IFEval of {run_root.name}")
-    summary = json.loads((run_root / "ifeval" / "summary.json").read_text())
+    summary = load_summary(run_root / "ifeval")
     row = {"name": run_root.name, **cfg, "final_train_loss": loss,
-           **{m: summary[m] for m in METRICS}, "num_prompts": summary.get("num_prompts"),
+           **{m: summary[m] for m in METRIC_NAMES}, "num_prompts": summary.get("num_prompts"),
            "train_seconds": round(t_train, 1), "wall_seconds": round(time.time() - t0, 1)}
     (run_root / "result.json").write_text(json.dumps(row, indent=1) + "\n")
     return row
 
 
 def write_tables(rows: list[dict], out: Path) -> None:
-    cols = ["name", *AXES, "final_train_loss", *METRICS, "num_prompts", "wall_seconds"]
+    cols = ["name", *AXES, "final_train_loss", *METRIC_NAMES, "num_prompts", "wall_seconds"]
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -170,7 +163,7 @@ def main(argv=None):
     ap.add_argument("--prompt_set", default="ifeval/data/sampled_input_data.jsonl")
     ap.add_argument("--prompts", type=int, default=None, help="first N prompts, 0 = all [24; --full 0]")
     ap.add_argument("--max_tokens", type=int, default=None, help="[160; --full 1024]")
-    ap.add_argument("--metric", default="prompt_level_strict_acc", choices=METRICS, help="metric to plot")
+    ap.add_argument("--metric", default="prompt_level_strict_acc", choices=METRIC_NAMES, help="metric to plot")
     ap.add_argument("--out", default="sweep_out")
     ap.add_argument("--train_args", nargs=argparse.REMAINDER, default=[],
                     help="everything after this flag is passed to train_hw_parallel.py (last)")

@@ -1,4 +1,4 @@
-"""scripts/make_demo_data.py: deterministic, every committed answer passes its IFEval
+"""tools/make_demo_data.py: deterministic, every committed answer passes its IFEval
 instructions (strict, through the project's scorer), no IFEval wording, sane mix."""
 import json
 import re
@@ -13,12 +13,12 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "demo_sft.json"
 CHECKS = REPO / "data" / "demo_sft_checks.jsonl"
 IFEVAL_PROMPTS = REPO / "ifeval" / "data" / "input_data.jsonl"
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "tools"))
 
 
 def _gen(tmp_path, seed, num, tag):
     out, chk = tmp_path / f"{tag}.json", tmp_path / f"{tag}.jsonl"
-    r = subprocess.run([sys.executable, "scripts/make_demo_data.py", "--seed", str(seed), "--num", str(num),
+    r = subprocess.run([sys.executable, "tools/make_demo_data.py", "--seed", str(seed), "--num", str(num),
                         "--out", str(out), "--checks_out", str(chk)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     return out.read_bytes(), chk.read_bytes(), r.stdout
@@ -118,3 +118,14 @@ def test_generator_fails_loudly_when_answers_cannot_pass():
     always_fail = lambda ids, kwargs, prompt, response: [False] * len(ids)  # noqa: E731
     with pytest.raises(make_demo_data.DemoDataError, match="fails"):
         make_demo_data.make_conversations(3, 2, always_fail, progress=False)
+
+
+def test_content_bank_errors_name_the_file(tmp_path):
+    import make_demo_data
+    bad = tmp_path / "bank.json"
+    bad.write_text('{"topics": [{"name": "x"}]}')
+    with pytest.raises(make_demo_data.DemoDataError, match=r"bank\.json: missing or empty .*system_prompts.*\[0\]"):
+        make_demo_data.load_bank(bad)
+    bad.write_text("{")
+    with pytest.raises(make_demo_data.DemoDataError, match=r"bank\.json: cannot read"):
+        make_demo_data.load_bank(bad)

@@ -13,7 +13,6 @@ from reverse_conversation_func import (
     reverse_conversation_to_unpadded,
     reverse_conversations_to_unpadded,
     reverse_messages,
-    run_checker,
 )
 from conversation_func import has_trained_tokens
 from test_conversation_func import as_lists, random_cases
@@ -111,12 +110,3 @@ def test_bad_input_and_empty(tokenizer):
     assert reverse_conversation_to_features([], tokenizer, 64, "left") is None
     with pytest.raises(ConversationFormatError, match="message 1: unknown role 'bot'"):
         reverse_conversation_to_features([U1, {"role": "bot", "content": "x"}], tokenizer, 64, "left")
-
-
-def test_checker_passes_on_official_reverse_files(course_ref, capsys):
-    args = ["--samples", str(course_ref / "exercise_samples.json"),
-            "--golden", str(course_ref / "reverse_exercise_solutions.json")]
-    assert run_checker(reverse_conversation_to_features, "t", "reverse_exercise_solutions.json", args) == 0
-    assert run_checker(reverse_conversation_to_features, "t", "reverse_exercise_solutions.json", args + ["--multi-turn"]) == 0
-    out = capsys.readouterr().out
-    assert "single_turn: 5/5 samples match" in out and "multi_turn: 5/5 samples match" in out

@@ -5,7 +5,7 @@ conversations: every user request carries constraints of the kinds IFEval checks
 (letter case, word / sentence counts, bullet lists, titles in <<...>>, a postscript, a
 required ending, no commas, JSON output, placeholders in [brackets], numbered sections,
 highlighted *parts*, paragraphs split by ***, ...). Each answer is composed from the
-original sentences in data/demo_topics.py so that it satisfies those constraints, and is
+original sentences in data/demo_topics.json so that it satisfies those constraints, and is
 then CHECKED with the project's own IFEval scorer (ifeval/scoring.py, strict mode) using
 the same instruction ids and arguments an IFEval prompt would carry. An answer that fails
 is rebuilt with fresh random choices (the number of rebuilds is printed per instruction);
@@ -19,8 +19,13 @@ Outputs: the chat set in the course format ``[{"id", "conversations": [{"role",
 "content"}, ...]}]`` and a sidecar JSONL (one line per assistant turn: conversation id,
 turn index, instruction ids, arguments) so anyone can re-verify the answers.
 
-    python scripts/make_demo_data.py                 # writes data/demo_sft.json (seed 1234)
-    python scripts/make_demo_data.py --seed 7 --num 50 --out /tmp/x.json --checks_out /tmp/x.jsonl
+How an answer is built: a layout (plain text, bullets, sections, paragraphs, JSON, ...) is
+drawn and its builder in ``LAYOUTS`` writes the body; decorations allowed with that layout
+(title, highlights, postscript, ending, letter case, ...) are applied in a fixed order; the
+counted constraints (``MEASURED``) are set last from the finished text with a margin.
+
+    python tools/make_demo_data.py                 # writes data/demo_sft.json (seed 1234)
+    python tools/make_demo_data.py --seed 7 --num 50 --out /tmp/x.json --checks_out /tmp/x.jsonl
 """
 from __future__ import annotations
 
@@ -30,20 +35,42 @@ import random
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "data"))
+sys.path.insert(0, str(REPO))  # run as python tools/make_demo_data.py: utils and ifeval/ are at the root
+TOPICS_FILE = REPO / "data" / "demo_topics.json"
 
-from demo_topics import (  # noqa: E402
-    END_PHRASES, FORBIDDEN_CANDIDATES, PLACEHOLDER_SENTENCES, POSTSCRIPTS, SYSTEM_PROMPTS, TOPICS,
-)
+
+class DemoDataError(RuntimeError):
+    """The generator could not build an answer that passes its own instructions, or its
+    content bank is unusable (the message names the file)."""
+
+
+def load_bank(path: Path = TOPICS_FILE) -> dict:
+    """The content bank: ``topics`` (name, titles, facts), ``system_prompts``,
+    ``placeholder_sentences``, ``postscripts``, ``end_phrases``, ``forbidden_candidates``."""
+    try:
+        bank = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DemoDataError(f"{path}: cannot read the content bank ({e})") from None
+    need = ("topics", "system_prompts", "placeholder_sentences", "postscripts", "end_phrases", "forbidden_candidates")
+    missing = [k for k in need if not isinstance(bank.get(k), list) or not bank[k]]
+    bad = [i for i, t in enumerate(bank.get("topics") or []) if not {"name", "titles", "facts"} <= set(t)]
+    if missing or bad:
+        raise DemoDataError(f"{path}: missing or empty {missing}; topics without name/titles/facts: {bad}")
+    return bank
+
+
+BANK = load_bank()
+TOPICS = BANK["topics"]
 
 # ----------------------------------------------------------------------------- wording
-# Opening requests. {name} is a topic noun phrase from demo_topics.TOPICS.
+# Opening requests. {name} is a topic noun phrase from the bank's topics.
 TASKS = [
     "Write a short explainer about {name}.",
     "Tell me what matters most about {name}.",
@@ -182,63 +209,7 @@ PHRASES = {
         "Start your reply by copying the request that follows exactly as I wrote it and only then answer it. Request:",
     ],
 }
-RELATIONS = ("at least", "less than")
 SECTION_WORDS = ["SECTION", "PART", "Section", "Part", "Chapter"]
-
-# Constraints a "layout" excludes (besides the other layouts): pairs whose official
-# checkers contradict each other or whose combination would read unnaturally.
-LAYOUTS = ["plain", "bullets", "sections", "paragraphs", "nth_paragraph", "json", "two_responses",
-           "constrained", "repeat"]
-LAYOUT_IDS = {
-    "bullets": "detectable_format:number_bullet_lists",
-    "sections": "detectable_format:multiple_sections",
-    "paragraphs": "length_constraints:number_paragraphs",
-    "nth_paragraph": "length_constraints:nth_paragraph_first_word",
-    "json": "detectable_format:json_format",
-    "two_responses": "combination:two_responses",
-    "constrained": "detectable_format:constrained_response",
-    "repeat": "combination:repeat_prompt",
-}
-# Decorations allowed with each layout.
-ALLOWED = {
-    "plain": {"title", "highlights", "placeholders", "postscript", "end", "quotation", "case",
-              "no_comma", "existence", "forbidden", "frequency", "letters", "words", "sentences", "capitals"},
-    "bullets": {"title", "highlights", "placeholders", "postscript", "end", "case", "no_comma",
-                "existence", "forbidden", "frequency", "letters", "words", "capitals"},
-    "sections": {"title", "highlights", "placeholders", "postscript", "end", "quotation", "case",
-                 "no_comma", "existence", "forbidden", "frequency", "letters", "words", "sentences"},
-    "paragraphs": {"title", "highlights", "placeholders", "postscript", "end", "case", "no_comma",
-                   "existence", "forbidden", "frequency", "letters", "words", "sentences", "capitals"},
-    "nth_paragraph": {"highlights", "postscript", "end", "case", "no_comma", "existence",
-                      "forbidden", "letters", "words"},
-    "json": {"case", "existence", "forbidden", "words"},
-    "two_responses": {"case", "no_comma", "existence", "forbidden", "words", "letters"},
-    "constrained": {"no_comma", "existence", "forbidden", "words", "postscript", "end"},
-    "repeat": {"case", "postscript", "end", "title"},
-}
-DECORATION_IDS = {
-    "title": "detectable_format:title",
-    "highlights": "detectable_format:number_highlighted_sections",
-    "placeholders": "detectable_content:number_placeholders",
-    "postscript": "detectable_content:postscript",
-    "end": "startend:end_checker",
-    "quotation": "startend:quotation",
-    "no_comma": "punctuation:no_comma",
-    "existence": "keywords:existence",
-    "forbidden": "keywords:forbidden_words",
-    "frequency": "keywords:frequency",
-    "letters": "keywords:letter_frequency",
-    "words": "length_constraints:number_words",
-    "sentences": "length_constraints:number_sentences",
-    "capitals": "change_case:capital_word_frequency",
-}
-# Decorations whose arguments are measured on the finished answer (applied last).
-MEASURED = ("words", "sentences", "frequency", "letters", "capitals")
-
-
-class DemoDataError(RuntimeError):
-    """The generator could not build an answer that passes its own instructions."""
-
 
 # ----------------------------------------------------------------------------- helpers
 def word_count(text: str) -> int:
@@ -289,20 +260,206 @@ def phrase(rng: random.Random, inst: str, kw: dict) -> str:
     return rng.choice(table).format(**fill)
 
 
+# ----------------------------------------------------------------------------- layouts
+# One builder per answer layout: (rng, shuffled facts, decorations, letter case, topic,
+# task) -> Body. A builder that writes highlights says how many (n_high); ``kwargs`` is
+# the layout's own instruction arguments (None: the layout adds no instruction here).
+@dataclass
+class Body:
+    text: str
+    kwargs: Optional[dict] = None
+    intro: str = ""
+    n_high: int = 0
+    task: Optional[str] = None  # a layout that asks its own question replaces the task
+
+
+def highlight_first(items: list[str], n: int, rng: random.Random) -> list[str]:
+    """``items`` with a highlighted phrase in each of the first ``n``."""
+    return [highlight(it, rng) if j < n else it for j, it in enumerate(items)]
+
+
+def layout_plain(rng, facts, decos, case, topic, task) -> Body:
+    k = rng.randint(2, min(5, len(facts)))
+    sents, n_high = facts[:k], 0
+    if "highlights" in decos:
+        n_high = rng.randint(1, min(3, k))
+        sents = highlight_first(sents, n_high, rng)
+    return Body(" ".join(sents), n_high=n_high)
+
+
+def layout_bullets(rng, facts, decos, case, topic, task) -> Body:
+    nb = rng.randint(2, min(5, len(facts)))
+    items, n_high = facts[:nb], 0
+    if "highlights" in decos:
+        n_high = rng.randint(1, nb)
+        items = highlight_first(items, n_high, rng)
+    intro = rng.choice(["Here are the main points.", "A few things worth knowing:", ""])
+    return Body("\n".join("* " + it for it in items), {"num_bullets": nb}, intro, n_high)
+
+
+def layout_sections(rng, facts, decos, case, topic, task) -> Body:
+    ns = rng.randint(2, 4)
+    spl = rng.choice(SECTION_WORDS)
+    if case == "upper":
+        spl = spl.upper()
+    per = max(1, min(2, len(facts) // ns))
+    blocks, n_high = [], 0
+    for j in range(ns):
+        chunk = facts[j * per:(j + 1) * per] or [facts[j % len(facts)]]
+        if "highlights" in decos and j < 2:
+            chunk = [highlight(chunk[0], rng)] + chunk[1:]
+            n_high = j + 1
+        blocks.append(f"{spl} {j + 1}\n" + " ".join(chunk))
+    return Body("\n\n".join(blocks), {"section_spliter": spl, "num_sections": ns}, n_high=n_high)
+
+
+def _paragraphs(rng, facts, decos) -> tuple[list[str], int]:
+    npar = rng.randint(2, 4)
+    per = max(1, min(2, len(facts) // npar))
+    paras = [" ".join(facts[j * per:(j + 1) * per]) for j in range(npar)]
+    n_high = min(2, npar) if "highlights" in decos else 0
+    return highlight_first(paras, n_high, rng), n_high
+
+
+def layout_paragraphs(rng, facts, decos, case, topic, task) -> Body:
+    paras, n_high = _paragraphs(rng, facts, decos)
+    return Body("\n***\n".join(paras), {"num_paragraphs": len(paras)}, n_high=n_high)
+
+
+def layout_nth_paragraph(rng, facts, decos, case, topic, task) -> Body:
+    paras, n_high = _paragraphs(rng, facts, decos)
+    nth = rng.randint(1, len(paras))
+    first = re.sub(r"[^a-z]", "", paras[nth - 1].split()[0].lower())
+    return Body("\n\n".join(paras), {"num_paragraphs": len(paras), "nth_paragraph": nth, "first_word": first},
+                n_high=n_high)
+
+
+def layout_json(rng, facts, decos, case, topic, task) -> Body:
+    obj = {"topic": topic["name"], "main_points": facts[:rng.randint(2, 4)]}
+    if rng.random() < 0.5:
+        obj = {"title": rng.choice(topic["titles"]), **obj}
+    text = json.dumps(obj, indent=2, ensure_ascii=False)
+    return Body(f"```json\n{text}\n```" if rng.random() < 0.6 else text, {})
+
+
+def layout_two_responses(rng, facts, decos, case, topic, task) -> Body:
+    k = rng.randint(2, 3)
+    return Body(" ".join(facts[:k]) + "\n******\n" + " ".join(facts[k:2 * k]), {})
+
+
+def layout_constrained(rng, facts, decos, case, topic, task) -> Body:
+    verdict = rng.choice(["My answer is yes.", "My answer is yes.", "My answer is maybe."])
+    body = verdict + " " + " ".join(facts[:rng.randint(2, 3)])
+    return Body(body, {}, task=rng.choice(CONSTRAINED_QUESTIONS).format(name=topic["name"]))
+
+
+def layout_repeat(rng, facts, decos, case, topic, task) -> Body:
+    # The answer opens with the request copied exactly; that is added after the decorations.
+    return Body(" ".join(facts[:rng.randint(2, 4)]))
+
+
+# layout -> (weight, its instruction id, builder, decorations allowed with it). The
+# decorations left out are those whose official checkers contradict the layout's or whose
+# combination would read unnaturally.
+LAYOUTS = {
+    "plain": (5, None, layout_plain,
+              {"title", "highlights", "placeholders", "postscript", "end", "quotation", "case", "no_comma",
+               "existence", "forbidden", "frequency", "letters", "words", "sentences", "capitals"}),
+    "bullets": (4, "detectable_format:number_bullet_lists", layout_bullets,
+                {"title", "highlights", "placeholders", "postscript", "end", "case", "no_comma",
+                 "existence", "forbidden", "frequency", "letters", "words", "capitals"}),
+    "sections": (3, "detectable_format:multiple_sections", layout_sections,
+                 {"title", "highlights", "placeholders", "postscript", "end", "quotation", "case",
+                  "no_comma", "existence", "forbidden", "frequency", "letters", "words", "sentences"}),
+    "paragraphs": (3, "length_constraints:number_paragraphs", layout_paragraphs,
+                   {"title", "highlights", "placeholders", "postscript", "end", "case", "no_comma",
+                    "existence", "forbidden", "frequency", "letters", "words", "sentences", "capitals"}),
+    "nth_paragraph": (2, "length_constraints:nth_paragraph_first_word", layout_nth_paragraph,
+                      {"highlights", "postscript", "end", "case", "no_comma", "existence",
+                       "forbidden", "letters", "words"}),
+    "json": (2, "detectable_format:json_format", layout_json, {"case", "existence", "forbidden", "words"}),
+    "two_responses": (1.5, "combination:two_responses", layout_two_responses,
+                      {"case", "no_comma", "existence", "forbidden", "words", "letters"}),
+    "constrained": (1, "detectable_format:constrained_response", layout_constrained,
+                    {"no_comma", "existence", "forbidden", "words", "postscript", "end"}),
+    "repeat": (1, "combination:repeat_prompt", layout_repeat, {"case", "postscript", "end", "title"}),
+}
+DECORATION_IDS = {
+    "title": "detectable_format:title",
+    "highlights": "detectable_format:number_highlighted_sections",
+    "placeholders": "detectable_content:number_placeholders",
+    "postscript": "detectable_content:postscript",
+    "end": "startend:end_checker",
+    "quotation": "startend:quotation",
+    "no_comma": "punctuation:no_comma",
+    "existence": "keywords:existence",
+    "forbidden": "keywords:forbidden_words",
+    "frequency": "keywords:frequency",
+    "letters": "keywords:letter_frequency",
+    "words": "length_constraints:number_words",
+    "sentences": "length_constraints:number_sentences",
+    "capitals": "change_case:capital_word_frequency",
+}
+
+
+# --------------------------------------------------------------- counted constraints
+# Measured on the finished answer with a margin, so they hold by construction:
+# (rng, answer, topic, letter case) -> kwargs.
+def measure_words(rng, body, topic, case) -> dict:
+    n = word_count(body)
+    if rng.random() < 0.5 and n >= 20:
+        return {"relation": "at least", "num_words": max(10, (int(n * 0.8) // 10) * 10)}
+    return {"relation": "less than", "num_words": (int(n * 1.2) // 10 + 1) * 10}
+
+
+def measure_sentences(rng, body, topic, case) -> dict:
+    n = sentence_count(body)
+    if rng.random() < 0.5 and n >= 3:
+        return {"relation": "at least", "num_sentences": n - 1}
+    return {"relation": "less than", "num_sentences": n + rng.randint(1, 3)}
+
+
+def measure_frequency(rng, body, topic, case) -> dict:
+    words = re.findall(r"[a-z]{5,}", topic["name"].lower())
+    kw_word = rng.choice(words) if words else "the"
+    n = len(re.findall(kw_word, body, flags=re.I))
+    if n >= 2 and rng.random() < 0.6:
+        return {"relation": "at least", "keyword": kw_word, "frequency": n}
+    return {"relation": "less than", "keyword": kw_word, "frequency": n + rng.randint(1, 3)}
+
+
+def measure_letters(rng, body, topic, case) -> dict:
+    letter = rng.choice("abcdefghilmnoprstuwy")
+    n = Counter(body.lower())[letter]
+    if n >= 3 and rng.random() < 0.5:
+        return {"let_relation": "at least", "letter": letter, "let_frequency": max(1, n - rng.randint(0, 2))}
+    return {"let_relation": "less than", "letter": letter, "let_frequency": n + rng.randint(1, 5)}
+
+
+def measure_capitals(rng, body, topic, case) -> dict:
+    n = capital_word_count(body)
+    if case == "upper" and n >= 2:
+        return {"capital_relation": "at least", "capital_frequency": n // 2}
+    return {"capital_relation": "less than", "capital_frequency": n + rng.randint(2, 4)}
+
+
+MEASURED = {"words": measure_words, "sentences": measure_sentences, "frequency": measure_frequency,
+            "letters": measure_letters, "capitals": measure_capitals}
+
+
 # ----------------------------------------------------------------------------- answers
 def build_turn(rng: random.Random, topic: dict, task: str) -> tuple[str, str, list[str], list[dict]]:
     """Compose one (request, answer, instruction ids, kwargs) for a topic.
 
-    The answer is built layout first (bullets, sections, paragraphs, ...), then decorated
-    (title, highlights, placeholders, postscript, ending, quotes, letter case), and the
-    counted constraints (words, sentences, keyword / letter / capital-word frequencies)
-    are set last from the finished text with a margin, so they hold by construction;
-    the IFEval checker then confirms it.
+    The answer is built layout first (its builder in ``LAYOUTS``), then decorated in a
+    fixed order (highlights, placeholders, title, postscript, ending, quotes, letter case,
+    keywords), and the counted constraints (``MEASURED``) are set last from the finished
+    text; the IFEval checker then confirms it.
     """
-    layout = rng.choices(LAYOUTS, weights=[5, 4, 3, 3, 2, 2, 1.5, 1, 1])[0]
-    allowed = sorted(ALLOWED[layout])
+    layout = rng.choices(list(LAYOUTS), weights=[w for w, *_ in LAYOUTS.values()])[0]
+    _, layout_id, builder, allowed = LAYOUTS[layout]
     n_dec = rng.choice([1, 1, 2, 2, 3]) if layout != "plain" else rng.choice([1, 2, 2, 3])
-    decos = set(rng.sample(allowed, min(n_dec, len(allowed))))
+    decos = set(rng.sample(sorted(allowed), min(n_dec, len(allowed))))
     if "quotation" in decos and layout == "plain" and rng.random() < 0.5:
         decos.discard("quotation")  # keep quoted answers rarer: they read oddly
     facts = list(topic["facts"])
@@ -317,101 +474,33 @@ def build_turn(rng: random.Random, topic: dict, task: str) -> tuple[str, str, li
     if layout == "sections" and case == "lower":
         case = "upper"  # the section splitter is matched case-sensitively
 
-    # --- layout: the body is a list of blocks joined later
-    intro, n_high = "", 0
-    if layout == "plain":
-        k = rng.randint(2, min(5, len(facts)))
-        sents = facts[:k]
-        if "highlights" in decos:
-            n_high = rng.randint(1, min(3, k))
-            for j in range(n_high):
-                sents[j] = highlight(sents[j], rng)
-        body = " ".join(sents)
-    elif layout == "bullets":
-        nb = rng.randint(2, min(5, len(facts)))
-        items = facts[:nb]
-        if "highlights" in decos:
-            n_high = rng.randint(1, nb)
-            for j in range(n_high):
-                items[j] = highlight(items[j], rng)
-        intro = rng.choice(["Here are the main points.", "A few things worth knowing:", ""])
-        body = "\n".join("* " + it for it in items)
-        add(LAYOUT_IDS[layout], {"num_bullets": nb})
-    elif layout == "sections":
-        ns = rng.randint(2, 4)
-        spl = rng.choice(SECTION_WORDS)
-        if case == "upper":
-            spl = spl.upper()
-        per = max(1, min(2, len(facts) // ns))
-        blocks = []
-        for j in range(ns):
-            chunk = facts[j * per:(j + 1) * per] or [facts[j % len(facts)]]
-            if "highlights" in decos and j < 2:
-                chunk = [highlight(chunk[0], rng)] + chunk[1:]
-                n_high = j + 1
-            blocks.append(f"{spl} {j + 1}\n" + " ".join(chunk))
-        body = "\n\n".join(blocks)
-        add(LAYOUT_IDS[layout], {"section_spliter": spl, "num_sections": ns})
-    elif layout in ("paragraphs", "nth_paragraph"):
-        npar = rng.randint(2, 4)
-        per = max(1, min(2, len(facts) // npar))
-        paras = [" ".join(facts[j * per:(j + 1) * per]) for j in range(npar)]
-        if "highlights" in decos:
-            n_high = min(2, npar)
-            for j in range(n_high):
-                paras[j] = highlight(paras[j], rng)
-        if layout == "paragraphs":
-            body = "\n***\n".join(paras)
-            add(LAYOUT_IDS[layout], {"num_paragraphs": npar})
-        else:
-            nth = rng.randint(1, npar)
-            first = re.sub(r"[^a-z]", "", paras[nth - 1].split()[0].lower())
-            body = "\n\n".join(paras)
-            add(LAYOUT_IDS[layout], {"num_paragraphs": npar, "nth_paragraph": nth, "first_word": first})
-    elif layout == "json":
-        k = rng.randint(2, 4)
-        obj = {"topic": topic["name"], "main_points": facts[:k]}
-        if rng.random() < 0.5:
-            obj = {"title": rng.choice(topic["titles"]), **obj}
-        text = json.dumps(obj, indent=2, ensure_ascii=False)
-        body = f"```json\n{text}\n```" if rng.random() < 0.6 else text
-        add(LAYOUT_IDS[layout], {})
-    elif layout == "two_responses":
-        k = rng.randint(2, 3)
-        body = " ".join(facts[:k]) + "\n******\n" + " ".join(facts[k:2 * k])
-        add(LAYOUT_IDS[layout], {})
-    elif layout == "constrained":
-        verdict = rng.choice(["My answer is yes.", "My answer is yes.", "My answer is maybe."])
-        body = verdict + " " + " ".join(facts[:rng.randint(2, 3)])
-        task = rng.choice(CONSTRAINED_QUESTIONS).format(name=topic["name"])
-        add(LAYOUT_IDS[layout], {})
-    else:  # repeat: the answer opens with the request, copied exactly
-        body = " ".join(facts[:rng.randint(2, 4)])
-
-    if "highlights" in decos and n_high:
-        add(DECORATION_IDS["highlights"], {"num_highlights": rng.randint(1, n_high)})
+    built = builder(rng, facts, decos, case, topic, task)
+    body, task = built.text, built.task or task
+    if built.kwargs is not None:
+        add(layout_id, built.kwargs)
+    if "highlights" in decos and built.n_high:
+        add(DECORATION_IDS["highlights"], {"num_highlights": rng.randint(1, built.n_high)})
     if "placeholders" in decos:
-        np_sent = rng.sample(PLACEHOLDER_SENTENCES, rng.randint(1, 2))
+        np_sent = rng.sample(BANK["placeholder_sentences"], rng.randint(1, 2))
         body = body + "\n\n" + " ".join(np_sent)
         n_ph = sum(len(re.findall(r"\[.*?\]", s)) for s in np_sent)
         add(DECORATION_IDS["placeholders"], {"num_placeholders": rng.randint(1, n_ph)})
-    if intro:
-        body = intro + "\n" + body
+    if built.intro:
+        body = built.intro + "\n" + body
     if "title" in decos:
         body = f"<<{rng.choice(topic['titles'])}>>\n\n" + body
         add(DECORATION_IDS["title"], {})
     sep = "\n" if layout == "nth_paragraph" else "\n\n"
     if "postscript" in decos:
         marker = rng.choice(["P.S.", "P.S.", "P.P.S"])
-        body = body + sep + f"{marker} {rng.choice(POSTSCRIPTS)}"
+        body = body + sep + f"{marker} {rng.choice(BANK['postscripts'])}"
         add(DECORATION_IDS["postscript"], {"postscript_marker": marker})
     if "end" in decos:
-        end_phrase = rng.choice(END_PHRASES)
+        end_phrase = rng.choice(BANK["end_phrases"])
         body = body + sep + end_phrase
         add(DECORATION_IDS["end"], {"end_phrase": end_phrase})
     if layout == "repeat":
-        core = task
-        body = core + "\n\n" + body
+        body = task + "\n\n" + body
     if "quotation" in decos:
         body = f'"{body}"'
         add(DECORATION_IDS["quotation"], {})
@@ -430,43 +519,11 @@ def build_turn(rng: random.Random, topic: dict, task: str) -> tuple[str, str, li
         if cands:
             add(DECORATION_IDS["existence"], {"keywords": rng.sample(cands, min(len(cands), rng.randint(1, 2)))})
     if "forbidden" in decos:
-        ok = [w for w in FORBIDDEN_CANDIDATES if not re.search(r"\b" + w + r"\b", body, flags=re.I)]
+        ok = [w for w in BANK["forbidden_candidates"] if not re.search(r"\b" + w + r"\b", body, flags=re.I)]
         add(DECORATION_IDS["forbidden"], {"forbidden_words": rng.sample(ok, rng.randint(1, 2))})
-
-    # --- counted constraints, measured on the finished answer with a margin
-    if "words" in decos:
-        n = word_count(body)
-        if rng.random() < 0.5 and n >= 20:
-            add(DECORATION_IDS["words"], {"relation": "at least", "num_words": max(10, (int(n * 0.8) // 10) * 10)})
-        else:
-            add(DECORATION_IDS["words"], {"relation": "less than", "num_words": (int(n * 1.2) // 10 + 1) * 10})
-    if "sentences" in decos:
-        n = sentence_count(body)
-        if rng.random() < 0.5 and n >= 3:
-            add(DECORATION_IDS["sentences"], {"relation": "at least", "num_sentences": n - 1})
-        else:
-            add(DECORATION_IDS["sentences"], {"relation": "less than", "num_sentences": n + rng.randint(1, 3)})
-    if "frequency" in decos:
-        words = [w for w in re.findall(r"[a-z]{5,}", topic["name"].lower())]
-        kw_word = rng.choice(words) if words else "the"
-        n = len(re.findall(kw_word, body, flags=re.I))
-        if n >= 2 and rng.random() < 0.6:
-            add(DECORATION_IDS["frequency"], {"relation": "at least", "keyword": kw_word, "frequency": n})
-        else:
-            add(DECORATION_IDS["frequency"], {"relation": "less than", "keyword": kw_word, "frequency": n + rng.randint(1, 3)})
-    if "letters" in decos:
-        letter = rng.choice("abcdefghilmnoprstuwy")
-        n = Counter(body.lower())[letter]
-        if n >= 3 and rng.random() < 0.5:
-            add(DECORATION_IDS["letters"], {"let_relation": "at least", "letter": letter, "let_frequency": max(1, n - rng.randint(0, 2))})
-        else:
-            add(DECORATION_IDS["letters"], {"let_relation": "less than", "letter": letter, "let_frequency": n + rng.randint(1, 5)})
-    if "capitals" in decos:
-        n = capital_word_count(body)
-        if case == "upper" and n >= 2:
-            add(DECORATION_IDS["capitals"], {"capital_relation": "at least", "capital_frequency": n // 2})
-        else:
-            add(DECORATION_IDS["capitals"], {"capital_relation": "less than", "capital_frequency": n + rng.randint(2, 4)})
+    for name, measure in MEASURED.items():
+        if name in decos:
+            add(DECORATION_IDS[name], measure(rng, body, topic, case))
 
     # --- the request: task first, constraints in random order
     kw_by_id = [(i, k) for i, k in zip(ids, kws) if i != "combination:repeat_prompt"]
@@ -505,7 +562,7 @@ def make_conversations(seed: int, num: int, check_response, max_tries: int = 8, 
         n_turns = rng.choices([1, 2, 3], weights=[6, 3, 1])[0]
         msgs = []
         if rng.random() < 0.3:
-            msgs.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+            msgs.append({"role": "system", "content": rng.choice(BANK["system_prompts"])})
             stats["system"] += 1
         topic = rng.choice(TOPICS)
         for t in range(n_turns):

@@ -1,0 +1,145 @@
+"""The golden-file checker of Parts 1-4: compute the masking of every sample and compare
+it token by token with a golden file (the course's layout: ``{"meta", "single_turn":
+[{"id", "features": {"input_ids", "labels", "attention_mask"}}], "multi_turn": [...]}``).
+
+It is the ``__main__`` of ``conversation_func.py`` (Parts 1-2, ``exercise_solutions.json``)
+and ``reverse_conversation_func.py`` (Parts 3-4, ``reverse_exercise_solutions.json``)::
+
+    python conversation_func.py [--multi-turn] [--samples P] [--golden P] [--show N]
+    python reverse_conversation_func.py [--multi-turn] ...
+
+Exit code 0 only when every sample matches, 1 on any mismatch, 2 when a file cannot be
+read. A mismatch prints the first differing position of each field with the tokens
+around it; ``--show N`` prints N samples with the trained tokens marked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from conversation_func import TRUNCATION_SIDES, count_trained_tokens
+from utils import DEFAULT_MODEL, IGNORE_TOKEN_ID, REPO_ROOT, ConversationFormatError, load_tokenizer
+
+
+def _tokens_around(tokenizer, ids: list, pos: int, width: int = 4) -> str:
+    lo, hi = max(0, pos - width), min(len(ids), pos + width + 1)
+    shown = []
+    for j in range(lo, hi):
+        t = ids[j]
+        txt = repr(tokenizer.decode([t])) if isinstance(t, int) and t >= 0 else str(t)
+        shown.append(("->" if j == pos else "") + f"{t}:{txt}")
+    return " ".join(shown)
+
+
+def first_mismatch(got: list, want: list) -> Optional[int]:
+    """First index where two lists differ (a length difference counts), else None."""
+    for j, (a, b) in enumerate(zip(got, want)):
+        if a != b:
+            return j
+    return None if len(got) == len(want) else min(len(got), len(want))
+
+
+def marked_text(tokenizer, features: dict, start: str = "[[", end: str = "]]") -> str:
+    """The real tokens of a sample decoded, with every trained run wrapped in markers."""
+    ids = [int(x) for x in features["input_ids"]]
+    labels = [int(x) for x in features["labels"]]
+    n = int(sum(int(x) for x in features["attention_mask"]))
+    out, j = [], 0
+    while j < n:
+        trained = labels[j] != IGNORE_TOKEN_ID
+        k = j
+        while k < n and (labels[k] != IGNORE_TOKEN_ID) == trained:
+            k += 1
+        text = tokenizer.decode(ids[j:k])
+        out.append(start + text + end if trained else text)
+        j = k
+    return "".join(out)
+
+
+def run_checker(feature_fn: Callable, description: str, default_golden: str, argv=None) -> int:
+    """The checker CLI shared by ``conversation_func.py`` and ``reverse_conversation_func.py``:
+    compute features for every sample of the chosen list with ``feature_fn`` and compare
+    them with the golden file. Returns the process exit code (0 only if all match)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--multi-turn", action="store_true", help="check the multi_turn list (default: single_turn)")
+    ap.add_argument("--samples", default=str(REPO_ROOT / "exercise_samples.json"), help="samples JSON (default: the repo's)")
+    ap.add_argument("--golden", default=str(REPO_ROOT / default_golden), help=f"golden JSON (default: the repo's {default_golden})")
+    ap.add_argument("--model-name", default=DEFAULT_MODEL, help="tokenizer folder or hub id (default: %(default)s)")
+    ap.add_argument("--model-max-length", type=int, default=None,
+                    help="max_length (default: the golden file's meta.model_max_length, else 2048)")
+    ap.add_argument("--truncation", choices=TRUNCATION_SIDES, default=None,
+                    help="truncation side (default: the golden file's meta.truncation, else left)")
+    ap.add_argument("--show", type=int, default=0, metavar="N", help="print N samples with trained tokens marked")
+    args = ap.parse_args(argv)
+
+    split = "multi_turn" if args.multi_turn else "single_turn"
+    try:
+        samples = json.loads(Path(args.samples).read_text(encoding="utf-8"))
+        golden = json.loads(Path(args.golden).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"error: cannot read {args.samples} / {args.golden}: {e}", file=sys.stderr)
+        return 2
+    for name, doc in ((args.samples, samples), (args.golden, golden)):
+        if split not in doc:
+            print(f"error: {name} has no '{split}' list (keys: {sorted(doc)})", file=sys.stderr)
+            return 2
+    meta = golden.get("meta", {})
+    max_length = args.model_max_length or int(meta.get("model_max_length", 2048))
+    truncation = args.truncation or meta.get("truncation", "left")
+    tokenizer = load_tokenizer(args.model_name, max_length)
+    print(f"checking {split}: {args.samples} vs {args.golden} (max_length={max_length}, truncation={truncation})")
+
+    want_list = golden[split]
+    n_ok, n_bad = 0, 0
+    if len(want_list) != len(samples[split]):
+        print(f"MISMATCH: {len(samples[split])} samples but {len(want_list)} golden entries")
+        n_bad += 1
+    for k, (sample, want) in enumerate(zip(samples[split], want_list)):
+        sid = sample.get("id", k)
+        if want.get("id") != sid:
+            print(f"[{k}] id {sid}: MISMATCH golden entry has id {want.get('id')!r}")
+            n_bad += 1
+            continue
+        try:
+            feats = feature_fn(sample.get("messages"), tokenizer, max_length, truncation)
+        except ConversationFormatError as e:
+            print(f"[{k}] id {sid}: ERROR in {args.samples}: {e}")
+            n_bad += 1
+            continue
+        got = {f: v.tolist() for f, v in feats.items()} if feats is not None else None
+        exp = want.get("features")
+        problems = []
+        if got is None or exp is None:
+            if got != exp:
+                problems.append(f"features: got {'None' if got is None else 'a sample'}, golden {'None' if exp is None else 'a sample'}")
+        else:
+            for field in ("input_ids", "labels", "attention_mask"):
+                pos = first_mismatch(got[field], exp.get(field, []))
+                if pos is not None:
+                    problems.append(
+                        f"field {field} differs first at position {pos} "
+                        f"(len got {len(got[field])}, golden {len(exp.get(field, []))})\n"
+                        f"      got:    {_tokens_around(tokenizer, got[field], pos)}\n"
+                        f"      golden: {_tokens_around(tokenizer, exp.get(field, []), pos)}\n"
+                        f"      text:   {_tokens_around(tokenizer, got['input_ids'], pos)}"
+                    )
+        n_tok = sum(got["attention_mask"]) if got else 0
+        n_lab = count_trained_tokens(got)
+        if problems:
+            n_bad += 1
+            print(f"[{k}] id {sid}: MISMATCH ({len(sample['messages'])} messages)")
+            for p in problems:
+                print("    " + p)
+        else:
+            n_ok += 1
+            print(f"[{k}] id {sid}: ok ({len(sample['messages'])} messages, {n_tok} tokens, {n_lab} trained)")
+        if k < args.show and got is not None:
+            # Colour on a terminal; plain [[ ]] markers when piped to a file.
+            marks = ("\x1b[1;32m[[", "]]\x1b[0m") if sys.stdout.isatty() else ("[[", "]]")
+            print(f"---- id {sid}: trained tokens inside [[ ]] ----\n{marked_text(tokenizer, got, *marks)}\n----")
+    total = len(samples[split])
+    print(f"{split}: {n_ok}/{total} samples match" + ("" if n_bad == 0 else f", {n_bad} mismatches"))
+    return 0 if n_bad == 0 else 1
