@@ -2,11 +2,12 @@
 # CI: what a new user gets. Clones the committed HEAD into a temporary folder (no untracked
 # or ignored files, no assets of this machine, no ../shared beside it), runs setup.sh there
 # with IFEVAL_DATA_DIR, SHARED_DIR, SMOLTALK_6K_PATH, NLTK_DATA and every HF_* variable unset
-# (SKIP_PIP=1: the packages are this environment's), checks that the model, punkt_tab and the
-# three IFEval prompt files were built, then answers and scores 2 prompts through ifeval/run.sh.
+# (SKIP_PIP=1: the packages are this environment's), checks that the model, the NLTK data
+# (punkt_tab; IFBench's stopwords and tagger) and the three IFEval prompt files were built,
+# then answers and scores 2 prompts through ifeval/run.sh.
 #   bash .ci/fresh_clone.sh          # about 1 minute of CPU time; KEEP=1 keeps the folder
 set -euo pipefail
-if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python}
 t0=$SECONDS
@@ -29,12 +30,15 @@ cd "$tmp/repo"
 for f in abbrev_types.txt collocations.tab ortho_context.tab sent_starters.txt; do
   [[ -s nltk_data/tokenizers/punkt_tab/english/$f ]] || fail "setup.sh did not write nltk_data/tokenizers/punkt_tab/english/$f"
 done
+for f in corpora/stopwords/english taggers/averaged_perceptron_tagger_eng/averaged_perceptron_tagger_eng.weights.json; do
+  [[ -s nltk_data/$f ]] || fail "setup.sh did not write nltk_data/$f (IFBench's checkers need it)"
+done
 for pair in input_data.jsonl:541 sampled_input_data.jsonl:100 sampled_200_input_data.jsonl:200; do
   f=ifeval/data/${pair%%:*} n=${pair##*:}
   [[ -f $f ]] || fail "setup.sh did not write $f"
   [[ $(wc -l < "$f") == "$n" ]] || fail "$f has $(wc -l < "$f") lines, expected $n"
 done
-echo "[fresh-clone] setup built the model, punkt_tab and the 3 IFEval prompt files ($((SECONDS - t0))s so far)"
+echo "[fresh-clone] setup built the model, the NLTK data and the 3 IFEval prompt files ($((SECONDS - t0))s so far)"
 
 # One OpenMP thread, as in tests/test_run_sh.py: on a busy 2-core machine two threads made these
 # 16 tokens take 40 s instead of 5 s (measured once, load average 11).
