@@ -165,6 +165,50 @@ def test_accumulation_exact_with_deepspeed(setup, reference):
         assert_params_match(out, ref_after, what)
 
 
+# Two long answers: with --model_max_length 24 --truncation_side left their windows
+# start inside the answer, so the masking labels position 0 (never a target).
+LONG_ANSWER_CHATS = [
+    [("user", "Hi."), ("assistant", "Hello there, how can I help you today with anything at all you might need? "
+                                    "I am happy to answer questions about science, cooking, travel and more.")],
+    [("user", "Name a color."), ("assistant", "Blue.")],
+    [("user", "Explain rain."), ("assistant", "Water vapour rises, cools and condenses into tiny droplets around "
+                                              "dust; the droplets merge, grow heavy and finally fall as rain.")],
+    [("user", "Say yes."), ("assistant", "Yes.")],
+]
+
+
+def test_logged_loss_counts_shifted_targets_when_windows_start_mid_answer(setup, tokenizer, tmp_path):
+    """One step at learning rate 0: the logged loss is sum(-log p) / shifted targets,
+    both computed here from the Part 1-2 masking and a plain forward pass, and the
+    manifest's trained-token count is that number of targets."""
+    from conversation_func import conversation_to_unpadded
+    from utils import normalize_conversation
+
+    _, model, _ = setup
+    data = write_chats(tmp_path / "long.jsonl", LONG_ANSWER_CHATS)
+    ref_model = LlamaForCausalLM.from_pretrained(model, dtype=torch.float32)
+    total, targets, starts_trained = 0.0, 0, 0
+    with torch.no_grad():
+        for chat in LONG_ANSWER_CHATS:
+            msgs = normalize_conversation([{"role": r, "content": t} for r, t in chat])
+            s = conversation_to_unpadded(msgs, tokenizer, 24, "left")
+            starts_trained += int(s["labels"][0] != -100)
+            logp = torch.log_softmax(ref_model(input_ids=s["input_ids"][None]).logits[0, :-1].double(), -1)
+            target = s["labels"][1:]
+            keep = target != -100
+            total += float(-logp[keep].gather(1, target[keep][:, None]).sum())
+            targets += int(keep.sum())
+    assert starts_trained == 2  # the case under test: two windows start mid-answer
+    out = tmp_path / "run"
+    argv = common_args(model, data, out, tmp_path / "cache") + [
+        "--per_device_train_batch_size", "4", "--learning_rate", "0", "--model_max_length", "24",
+        "--truncation_side", "left"]
+    train_hw_parallel.main(argv)
+    assert logged_losses(out)[0] == pytest.approx(total / targets, abs=1e-4)
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["masking"]["trained_tokens"] == targets
+
+
 def test_loss_decreases_on_repeated_batch(setup, tmp_path):
     _, model, _ = setup
     data = write_chats(tmp_path / "two.jsonl", CHATS[:2])
