@@ -62,7 +62,10 @@ class DataArguments:
         default="conversations",
         metadata={"help": "Record field holding the turns; 'conversations' and 'messages' are both tried."},
     )
-    max_rounds: int = field(default=5, metadata={"help": "Keep the first N (user, assistant) rounds; 0 keeps all."})
+    max_rounds: int = field(
+        default=5,
+        metadata={"help": "Keep the first N rounds (a user turn and the turns up to the next one); 0 keeps all."},
+    )
     preprocess_workers: int = field(default=1, metadata={"help": "Processes for tokenization and masking."})
     truncation_side: str = field(
         default="right", metadata={"help": "right keeps the start of a long chat, left keeps its end.",
