@@ -6,6 +6,7 @@ of the project's loss: per-sample summed cross-entropy (torch's own) over all tr
 tokens of the 4 samples, divided by their count, back-propagated, then one plain SGD
 step theta - lr * grad. Every run must land on those parameters.
 """
+import hashlib
 import json
 import os
 import socket
@@ -268,3 +269,52 @@ def test_finished_run_is_not_trained_again(tmp_path):
     assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=1)) is None
     manifest.write_text(json.dumps({"global_step": 3, "training_args": {"max_steps": -1, "num_train_epochs": 1.5}}))
     assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=1.5)) == 3
+
+
+# ------------------------------------------------ one run per folder (issue 11, kind 2)
+def _folder_state(folder: Path) -> dict:
+    """Every file under ``folder`` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_with_another_plan_is_refused_same_plan_resumes(setup, tmp_path, capsys):
+    root, model, data = setup
+    out = tmp_path / "run"
+    base = common_args(model, data, out, root / "cache") + [
+        "--per_device_train_batch_size", "2", "--save_strategy", "steps", "--save_steps", "1"]
+    train_hw_parallel.main(base)  # --max_steps 1 (from common_args): checkpoint-1
+    other_data = write_chats(tmp_path / "other.jsonl", CHATS[:3])
+    old_hash, new_hash = (hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in (data, other_data))
+    changes = [  # (extra arguments, the message line naming the setting with old and new value)
+        (["--data_path", str(other_data)],
+         f"data (--data_path content hash): {old_hash} ({data}) -> {new_hash} ({other_data})"),
+        (["--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps: 1 -> 2"),
+        (["--learning_rate", "0.5"], f"--learning_rate: {LR} -> 0.5"),
+    ]
+    before = _folder_state(out)
+    for extra, line in changes:
+        with pytest.raises(SystemExit) as err:
+            train_hw_parallel.main(base + ["--max_steps", "2"] + extra)
+        msg = str(err.value)
+        assert line in msg and "another RUNNAME" in msg and "--overwrite_output_dir True" in msg, msg
+        assert msg.count("\n  --") + msg.count("\n  data (") == 1, msg  # only the changed setting is named
+        assert _folder_state(out) == before, extra  # nothing written, nothing removed
+    plan = json.loads((out / "run_plan.json").read_text())
+    assert plan["plan"]["gradient_accumulation_steps"] == 1 and plan["plan"]["learning_rate"] == LR
+    # The same plan with a larger --max_steps resumes from checkpoint-1.
+    capsys.readouterr()
+    trainer = train_hw_parallel.main(base + ["--max_steps", "2"])
+    assert trainer.state.global_step == 2 and "resuming from" in capsys.readouterr().out
+    assert json.loads((out / "run_plan.json").read_text()) == plan
+    # A folder from before run_plan.json resumes with a warning and records the plan.
+    (out / "run_plan.json").unlink()
+    trainer = train_hw_parallel.main(base + ["--max_steps", "3"])
+    log = capsys.readouterr().out
+    assert trainer.state.global_step == 3 and "no run_plan.json" in log and "resuming from" in log
+    assert json.loads((out / "run_plan.json").read_text()) == plan
+    # --overwrite_output_dir True starts the folder over: old checkpoints go, the new plan is recorded.
+    trainer = train_hw_parallel.main(base + ["--learning_rate", "0.5", "--overwrite_output_dir", "True"])
+    assert trainer.state.global_step == 1
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert json.loads((out / "run_plan.json").read_text())["plan"]["learning_rate"] == 0.5
