@@ -260,7 +260,8 @@ def check_run_plan(output_dir: str, plan: dict, data_path: str, overwrite: bool,
         for p in stale:
             shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
         if stale:
-            log(f"[plan] --overwrite_output_dir: removed {', '.join(os.path.basename(p) for p in stale)} from {output_dir}")
+            names = ", ".join(os.path.basename(p) for p in stale)
+            log(f"[plan] --overwrite_output_dir: removed {names} from {output_dir}")
     elif not os.path.exists(path) and os.path.isdir(output_dir) and get_last_checkpoint(output_dir):
         log(f"[plan] warning: {output_dir} has checkpoints but no {RUN_PLAN_FILE} (made by an older version): "
             f"resuming without checking that it was trained with the same settings; recording them now")

@@ -186,8 +186,10 @@ def _turn_role_content(turn: Any, index: int) -> tuple[str, str]:
     if "role" in turn or "content" in turn:
         role, content, keys = turn.get("role"), turn.get("content"), ("role", "content")
         calls = _tool_calls_text(turn, index)
-        if calls is not None:  # an OpenAI-style assistant turn calling tools: content may be null
-            content = calls if content in (None, "") else (content + "\n" + calls if isinstance(content, str) else content)
+        if calls is not None and content in (None, ""):  # an OpenAI-style call: content may be null
+            content = calls
+        elif calls is not None and isinstance(content, str):
+            content = content + "\n" + calls
     elif "from" in turn or "value" in turn:
         role, content, keys = turn.get("from"), turn.get("value"), ("from", "value")
     else:
@@ -207,7 +209,9 @@ def _clean_round(turns: list[dict], stats: Counter) -> list[dict]:
     kept = [turns[0]]
     for m in turns[1:]:
         prev = kept[-1]["role"]
-        if (m["role"] == "assistant" and prev != "assistant") or (m["role"] == "tool" and prev in ("assistant", "tool")):
+        answer_here = m["role"] == "assistant" and prev != "assistant"
+        result_here = m["role"] == "tool" and prev in ("assistant", "tool")
+        if answer_here or result_here:
             kept.append(m)
         else:
             stats["turn_unpaired_" + m["role"]] += 1
