@@ -31,9 +31,13 @@ How the HF Trainer (transformers 4.57.1) uses it
 - ``num_items_in_batch`` is counted once per optimizer step in ``get_batch_samples``:
   ``labels.ne(-100).sum()`` over *all* micro-batches of the gradient-accumulation
   window, and, with ``average_tokens_across_devices`` (default True), summed over all
-  ranks. It is a tensor. It counts unshifted labels, so it equals our shifted count
-  only when the first label of each row is -100, which holds for chat SFT data (the
-  prompt opens every sample) and for ``DataCollatorWithFlattening(separator_id=-100)``.
+  ranks. It is a tensor. transformers 4.x counts unshifted labels (5.x counts
+  ``labels[..., 1:]`` for causal-LM models), so it equals our shifted count only when
+  the first label of each row is -100. That is not true of masked chats in general (a
+  left-truncated window can start inside a trained turn), so the training features
+  make it true: ``sft_data.unpadded_features`` sets position 0 of every sample to -100,
+  and ``DataCollatorWithFlattening(separator_id=-100)`` puts -100 at each packed
+  sample's first label.
 - Because ``compute_loss_func`` is set, ``training_step`` does *not* divide the loss by
   the number of accumulation steps (it does so only when ``compute_loss_func is None``
   and the model takes no loss kwargs or the count is missing); under DeepSpeed it also

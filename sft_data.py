@@ -6,6 +6,7 @@ Pipeline::
     read_records(path)            JSON / JSONL file, a folder of them, or a hub dataset id
       -> normalize_conversation   utils: roles, rounds, max_rounds (drops counted by reason)
       -> masking (Parts 1-4)      conversation_func / reverse_conversation_func
+      -> training labels          position 0 set to -100 (never a target; see unpadded_features)
       -> unpadded features        concatenated int32 arrays + offsets, cached as .npz
       -> ConversationDataset      one unpadded sample per item, with its length
       -> PadToLongestCollator     pads each batch to its longest sample (multiple of 8)
@@ -171,9 +172,21 @@ def mask_function(mask_mode: str):
 
 
 def unpadded_features(messages, tokenizer, max_length: int, truncation: str, mask_mode: str):
-    """``{"input_ids", "labels"}`` of one normalized conversation, truncated, not
-    padded; ``None`` when the masking returns nothing (an empty conversation)."""
-    return mask_function(mask_mode)(messages, tokenizer, max_length, truncation)
+    """``{"input_ids", "labels"}`` (1-D ``torch.long``) of one normalized conversation
+    for training: truncated, not padded; ``None`` when the masking returns nothing (an
+    empty conversation).
+
+    The label at position 0 is always -100: nothing predicts the first token of a row,
+    so it is never a target. The masking (Parts 1-4, whose outputs the course's golden
+    files fix) labels it when a left-truncated window starts inside a trained turn; left
+    there, it would be counted in the Trainer's ``num_items_in_batch`` and in the
+    trained-token statistics without being a target.
+    """
+    feats = mask_function(mask_mode)(messages, tokenizer, max_length, truncation)
+    if feats is not None and len(feats["labels"]) > 0:
+        feats["labels"] = feats["labels"].clone()
+        feats["labels"][0] = IGNORE_TOKEN_ID
+    return feats
 
 
 def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
@@ -193,7 +206,7 @@ def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
     if feats is None:
         stats["dropped_empty_after_normalization"] += 1
         return None, stats, None
-    if not has_trained_tokens(feats):  # all labels -100: must never reach the loss
+    if not has_trained_tokens(feats):  # no target left: must never reach the loss
         stats["dropped_no_trained_token_after_truncation"] += 1
         return None, stats, None
     return (np.asarray(feats["input_ids"], np.int32), np.asarray(feats["labels"], np.int32)), stats, None

@@ -18,12 +18,16 @@ What it adds to a plain Trainer run:
 - outputs a report needs: the model in safetensors with a generation config that stops
   at ``<|im_end|>``, the tokenizer with its chat template, ``trainer_state.json``, a loss
   curve PNG and ``run_manifest.json`` (arguments, commit, hashes, masking statistics);
-- rerunning the same command resumes from the last checkpoint in ``--output_dir``.
+- rerunning the same command resumes from the last checkpoint in ``--output_dir``; the
+  run's plan (data hash, model, masking, lengths, batch geometry, optimizer, schedule,
+  seeds) is recorded there first (``run_plan.json``), and a rerun with another plan
+  stops before training instead of mixing two runs (see :func:`check_run_plan`).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -32,7 +36,7 @@ from typing import Optional
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 import sft_data
 from loss_functions import compute_loss_from_logits
@@ -60,7 +64,10 @@ class DataArguments:
         default="conversations",
         metadata={"help": "Record field holding the turns; 'conversations' and 'messages' are both tried."},
     )
-    max_rounds: int = field(default=5, metadata={"help": "Keep the first N (user, assistant) rounds; 0 keeps all."})
+    max_rounds: int = field(
+        default=5,
+        metadata={"help": "Keep the first N rounds (a user turn and the turns up to the next one); 0 keeps all."},
+    )
     preprocess_workers: int = field(default=1, metadata={"help": "Processes for tokenization and masking."})
     truncation_side: str = field(
         default="right", metadata={"help": "right keeps the start of a long chat, left keeps its end.",
@@ -179,12 +186,98 @@ def finished_step(checkpoint: Optional[str], training_args: TrainingArguments) -
     return step if same_plan else None
 
 
+RUN_PLAN_FILE = "run_plan.json"
+# TrainingArguments that decide which samples each optimizer step trains on and how the
+# weights move. --max_steps and --num_train_epochs are left out: extending a run is allowed.
+PLAN_TRAINING_ARGS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "world_size",
+    "optim", "optim_args", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+    "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+    "seed", "data_seed", "train_sampling_strategy", "dataloader_drop_last",
+)
+
+
+def run_plan(model_args, data_args, training_args) -> dict:
+    """The settings a resumed run must share with the run it continues, as JSON values:
+    the data (content hash), the model, masking and lengths, batch geometry (per-device
+    batch, accumulation, world size), optimizer and schedule, seeds and sampling."""
+    plan = {
+        "data_hash": sft_data.data_fingerprint(data_args.data_path),
+        "model_name_or_path": resolve_path(model_args.model_name_or_path),
+        **{k: getattr(data_args, k) for k in ("mask_mode", "model_max_length", "truncation_side", "max_rounds",
+                                               "conversation_field", "padding_free")},
+        **{k: getattr(training_args, k) for k in PLAN_TRAINING_ARGS if hasattr(training_args, k)},
+    }
+    return json.loads(json.dumps(plan, default=lambda v: getattr(v, "value", str(v))))  # enums -> their strings
+
+
+def check_run_plan(output_dir: str, plan: dict, data_path: str, overwrite: bool, keep: Optional[str],
+                   writer: bool, log=print) -> None:
+    """Record ``plan`` in ``output_dir/run_plan.json`` at the start of a run, or stop a
+    rerun that would mix two runs in one folder.
+
+    - A recorded plan that differs from ``plan`` (settings recorded by both) raises
+      ``SystemExit`` naming each differing setting with its old and new value and the
+      two ways forward; nothing in the folder is touched.
+    - The same plan: nothing is written (the run resumes as before).
+    - ``overwrite`` (``--overwrite_output_dir True``): the old run's ``checkpoint-*``
+      folders (except ``keep``, an explicit ``--resume_from_checkpoint``) and its
+      ``run_manifest.json`` are removed, so no later rerun resumes from them, and the
+      new plan is recorded.
+    - A folder with checkpoints but no record (an older version of this script)
+      resumes with a warning, and the plan is recorded from now on.
+
+    Only the ``writer`` process (rank 0) writes; the file is replaced atomically.
+    """
+    path = os.path.join(output_dir, RUN_PLAN_FILE)
+    if os.path.exists(path) and not overwrite:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+        old = recorded.get("plan", {})
+        diffs = [k for k in plan if k in old and old[k] != plan[k]]
+        if not diffs:
+            return
+
+        def shown(key, value, where):
+            return f"{value} ({where})" if key == "data_hash" else json.dumps(value)
+
+        names = {"data_hash": "data (--data_path content hash)", "world_size": "world size (ranks)"}
+        lines = [f"  {names.get(k, '--' + k)}: {shown(k, old[k], recorded.get('data_path'))} -> "
+                 f"{shown(k, plan[k], data_path)}" for k in diffs]
+        raise SystemExit(
+            f"{output_dir} holds a run with another plan ({RUN_PLAN_FILE}); resuming it with these settings "
+            f"would mix two runs:\n" + "\n".join(lines) + "\n"
+            f"Either train into a new folder (another RUNNAME, or --output_dir), or start this folder over "
+            f"with --overwrite_output_dir True (its checkpoints are then deleted).")
+    if not writer:
+        return
+    if overwrite and os.path.isdir(output_dir):
+        stale = [os.path.join(output_dir, n) for n in sorted(os.listdir(output_dir))
+                 if (n.startswith(PREFIX_CHECKPOINT_DIR + "-") or n == "run_manifest.json")]
+        stale = [p for p in stale if not (keep and os.path.abspath(p) == os.path.abspath(keep))]
+        for p in stale:
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        if stale:
+            names = ", ".join(os.path.basename(p) for p in stale)
+            log(f"[plan] --overwrite_output_dir: removed {names} from {output_dir}")
+    elif not os.path.exists(path) and os.path.isdir(output_dir) and get_last_checkpoint(output_dir):
+        log(f"[plan] warning: {output_dir} has checkpoints but no {RUN_PLAN_FILE} (made by an older version): "
+            f"resuming without checking that it was trained with the same settings; recording them now")
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"plan": plan, "data_path": data_path}, f, indent=2)
+    os.replace(tmp, path)
+
+
 def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), description=__doc__)
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     log = print if training_args.process_index == 0 else (lambda *a, **k: None)
     transformers.set_seed(training_args.seed)
 
+    check_run_plan(training_args.output_dir, run_plan(model_args, data_args, training_args), data_args.data_path,
+                   run_args.overwrite_output_dir, training_args.resume_from_checkpoint, training_args.should_save, log)
     resume = training_args.resume_from_checkpoint
     if resume is None and os.path.isdir(training_args.output_dir) and not run_args.overwrite_output_dir:
         resume = get_last_checkpoint(training_args.output_dir)

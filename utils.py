@@ -1,5 +1,6 @@
 """Shared helpers: the one place that loads and configures a tokenizer, and the
-normalization of raw chat records into clean ``[system?] (user, assistant)+`` lists.
+normalization of raw chat records into clean ``[system?] round+`` lists (a round: a user
+turn, then the assistant's answers, tool calls and tool results up to the next one).
 
 Everything that tokenizes chats (the Part 1-4 checkers, training, IFEval generation)
 goes through :func:`load_tokenizer`, so a checkpoint is always rendered the same way
@@ -35,6 +36,8 @@ CHATML_TEMPLATE = (
 )
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 
+# Raw role name (lower-cased) -> normalized role; the table is explained in
+# normalize_conversation's docstring.
 ROLE_ALIASES = {
     "system": "system",
     "user": "user",
@@ -42,8 +45,15 @@ ROLE_ALIASES = {
     "assistant": "assistant",
     "gpt": "assistant",
     "bot": "assistant",
-    "observation": "assistant",
+    "function_call": "assistant",
+    "tool": "tool",
+    "observation": "tool",
+    "function_response": "tool",
+    "ipython": "tool",
+    "function": "tool",
 }
+# The roles masking accepts (what normalize_conversation produces).
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
 REVERSE_SYSTEM_PROMPT = "You are a good state predictor."
 
 
@@ -146,11 +156,40 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = F
 
 
 # ------------------------------------------------------------------- normalization
+def _tool_calls_text(turn: dict, index: int) -> Optional[str]:
+    """The tool calls of an OpenAI-style assistant turn (``tool_calls`` list, or the
+    legacy ``function_call`` object) as text, one ``{"name", "arguments"}`` JSON object
+    per line (``arguments`` parsed when it is a JSON string); ``None`` without calls."""
+    calls = turn.get("tool_calls") or ([turn["function_call"]] if turn.get("function_call") else [])
+    if not calls:
+        return None
+    if not isinstance(calls, list):
+        raise ConversationFormatError(f"turn {index}: 'tool_calls' must be a list, got {type(calls).__name__}")
+    lines = []
+    for call in calls:
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ConversationFormatError(f"turn {index}: a tool call needs a function name, got {call!r}")
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                pass  # kept as the string it is
+        lines.append(json.dumps({"name": fn["name"], "arguments": args}, ensure_ascii=False))
+    return "\n".join(lines)
+
+
 def _turn_role_content(turn: Any, index: int) -> tuple[str, str]:
     if not isinstance(turn, dict):
         raise ConversationFormatError(f"turn {index}: expected an object with role/content, got {type(turn).__name__}")
     if "role" in turn or "content" in turn:
         role, content, keys = turn.get("role"), turn.get("content"), ("role", "content")
+        calls = _tool_calls_text(turn, index)
+        if calls is not None and content in (None, ""):  # an OpenAI-style call: content may be null
+            content = calls
+        elif calls is not None and isinstance(content, str):
+            content = content + "\n" + calls
     elif "from" in turn or "value" in turn:
         role, content, keys = turn.get("from"), turn.get("value"), ("from", "value")
     else:
@@ -162,18 +201,65 @@ def _turn_role_content(turn: Any, index: int) -> tuple[str, str]:
     return role, content
 
 
+def _clean_round(turns: list[dict], stats: Counter) -> list[dict]:
+    """One round (a user turn and the turns up to the next user turn) with the turns
+    that cannot stand where they are dropped and counted: an assistant turn right after
+    another, a tool result not preceded by an assistant turn or another result, a
+    system turn. ``[]`` when no assistant turn is left (the user is unanswered)."""
+    kept = [turns[0]]
+    for m in turns[1:]:
+        prev = kept[-1]["role"]
+        answer_here = m["role"] == "assistant" and prev != "assistant"
+        result_here = m["role"] == "tool" and prev in ("assistant", "tool")
+        if answer_here or result_here:
+            kept.append(m)
+        else:
+            stats["turn_unpaired_" + m["role"]] += 1
+    if not any(m["role"] == "assistant" for m in kept):
+        stats["turn_unpaired_user"] += 1
+        return []
+    return kept
+
+
 def normalize_conversation(turns: Iterable[Any], max_rounds: int = 0, stats: Optional[Counter] = None) -> list[dict]:
-    """Clean a raw conversation into ``[system?] (user, assistant)+`` ``{role, content}`` dicts.
+    """Clean a raw conversation into ``[system?] round+`` ``{role, content}`` dicts.
 
-    Course semantics: role aliases (human->user; gpt/bot/observation->assistant), both
-    ``{role, content}`` and ShareGPT ``{from, value}`` turns; unknown roles dropped;
-    leading turns that are neither system nor user dropped; a leading system message is
-    kept; (user, assistant) rounds are formed in order and a user without an answer is
-    dropped; ``max_rounds > 0`` keeps the first rounds; no complete round gives ``[]``.
+    Turns are ``{role, content}`` (OpenAI style) or ShareGPT ``{from, value}``. Roles
+    (case-insensitive) are read as:
 
-    A structurally malformed turn (not an object, missing or non-string role/content)
-    raises :class:`ConversationFormatError`. ``stats`` (a Counter), when given, counts
-    what was dropped, by reason.
+    ====================================================== =========== =============
+    raw role                                               normalized  trained
+    ====================================================== =========== =============
+    ``system``                                             system      never
+    ``user``, ``human``                                    user        reverse mode
+    ``assistant``, ``gpt``, ``bot``, ``function_call``     assistant   assistant mode
+    ``tool``, ``observation``, ``function_response``,      tool        never
+    ``ipython``, ``function``
+    anything else                                          dropped     (counted)
+    ====================================================== =========== =============
+
+    The model's own outputs are assistant turns: its answers and its tool calls (a
+    ShareGPT ``function_call`` turn as written; an OpenAI ``tool_calls`` list or legacy
+    ``function_call`` object as one ``{"name", "arguments"}`` JSON object per line,
+    after any text content). What the environment returns is a ``tool`` turn: context,
+    rendered by the chat template (``<|im_start|>tool``), never trained in either mask
+    mode.
+
+    A round is a user turn and everything up to the next user turn, so tool calls and
+    their results stay in their round. Leading turns that are neither system nor user
+    are dropped; a leading system message is kept. In a round, an assistant turn right
+    after another, a tool turn that does not follow an assistant or tool turn, and a
+    system turn are dropped; a round with no assistant turn is dropped (its user is
+    unanswered). Tool turns that end the conversation are dropped (nothing after them
+    is trained). ``max_rounds > 0`` keeps the first rounds (it counts user turns). No
+    complete round gives ``[]``. Chats without tool turns come out as course-style
+    ``[system?] (user, assistant)+``.
+
+    A structurally malformed turn (not an object, missing or non-string role/content, a
+    tool call without a function name) raises :class:`ConversationFormatError`.
+    ``stats`` (a Counter), when given, counts what was dropped, by reason
+    (``turn_unknown_role``, ``turn_leading_non_user``, ``turn_unpaired_<role>``,
+    ``round_beyond_max_rounds``, ``turn_trailing_tool``).
     """
     stats = stats if stats is not None else Counter()
     if not isinstance(turns, (list, tuple)):
@@ -199,19 +285,27 @@ def normalize_conversation(turns: Iterable[Any], max_rounds: int = 0, stats: Opt
     rounds = 0
     i = 0
     while i < len(msgs):
-        m = msgs[i]
-        if m["role"] == "user" and i + 1 < len(msgs) and msgs[i + 1]["role"] == "assistant":
-            if max_rounds > 0 and rounds >= max_rounds:
-                stats["round_beyond_max_rounds"] += 1
-            else:
-                out.extend([m, msgs[i + 1]])
-                rounds += 1
-            i += 2
+        if msgs[i]["role"] != "user":  # only a second system message can stand here
+            stats["turn_unpaired_" + msgs[i]["role"]] += 1
+            i += 1
             continue
-        stats["turn_unpaired_" + m["role"]] += 1
-        i += 1
+        end = i + 1
+        while end < len(msgs) and msgs[end]["role"] != "user":
+            end += 1
+        kept = _clean_round(msgs[i:end], stats)
+        i = end
+        if not kept:
+            continue
+        if max_rounds > 0 and rounds >= max_rounds:
+            stats["round_beyond_max_rounds"] += 1
+            continue
+        out.extend(kept)
+        rounds += 1
     if rounds == 0:
         return []
+    while out[-1]["role"] == "tool":
+        stats["turn_trailing_tool"] += 1
+        out.pop()
     return out
 
 
@@ -226,7 +320,7 @@ def is_single_turn_conversation(messages: list[dict]) -> bool:
     )
 
 
-def validate_messages(messages: Any, allowed_roles=("system", "user", "assistant")) -> None:
+def validate_messages(messages: Any, allowed_roles=MESSAGE_ROLES) -> None:
     """Raise :class:`ConversationFormatError` naming the first bad message; masking calls
     this so it never guesses about input that normalization should have cleaned."""
     if not isinstance(messages, (list, tuple)):

@@ -18,8 +18,8 @@ This module only wraps them; what it adds is what a reproducible evaluation need
   with and without ``*`` characters, passing if any variant passes. A blank answer fails
   every instruction (the official code counts them in the instruction-level total too).
   A prompt with no answer at all is scored like a blank answer and reported as missing.
-* ``<think>...</think>`` reasoning blocks are removed before scoring (see
-  :func:`strip_think`).
+* a leading ``<think>...</think>`` reasoning block is removed before scoring; the
+  tags anywhere else are ordinary text (see :func:`strip_think`).
 
 ``benchmark="ifbench"`` (functions :func:`load_prompts`, :func:`check_response`,
 :func:`score`) scores IFBench instead: AllenAI's 58 checkers from the PyPI package
@@ -43,7 +43,6 @@ import functools
 import json
 import os
 import random
-import re
 import sys
 import time
 from collections import OrderedDict
@@ -245,27 +244,26 @@ def load_responses(path: str | os.PathLike, prompts: list[dict], allow_extra: bo
 
 
 # ------------------------------------------------------------------------- checking
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 
 
 def strip_think(response: str) -> str:
-    """Remove reasoning blocks before scoring.
+    """Remove a leading reasoning block before scoring.
 
-    Complete ``<think>...</think>`` blocks are removed; if a ``</think>`` is left (the
-    opening tag was part of the prompt), everything up to the last one goes; an
-    unclosed ``<think>`` (generation cut off while reasoning) removes the rest of the
-    answer. When anything was removed the remainder is stripped of surrounding
-    whitespace, so the separator after the block does not count as part of the answer.
-    An answer without think tags is returned unchanged.
+    Only an answer that *starts* with ``<think>`` (after optional whitespace) has a
+    reasoning block: the text up to the end of the first ``</think>`` is removed and
+    the rest is stripped of surrounding whitespace (the separator after the block is
+    not part of the answer). A leading ``<think>`` that is never closed (generation cut
+    off while reasoning) leaves an empty answer, which fails every instruction. Anywhere
+    else the tags are ordinary text (an answer may write ``<think>`` or ``</think>`` as
+    an example of markup) and the answer is scored exactly as written, as the official
+    checkers do.
     """
-    if "<think>" not in response and "</think>" not in response:
+    body = response.lstrip()
+    if not body.startswith(_THINK_OPEN):
         return response
-    text = _THINK_BLOCK.sub("", response)
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
-    if "<think>" in text:
-        text = text.split("<think>", 1)[0]
-    return text.strip()
+    end = body.find(_THINK_CLOSE, len(_THINK_OPEN))
+    return "" if end < 0 else body[end + len(_THINK_CLOSE):].strip()
 
 
 def _seed_for(prompt_record: dict, index: int, benchmark: str = "ifeval") -> str:

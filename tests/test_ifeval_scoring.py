@@ -248,11 +248,34 @@ def test_blank_answer_fails_every_instruction(blank):
 
 def test_strip_think_variants():
     assert strip_think("plain, answer") == "plain, answer"  # untouched without tags
+    # A leading block (after optional whitespace) goes, up to the first </think>.
     assert strip_think("<think>a, b</think>\n\nFinal answer") == "Final answer"
-    assert strip_think("<think>x</think>A<think>y</think>B") == "AB"
-    assert strip_think("reasoning, from the template\n</think>\nAnswer") == "Answer"
-    assert strip_think("Answer <think>cut off while thinking") == "Answer"
+    assert strip_think(" \n<think>a</think> Final answer ") == "Final answer"
+    assert strip_think("<think>x</think>A<think>y</think>B") == "A<think>y</think>B"
+    # A leading block never closed: nothing is left to score.
     assert strip_think("<think>never finished") == ""
+    assert strip_think("\n<think>cut off, </think") == ""
+    # Anywhere else the tags are ordinary text, scored as written.
+    for text in ("reasoning, from the template\n</think>\nAnswer", "Answer <think>cut off while thinking",
+                 "Write <think>, then </think>.", "The </think> tag closes a block.", "Answer.\n<think>x</think>"):
+        assert strip_think(text) == text
+
+
+END = "Is there anything else I can help with?"
+
+
+def test_think_tag_mentioned_in_an_answer_is_ordinary_text():
+    """An answer that explains markup is scored as written, like the official checkers
+    do: a tag in the middle, or a closing tag alone, cuts nothing."""
+    ends = _record("startend:end_checker", {"end_phrase": END})
+    middle = f"Reasoning models wrap their notes in <think> and </think> tags before replying. {END}"
+    assert check_response(ends, middle)["strict"] == [True]
+    assert check_response(ends, f"Open a block with <think> and write your notes. {END}")["strict"] == [True]
+    # A closing tag alone: the text before it is part of the answer.
+    has_markup = _record("keywords:existence", {"keywords": ["markup"]})
+    closing_only = f"In this markup a block ends with </think> on its own line. {END}"
+    assert check_response(has_markup, closing_only)["strict"] == [True]
+    assert check_response(has_markup, closing_only)["response"] == closing_only
 
 
 def test_think_block_removed_before_scoring():
@@ -260,7 +283,10 @@ def test_think_block_removed_before_scoring():
     assert check_response(rec, "<think>Commas, commas, commas.</think>\n\nNo commas here.")["strict"] == [True]
     rec_q = _record("startend:quotation", {})
     # Without removal the answer would start with "<think>" and fail the quotation check.
-    assert check_response(rec_q, '<think>\nquote it\n</think>\n"Quoted."')["strict"] == [True]
+    assert check_response(rec_q, '\n<think>\nquote it\n</think>\n"Quoted."')["strict"] == [True]
+    # Only the leading block goes: a later mention stays part of the answer.
+    ends = _record("startend:end_checker", {"end_phrase": END})
+    assert check_response(ends, f"<think>plan, then answer</think>\nTags like <think> are text. {END}")["strict"] == [True]
     # Only reasoning, never closed: nothing is left, so it fails like a blank answer.
     assert check_response(rec, "<think>No commas but no answer either")["strict"] == [False]
 

@@ -152,3 +152,110 @@ def test_dataset_and_collator_pad_to_longest_multiple_of_8():
     nine = {"input_ids": torch.ones(9, dtype=torch.long), "labels": torch.ones(9, dtype=torch.long)}
     assert sft_data.PadToLongestCollator(0)([nine])["input_ids"].shape == (1, 16)
     assert sft_data.PadToLongestCollator(0, fixed_length=32)([ds[0]])["labels"].shape == (1, 32)
+
+
+# ------------------------------------------- position 0 is never a target (issue 11)
+@pytest.mark.parametrize("mask_mode", ["assistant", "reverse"])
+@pytest.mark.parametrize("truncation", ["left", "right"])
+def test_position_zero_is_never_a_target_on_the_demo_set(tokenizer, mask_mode, truncation):
+    """Scan data/demo_sft.json: every training sample's first label is -100, the rest
+    is the masking's output unchanged, the trained-token statistic counts exactly the
+    shifted targets, and each collator's batch holds as many non-(-100) labels as
+    shifted targets (what the Trainer counts as num_items_in_batch)."""
+    from transformers import DataCollatorWithFlattening
+
+    import train_hw_parallel
+    from utils import REPO_ROOT, normalize_conversation
+
+    data = REPO_ROOT / "data" / "demo_sft.json"
+    records = json.loads(data.read_text())
+    mask = sft_data.mask_function(mask_mode)
+    for max_length in (64, 512):
+        arrays, stats = sft_data.build_features(str(data), tokenizer, max_length, truncation, 0, mask_mode)
+        ds = sft_data.ConversationDataset(arrays)
+        # The masking's own windows, computed directly (golden-file checked Parts 1-4).
+        masked = [mask(normalize_conversation(r["conversations"]), tokenizer, max_length, truncation) for r in records]
+        masked = [m for m in masked if m is not None and (m["labels"][1:] != IGNORE_TOKEN_ID).any()]
+        assert len(ds) == len(masked) == stats["conversations_kept"]
+        targets = 0
+        for sample, m in zip(ds, masked):
+            assert sample["labels"][0] == IGNORE_TOKEN_ID
+            assert torch.equal(sample["input_ids"], m["input_ids"]) and torch.equal(sample["labels"][1:], m["labels"][1:])
+            targets += int((m["labels"][1:] != IGNORE_TOKEN_ID).sum())
+        assert stats["trained_tokens"] == targets
+    # Batches as the Trainer sees them: pad-to-longest and padding-free packing.
+    samples = [ds[i] for i in range(8)]
+    shifted = sum(int((s["labels"][1:] != IGNORE_TOKEN_ID).sum()) for s in samples)
+    padded = sft_data.PadToLongestCollator.for_tokenizer(tokenizer)(samples)
+    packing_args = train_hw_parallel.DataArguments(padding_free=True)
+    packed = train_hw_parallel.make_collator(packing_args, "flash_attention_2", tokenizer)(samples)
+    assert isinstance(train_hw_parallel.make_collator(packing_args, "flash_attention_2", tokenizer),
+                      DataCollatorWithFlattening)
+    for batch in (padded, packed):
+        assert int((batch["labels"] != IGNORE_TOKEN_ID).sum()) == shifted
+        assert int((batch["labels"][:, 1:] != IGNORE_TOKEN_ID).sum()) == shifted
+
+
+def test_sample_whose_only_trained_label_is_position_zero_is_dropped(tmp_path, tokenizer):
+    # Left truncation to 1 token keeps only the final "\n" of the answer: trained by
+    # the masking, but no target.
+    path = write_jsonl(tmp_path / "d.jsonl", [chat("Hi", "Hello.")])
+    arrays, stats = build(path, tokenizer, max_length=1, truncation="left")
+    assert stats["conversations_kept"] == 0 and stats["dropped_no_trained_token_after_truncation"] == 1
+
+
+# ------------------------------------------------- tool turns are inputs (issue 11)
+CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+SHAREGPT_TOOL_RECORD = {"conversations": [
+    {"from": "human", "value": "Weather in Paris?"}, {"from": "function_call", "value": CALL},
+    {"from": "observation", "value": '{"temp_c": 18}'}, {"from": "gpt", "value": "It is 18 C in Paris."}]}
+OPENAI_TOOL_RECORD = {"messages": [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": '{"temp_c": 18}'},
+    {"role": "assistant", "content": "It is 18 C in Paris."},
+    {"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "You are welcome."}]}
+
+
+def _turn(role, content):
+    return f"<|im_start|>{role}\n{content}<|im_end|>\n"
+
+
+def _runs(tokenizer, ids, labels):
+    """(decoded text, trained?) for each run of consecutive positions alike."""
+    runs, j = [], 0
+    while j < len(ids):
+        k = j
+        while k < len(ids) and (labels[k] != IGNORE_TOKEN_ID) == (labels[j] != IGNORE_TOKEN_ID):
+            k += 1
+        runs.append((tokenizer.decode(ids[j:k]), labels[j] != IGNORE_TOKEN_ID))
+        j = k
+    return runs
+
+
+@pytest.mark.parametrize("record", [SHAREGPT_TOOL_RECORD, OPENAI_TOOL_RECORD], ids=["sharegpt", "openai"])
+def test_tool_records_train_the_model_turns_only(tmp_path, tokenizer, record):
+    """Token by token: the full rendering is the template's, every trained label equals
+    its input id, and the trained runs are exactly the model's call and answers
+    (assistant mode) or the user turns (reverse mode); the tool result never is."""
+    path = write_jsonl(tmp_path / "d.jsonl", [record])
+    q = "Weather in Paris?"
+    head = "\n" + _turn("user", q)
+    call, result, answer = _turn("assistant", CALL), _turn("tool", '{"temp_c": 18}'), _turn("assistant", "It is 18 C in Paris.")
+    system = ("\n" + _turn("system", "You are a good state predictor."), False)
+    expected = {"assistant": [(head, False), (call, True), (result, False), (answer, True)],
+                "reverse": [system, (_turn("user", q), True), (call + result + answer, False)]}
+    if "messages" in record:  # the OpenAI record has a second round
+        thanks, welcome = _turn("user", "Thanks!"), _turn("assistant", "You are welcome.")
+        expected["assistant"] += [(thanks, False), (welcome, True)]
+        expected["reverse"] += [(thanks, True), (welcome, False)]
+    for mode in ("assistant", "reverse"):
+        arrays, stats = build(path, tokenizer, mask_mode=mode)
+        ids, labels = arrays["input_ids"].tolist(), arrays["labels"].tolist()
+        text = "".join(t for t, _ in expected[mode])
+        assert ids == tokenizer(text, add_special_tokens=False)["input_ids"], mode
+        assert all(lab == i for i, lab in zip(ids, labels) if lab != IGNORE_TOKEN_ID)
+        assert _runs(tokenizer, ids, labels) == expected[mode], mode
+        drops = {k: v for k, v in stats.items() if k.startswith(("dropped_", "turn_", "round_"))}
+        assert drops == {} and stats["conversations_kept"] == 1, mode

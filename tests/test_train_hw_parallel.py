@@ -6,6 +6,7 @@ of the project's loss: per-sample summed cross-entropy (torch's own) over all tr
 tokens of the 4 samples, divided by their count, back-propagated, then one plain SGD
 step theta - lr * grad. Every run must land on those parameters.
 """
+import hashlib
 import json
 import os
 import socket
@@ -165,6 +166,50 @@ def test_accumulation_exact_with_deepspeed(setup, reference):
         assert_params_match(out, ref_after, what)
 
 
+# Two long answers: with --model_max_length 24 --truncation_side left their windows
+# start inside the answer, so the masking labels position 0 (never a target).
+LONG_ANSWER_CHATS = [
+    [("user", "Hi."), ("assistant", "Hello there, how can I help you today with anything at all you might need? "
+                                    "I am happy to answer questions about science, cooking, travel and more.")],
+    [("user", "Name a color."), ("assistant", "Blue.")],
+    [("user", "Explain rain."), ("assistant", "Water vapour rises, cools and condenses into tiny droplets around "
+                                              "dust; the droplets merge, grow heavy and finally fall as rain.")],
+    [("user", "Say yes."), ("assistant", "Yes.")],
+]
+
+
+def test_logged_loss_counts_shifted_targets_when_windows_start_mid_answer(setup, tokenizer, tmp_path):
+    """One step at learning rate 0: the logged loss is sum(-log p) / shifted targets,
+    both computed here from the Part 1-2 masking and a plain forward pass, and the
+    manifest's trained-token count is that number of targets."""
+    from conversation_func import conversation_to_unpadded
+    from utils import normalize_conversation
+
+    _, model, _ = setup
+    data = write_chats(tmp_path / "long.jsonl", LONG_ANSWER_CHATS)
+    ref_model = LlamaForCausalLM.from_pretrained(model, dtype=torch.float32)
+    total, targets, starts_trained = 0.0, 0, 0
+    with torch.no_grad():
+        for chat in LONG_ANSWER_CHATS:
+            msgs = normalize_conversation([{"role": r, "content": t} for r, t in chat])
+            s = conversation_to_unpadded(msgs, tokenizer, 24, "left")
+            starts_trained += int(s["labels"][0] != -100)
+            logp = torch.log_softmax(ref_model(input_ids=s["input_ids"][None]).logits[0, :-1].double(), -1)
+            target = s["labels"][1:]
+            keep = target != -100
+            total += float(-logp[keep].gather(1, target[keep][:, None]).sum())
+            targets += int(keep.sum())
+    assert starts_trained == 2  # the case under test: two windows start mid-answer
+    out = tmp_path / "run"
+    argv = common_args(model, data, out, tmp_path / "cache") + [
+        "--per_device_train_batch_size", "4", "--learning_rate", "0", "--model_max_length", "24",
+        "--truncation_side", "left"]
+    train_hw_parallel.main(argv)
+    assert logged_losses(out)[0] == pytest.approx(total / targets, abs=1e-4)
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["masking"]["trained_tokens"] == targets
+
+
 def test_loss_decreases_on_repeated_batch(setup, tmp_path):
     _, model, _ = setup
     data = write_chats(tmp_path / "two.jsonl", CHATS[:2])
@@ -224,3 +269,52 @@ def test_finished_run_is_not_trained_again(tmp_path):
     assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=1)) is None
     manifest.write_text(json.dumps({"global_step": 3, "training_args": {"max_steps": -1, "num_train_epochs": 1.5}}))
     assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=1.5)) == 3
+
+
+# ------------------------------------------------ one run per folder (issue 11, kind 2)
+def _folder_state(folder: Path) -> dict:
+    """Every file under ``folder`` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_with_another_plan_is_refused_same_plan_resumes(setup, tmp_path, capsys):
+    root, model, data = setup
+    out = tmp_path / "run"
+    base = common_args(model, data, out, root / "cache") + [
+        "--per_device_train_batch_size", "2", "--save_strategy", "steps", "--save_steps", "1"]
+    train_hw_parallel.main(base)  # --max_steps 1 (from common_args): checkpoint-1
+    other_data = write_chats(tmp_path / "other.jsonl", CHATS[:3])
+    old_hash, new_hash = (hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in (data, other_data))
+    changes = [  # (extra arguments, the message line naming the setting with old and new value)
+        (["--data_path", str(other_data)],
+         f"data (--data_path content hash): {old_hash} ({data}) -> {new_hash} ({other_data})"),
+        (["--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps: 1 -> 2"),
+        (["--learning_rate", "0.5"], f"--learning_rate: {LR} -> 0.5"),
+    ]
+    before = _folder_state(out)
+    for extra, line in changes:
+        with pytest.raises(SystemExit) as err:
+            train_hw_parallel.main(base + ["--max_steps", "2"] + extra)
+        msg = str(err.value)
+        assert line in msg and "another RUNNAME" in msg and "--overwrite_output_dir True" in msg, msg
+        assert msg.count("\n  --") + msg.count("\n  data (") == 1, msg  # only the changed setting is named
+        assert _folder_state(out) == before, extra  # nothing written, nothing removed
+    plan = json.loads((out / "run_plan.json").read_text())
+    assert plan["plan"]["gradient_accumulation_steps"] == 1 and plan["plan"]["learning_rate"] == LR
+    # The same plan with a larger --max_steps resumes from checkpoint-1.
+    capsys.readouterr()
+    trainer = train_hw_parallel.main(base + ["--max_steps", "2"])
+    assert trainer.state.global_step == 2 and "resuming from" in capsys.readouterr().out
+    assert json.loads((out / "run_plan.json").read_text()) == plan
+    # A folder from before run_plan.json resumes with a warning and records the plan.
+    (out / "run_plan.json").unlink()
+    trainer = train_hw_parallel.main(base + ["--max_steps", "3"])
+    log = capsys.readouterr().out
+    assert trainer.state.global_step == 3 and "no run_plan.json" in log and "resuming from" in log
+    assert json.loads((out / "run_plan.json").read_text()) == plan
+    # --overwrite_output_dir True starts the folder over: old checkpoints go, the new plan is recorded.
+    trainer = train_hw_parallel.main(base + ["--learning_rate", "0.5", "--overwrite_output_dir", "True"])
+    assert trainer.state.global_step == 1
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert json.loads((out / "run_plan.json").read_text())["plan"]["learning_rate"] == 0.5
