@@ -307,7 +307,7 @@ def _side(out: str, bench: str, prompt_set: Optional[str], prompts: int) -> tupl
     base, sft = (load_summary(d) for d in folders)
     one_benchmark(list(zip(folders, (base, sft))), expected=bench)
     lines = ["", f"## {BENCHMARKS[bench]}", "",
-             f"Prompts: {'all' if prompts == 0 else f'first {prompts}'} of `{prompt_set or base.get('prompt_set')}` "
+             f"Prompts: {'all' if prompts == 0 else f'first {prompts}'} of `{prompt_set or base.get('prompt_set') or '?'}` "
              f"({base.get('num_prompts', '?')} scored).", ""] + before_after(base, sft)
     pb, ps = strict_counts(base), strict_counts(sft)
     obj = {"base": {m: base[m] for m in METRIC_NAMES}, "sft": {m: sft[m] for m in METRIC_NAMES},
