@@ -306,8 +306,9 @@ def _side(out: str, bench: str, prompt_set: Optional[str], prompts: int) -> tupl
     folders = [f"{out}/{bench}_base", f"{out}/{bench}_sft"]
     base, sft = (load_summary(d) for d in folders)
     one_benchmark(list(zip(folders, (base, sft))), expected=bench)
+    prompt_set = prompt_set or base.get("prompt_set") or "?"
     lines = ["", f"## {BENCHMARKS[bench]}", "",
-             f"Prompts: {'all' if prompts == 0 else f'first {prompts}'} of `{prompt_set or base.get('prompt_set') or '?'}` "
+             f"Prompts: {'all' if prompts == 0 else f'first {prompts}'} of `{prompt_set}` "
              f"({base.get('num_prompts', '?')} scored).", ""] + before_after(base, sft)
     pb, ps = strict_counts(base), strict_counts(sft)
     obj = {"base": {m: base[m] for m in METRIC_NAMES}, "sft": {m: sft[m] for m in METRIC_NAMES},

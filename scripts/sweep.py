@@ -225,7 +225,8 @@ def main(argv=None):
     write_tables(rows, out)
     png = plot(rows, swept, args.metric, out, BENCHMARKS[args.benchmark])
     best = max(rows, key=lambda r: r[args.metric])
-    print(f"sweep ({BENCHMARKS[args.benchmark]}): {len(rows)} configs ({done} run now, {len(rows) - done} skipped) in {time.time() - t0:.0f}s; "
+    print(f"sweep ({BENCHMARKS[args.benchmark]}): {len(rows)} configs ({done} run now, {len(rows) - done} skipped) "
+          f"in {time.time() - t0:.0f}s; "
           f"best {args.metric} {best[args.metric]:.4f} ({best['name']}); tables {out}/results.md, {out}/results.csv; plot {png}")
 
 

@@ -198,9 +198,11 @@ def ifbench_pair(base_passed, sft_passed, n=50):
 
 @pytest.mark.parametrize("ifeval, ifbench, verdict, changes", [
     # IFEval 19 -> 29 of 100 (+10, +10.0 points); IFBench 5 -> 9 of 50 (+4, +8.0 points)
-    ((19, 29, 100), (5, 9, 50), "yes", "IFEval +10 of 100 prompts (+10.0 points), IFBench +4 of 50 prompts (+8.0 points)"),
+    ((19, 29, 100), (5, 9, 50), "yes",
+     "IFEval +10 of 100 prompts (+10.0 points), IFBench +4 of 50 prompts (+8.0 points)"),
     # IFBench 9 -> 6 of 50: -3 prompts, -6.0 points
-    ((19, 29, 100), (9, 6, 50), "no", "IFEval +10 of 100 prompts (+10.0 points), IFBench -3 of 50 prompts (-6.0 points)"),
+    ((19, 29, 100), (9, 6, 50), "no",
+     "IFEval +10 of 100 prompts (+10.0 points), IFBench -3 of 50 prompts (-6.0 points)"),
     # IFBench 5 -> 6 of 50: +1 prompt, within the band
     ((19, 29, 100), (5, 6, 50), "not measurable", "IFBench +1 of 50 prompts (+2.0 points)"),
     ((19, 29, 100), (6, 5, 50), "not measurable", "IFBench -1 of 50 prompts (-2.0 points)"),
