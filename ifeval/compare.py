@@ -143,7 +143,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--names", nargs="+", help="a label per run (default: the model names)")
     ap.add_argument("--benchmark", choices=sorted(BENCHMARKS), default=None,
                     help="the benchmark every run must be of (default: the one the runs share)")
-    ap.add_argument("--output", default="ifeval_compare.md", help="Markdown report (default ifeval_compare.md)")
+    ap.add_argument("--output", default=None,
+                    help="Markdown report (default BENCHMARK_compare.md: ifeval_compare.md, ifbench_compare.md)")
     ap.add_argument("--plot", default=None, help="bar chart PNG (default: the report's path with .png)")
     ap.add_argument("--examples", type=int, default=3, help="fixed and broken prompts shown per later run (default 3)")
     ap.add_argument("--max_chars", type=int, default=400, help="answers are cut to this many characters (default 400)")
@@ -151,11 +152,12 @@ def main(argv=None) -> dict:
 
     try:
         runs = [load_run(d) for d in args.result_dirs]
-        bench = BENCHMARKS[one_benchmark([(str(r["dir"]), r["summary"]) for r in runs], args.benchmark)]
+        key = one_benchmark([(str(r["dir"]), r["summary"]) for r in runs], args.benchmark)
+        bench = BENCHMARKS[key]
         names = run_names(runs, args.names)
     except ResultError as e:
         raise SystemExit(f"[compare] error: {e}") from None
-    report_path = Path(args.output)
+    report_path = Path(args.output or f"{key}_compare.md")
     plot_path = Path(args.plot) if args.plot else report_path.with_suffix(".png")
     plot_accuracy([r["summary"] for r in runs], names, plot_path, bench)
     # Link the chart relative to the report so the pair can be moved together.

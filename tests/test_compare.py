@@ -142,3 +142,11 @@ def test_summary_without_benchmark_is_ifeval(two_runs, tmp_path):
     sp.write_text(json.dumps(s))
     res = compare.main([*map(str, two_runs), "--benchmark", "ifeval", "--output", str(tmp_path / "c.md")])
     assert res["benchmark"] == "IFEval" and (tmp_path / "c.md").read_text().startswith("# IFEval comparison")
+
+
+def test_default_output_names_the_benchmark(tmp_path):
+    runs = [make_ifbench_run(tmp_path / "a", IFBENCH_BASE, "m1"), make_ifbench_run(tmp_path / "b", IFBENCH_SFT, "m2")]
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "ifeval" / "compare.py"), *map(str, runs)], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "ifbench_compare.md").is_file() and (tmp_path / "ifbench_compare.png").is_file()
