@@ -7,12 +7,17 @@ the tables and charts made from them. One place for what ``ifeval/compare.py``,
   ``summary.json`` (``ifeval/scoring.py`` writes them), with short labels. An
   instruction-following benchmark scored the IFEval way (IFEval, IFBench) has these four;
   functions that title a table or chart take the benchmark's name.
+* ``BENCHMARKS``: ``--benchmark`` value -> name in reports; :func:`benchmark_of`,
+  :func:`one_benchmark`: which benchmark a summary belongs to, and the check that runs
+  compared together belong to one.
 * :func:`load_summary`: a scored result folder's ``summary.json``, checked.
 * :func:`read_curve`, :func:`logged_losses`, :func:`plot_loss_curve`: the training loss
   from a run's ``trainer_state.json`` (the Trainer's ``log_history``).
 * :func:`metrics_table`, :func:`per_type_table`, :func:`plot_accuracy`: several scored runs
   side by side, each change relative to the first run (Markdown, percentages).
-* :func:`before_after`, :func:`demo_summary`: the demo's ``summary.md`` / ``summary.json``.
+* :func:`before_after`, :func:`carried_over`, :func:`demo_summary`: the demo's ``summary.md`` /
+  ``summary.json``, IFEval and IFBench side by side, and whether the IFEval gain carried
+  over to IFBench.
 
 This module imports neither lm-eval nor matplotlib at import time (lm-eval alone takes
 seconds to import; matplotlib is imported when a chart is drawn).
@@ -20,7 +25,7 @@ seconds to import; matplotlib is imported when a chart is drawn).
 CLI (the summary step of ``scripts/demo.sh``)::
 
     python report.py demo-summary demo_out --run demo --prompt_set ifeval/data/sampled_input_data.jsonl \\
-        --prompts 0 --max_tokens 256 --data data/demo_sft.json
+        --prompts 0 --max_tokens 256 --data data/demo_sft.json --ifbench_prompts 50
 """
 from __future__ import annotations
 
@@ -35,7 +40,10 @@ from typing import Optional
 METRICS = (("prompt_level_strict_acc", "prompt strict"), ("inst_level_strict_acc", "instruction strict"),
            ("prompt_level_loose_acc", "prompt loose"), ("inst_level_loose_acc", "instruction loose"))
 METRIC_NAMES = tuple(name for name, _ in METRICS)
+BENCHMARKS = {"ifeval": "IFEval", "ifbench": "IFBench"}  # --benchmark value -> name in reports
 LOSS_CURVE_PNG = "loss_curve.png"
+# A change of at most this many prompts (either way) is read as "not measurable" (carried_over).
+NOISE_PROMPTS = 1
 
 
 class ResultError(ValueError):
@@ -63,6 +71,30 @@ def load_summary(result_dir: str | os.PathLike) -> dict:
     if missing:
         raise ResultError(f"{sp}: no {', '.join(missing)} (not an IFEval summary from ifeval/scoring.py?)")
     return summary
+
+
+def benchmark_of(summary: dict, where: str = "summary") -> str:
+    """The benchmark key (of ``BENCHMARKS``) a summary or sweep row belongs to: its
+    ``benchmark`` field, ``"ifeval"`` when it has none (written before IFBench was added).
+    Raises :class:`ResultError` naming ``where`` for an unknown value."""
+    b = summary.get("benchmark", "ifeval")
+    if b not in BENCHMARKS:
+        raise ResultError(f"{where}: unknown benchmark {b!r} (expected one of {sorted(BENCHMARKS)})")
+    return b
+
+
+def one_benchmark(runs: list[tuple[str, dict]], expected: Optional[str] = None) -> str:
+    """The benchmark shared by ``runs`` ((label, summary) pairs; the label, a folder or file,
+    goes into errors), which must be ``expected`` when given. Raises :class:`ResultError`
+    listing every run with its benchmark when they differ: scores of two benchmarks are not
+    comparable."""
+    found = [(label, benchmark_of(s, label)) for label, s in runs]
+    kinds = {b for _, b in found} | ({expected} if expected else set())
+    if len(kinds) > 1:
+        listing = "; ".join(f"{label}: {BENCHMARKS[b]}" for label, b in found)
+        want = f" (expected {BENCHMARKS[expected]} only)" if expected else ""
+        raise ResultError(f"runs of different benchmarks cannot be compared{want}: {listing}")
+    return kinds.pop() if kinds else (expected or "ifeval")
 
 
 def read_curve(run_dir: str | os.PathLike) -> tuple[list[int], list[float], list[float | None]]:
@@ -226,33 +258,103 @@ def before_after(base: dict, after: dict) -> list[str]:
     return lines
 
 
+def prompt_change(base: dict, after: dict, what: str) -> tuple[int, int]:
+    """(fine-tuned minus base number of prompts passed strictly, number of prompts) of two
+    summaries scored on the same prompts (passed = ``prompt_level_strict_acc`` x
+    ``num_prompts``, rounded). Raises :class:`ResultError` naming ``what`` when the two
+    runs were scored on different numbers of prompts."""
+    n, n2 = base.get("num_prompts"), after.get("num_prompts")
+    if not isinstance(n, int) or n != n2 or n <= 0:
+        raise ResultError(f"{what}: base and fine-tuned runs were scored on {n} and {n2} prompts; "
+                          "their change is not like for like")
+    key = "prompt_level_strict_acc"
+    return round(after[key] * n) - round(base[key] * n), n
+
+
+def carried_over(ifeval: tuple[dict, dict], ifbench: tuple[dict, dict]) -> tuple[str, str]:
+    """(verdict, Markdown line): did the IFEval gain of fine-tuning carry over to IFBench?
+
+    ``ifeval`` and ``ifbench`` are (base, fine-tuned) summaries. The measure is the change
+    in prompts passed, prompt-level strict, on each benchmark (:func:`prompt_change`); a
+    change of at most ``NOISE_PROMPTS`` prompt either way is read as no change. Verdicts:
+    ``"not measurable"`` when the IFEval or the IFBench change is within that band; ``"no
+    IFEval gain"`` when IFEval fell; ``"yes"`` when both rose; ``"no"`` when IFEval rose and
+    IFBench fell. The line gives both changes in prompts and percentage points."""
+    de, ne = prompt_change(*ifeval, "IFEval")
+    db, nb = prompt_change(*ifbench, "IFBench")
+    if abs(de) <= NOISE_PROMPTS:
+        verdict, why = "not measurable", f"the IFEval change is within +/-{NOISE_PROMPTS} prompt"
+    elif de < 0:
+        verdict, why = "no IFEval gain", "IFEval fell, so there is no gain to carry over"
+    elif abs(db) <= NOISE_PROMPTS:
+        verdict, why = "not measurable", f"the IFBench change is within +/-{NOISE_PROMPTS} prompt"
+    elif db > 0:
+        verdict, why = "yes", "both rose"
+    else:
+        verdict, why = "no", "IFEval rose, IFBench fell"
+    line = (f"**IFEval gain carried over to IFBench: {verdict}** ({why}). Prompt-level strict, fine-tuned "
+            f"minus base: IFEval {de:+d} of {ne} prompts ({100 * de / ne:+.1f} points), IFBench {db:+d} of {nb} "
+            f"prompts ({100 * db / nb:+.1f} points). A change of at most {NOISE_PROMPTS} prompt either way "
+            "counts as not measurable.")
+    return verdict, line
+
+
+def _side(out: str, bench: str, prompt_set: Optional[str], prompts: int) -> tuple[dict, dict, list[str], dict]:
+    """One benchmark of a demo folder: (base summary, fine-tuned summary, Markdown section,
+    summary.json part). Both folders must hold that benchmark's runs. ``prompt_set``
+    ``None``: the one the base summary names."""
+    folders = [f"{out}/{bench}_base", f"{out}/{bench}_sft"]
+    base, sft = (load_summary(d) for d in folders)
+    one_benchmark(list(zip(folders, (base, sft))), expected=bench)
+    prompt_set = prompt_set or base.get("prompt_set") or "?"
+    lines = ["", f"## {BENCHMARKS[bench]}", "",
+             f"Prompts: {'all' if prompts == 0 else f'first {prompts}'} of `{prompt_set}` "
+             f"({base.get('num_prompts', '?')} scored).", ""] + before_after(base, sft)
+    pb, ps = strict_counts(base), strict_counts(sft)
+    obj = {"base": {m: base[m] for m in METRIC_NAMES}, "sft": {m: sft[m] for m in METRIC_NAMES},
+           "per_type_strict": {i: {"base": pb.get(i), "sft": ps.get(i)} for i in sorted(set(pb) | set(ps))}}
+    return base, sft, lines, obj
+
+
 def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, max_tokens: int,
-                 data: str) -> tuple[str, dict]:
+                 data: str, ifbench_prompts: int = 0) -> tuple[str, dict]:
     """(``summary.md`` text, ``summary.json`` object) of a demo folder ``out`` holding
     ``ifeval_base/``, ``ifeval_sft/``, ``ckpt/RUN/``, ``report/`` and ``stage_times.tsv``
-    (stage name, seconds; one per line). The other arguments are the demo's settings,
-    quoted in the text. Raises :class:`ResultError` for a missing or invalid summary."""
-    base, sft = load_summary(f"{out}/ifeval_base"), load_summary(f"{out}/ifeval_sft")
+    (stage name, seconds; one per line), and ``ifbench_base/``, ``ifbench_sft/`` when
+    ``ifbench_prompts`` > 0 (the first that many IFBench prompts were scored; 0: IFBench
+    was not part of the demo). The other arguments are the demo's settings, quoted in the
+    text. The JSON keeps IFEval's numbers at the top level (``base``, ``sft``,
+    ``per_type_strict``) and IFBench's under ``ifbench``, with the verdict of
+    :func:`carried_over` under ``carried_over`` (both ``None`` without IFBench). Raises
+    :class:`ResultError` for a missing or invalid summary or a run of the wrong benchmark."""
+    base, sft, ifeval_lines, ifeval_obj = _side(out, "ifeval", prompt_set, prompts)
+    ifbench_obj = carried = None
+    ifbench_lines: list[str] = []
+    if ifbench_prompts:
+        ib_base, ib_sft, ifbench_lines, ifbench_obj = _side(out, "ifbench", None, ifbench_prompts)
+        verdict, line = carried_over((base, sft), (ib_base, ib_sft))
+        ifbench_lines += ["", "## Did the IFEval gain carry over?", "", line]
+        carried = {"verdict": verdict, "line": line}
     with open(f"{out}/stage_times.tsv", encoding="utf-8") as f:
         times = [line.rstrip("\n").split("\t") for line in f if line.strip()]
     losses = logged_losses(f"{out}/ckpt/{run}")
     pngs = sorted(glob.glob(f"{out}/ckpt/{run}/*.png"))
     reports = sorted(glob.glob(f"{out}/report/*.md"))
+    summaries = [f"{out}/{b}_{side}/summary.json" for b in ("ifeval", "ifbench")[:2 if ifbench_prompts else 1]
+                 for side in ("base", "sft")]
     lines = ["# Demo summary", "",
-             f"Mode: {'full (course configuration)' if full else 'CPU demo'}; prompts: "
-             f"{'all' if prompts == 0 else f'first {prompts}'} of `{prompt_set}` "
-             f"({base.get('num_prompts', '?')} scored), max_tokens {max_tokens}; training data `{data}`.", ""]
-    lines += before_after(base, sft)
-    lines += ["", "Training: " + (f"{len(losses)} logged losses, first {losses[0]:.4f}, last {losses[-1]:.4f}"
-                                  if losses else "no logged loss found"),
+             f"Mode: {'full (course configuration)' if full else 'CPU demo'}; max_tokens {max_tokens}; "
+             f"training data `{data}`; benchmarks: IFEval{', IFBench' if ifbench_prompts else ''}."]
+    lines += ifeval_lines + ifbench_lines
+    lines += ["", "## Training and time", "",
+              "Training: " + (f"{len(losses)} logged losses, first {losses[0]:.4f}, last {losses[-1]:.4f}"
+                              if losses else "no logged loss found"),
               "", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in times]
-    lines += ["", "Files:", f"- report: {', '.join(reports) or 'missing'}",
+    lines += ["", "Files:", f"- reports: {', '.join(reports) or 'missing'}",
               f"- loss curve: {', '.join(pngs) or 'missing'}",
-              f"- IFEval summaries: {out}/ifeval_base/summary.json, {out}/ifeval_sft/summary.json",
+              f"- summaries: {', '.join(summaries)}",
               f"- fine-tuned checkpoint: {out}/ckpt/{run}"]
-    pb, ps = strict_counts(base), strict_counts(sft)
-    obj = {"base": {m: base[m] for m in METRIC_NAMES}, "sft": {m: sft[m] for m in METRIC_NAMES},
-           "per_type_strict": {i: {"base": pb.get(i), "sft": ps.get(i)} for i in sorted(set(pb) | set(ps))},
+    obj = {**ifeval_obj, "ifbench": ifbench_obj, "carried_over": carried,
            "stage_seconds": {k: int(v) for k, v in times}, "losses": losses,
            "report": reports, "loss_curve": pngs}
     return "\n".join(lines) + "\n", obj
@@ -263,7 +365,8 @@ def main(argv=None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo-summary", help="write DEMO_OUT/summary.md and summary.json (scripts/demo.sh)",
-                       description="Before/after metrics, per-type changes, training losses and stage times of a "
+                       description="Before/after metrics and per-type changes on IFEval (and IFBench), whether the "
+                                   "IFEval gain carried over to IFBench, training losses and stage times of a "
                                    "demo folder, written to DEMO_OUT/summary.md and DEMO_OUT/summary.json.")
     d.add_argument("out", metavar="DEMO_OUT", help="the demo's output folder")
     d.add_argument("--run", default="demo", help="training run name: the checkpoint is DEMO_OUT/ckpt/RUN")
@@ -272,11 +375,14 @@ def main(argv=None) -> None:
     d.add_argument("--prompts", type=int, default=0, help="first N prompts of the set (0 = all)")
     d.add_argument("--max_tokens", type=int, required=True, help="generation budget per answer")
     d.add_argument("--data", required=True, help="training data file")
+    d.add_argument("--ifbench_prompts", type=int, default=0,
+                   help="the first N IFBench prompts were scored in DEMO_OUT/ifbench_base and ifbench_sft "
+                        "(0 = IFBench was not part of the demo)")
     args = ap.parse_args(argv)
 
     try:
         text, obj = demo_summary(args.out, args.run, args.full, args.prompt_set, args.prompts, args.max_tokens,
-                                 args.data)
+                                 args.data, args.ifbench_prompts)
     except (ResultError, OSError) as e:
         raise SystemExit(f"[report] error: {e}") from None
     with open(f"{args.out}/summary.md", "w", encoding="utf-8") as f:

@@ -1,12 +1,17 @@
-"""Compare IFEval result folders (the base model first) in a Markdown report and a chart.
+"""Compare IFEval (or IFBench) result folders (the base model first) in a Markdown report and a chart.
 
     python ifeval/compare.py outputs/ifeval_base outputs/ifeval_hw2
     python ifeval/compare.py outputs/ifeval_base outputs/ifeval_hw2 outputs/ifeval_hw3 \\
         --names base HW2 HW3 --output report/ifeval.md --plot report/ifeval.png
+    python ifeval/compare.py outputs/ifbench_base outputs/ifbench_hw2 --benchmark ifbench --output report/ifbench.md
+
+All runs must be of one benchmark (the ``benchmark`` field of their ``summary.json``; a
+summary without it is IFEval's): runs of different benchmarks are refused, and so are runs
+of another benchmark than ``--benchmark`` when it is given.
 
 Each RESULT_DIR is an ``--output_dir`` of ``ifeval/run_ifeval.py`` (``summary.json``, and
 ``eval_results_strict.jsonl`` for the examples). The report
-has, for every run: the four IFEval metrics with the change from the first run; the
+has, for every run: the four metrics with the change from the first run; the
 strict and loose accuracy per instruction type with the change from the first run; and,
 for each later run, a few prompts whose strict prompt-level verdict changed (fixed and
 broken), with both answers side by side, truncated to ``--max_chars``. The PNG has the
@@ -26,7 +31,8 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from report import ResultError, delta, load_summary, metrics_table, pct, per_type_table, plot_accuracy  # noqa: E402
+from report import (BENCHMARKS, ResultError, delta, load_summary, metrics_table, one_benchmark, pct,  # noqa: E402
+                    per_type_table, plot_accuracy)
 from utils import iter_jsonl  # noqa: E402
 
 
@@ -135,7 +141,10 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("result_dirs", nargs="+", metavar="RESULT_DIR", help="result folders, the reference (base) first")
     ap.add_argument("--names", nargs="+", help="a label per run (default: the model names)")
-    ap.add_argument("--output", default="ifeval_compare.md", help="Markdown report (default ifeval_compare.md)")
+    ap.add_argument("--benchmark", choices=sorted(BENCHMARKS), default=None,
+                    help="the benchmark every run must be of (default: the one the runs share)")
+    ap.add_argument("--output", default=None,
+                    help="Markdown report (default BENCHMARK_compare.md: ifeval_compare.md, ifbench_compare.md)")
     ap.add_argument("--plot", default=None, help="bar chart PNG (default: the report's path with .png)")
     ap.add_argument("--examples", type=int, default=3, help="fixed and broken prompts shown per later run (default 3)")
     ap.add_argument("--max_chars", type=int, default=400, help="answers are cut to this many characters (default 400)")
@@ -143,24 +152,26 @@ def main(argv=None) -> dict:
 
     try:
         runs = [load_run(d) for d in args.result_dirs]
+        key = one_benchmark([(str(r["dir"]), r["summary"]) for r in runs], args.benchmark)
+        bench = BENCHMARKS[key]
         names = run_names(runs, args.names)
     except ResultError as e:
         raise SystemExit(f"[compare] error: {e}") from None
-    report_path = Path(args.output)
+    report_path = Path(args.output or f"{key}_compare.md")
     plot_path = Path(args.plot) if args.plot else report_path.with_suffix(".png")
-    plot_accuracy([r["summary"] for r in runs], names, plot_path)
+    plot_accuracy([r["summary"] for r in runs], names, plot_path, bench)
     # Link the chart relative to the report so the pair can be moved together.
     try:
         rel = plot_path.resolve().relative_to(report_path.resolve().parent).as_posix()
     except ValueError:
         rel = str(plot_path.resolve())
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(build_report(runs, names, args.examples, args.max_chars, rel), encoding="utf-8")
+    report_path.write_text(build_report(runs, names, args.examples, args.max_chars, rel, bench), encoding="utf-8")
     base = runs[0]["summary"]["prompt_level_strict_acc"]
     parts = [f"{n} {pct(r['summary']['prompt_level_strict_acc'])}" + ("" if i == 0 else
              delta(r["summary"]["prompt_level_strict_acc"], base)) for i, (r, n) in enumerate(zip(runs, names))]
-    print(f"[compare] {len(runs)} runs, prompt strict %: {', '.join(parts)} -> {report_path}, {plot_path}")
-    return {"report": str(report_path), "plot": str(plot_path)}
+    print(f"[compare] {bench}, {len(runs)} runs, prompt strict %: {', '.join(parts)} -> {report_path}, {plot_path}")
+    return {"report": str(report_path), "plot": str(plot_path), "benchmark": bench}
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from report import METRIC_NAMES  # noqa: E402
+from report import BENCHMARKS, METRIC_NAMES  # noqa: E402
 from utils import iter_jsonl, setup_nltk_data  # noqa: E402
 
 # Order matters: punkt_tab must be findable before lm-eval's instructions_util is
@@ -72,7 +72,6 @@ from lm_eval.tasks.ifeval import utils as _lm_ifeval  # noqa: E402
 langdetect.DetectorFactory.seed = 0
 
 INSTRUCTION_IDS: tuple[str, ...] = tuple(sorted(_registry.INSTRUCTION_DICT))
-BENCHMARKS = {"ifeval": "IFEval", "ifbench": "IFBench"}  # --benchmark value -> name in reports
 STRICT_FILE, LOOSE_FILE, SUMMARY_FILE = "eval_results_strict.jsonl", "eval_results_loose.jsonl", "summary.json"
 
 

@@ -1,21 +1,25 @@
-"""Hyperparameter sweep: train + IFEval for every configuration of a grid, one after the other.
+"""Hyperparameter sweep: train + IFEval (or IFBench) for every configuration of a grid, one after the other.
 
 Each comma-separated option is one axis of the grid; the sweep runs the Cartesian product:
 
     python scripts/sweep.py --lr 2e-5,5e-5,1e-4 --scheduler cosine,linear
     python scripts/sweep.py --lr 1e-5,2e-5 --epochs 1,3 --full          # GPU: course sizes
+    python scripts/sweep.py --lr 2e-5,5e-5 --benchmark ifbench --out sweep_ifbench   # scored on IFBench
 
 Every configuration trains with scripts/sft.sh into OUT/runs/NAME/ckpt and is scored with
-ifeval/run.sh into OUT/runs/NAME/ifeval; its row is saved in OUT/runs/NAME/result.json.
+ifeval/run.sh into OUT/runs/NAME/ifeval (OUT/runs/NAME/ifbench with --benchmark ifbench);
+its row, which names the benchmark, is saved in OUT/runs/NAME/result.json. One sweep folder
+holds one benchmark: rerunning into OUT with another --benchmark is refused before anything
+runs (rows written before IFBench existed are IFEval's).
 The sweep is resumable: a configuration whose result.json exists is skipped on rerun (and
 a killed training resumes from its last checkpoint, as sft.sh does). At the end the script
-writes OUT/results.csv and OUT/results.md (configuration, final training loss, the four
-IFEval metrics, wall time) and OUT/sweep_<metric>.png (the metric against each swept value).
+writes OUT/results.csv and OUT/results.md (configuration, final training loss, the
+benchmark and its four metrics, wall time) and OUT/sweep_<metric>.png (the metric against each swept value).
 
 Defaults are a small CPU configuration (a few minutes per point on 2 cores): 16 steps of total
-batch 8 at model_max_length 512 on data/demo_sft.json, IFEval on the first 24 prompts of
-the 100-prompt set with 160 new tokens. --full switches to the course configuration
-(smol-smoltalk-6k.json, whole epochs, all 100 prompts, 1024 tokens).
+batch 8 at model_max_length 512 on data/demo_sft.json, scored on the first 24 prompts (IFEval:
+of the 100-prompt set; IFBench: of its 294) with 160 new tokens. --full switches to the course
+configuration (smol-smoltalk-6k.json, whole epochs, all prompts, 1024 tokens).
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as python scripts/sweep.py: report.py is at the repository root
-from report import METRIC_NAMES, load_summary, logged_losses  # noqa: E402
+from report import BENCHMARKS, METRIC_NAMES, ResultError, load_summary, logged_losses, one_benchmark  # noqa: E402
 
 # grid axis -> (flag of train_hw_parallel.py or sft.sh variable, parser)
 AXES = {
@@ -98,13 +102,17 @@ def run_config(cfg: dict, args, run_root: Path) -> dict:
     losses = logged_losses(ckpt)
     loss = losses[-1] if losses else None
     t_train = time.time() - t0
-    ev = ["bash", "ifeval/run.sh", str(ckpt.resolve()), str((run_root / "ifeval").resolve()),
-          "--input_data", args.prompt_set, "--max_tokens", str(args.max_tokens)]
+    scored = run_root / args.benchmark
+    ev = ["bash", "ifeval/run.sh", str(ckpt.resolve()), str(scored.resolve()), "--benchmark", args.benchmark,
+          "--max_tokens", str(args.max_tokens)]
+    if args.prompt_set:  # else the benchmark's default prompt set
+        ev += ["--input_data", args.prompt_set]
     if args.prompts:
         ev += ["--limit", str(args.prompts)]
-    run_logged(ev, dict(os.environ), log, f"IFEval of {run_root.name}")
-    summary = load_summary(run_root / "ifeval")
-    row = {"name": run_root.name, **cfg, "final_train_loss": loss,
+    run_logged(ev, dict(os.environ), log, f"{BENCHMARKS[args.benchmark]} of {run_root.name}")
+    summary = load_summary(scored)
+    one_benchmark([(str(scored), summary)], args.benchmark)
+    row = {"name": run_root.name, **cfg, "final_train_loss": loss, "benchmark": args.benchmark,
            **{m: summary[m] for m in METRIC_NAMES}, "num_prompts": summary.get("num_prompts"),
            "train_seconds": round(t_train, 1), "wall_seconds": round(time.time() - t0, 1)}
     (run_root / "result.json").write_text(json.dumps(row, indent=1) + "\n")
@@ -112,7 +120,7 @@ def run_config(cfg: dict, args, run_root: Path) -> dict:
 
 
 def write_tables(rows: list[dict], out: Path) -> None:
-    cols = ["name", *AXES, "final_train_loss", *METRIC_NAMES, "num_prompts", "wall_seconds"]
+    cols = ["name", *AXES, "final_train_loss", "benchmark", *METRIC_NAMES, "num_prompts", "wall_seconds"]
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -123,7 +131,7 @@ def write_tables(rows: list[dict], out: Path) -> None:
     (out / "results.md").write_text("\n".join(md) + "\n")
 
 
-def plot(rows: list[dict], swept: list[str], metric: str, out: Path) -> Path:
+def plot(rows: list[dict], swept: list[str], metric: str, out: Path, benchmark: str = "IFEval") -> Path:
     """One panel per swept axis: the metric of every run against that axis's value."""
     import matplotlib
     matplotlib.use("Agg")
@@ -138,7 +146,7 @@ def plot(rows: list[dict], swept: list[str], metric: str, out: Path) -> Path:
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"IFEval {metric} per configuration ({len(rows)} runs)")
+    fig.suptitle(f"{benchmark} {metric} per configuration ({len(rows)} runs)")
     fig.tight_layout()
     path = out / f"sweep_{metric}.png"
     fig.savefig(path, dpi=110)
@@ -160,7 +168,10 @@ def main(argv=None):
     ap.add_argument("--max_steps", type=int, default=None, help="cap on optimizer steps, 0 = whole epochs [16; --full 0]")
     ap.add_argument("--model", default="SmolLM2-135M")
     ap.add_argument("--data", default=None, help="[data/demo_sft.json; --full smol-smoltalk-6k.json]")
-    ap.add_argument("--prompt_set", default="ifeval/data/sampled_input_data.jsonl")
+    ap.add_argument("--benchmark", choices=sorted(BENCHMARKS), default="ifeval",
+                    help="what each configuration is scored on (ifeval/run.sh --benchmark) [ifeval]")
+    ap.add_argument("--prompt_set", default=None,
+                    help="prompt file [IFEval: ifeval/data/sampled_input_data.jsonl; IFBench: its 294 prompts]")
     ap.add_argument("--prompts", type=int, default=None, help="first N prompts, 0 = all [24; --full 0]")
     ap.add_argument("--max_tokens", type=int, default=None, help="[160; --full 1024]")
     ap.add_argument("--metric", default="prompt_level_strict_acc", choices=METRIC_NAMES, help="metric to plot")
@@ -179,18 +190,30 @@ def main(argv=None):
         args.epochs = "3"
     if not (REPO / args.data).exists() and not Path(args.data).exists():
         raise SystemExit(f"training data {args.data} not found")
+    if args.prompt_set is None and args.benchmark == "ifeval":
+        args.prompt_set = "ifeval/data/sampled_input_data.jsonl"
 
     grid = {k: parse_axis(k, getattr(args, k)) for k in AXES}
     swept = [k for k, v in grid.items() if len(v) > 1]
     configs = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     out = Path(args.out)
+    # Rows finished earlier, checked up front: a sweep folder of another benchmark is refused
+    # before anything trains, so its table never mixes two benchmarks.
+    earlier = {}
+    for cfg in configs:
+        result = out / "runs" / config_name(cfg) / "result.json"
+        if result.exists():
+            earlier[config_name(cfg)] = json.loads(result.read_text())
+    try:
+        one_benchmark([(str(out / "runs" / n / "result.json"), r) for n, r in earlier.items()], args.benchmark)
+    except ResultError as e:
+        raise SystemExit(f"[sweep] error: {e}; use another --out for --benchmark {args.benchmark}") from None
     out.mkdir(parents=True, exist_ok=True)
     rows, done, t0 = [], 0, time.time()
     for cfg in tqdm(configs, desc="sweep", unit="config"):
         run_root = out / "runs" / config_name(cfg)
-        result = run_root / "result.json"
-        if result.exists():
-            rows.append(json.loads(result.read_text()))
+        if run_root.name in earlier:
+            rows.append(earlier[run_root.name])
             tqdm.write(f"[sweep] {run_root.name}: finished earlier, skipped")
             continue
         row = run_config(cfg, args, run_root)
@@ -200,9 +223,10 @@ def main(argv=None):
                    f"({row['wall_seconds']:.0f}s)")
         write_tables(rows, out)  # keep the table current while the sweep runs
     write_tables(rows, out)
-    png = plot(rows, swept, args.metric, out)
+    png = plot(rows, swept, args.metric, out, BENCHMARKS[args.benchmark])
     best = max(rows, key=lambda r: r[args.metric])
-    print(f"sweep: {len(rows)} configs ({done} run now, {len(rows) - done} skipped) in {time.time() - t0:.0f}s; "
+    print(f"sweep ({BENCHMARKS[args.benchmark]}): {len(rows)} configs ({done} run now, {len(rows) - done} skipped) "
+          f"in {time.time() - t0:.0f}s; "
           f"best {args.metric} {best[args.metric]:.4f} ({best['name']}); tables {out}/results.md, {out}/results.csv; plot {png}")
 
 

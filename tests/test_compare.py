@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ifeval import compare
-from ifeval.scoring import score, write_results
+from ifeval.scoring import checkers, load_prompts, score, write_results
 from utils import REPO_ROOT
 
 PROMPTS = [
@@ -92,4 +92,61 @@ def test_cli_help_and_run(two_runs, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "r.md").is_file() and (tmp_path / "r.png").is_file()
-    assert "[compare] 2 runs, prompt strict %: base-model 33.3, sft-model 33.3 (+0.0)" in r.stdout
+    assert "[compare] IFEval, 2 runs, prompt strict %: base-model 33.3, sft-model 33.3 (+0.0)" in r.stdout
+
+
+# Two IFBench prompts from the package: key 17 asks for exactly 2 numbers (count:numbers),
+# key 296 for no whitespace at all (format:no_whitespace). Base passes neither; the
+# fine-tuned run passes 296 only: 0/2 -> 1/2 prompts.
+IFBENCH_BASE = {17: "No.", 296: "Yes they are."}
+IFBENCH_SFT = {17: "No.", 296: "Yes."}
+
+
+def make_ifbench_run(path, responses, model):
+    prompts = [p for p in load_prompts(checkers("ifbench").prompt_file, "ifbench") if p["key"] in (17, 296)]
+    write_results(score(prompts, responses, progress=False, benchmark="ifbench", prompt_set="IFBench_test.jsonl"),
+                  path, {"model": model, "max_tokens": 64})
+    return path
+
+
+def test_ifbench_runs(tmp_path):
+    runs = [make_ifbench_run(tmp_path / "ib_base", IFBENCH_BASE, "base-model"),
+            make_ifbench_run(tmp_path / "ib_sft", IFBENCH_SFT, "sft-model")]
+    out = tmp_path / "ifbench.md"
+    res = compare.main([*map(str, runs), "--output", str(out), "--benchmark", "ifbench"])
+    text = out.read_text()
+    assert res["benchmark"] == "IFBench" and text.startswith("# IFBench comparison")
+    assert "![IFBench accuracy](ifbench.png)" in text
+    assert "| base-model | IFBench_test.jsonl | 2 | 64 | 0.0 | 0.0 | 0.0 | 0.0 |" in text
+    assert "| sft-model | IFBench_test.jsonl | 2 | 64 | 50.0 (+50.0) | 50.0 (+50.0) |" in text
+    assert "| format:no_whitespace | 1 | 0.0 | 100.0 (+100.0) |" in text
+    assert "| count:numbers | 1 | 0.0 | 0.0 (+0.0) |" in text
+    assert "2 prompts in both runs: 1 fixed (fail -> pass), 0 broken" in text
+
+
+def test_mixing_benchmarks_is_refused(two_runs, tmp_path):
+    ib = make_ifbench_run(tmp_path / "ib", IFBENCH_BASE, "base-model")
+    out = tmp_path / "x.md"
+    with pytest.raises(SystemExit, match=r"different benchmarks cannot be compared: .*/base: IFEval; .*/ib: IFBench"):
+        compare.main([str(two_runs[0]), str(ib), "--output", str(out)])
+    with pytest.raises(SystemExit, match=r"\(expected IFBench only\): .*/base: IFEval; .*/sft: IFEval"):
+        compare.main([*map(str, two_runs), "--benchmark", "ifbench", "--output", str(out)])
+    assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def test_summary_without_benchmark_is_ifeval(two_runs, tmp_path):
+    """A summary.json written before IFBench (no benchmark field) is IFEval's."""
+    sp = two_runs[1] / "summary.json"
+    s = json.loads(sp.read_text())
+    assert s.pop("benchmark") == "ifeval"
+    sp.write_text(json.dumps(s))
+    res = compare.main([*map(str, two_runs), "--benchmark", "ifeval", "--output", str(tmp_path / "c.md")])
+    assert res["benchmark"] == "IFEval" and (tmp_path / "c.md").read_text().startswith("# IFEval comparison")
+
+
+def test_default_output_names_the_benchmark(tmp_path):
+    runs = [make_ifbench_run(tmp_path / "a", IFBENCH_BASE, "m1"), make_ifbench_run(tmp_path / "b", IFBENCH_SFT, "m2")]
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "ifeval" / "compare.py"), *map(str, runs)], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "ifbench_compare.md").is_file() and (tmp_path / "ifbench_compare.png").is_file()

@@ -1,11 +1,16 @@
-"""scripts/demo.sh end to end in its reduced CI form: real SmolLM2-135M, 2 prompts, 16 new
-tokens, 2 training steps. The report, the loss curve and the before/after summaries must
-exist and carry numbers."""
+"""scripts/demo.sh: its wiring, fast, with stand-ins for ifeval/run.sh and scripts/sft.sh
+(which stages run with which arguments, and the summary the real report.py and compare.py
+make of their folders); and end to end in its reduced CI form: real SmolLM2-135M, 2
+prompts, 16 new tokens, 2 training steps. The report, the loss curve and the before/after
+summaries must exist and carry numbers."""
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"]
@@ -18,24 +23,110 @@ def test_help_and_bad_argument():
     assert r.returncode == 2 and "unknown argument" in r.stderr
 
 
+# ifeval/run.sh stand-in: logs its arguments and writes a summary.json whose benchmark is
+# the one the arguments ask for. Prompt-level strict, passed/prompts: IFEval 19/100 -> 29/100,
+# IFBench 5/50 -> 3/50.
+STUB_RUN = r"""#!/usr/bin/env bash
+set -eu
+model=$1 out=$2; shift 2
+echo "$model $out $*" >> "$CALLS"
+bench=ifeval; [[ " $* " == *" --benchmark ifbench "* ]] && bench=ifbench
+case "$(basename "$out")" in
+  ifeval_base) acc=0.19 n=100 ;; ifeval_sft) acc=0.29 n=100 ;;
+  ifbench_base) acc=0.1 n=50 ;; ifbench_sft) acc=0.06 n=50 ;;
+esac
+mkdir -p "$out"
+printf '{"benchmark": "%s", "prompt_set": "%s.jsonl", "prompt_level_strict_acc": %s, "inst_level_strict_acc": %s, "prompt_level_loose_acc": %s,
+ "inst_level_loose_acc": %s, "num_prompts": %s, "per_instruction_type": {"t:%s": {"count": 2, "strict_correct": 1,
+ "loose_correct": 1, "strict_acc": 0.5, "loose_acc": 0.5}}}' "$bench" $bench $acc $acc $acc $acc $n $bench > "$out/summary.json"
+"""
+STUB_SFT = r"""#!/usr/bin/env bash
+mkdir -p "$OUTPUTPATH/$RUNNAME"
+echo '{"log_history": [{"step": 1, "loss": 2.0}]}' > "$OUTPUTPATH/$RUNNAME/trainer_state.json"
+"""
+
+
+@pytest.fixture
+def stub_repo(tmp_path):
+    """A copy of demo.sh with the real report.py and compare.py, and stand-ins for the
+    runner and the training script (nothing generates or trains)."""
+    root = tmp_path / "repo"
+    for f in ("scripts/demo.sh", "report.py", "utils.py", "ifeval/compare.py"):
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / f, root / f)
+    (root / "ifeval" / "run.sh").write_text(STUB_RUN)
+    (root / "scripts" / "sft.sh").write_text(STUB_SFT)
+    return root
+
+
+def stub_demo(root, tmp_path, *args, **knobs):
+    out, calls = tmp_path / "out", tmp_path / "calls.txt"
+    env = dict(os.environ, DEMO_OUT=str(out), DEMO_SKIP_CHECKS="1", CALLS=str(calls), **knobs)
+    r = subprocess.run(["bash", "scripts/demo.sh", *args], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    return out, calls.read_text().splitlines()
+
+
+def test_demo_scores_ifbench_too(stub_repo, tmp_path):
+    out, calls = stub_demo(stub_repo, tmp_path)
+    o = str(out)
+    assert calls == [
+        f"SmolLM2-135M {o}/ifeval_base --input_data ifeval/data/sampled_input_data.jsonl --max_tokens 256",
+        f"SmolLM2-135M {o}/ifbench_base --benchmark ifbench --max_tokens 256 --limit 50",
+        f"{o}/ckpt/demo {o}/ifeval_sft --input_data ifeval/data/sampled_input_data.jsonl --max_tokens 256",
+        f"{o}/ckpt/demo {o}/ifbench_sft --benchmark ifbench --max_tokens 256 --limit 50"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["stage_seconds"]) == {"ifeval_base", "ifbench_base", "train", "ifeval_sft", "ifbench_sft",
+                                             "report", "total"}
+    assert summary["ifbench"]["sft"]["prompt_level_strict_acc"] == 0.06
+    md = (out / "summary.md").read_text()
+    assert "## IFEval" in md and "## IFBench\n\nPrompts: first 50 of `ifbench.jsonl` (50 scored)." in md
+    # IFEval +10 of 100 prompts, IFBench 5 -> 3 of 50: -2 prompts, -4.0 points
+    assert ("**IFEval gain carried over to IFBench: no** (IFEval rose, IFBench fell). Prompt-level strict, "
+            "fine-tuned minus base: IFEval +10 of 100 prompts (+10.0 points), IFBench -2 of 50 prompts "
+            "(-4.0 points).") in md
+    assert (out / "report" / "ifbench_compare.md").read_text().startswith("# IFBench comparison")
+    assert (out / "report" / "ifeval_compare.md").read_text().startswith("# IFEval comparison")
+
+
+def test_demo_full_scores_all_of_ifbench(stub_repo, tmp_path):
+    data = tmp_path / "smoltalk.json"
+    data.write_text("[]")
+    out, calls = stub_demo(stub_repo, tmp_path, "--full", DEMO_DATA=str(data))
+    assert calls[1] == f"SmolLM2-135M {out}/ifbench_base --benchmark ifbench --max_tokens 1024 --limit 294"
+
+
+def test_demo_without_ifbench(stub_repo, tmp_path):
+    out, calls = stub_demo(stub_repo, tmp_path, DEMO_IFBENCH_PROMPTS="0")
+    assert [c.split()[1] for c in calls] == [f"{out}/ifeval_base", f"{out}/ifeval_sft"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ifbench"] is None and summary["carried_over"] is None
+    assert "IFBench" not in (out / "summary.md").read_text()
+    assert not (out / "report" / "ifbench_compare.md").exists()
+
+
 def test_reduced_demo_end_to_end(tmp_path, model_dir):
     out = tmp_path / "demo"
     env = dict(os.environ, DEMO_OUT=str(out), DEMO_PROMPTS="2", DEMO_MAX_TOKENS="16", DEMO_STEPS="2",
-               DEMO_MAXLEN="256", DEMO_TOTALBSZ="2", DEMO_BSZPERDEV="1")
+               DEMO_MAXLEN="256", DEMO_TOTALBSZ="2", DEMO_BSZPERDEV="1", DEMO_IFBENCH_PROMPTS="2")
     r = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "demo finished" in r.stdout
 
     summary = json.loads((out / "summary.json").read_text())
-    for side in ("base", "sft"):
-        for m in METRICS:
-            assert 0.0 <= summary[side][m] <= 1.0
-    for side in ("ifeval_base", "ifeval_sft"):
+    for part in (summary, summary["ifbench"]):
+        for side in ("base", "sft"):
+            for m in METRICS:
+                assert 0.0 <= part[side][m] <= 1.0
+    for side in ("ifeval_base", "ifeval_sft", "ifbench_base", "ifbench_sft"):
         s = json.loads((out / side / "summary.json").read_text())
-        assert s["num_prompts"] == 2
+        assert s["num_prompts"] == 2 and s["benchmark"] == side.split("_")[0]
         assert set(METRICS) <= set(s)
+    assert summary["carried_over"]["verdict"] in ("yes", "no", "not measurable", "no IFEval gain")
     # stage timings: every stage ran and was timed
-    assert set(summary["stage_seconds"]) >= {"checks", "ifeval_base", "train", "ifeval_sft", "report", "total"}
+    assert set(summary["stage_seconds"]) >= {"checks", "ifeval_base", "ifbench_base", "train", "ifeval_sft",
+                                             "ifbench_sft", "report", "total"}
     # two training steps logged a finite loss
     assert summary["losses"] and all(0 < x < 100 for x in summary["losses"])
     # the report and the loss curve exist and are not empty
@@ -46,5 +137,5 @@ def test_reduced_demo_end_to_end(tmp_path, model_dir):
         assert Path(png).read_bytes()[:4] == b"\x89PNG"
     md = (out / "summary.md").read_text()
     for m in METRICS:
-        assert re.search(rf"\| {m} \| \d\.\d{{4}} \| \d\.\d{{4}} \| [+-]\d\.\d{{4}} \|", md), m
+        assert len(re.findall(rf"\| {m} \| \d\.\d{{4}} \| \d\.\d{{4}} \| [+-]\d\.\d{{4}} \|", md)) == 2, m
     assert "| train | " in md

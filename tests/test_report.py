@@ -36,16 +36,26 @@ def test_missing_state_is_a_clear_error(tmp_path):
     assert report.logged_losses(tmp_path) == []
 
 
-def summary(acc, per_type, num_prompts=4):
-    """A summary.json as ifeval/scoring.py writes it, reduced to what the report reads."""
-    return {"prompt_level_strict_acc": acc[0], "inst_level_strict_acc": acc[1], "prompt_level_loose_acc": acc[2],
-            "inst_level_loose_acc": acc[3], "num_prompts": num_prompts,
-            "per_instruction_type": {k: {"count": n, "strict_correct": c} for k, (c, n) in per_type.items()}}
+def summary(acc, per_type, num_prompts=4, benchmark=None):
+    """A summary.json as ifeval/scoring.py writes it, reduced to what the report reads
+    (benchmark None: no field, as in summaries written before IFBench)."""
+    s = {"prompt_level_strict_acc": acc[0], "inst_level_strict_acc": acc[1], "prompt_level_loose_acc": acc[2],
+         "inst_level_loose_acc": acc[3], "num_prompts": num_prompts,
+         "per_instruction_type": {k: {"count": n, "strict_correct": c} for k, (c, n) in per_type.items()}}
+    return s if benchmark is None else {"benchmark": benchmark, **s}
 
 
-def demo_folder(out):
-    for name, s in (("ifeval_base", summary([0.25, 0.5, 0.5, 0.5], {"a:x": (1, 3), "b:y": (2, 3)})),
-                    ("ifeval_sft", summary([0.75, 0.625, 0.75, 0.75], {"a:x": (3, 3), "c:z": (1, 2)}))):
+# IFBench, 10 prompts: base passes 1, fine-tuned 4 (strict, prompt level).
+IFBENCH_BASE = summary([0.1, 0.2, 0.2, 0.3], {"count:conjunctions": (1, 5), "words:odd": (1, 5)}, 10, "ifbench")
+IFBENCH_SFT = summary([0.4, 0.5, 0.4, 0.5], {"count:conjunctions": (4, 5), "words:odd": (1, 5)}, 10, "ifbench")
+
+
+def demo_folder(out, ifbench=False):
+    runs = [("ifeval_base", summary([0.25, 0.5, 0.5, 0.5], {"a:x": (1, 3), "b:y": (2, 3)})),
+            ("ifeval_sft", summary([0.75, 0.625, 0.75, 0.75], {"a:x": (3, 3), "c:z": (1, 2)}))]
+    if ifbench:
+        runs += [("ifbench_base", dict(IFBENCH_BASE, prompt_set="IFBench_test.jsonl")), ("ifbench_sft", IFBENCH_SFT)]
+    for name, s in runs:
         (out / name).mkdir(parents=True)
         (out / name / "summary.json").write_text(json.dumps(s))
     write_state(out / "ckpt" / "demo")
@@ -56,16 +66,9 @@ def demo_folder(out):
     return out
 
 
-def test_demo_summary_cli(tmp_path):
-    out = demo_folder(tmp_path / "demo")
-    r = subprocess.run([sys.executable, str(REPO_ROOT / "report.py"), "demo-summary", str(out), "--prompt_set",
-                        "p.jsonl", "--prompts", "4", "--max_tokens", "16", "--data", "d.json"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    o = str(out)
-    want = f"""# Demo summary
+IFEVAL_PART = """## IFEval
 
-Mode: CPU demo; prompts: first 4 of `p.jsonl` (4 scored), max_tokens 16; training data `d.json`.
+Prompts: first 4 of `p.jsonl` (4 scored).
 
 | metric | base | fine-tuned | change |
 |---|---|---|---|
@@ -81,6 +84,9 @@ Per instruction type (strict, passed/total):
 | a:x | 1/3 | 3/3 | +2 |
 | b:y | 2/3 | 0/0 | -2 |
 | c:z | 0/0 | 1/2 | +1 |
+"""
+
+TRAINING_PART = """## Training and time
 
 Training: 3 logged losses, first 2.5000, last 2.0000
 
@@ -90,11 +96,30 @@ Training: 3 logged losses, first 2.5000, last 2.0000
 | ifeval_base | 10 |
 | train | 20 |
 | total | 33 |
+"""
 
+
+def run_cli(out, *extra):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "report.py"), "demo-summary", str(out), "--prompt_set",
+                           "p.jsonl", "--prompts", "4", "--max_tokens", "16", "--data", "d.json", *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_demo_summary_cli(tmp_path):
+    out = demo_folder(tmp_path / "demo")
+    r = run_cli(out)
+    assert r.returncode == 0, r.stderr
+    o = str(out)
+    want = f"""# Demo summary
+
+Mode: CPU demo; max_tokens 16; training data `d.json`; benchmarks: IFEval.
+
+{IFEVAL_PART}
+{TRAINING_PART}
 Files:
-- report: {o}/report/ifeval_compare.md
+- reports: {o}/report/ifeval_compare.md
 - loss curve: {o}/ckpt/demo/loss_curve.png
-- IFEval summaries: {o}/ifeval_base/summary.json, {o}/ifeval_sft/summary.json
+- summaries: {o}/ifeval_base/summary.json, {o}/ifeval_sft/summary.json
 - fine-tuned checkpoint: {o}/ckpt/demo
 """
     assert (out / "summary.md").read_text() == want
@@ -103,9 +128,112 @@ Files:
     assert got["base"]["inst_level_strict_acc"] == 0.5 and got["sft"]["prompt_level_strict_acc"] == 0.75
     assert got["per_type_strict"] == {"a:x": {"base": [1, 3], "sft": [3, 3]}, "b:y": {"base": [2, 3], "sft": None},
                                       "c:z": {"base": None, "sft": [1, 2]}}
+    assert got["ifbench"] is None and got["carried_over"] is None
     assert got["stage_seconds"] == {"checks": 3, "ifeval_base": 10, "train": 20, "total": 33}
     assert got["losses"] == [2.5, 2.25, 2.0]
     assert got["report"] == [f"{o}/report/ifeval_compare.md"] and got["loss_curve"] == [f"{o}/ckpt/demo/loss_curve.png"]
+
+
+def test_demo_summary_both_benchmarks_side_by_side(tmp_path):
+    out = demo_folder(tmp_path / "demo", ifbench=True)
+    r = run_cli(out, "--ifbench_prompts", "10")
+    assert r.returncode == 0, r.stderr
+    o = str(out)
+    # IFEval 1 -> 3 of 4 prompts (+2, +50.0 points); IFBench 1 -> 4 of 10 (+3, +30.0 points): both rose.
+    want = f"""# Demo summary
+
+Mode: CPU demo; max_tokens 16; training data `d.json`; benchmarks: IFEval, IFBench.
+
+{IFEVAL_PART}
+## IFBench
+
+Prompts: first 10 of `IFBench_test.jsonl` (10 scored).
+
+| metric | base | fine-tuned | change |
+|---|---|---|---|
+| prompt_level_strict_acc | 0.1000 | 0.4000 | +0.3000 |
+| inst_level_strict_acc | 0.2000 | 0.5000 | +0.3000 |
+| prompt_level_loose_acc | 0.2000 | 0.4000 | +0.2000 |
+| inst_level_loose_acc | 0.3000 | 0.5000 | +0.2000 |
+
+Per instruction type (strict, passed/total):
+
+| instruction | base | fine-tuned | change |
+|---|---|---|---|
+| count:conjunctions | 1/5 | 4/5 | +3 |
+| words:odd | 1/5 | 1/5 | +0 |
+
+## Did the IFEval gain carry over?
+
+**IFEval gain carried over to IFBench: yes** (both rose). Prompt-level strict, fine-tuned minus base: \
+IFEval +2 of 4 prompts (+50.0 points), IFBench +3 of 10 prompts (+30.0 points). A change of at most 1 prompt \
+either way counts as not measurable.
+
+{TRAINING_PART}
+Files:
+- reports: {o}/report/ifeval_compare.md
+- loss curve: {o}/ckpt/demo/loss_curve.png
+- summaries: {o}/ifeval_base/summary.json, {o}/ifeval_sft/summary.json, {o}/ifbench_base/summary.json, \
+{o}/ifbench_sft/summary.json
+- fine-tuned checkpoint: {o}/ckpt/demo
+"""
+    assert (out / "summary.md").read_text() == want
+    got = json.loads((out / "summary.json").read_text())
+    assert got["base"]["prompt_level_strict_acc"] == 0.25  # IFEval stays at the top level
+    assert got["ifbench"]["base"]["prompt_level_strict_acc"] == 0.1
+    assert got["ifbench"]["sft"]["inst_level_loose_acc"] == 0.5
+    assert got["ifbench"]["per_type_strict"] == {"count:conjunctions": {"base": [1, 5], "sft": [4, 5]},
+                                                 "words:odd": {"base": [1, 5], "sft": [1, 5]}}
+    assert got["carried_over"]["verdict"] == "yes"
+
+
+def ifeval_pair(base_passed, sft_passed, n=10):
+    """(base, fine-tuned) IFEval summaries passing that many of n prompts (strict)."""
+    return (summary([base_passed / n] * 4, {}, n), summary([sft_passed / n] * 4, {}, n))
+
+
+def ifbench_pair(base_passed, sft_passed, n=50):
+    return (summary([base_passed / n] * 4, {}, n, "ifbench"), summary([sft_passed / n] * 4, {}, n, "ifbench"))
+
+
+@pytest.mark.parametrize("ifeval, ifbench, verdict, changes", [
+    # IFEval 19 -> 29 of 100 (+10, +10.0 points); IFBench 5 -> 9 of 50 (+4, +8.0 points)
+    ((19, 29, 100), (5, 9, 50), "yes",
+     "IFEval +10 of 100 prompts (+10.0 points), IFBench +4 of 50 prompts (+8.0 points)"),
+    # IFBench 9 -> 6 of 50: -3 prompts, -6.0 points
+    ((19, 29, 100), (9, 6, 50), "no",
+     "IFEval +10 of 100 prompts (+10.0 points), IFBench -3 of 50 prompts (-6.0 points)"),
+    # IFBench 5 -> 6 of 50: +1 prompt, within the band
+    ((19, 29, 100), (5, 6, 50), "not measurable", "IFBench +1 of 50 prompts (+2.0 points)"),
+    ((19, 29, 100), (6, 5, 50), "not measurable", "IFBench -1 of 50 prompts (-2.0 points)"),
+    # IFEval 19 -> 20 of 100: within the band, whatever IFBench does
+    ((19, 20, 100), (5, 15, 50), "not measurable", "IFEval +1 of 100 prompts (+1.0 points)"),
+    # IFEval 29 -> 19: fell
+    ((29, 19, 100), (5, 15, 50), "no IFEval gain", "IFEval -10 of 100 prompts (-10.0 points)"),
+    # two prompts is the smallest measurable change: 3 -> 5 of 10 and 1 -> 3 of 7 (+28.6 points)
+    ((3, 5, 10), (1, 3, 7), "yes", "IFEval +2 of 10 prompts (+20.0 points), IFBench +2 of 7 prompts (+28.6 points)"),
+])
+def test_carried_over_verdicts(ifeval, ifbench, verdict, changes):
+    got, line = report.carried_over(ifeval_pair(*ifeval), ifbench_pair(*ifbench))
+    assert got == verdict
+    assert f"**IFEval gain carried over to IFBench: {verdict}**" in line and changes in line
+
+
+def test_carried_over_needs_the_same_prompts():
+    with pytest.raises(report.ResultError, match="IFBench: base and fine-tuned runs were scored on 50 and 40"):
+        report.carried_over(ifeval_pair(1, 5), (ifbench_pair(1, 2)[0], ifbench_pair(1, 2, 40)[1]))
+
+
+def test_one_benchmark():
+    old, ifb = summary([0.5] * 4, {}), summary([0.5] * 4, {}, 4, "ifbench")
+    assert report.one_benchmark([("a", old), ("b", dict(old, benchmark="ifeval"))]) == "ifeval"  # no field: IFEval
+    assert report.one_benchmark([("a", ifb)], expected="ifbench") == "ifbench"
+    with pytest.raises(report.ResultError, match=r"different benchmarks cannot be compared: a: IFEval; b: IFBench"):
+        report.one_benchmark([("a", old), ("b", ifb)])
+    with pytest.raises(report.ResultError, match=r"\(expected IFBench only\): a: IFEval"):
+        report.one_benchmark([("a", old)], expected="ifbench")
+    with pytest.raises(report.ResultError, match="c: unknown benchmark 'mmlu'"):
+        report.one_benchmark([("c", dict(old, benchmark="mmlu"))])
 
 
 def test_demo_summary_names_a_missing_summary(tmp_path):
@@ -113,4 +241,16 @@ def test_demo_summary_names_a_missing_summary(tmp_path):
     (out / "ifeval_sft" / "summary.json").unlink()
     with pytest.raises(SystemExit, match=r"ifeval_sft/summary\.json: missing"):
         report.main(["demo-summary", str(out), "--full", "--prompt_set", "p", "--max_tokens", "8", "--data", "d"])
+    assert not (out / "summary.md").exists()
+    with pytest.raises(SystemExit, match=r"d2/ifbench_base: not a folder"):  # asked for, not run
+        report.main(["demo-summary", str(demo_folder(tmp_path / "d2")), "--prompt_set", "p", "--max_tokens", "8",
+                     "--data", "d", "--ifbench_prompts", "5"])
+
+
+def test_demo_summary_refuses_a_run_of_the_other_benchmark(tmp_path):
+    out = demo_folder(tmp_path / "demo", ifbench=True)
+    (out / "ifeval_sft" / "summary.json").write_text(json.dumps(IFBENCH_SFT))  # IFBench run in the IFEval slot
+    with pytest.raises(SystemExit, match=r"expected IFEval only\): .*ifeval_base: IFEval; .*ifeval_sft: IFBench"):
+        report.main(["demo-summary", str(out), "--prompt_set", "p", "--max_tokens", "8", "--data", "d",
+                     "--ifbench_prompts", "10"])
     assert not (out / "summary.md").exists()

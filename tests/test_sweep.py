@@ -1,5 +1,6 @@
 """scripts/sweep.py: two tiny configurations train and get scored, the table has two rows
-with numbers, and a rerun skips both."""
+with numbers, and a rerun skips both; a sweep folder of one benchmark is not resumed with
+another (result.json rows written by hand, nothing trains)."""
 import csv
 import json
 import subprocess
@@ -37,6 +38,7 @@ def test_two_configs_then_rerun_skips(tmp_path, tiny_model):
     assert len(rows) == 2
     assert sorted(float(r["lr"]) for r in rows) == [1e-3, 3e-3]
     for r in rows:
+        assert r["benchmark"] == "ifeval"
         assert float(r["final_train_loss"]) > 0
         for m in ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"):
             assert 0.0 <= float(r[m]) <= 1.0
@@ -51,6 +53,51 @@ def test_two_configs_then_rerun_skips(tmp_path, tiny_model):
     assert "2 configs (0 run now, 2 skipped)" in log2
     assert [p.stat().st_mtime_ns for p in results] == stamps
     assert len(list(csv.DictReader(open(out / "results.csv")))) == 2
+
+
+GRID = ["--lr", "1e-3,3e-3", "--max_steps", "2", "--total_bsz", "2", "--model_max_length", "128"]
+
+
+def finished_sweep(out, benchmarks):
+    """OUT/runs/NAME/result.json for both points of GRID, as a finished sweep leaves them;
+    a benchmark of None leaves the field out (rows written before IFBench)."""
+    import sweep
+    for lr, bench, acc in zip((1e-3, 3e-3), benchmarks, (0.25, 0.5)):
+        cfg = {"lr": lr, "epochs": 1.0, "warmup_ratio": 0.1, "scheduler": "cosine", "total_bsz": 2,
+               "model_max_length": 128}
+        row = {"name": sweep.config_name(cfg), **cfg, "final_train_loss": 1.5, "prompt_level_strict_acc": acc,
+               "inst_level_strict_acc": acc, "prompt_level_loose_acc": acc, "inst_level_loose_acc": acc,
+               "num_prompts": 4, "wall_seconds": 9.0}
+        if bench:
+            row["benchmark"] = bench
+        (out / "runs" / row["name"]).mkdir(parents=True)
+        (out / "runs" / row["name"] / "result.json").write_text(json.dumps(row))
+
+
+def test_finished_ifbench_sweep_is_tabled(tmp_path, capsys):
+    import sweep
+    out = tmp_path / "sw"
+    finished_sweep(out, ["ifbench", "ifbench"])
+    sweep.main([*GRID, "--benchmark", "ifbench", "--out", str(out)])
+    assert "sweep (IFBench): 2 configs (0 run now, 2 skipped)" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["benchmark"], r["prompt_level_strict_acc"]) for r in rows] == [("ifbench", "0.25"), ("ifbench", "0.5")]
+    assert (out / "sweep_prompt_level_strict_acc.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.glob("runs/*/ckpt"))  # nothing trained
+
+
+@pytest.mark.parametrize("earlier, asked, listed", [
+    ([None, None], "ifbench", r"expected IFBench only\): \S+/result.json: IFEval; \S+/result.json: IFEval"),
+    (["ifeval", "ifbench"], "ifeval", r"expected IFEval only\): \S+/result.json: IFEval; \S+/result.json: IFBench"),
+])
+def test_other_benchmark_in_the_sweep_folder_is_refused(tmp_path, earlier, asked, listed):
+    import sweep
+    out = tmp_path / "sw"
+    finished_sweep(out, earlier)
+    with pytest.raises(SystemExit, match=r"different benchmarks cannot be compared \(" + listed +
+                       f"; use another --out for --benchmark {asked}"):
+        sweep.main([*GRID, "--benchmark", asked, "--out", str(out)])
+    assert not (out / "results.csv").exists() and not list(out.glob("runs/*/run.log"))
 
 
 def test_grid_parsing_and_names():
