@@ -11,9 +11,10 @@ ifeval/run.sh into OUT/runs/NAME/ifeval (OUT/runs/NAME/ifbench with --benchmark 
 its row, which names the benchmark, is saved in OUT/runs/NAME/result.json. One sweep folder
 holds one benchmark: rerunning into OUT with another --benchmark is refused before anything
 runs (rows written before IFBench existed are IFEval's).
-The sweep is resumable: a configuration whose result.json exists is skipped on rerun (and
-a killed training resumes from its last checkpoint, as sft.sh does). At the end the script
-writes OUT/results.csv and OUT/results.md (configuration, final training loss, the
+The sweep is resumable: a configuration whose result.json exists is skipped on rerun, unless
+it was made with other shared settings (model, data, steps, prompts, ...): then the rerun stops
+before anything trains (and a killed training resumes from its last checkpoint, as sft.sh
+does). At the end the script writes OUT/results.csv and OUT/results.md (configuration, final training loss, the
 benchmark and its four metrics, wall time) and OUT/sweep_<metric>.png (the metric against each swept value).
 
 Defaults are a small CPU configuration (a few minutes per point on 2 cores): 16 steps of total
@@ -38,6 +39,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as python scripts/sweep.py: report.py is at the repository root
 from report import BENCHMARKS, METRIC_NAMES, ResultError, load_summary, logged_losses, one_benchmark  # noqa: E402
+from sft_data import data_fingerprint  # noqa: E402
+from utils import resolve_path  # noqa: E402
 
 # grid axis -> (flag of train_hw_parallel.py or sft.sh variable, parser)
 AXES = {
@@ -82,6 +85,28 @@ def run_logged(cmd: list[str], env: dict, log_path: Path, what: str) -> None:
         raise SweepError(f"{what} failed (exit {rc}); log {log_path}:\n{tail}")
 
 
+def shared_settings(args) -> dict:
+    """What every configuration of this sweep shares and its folder name does not say
+    (model, data content, steps, batch per device, prompts, extra training arguments)."""
+    return {"model": args.model, "data": args.data, "data_hash": data_fingerprint(resolve_path(args.data)),
+            "bsz_per_dev": args.bsz_per_dev, "max_steps": args.max_steps, "prompt_set": args.prompt_set,
+            "prompts": args.prompts, "max_tokens": args.max_tokens, "train_args": list(args.train_args)}
+
+
+def check_reusable(row: dict, shared: dict, result: Path) -> None:
+    """Refuse to reuse a finished configuration's result made with other shared settings
+    (it would mix two sweeps in one table); a result from an older version without the
+    record is reused with a warning."""
+    old = row.get("shared_settings")
+    if old is None:
+        tqdm.write(f"[sweep] warning: {result} does not record the settings it was made with; reusing it unchecked")
+        return
+    diffs = [f"  {k}: {json.dumps(old.get(k))} -> {json.dumps(v)}" for k, v in shared.items() if old.get(k) != v]
+    if diffs:
+        raise SystemExit(f"{result} was made with other settings; reusing it would mix two sweeps:\n"
+                         + "\n".join(diffs) + f"\nUse another --out, or delete {result.parent} to run it again.")
+
+
 def run_config(cfg: dict, args, run_root: Path) -> dict:
     """Train and evaluate one configuration; returns its result row (also saved to result.json)."""
     run_root.mkdir(parents=True, exist_ok=True)
@@ -114,7 +139,8 @@ def run_config(cfg: dict, args, run_root: Path) -> dict:
     one_benchmark([(str(scored), summary)], args.benchmark)
     row = {"name": run_root.name, **cfg, "final_train_loss": loss, "benchmark": args.benchmark,
            **{m: summary[m] for m in METRIC_NAMES}, "num_prompts": summary.get("num_prompts"),
-           "train_seconds": round(t_train, 1), "wall_seconds": round(time.time() - t0, 1)}
+           "train_seconds": round(t_train, 1), "wall_seconds": round(time.time() - t0, 1),
+           "shared_settings": shared_settings(args)}
     (run_root / "result.json").write_text(json.dumps(row, indent=1) + "\n")
     return row
 
@@ -199,11 +225,12 @@ def main(argv=None):
     out = Path(args.out)
     # Rows finished earlier, checked up front: a sweep folder of another benchmark is refused
     # before anything trains, so its table never mixes two benchmarks.
-    earlier = {}
+    earlier, shared = {}, shared_settings(args)
     for cfg in configs:
         result = out / "runs" / config_name(cfg) / "result.json"
         if result.exists():
             earlier[config_name(cfg)] = json.loads(result.read_text())
+            check_reusable(earlier[config_name(cfg)], shared, result)
     try:
         one_benchmark([(str(out / "runs" / n / "result.json"), r) for n, r in earlier.items()], args.benchmark)
     except ResultError as e:

@@ -2,6 +2,7 @@
 with numbers, and a rerun skips both; a sweep folder of one benchmark is not resumed with
 another (result.json rows written by hand, nothing trains)."""
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -115,3 +116,33 @@ def test_grid_parsing_and_names():
 def test_help():
     r = subprocess.run([sys.executable, "scripts/sweep.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "--lr" in r.stdout and "resumable" in r.stdout
+
+
+def test_rerun_with_other_shared_settings_does_not_reuse_results(tmp_path, capsys):
+    """A finished configuration is reused only when the settings its folder name does not
+    say (steps, data, model, prompts, ...) are the same; otherwise the rerun stops before
+    training anything. Results from before the record are reused with a warning."""
+    import sweep
+    out = tmp_path / "sweep"
+    argv = ["--lr", "1e-3", "--max_steps", "2", "--total_bsz", "2", "--bsz_per_dev", "1", "--model_max_length", "128",
+            "--prompts", "2", "--max_tokens", "8", "--model", "tiny", "--out", str(out)]
+    cfg = {"lr": 1e-3, "epochs": 1.0, "warmup_ratio": 0.1, "scheduler": "cosine", "total_bsz": 2, "model_max_length": 128}
+    run = out / "runs" / sweep.config_name(cfg)
+    run.mkdir(parents=True)
+    data = REPO / "data" / "demo_sft.json"
+    shared = {"model": "tiny", "data": "data/demo_sft.json", "data_hash": hashlib.sha256(data.read_bytes()).hexdigest(),
+              "bsz_per_dev": 1, "max_steps": 2, "prompt_set": "ifeval/data/sampled_input_data.jsonl", "prompts": 2,
+              "max_tokens": 8, "train_args": []}
+    row = {"name": run.name, **cfg, "final_train_loss": 1.0, "num_prompts": 2, "wall_seconds": 1.0,
+           **{m: 0.5 for m in ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
+                               "inst_level_loose_acc")}}
+    (run / "result.json").write_text(json.dumps({**row, "shared_settings": shared}))
+    sweep.main(argv)  # same settings: reused
+    assert "1 configs (0 run now, 1 skipped)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        sweep.main(argv[:2] + ["--max_steps", "4"] + argv[4:])
+    assert "  max_steps: 2 -> 4" in str(err.value) and "another --out" in str(err.value)
+    assert not (run / "ckpt").exists()  # nothing was trained
+    (run / "result.json").write_text(json.dumps(row))  # made before the record existed
+    sweep.main(argv)
+    assert "does not record the settings" in capsys.readouterr().out
