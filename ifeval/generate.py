@@ -18,9 +18,11 @@ the README's Part 7 for the measurements behind the defaults.
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import sys
+import time
 from typing import Callable, Optional, Sequence
 
 from utils import end_of_turn_ids, pad_token_id, render_chat
@@ -195,7 +197,8 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
                   dtype: Optional[str] = None, enforce_eager: bool = True, tensor_parallel_size: int = 1,
                   gpu_memory_utilization: float = 0.9, kv_cache_gib: Optional[float] = None,
                   threads_bind: Optional[str] = None, chunk_size: int = DEFAULT_VLLM_CHUNK,
-                  on_batch: Optional[OnBatch] = None, show_progress: bool = True, log=None) -> list[dict]:
+                  on_batch: Optional[OnBatch] = None, show_progress: bool = True, log=None,
+                  timings: Optional[dict] = None) -> list[dict]:
     """Generate with vLLM's offline ``LLM.generate``.
 
     Prompts go in as token ids made by our tokenizer (vLLM's own chat handling plays no
@@ -205,7 +208,9 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
     CPU the engine's threads and KV cache are set for the machine (:func:`cpu_engine_env`,
     :func:`kv_cache_bytes`; ``kv_cache_gib`` overrides the size). The engine starts worker
     processes by spawning: the calling script needs an ``if __name__ == "__main__"`` guard.
+    ``timings``, when given, receives ``startup_s`` (engine start) and ``generate_s`` (seconds).
     """
+
     log = log or (lambda msg: print(msg, file=sys.stderr))
     dtype = dtype or pick_dtype(device)
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -238,7 +243,10 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
 
     from vllm import LLM, SamplingParams  # imported here: engine settings above must be in place first
 
+    t0 = time.perf_counter()
     llm = LLM(**kwargs)
+    started = time.perf_counter()
+    log(f"[ifeval] vLLM engine started in {started - t0:.1f}s")
     params = SamplingParams(
         temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens,
         stop_token_ids=list(stop_ids), seed=seed if temperature > 0 else None, detokenize=False,
@@ -260,6 +268,10 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
             answers[i] = a
         if on_batch is not None:
             on_batch(idx, batch_answers)
+    if timings is not None:
+        timings.update(startup_s=started - t0, generate_s=time.perf_counter() - started)
+    del llm  # stops the engine's processes before the caller goes on
+    gc.collect()
     return answers  # type: ignore[return-value]
 
 
@@ -290,8 +302,6 @@ def generate_hf(model, tokenizer, prompts: list[str], *, max_new_tokens: int, st
     during the call, so nothing of the checkpoint's generation_config plays a part. ``on_batch(indices, answers)`` is called after each
     batch with the prompts' original indices. Returns the :func:`finish_answer` dicts in
     the original order."""
-    import time
-
     import torch
     from tqdm import tqdm
     from transformers import GenerationConfig
