@@ -94,7 +94,7 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
           f"{len(todo)} to generate with {settings['engine_version']} on {device} ({settings['dtype']})",
           file=sys.stderr)
     stats = {"generated": 0, "resumed": len(selected) - len(todo), "hit_max_tokens": 0, "tokens": 0,
-             "seconds": 0.0, "backend": backend}
+             "seconds": 0.0, "startup_s": 0.0, "backend": backend}
     if not todo:
         return stats
 
@@ -107,6 +107,7 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
         writer.write([{"key": todo[i]["key"], "prompt": todo[i]["prompt"], **a} for i, a in zip(indices, answers)])
 
     t0 = time.perf_counter()
+    timings: dict = {}
     try:
         if backend == "vllm":
             answers = generate_vllm(
@@ -115,16 +116,18 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
                 enforce_eager=choose_enforce_eager(args.vllm_mode, device),
                 tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
                 kv_cache_gib=args.kv_cache_gib, threads_bind=args.cpu_threads_bind,
-                chunk_size=args.batch_size or DEFAULT_VLLM_CHUNK, on_batch=on_batch)
+                chunk_size=args.batch_size or DEFAULT_VLLM_CHUNK, on_batch=on_batch, timings=timings)
         else:
             model = load_hf_model(model_path, device)
+            timings["startup_s"] = time.perf_counter() - t0
             answers = generate_hf(
                 model, tokenizer, prompts, max_new_tokens=args.max_tokens, stop_ids=stop_ids,
                 temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size or DEFAULT_HF_BATCH,
                 seed=args.seed, on_batch=on_batch)
     finally:
         writer.close()
-    stats.update(generated=len(answers), seconds=time.perf_counter() - t0,
+    seconds = time.perf_counter() - t0
+    stats.update(generated=len(answers), seconds=seconds, startup_s=timings.get("startup_s", 0.0),
                  tokens=sum(a["num_tokens"] for a in answers),
                  hit_max_tokens=sum(a["finish_reason"] == "length" for a in answers))
     return stats
@@ -245,8 +248,10 @@ def _main(args) -> dict:
     if args.mode in ("all", "inference"):
         stats = run_inference(args, model_path, selected, responses)
         if stats["generated"]:
+            gen_s = max(stats["seconds"] - stats["startup_s"], 1e-9)
             print(f"[ifeval] generated {stats['generated']} answers with {stats['backend']} in "
-                  f"{stats['seconds']:.1f}s ({stats['tokens'] / max(stats['seconds'], 1e-9):.1f} tokens/s); "
+                  f"{stats['seconds']:.1f}s (start {stats['startup_s']:.1f}s, {stats['tokens'] / gen_s:.1f} tokens/s "
+                  f"of generation); "
                   f"{stats['hit_max_tokens']} hit --max_tokens {args.max_tokens}", file=sys.stderr)
     summary = None
     if args.mode in ("all", "eval"):
