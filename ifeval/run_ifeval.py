@@ -38,7 +38,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere: utils and ifeval.* importable
@@ -50,7 +50,6 @@ from ifeval.generate import (  # noqa: E402
 )
 from ifeval.responses import (  # noqa: E402
     ResponseWriter, check_settings, default_responses_path, model_label, read_answered, read_settings,
-    settings_path,
 )
 from utils import load_tokenizer, resolve_path  # noqa: E402
 
