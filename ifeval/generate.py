@@ -210,13 +210,13 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
     processes by spawning: the calling script needs an ``if __name__ == "__main__"`` guard.
     ``timings``, when given, receives ``startup_s`` (engine start) and ``generate_s`` (seconds).
     """
-
     log = log or (lambda msg: print(msg, file=sys.stderr))
     dtype = dtype or pick_dtype(device)
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     max_model_len = max(len(e) for e in enc) + max_new_tokens
+    # generation_config="vllm": no sampling default comes from the checkpoint (ours are explicit anyway).
     kwargs = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
-                  max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size)
+                  max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, generation_config="vllm")
     if device == "cpu":
         env = cpu_engine_env(threads_bind)
         os.environ.update(env)  # read by vLLM when the engine starts; its workers inherit them
