@@ -96,6 +96,10 @@ def main(argv=None) -> dict:
                    "generate_s": gen, "tokens": tokens, "tokens_per_s": tokens / gen, "end_to_end_s": start + gen,
                    "load_average_1min": os.getloadavg()[0]}
             results.append(res)
+            # Each result as soon as it exists: a long run stopped early still reports what it measured.
+            print(f"[bench] {len(prompts)} x {max_tokens} {engine}: startup {start:.1f}s, generation {gen:.1f}s, "
+                  f"{tokens} tokens, {tokens / gen:.1f} tokens/s, end to end {start + gen:.1f}s, load average "
+                  f"{res['load_average_1min']:.2f}", file=sys.stderr, flush=True)
         same = (sum(a == b for a, b in zip(got["vllm"], got["hf"])) if len(got) == 2 else None)
         for res in results[-len(engines):]:
             res["identical_answers"] = same
