@@ -71,6 +71,8 @@ def reference(model_dir):
 
     tok = load_tokenizer(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy 2-core machine two OpenMP threads can be several times slower
     out = {}
     for rec in read_jsonl(PROMPTS)[:N]:
         text = tok.apply_chat_template([{"role": "user", "content": rec["prompt"]}], tokenize=False,
@@ -83,6 +85,7 @@ def reference(model_dir):
                 new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
             got[name] = new[0, ids.shape[1]:].tolist()
         out[rec["key"]] = got
+    torch.set_num_threads(threads)
     return tok, out
 
 
