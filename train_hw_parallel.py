@@ -41,7 +41,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 import sft_data
 from loss_functions import compute_loss_from_logits
 from report import plot_loss_curve
-from utils import IM_END, REPO_ROOT, load_tokenizer, pad_token_id, resolve_path
+from utils import REPO_ROOT, end_of_turn_ids, load_tokenizer, pad_token_id, resolve_path
 
 
 @dataclass
@@ -108,18 +108,6 @@ def git_commit() -> str:
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def end_token_ids(tokenizer) -> list[int]:
-    """Ids that end a generated answer: ``<|im_end|>`` (the end of a chat turn, id 2 in
-    SmolLM2) first, then the tokenizer's EOS (``<|endoftext|>``, id 0)."""
-    ids = []
-    im_end = tokenizer.convert_tokens_to_ids(IM_END)
-    if im_end is not None and im_end != tokenizer.unk_token_id:
-        ids.append(im_end)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 def make_collator(data_args: DataArguments, attn_implementation: str, tokenizer):
@@ -306,7 +294,7 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     collator = make_collator(data_args, attn, tokenizer)
     # fp32 master weights; the Trainer/DeepSpeed casts for bf16/fp16 compute.
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
-    model.generation_config.eos_token_id = end_token_ids(tokenizer)
+    model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
     model.generation_config.pad_token_id = pad_token_id(tokenizer)
     if training_args.gradient_checkpointing:
         model.config.use_cache = False

@@ -136,6 +136,30 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, model_max_length: int = 20
     return tok
 
 
+def end_of_turn_ids(tokenizer, extra: Iterable[Any] = ()) -> list[int]:
+    """Token ids that end a generated answer, the one list for training and evaluation.
+
+    ``<|im_end|>`` first (the end of a ChatML turn, id 2 in SmolLM2) when the vocabulary
+    has it, then the tokenizer's eos (``<|endoftext|>``, id 0), then ``extra``: an int, a
+    list of ints or ``None`` (what a ``generation_config.eos_token_id`` holds), or an
+    iterable of them. Duplicates are dropped, order kept. Training writes this list into
+    every checkpoint's ``generation_config.eos_token_id``; the IFEval runner stops at it
+    whatever the checkpoint says (a model fine-tuned from a base checkpoint keeps the
+    base's single eos and would otherwise write invented user turns)."""
+    ids: list[int] = []
+    if IM_END in tokenizer.get_vocab():
+        ids.append(int(tokenizer.convert_tokens_to_ids(IM_END)))
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    if extra is None or isinstance(extra, int):
+        extra = [extra]
+    for item in extra:
+        for i in (item if isinstance(item, (list, tuple)) else [item]):
+            if i is not None:
+                ids.append(int(i))
+    return list(dict.fromkeys(ids))
+
+
 def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 

@@ -1,89 +1,129 @@
-"""Generated tokens per second on the CPU: IFEval prompts answered in batches (what
-``ifeval/run_ifeval.py`` does: sorted by length, left padding) against one prompt at a
-time, in one run, on the same model, prompts and settings.
+"""IFEval generation on the CPU, in one run, on the same prompts: vLLM (the product path,
+``ifeval.generate.generate_vllm`` with the engine settings ``run_ifeval.py`` uses) against
+transformers' ``generate()`` batched (``ifeval.generate.generate_hf``: sorted by length,
+left padding, batch 16), for each workload.
 
-    python benchmarks/generate.py                          # 16 prompts, 64 new tokens, greedy
-    python benchmarks/generate.py --n 32 --batch_size 32 --repeats 2
+    python benchmarks/generate.py                                # 16 x 64 and 100 x 256 tokens, greedy
+    python benchmarks/generate.py --workloads 100x1024 --engines vllm
+    python benchmarks/generate.py --workloads 16x64 --vllm_mode compiled
 
-Both variants go through ``run_ifeval.generate_hf`` with the same stop ids, so they
-generate the same answers (the script counts how many are identical). Generated tokens
-are the answers' tokens including the stop token, not the padding a finished row gets
-while the rest of its batch goes on. A short warm-up generation runs first and is not
-timed. With ``--repeats R`` the variants alternate R times and each keeps its fastest
-run, which damps the effect of other processes on a shared machine.
+Per engine and workload: startup (vLLM: the engine start, a fresh engine each time, as in
+a real run; transformers: loading the model), generation time and generated tokens/s
+(the answers' tokens including the stop token, not the padding of finished rows), end
+to end (startup + generation), and how many answers are identical between the engines.
+Both stop at the same ids (``checkpoint_stop_ids``) and run in fp32. The machine's
+load average is printed before and after: timings on a shared machine are noisy.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ifeval.run_ifeval import (  # noqa: E402
-    DEFAULT_INPUT, generate_hf, load_hf_model, load_prompt_set, model_stop_ids, render_prompts,
+from ifeval.generate import (  # noqa: E402
+    checkpoint_stop_ids, choose_enforce_eager, generate_hf, generate_vllm, load_hf_model, render_prompts,
 )
+from ifeval.run_ifeval import DEFAULT_INPUT, load_prompt_set  # noqa: E402
 from utils import DEFAULT_MODEL, load_tokenizer, resolve_path  # noqa: E402
 
 
-def timed(model, tok, prompts, batch_size, max_new_tokens, stop_ids, desc):
+def parse_workload(text: str) -> tuple[int, int]:
+    try:
+        n, t = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"workload {text!r}: expected PROMPTSxTOKENS, e.g. 100x256") from None
+    if n <= 0 or t <= 0:
+        raise argparse.ArgumentTypeError(f"workload {text!r}: both numbers must be positive")
+    return n, t
+
+
+def run_vllm(path, tok, prompts, max_tokens, stop_ids, enforce_eager):
+    t = {}
+    answers = generate_vllm(path, tok, prompts, max_new_tokens=max_tokens, stop_ids=stop_ids,
+                            enforce_eager=enforce_eager, timings=t)
+    return answers, t["startup_s"], t["generate_s"]
+
+
+def run_hf(path, tok, prompts, max_tokens, stop_ids, batch_size):
     t0 = time.perf_counter()
-    answers = generate_hf(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                          stop_ids=stop_ids, show_progress=True)
-    secs = time.perf_counter() - t0
-    tokens = sum(a["num_tokens"] for a in answers)
-    print(f"  {desc}: {tokens} tokens in {secs:.1f}s = {tokens / secs:.1f} tokens/s", file=sys.stderr)
-    return {"seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs, "answers": answers}
+    model = load_hf_model(path, "cpu")
+    t1 = time.perf_counter()
+    answers = generate_hf(model, tok, prompts, max_new_tokens=max_tokens, stop_ids=stop_ids, batch_size=batch_size)
+    return answers, t1 - t0, time.perf_counter() - t1
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder (default: the embedded SmolLM2-135M)")
-    ap.add_argument("--prompts", default=DEFAULT_INPUT, help="IFEval prompt file; the first --n prompts are used")
-    ap.add_argument("--n", type=int, default=16, help="number of prompts (default 16)")
-    ap.add_argument("--batch_size", type=int, default=16, help="prompts per batch in the batched variant")
-    ap.add_argument("--max_new_tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=1, help="alternate the variants this many times, keep the best")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--prompts", default=DEFAULT_INPUT, help="IFEval prompt file; each workload takes its first N")
+    ap.add_argument("--workloads", type=lambda s: [parse_workload(w) for w in s.split(",")],
+                    default=[(16, 64), (100, 256)], help="comma-separated PROMPTSxTOKENS (default 16x64,100x256)")
+    ap.add_argument("--engines", default="vllm,hf", help="comma-separated, from vllm,hf (default both)")
+    ap.add_argument("--vllm_mode", choices=["auto", "eager", "compiled"], default="auto",
+                    help="as run_ifeval.py's flag (default auto: eager on the CPU)")
+    ap.add_argument("--batch_size", type=int, default=16, help="transformers: prompts per batch (default 16)")
     ap.add_argument("--json", help="also write the measurements to this file")
     args = ap.parse_args(argv)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not engines or set(engines) - {"vllm", "hf"}:
+        ap.error(f"--engines {args.engines!r}: choose from vllm, hf")
 
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     path = resolve_path(args.model)
     tok = load_tokenizer(path, padding_side="left")
-    model = load_hf_model(path, "cpu")
-    _, records, _ = load_prompt_set(args.prompts, args.n)
-    prompts = render_prompts(tok, records, None)
-    stop_ids = model_stop_ids(tok, model)
-    print(f"[bench] {path}: {len(prompts)} prompts, max_new_tokens {args.max_new_tokens}, greedy, "
-          f"{torch.get_num_threads()} CPU threads", file=sys.stderr)
-    generate_hf(model, tok, prompts[:2], max_new_tokens=4, batch_size=2, stop_ids=stop_ids, show_progress=False)
-
-    best: dict[str, dict] = {}
-    for r in range(args.repeats):
-        # Alternate which variant goes first so a slow spell does not always hit the same one.
-        order = [("one at a time", 1), ("batched", args.batch_size)]
-        for name, bs in (order if r % 2 == 0 else order[::-1]):
-            res = timed(model, tok, prompts, bs, args.max_new_tokens, stop_ids, f"{name} (batch {bs}), run {r + 1}")
-            if name not in best or res["seconds"] < best[name]["seconds"]:
-                best[name] = res
-    one, bat = best["one at a time"], best["batched"]
-    same = sum(a == b for a, b in zip(one["answers"], bat["answers"]))
-    ratio = bat["tokens_per_s"] / one["tokens_per_s"]
-    out = {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-           "threads": torch.get_num_threads(), "repeats": args.repeats,
-           "one_at_a_time": {k: v for k, v in one.items() if k != "answers"},
-           "batched": {k: v for k, v in bat.items() if k != "answers"},
-           "ratio": ratio, "identical_answers": same}
+    stop_ids = checkpoint_stop_ids(tok, path)
+    eager = choose_enforce_eager(args.vllm_mode, "cpu")
+    load0 = os.getloadavg()
+    print(f"[bench] {path}: greedy, fp32, CPU ({len(os.sched_getaffinity(0))} cores), stop ids {stop_ids}, vLLM "
+          f"{'eager' if eager else 'compiled'}; load average {load0[0]:.2f}", file=sys.stderr)
+    rows, results = [], []
+    for n, max_tokens in args.workloads:
+        _, records, _ = load_prompt_set(args.prompts, n)
+        prompts = render_prompts(tok, records, None)
+        got = {}
+        for engine in engines:
+            print(f"[bench] {len(prompts)} x {max_tokens}: {engine}", file=sys.stderr)
+            if engine == "vllm":
+                answers, start, gen = run_vllm(path, tok, prompts, max_tokens, stop_ids, eager)
+            else:
+                answers, start, gen = run_hf(path, tok, prompts, max_tokens, stop_ids, args.batch_size)
+            tokens = sum(a["num_tokens"] for a in answers)
+            got[engine] = answers
+            res = {"prompts": len(prompts), "max_tokens": max_tokens, "engine": engine, "startup_s": start,
+                   "generate_s": gen, "tokens": tokens, "tokens_per_s": tokens / gen, "end_to_end_s": start + gen,
+                   "load_average_1min": os.getloadavg()[0]}
+            results.append(res)
+            # Each result as soon as it exists: a long run stopped early still reports what it measured.
+            print(f"[bench] {len(prompts)} x {max_tokens} {engine}: startup {start:.1f}s, generation {gen:.1f}s, "
+                  f"{tokens} tokens, {tokens / gen:.1f} tokens/s, end to end {start + gen:.1f}s, load average "
+                  f"{res['load_average_1min']:.2f}", file=sys.stderr, flush=True)
+        same = (sum(a == b for a, b in zip(got["vllm"], got["hf"])) if len(got) == 2 else None)
+        for res in results[-len(engines):]:
+            res["identical_answers"] = same
+        if len(got) == 2:
+            v, h = results[-len(engines)], results[-1]
+            v, h = (v, h) if v["engine"] == "vllm" else (h, v)
+            rows.append((n, max_tokens, v, h, same))
+    print()
+    print("| workload | engine | startup s | generation s | tokens | tokens/s | end to end s | identical |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['prompts']} x {r['max_tokens']} | {'vLLM' if r['engine'] == 'vllm' else 'transformers generate()'}"
+              f" | {r['startup_s']:.1f} | {r['generate_s']:.1f} | {r['tokens']} | {r['tokens_per_s']:.1f} | "
+              f"{r['end_to_end_s']:.1f} | "
+              + (f"{r['identical_answers']}/{r['prompts']}" if r["identical_answers"] is not None else "-") + " |")
+    load1 = os.getloadavg()
+    print(f"\n[bench] load average {load0[0]:.2f} at the start, {load1[0]:.2f} at the end")
+    for n, max_tokens, v, h, same in rows:
+        print(f"[bench] {n} x {max_tokens}: vLLM end to end {h['end_to_end_s'] / v['end_to_end_s']:.2f}x faster than "
+              f"transformers generate() batched ({v['end_to_end_s']:.0f}s vs {h['end_to_end_s']:.0f}s), generation "
+              f"{v['tokens_per_s'] / h['tokens_per_s']:.2f}x the tokens/s; identical answers {same}/{n}")
+    out = {"model": path, "vllm_eager": eager, "results": results}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"[bench] generated tokens/s on CPU: one at a time {one['tokens_per_s']:.1f}, batched "
-          f"(batch {args.batch_size}) {bat['tokens_per_s']:.1f} -> {ratio:.2f}x (goal >= 3x: "
-          f"{'met' if ratio >= 3 else 'NOT met'}); identical answers {same}/{len(prompts)}")
     return out
 
 

@@ -243,10 +243,6 @@ def test_bad_data_stops_with_file_and_line(setup, tmp_path):
         train_hw_parallel.main(common_args(model, empty, tmp_path / "y", tmp_path / "cache"))
 
 
-def test_end_token_ids(tokenizer):
-    assert train_hw_parallel.end_token_ids(tokenizer) == [2, 0]
-
-
 def test_finished_run_is_not_trained_again(tmp_path):
     """A finished run is recognised (the Trainer would otherwise add one step on resume);
     a longer --max_steps, a changed epoch plan or a run that never completed resume instead."""

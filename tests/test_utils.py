@@ -7,6 +7,7 @@ import pytest
 from utils import (
     CHATML_TEMPLATE,
     ConversationFormatError,
+    end_of_turn_ids,
     is_single_turn_conversation,
     iter_jsonl,
     load_tokenizer,
@@ -235,3 +236,23 @@ def test_iter_jsonl(tmp_path):
         list(iter_jsonl(tmp_path / "absent.jsonl", "test", MyError))
     with pytest.raises(ValueError, match="is a directory"):
         list(iter_jsonl(tmp_path, "test"))
+
+
+def test_end_of_turn_ids(tokenizer):
+    """<|im_end|> (2) then eos <|endoftext|> (0), whatever shape the extra eos has (an
+    int, a list as in this project's checkpoints, None), without duplicates."""
+    assert end_of_turn_ids(tokenizer) == [2, 0]
+    assert end_of_turn_ids(tokenizer, 0) == [2, 0]
+    assert end_of_turn_ids(tokenizer, None) == [2, 0]
+    assert end_of_turn_ids(tokenizer, [0, 7]) == [2, 0, 7]
+    assert end_of_turn_ids(tokenizer, [[2, 0], 9, None]) == [2, 0, 9]
+
+
+def test_end_of_turn_ids_without_im_end():
+    """A tokenizer without <|im_end|> in its vocabulary gives its eos only."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<eos>": 0, "a": 1}, unk_token="a")),
+                                  eos_token="<eos>")
+    assert end_of_turn_ids(tok) == [0]

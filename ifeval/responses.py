@@ -1,0 +1,146 @@
+"""The IFEval response store: one JSONL file of answers per model and run, its settings
+sidecar, resume after a killed run, and durable appends.
+
+File format (one JSON object per line, the course's ``{"prompt", "response"}`` plus):
+
+    {"key": 1001, "prompt": "...", "response": "...", "num_tokens": 57, "finish_reason": "stop"}
+
+``key`` is the IFEval prompt key (int); ``num_tokens`` counts the answer's generated
+tokens including the stop token; ``finish_reason`` is ``"stop"`` (a stop id ended it) or
+``"length"`` (it ran to ``--max_tokens``). Lines are in the order answers finished, not
+prompt order.
+
+The sidecar ``responses_<model>.settings.json`` records the settings that decide the
+answers (:data:`GENERATION_KEYS`: model and a fingerprint of its weights, token limit,
+sampling, system message, seed, benchmark, engine, engine version, dtype). A run that finds answers made with other settings stops
+with an error naming each difference instead of mixing two runs in one file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+from utils import file_sha256
+
+# Settings that change the answers; a resumed run must use the same ones (benchmark: IFEval
+# and IFBench answers never share a file; model_fingerprint: a checkpoint retrained into the
+# same folder is another model).
+GENERATION_KEYS = ("model_path", "model_fingerprint", "max_tokens", "temperature", "top_p", "system_message", "seed",
+                   "benchmark", "engine", "engine_version", "dtype")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def checkpoint_fingerprint(model_path: str) -> Optional[str]:
+    """sha256 (16 hex digits) over the names and contents of a local checkpoint's weight files
+    and config.json, so that answers of a checkpoint retrained into the same folder are not
+    resumed as its own. ``None`` for a hub id (no local folder: the id names the weights).
+    Reads every weight file once (about 0.5 s for SmolLM2-135M's 260 MB)."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return None
+    files = sorted(f for f in folder.iterdir() if f.is_file() and (f.suffix in WEIGHT_SUFFIXES or f.name == "config.json"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def model_label(model_path: str) -> str:
+    """A file-name-safe name for a model: its folder name (``org/name`` hub ids give
+    ``name``); a ``checkpoint-N`` folder is prefixed with its run folder, since every
+    run has a ``checkpoint-500``."""
+    p = Path(str(model_path).rstrip("/\\"))
+    name = p.name or "model"
+    if re.fullmatch(r"checkpoint-\d+", name) and p.parent.name:
+        name = f"{p.parent.name}_{name}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def default_responses_path(output_dir: str | os.PathLike, model_path: str) -> Path:
+    return Path(output_dir) / f"responses_{model_label(model_path)}.jsonl"
+
+
+def settings_path(responses: Path) -> Path:
+    return responses.with_name(responses.stem + ".settings.json")
+
+
+def read_settings(responses: Path) -> dict:
+    """The sidecar's settings, ``{}`` when there is none."""
+    sp = settings_path(responses)
+    return json.loads(sp.read_text()) if sp.is_file() else {}
+
+
+def read_answered(path: Path) -> dict[int, dict]:
+    """Records already in a response file, by key (an absent file gives ``{}``).
+
+    A last line without its newline that is not valid JSON is the trace of a run killed
+    mid-write: it is cut off the file (with a message) so the prompt is answered again.
+    Any other bad line raises ``ValueError`` naming the file and line."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    done: dict[int, dict] = {}
+    offset = 0
+    for lineno, line in enumerate(lines, 1):
+        is_last_unterminated = lineno == len(lines) and not raw.endswith(b"\n")
+        if line.strip():
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or not isinstance(rec.get("key"), int) or "response" not in rec:
+                    raise ValueError("expected an object with an integer 'key' and a 'response'")
+            except ValueError as e:
+                if is_last_unterminated:
+                    print(f"[ifeval] {path}:{lineno}: incomplete last line (killed run?), dropping it "
+                          f"and answering that prompt again", file=sys.stderr)
+                    with open(path, "r+b") as f:
+                        f.truncate(offset)
+                    break
+                raise ValueError(f"{path}:{lineno}: not a response record ({e})") from None
+            if rec["key"] in done:
+                raise ValueError(f"{path}:{lineno}: key {rec['key']} answered twice")
+            done[rec["key"]] = rec
+        offset += len(line) + 1
+    return done
+
+
+def check_settings(responses: Path, settings: dict, n_done: int) -> None:
+    """Refuse (``SystemExit`` naming every difference) to add answers to a response file
+    whose ``n_done`` answers were made with other :data:`GENERATION_KEYS` settings; then
+    write ``settings`` to the sidecar (keys the sidecar has and ``settings`` lacks are kept)."""
+    sp = settings_path(responses)
+    old = read_settings(responses)
+    if old:
+        diff = {k: (old.get(k), settings.get(k)) for k in GENERATION_KEYS if old.get(k) != settings.get(k)}
+        if diff and n_done:
+            lines = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise SystemExit(f"[ifeval] {responses} holds {n_done} answers made with other settings ({lines}). "
+                             f"Use another --output_dir, or delete {responses} and {sp} to start over.")
+    elif n_done:
+        print(f"[ifeval] {responses}: {n_done} answers but no {sp.name}; resuming with the current settings",
+              file=sys.stderr)
+    sp.parent.mkdir(parents=True, exist_ok=True)
+    sp.write_text(json.dumps({**old, **settings}, indent=2) + "\n")
+
+
+class ResponseWriter:
+    """Appends answer records; each :meth:`write` is flushed and fsynced before it
+    returns, so a killed run loses at most the chunk being generated."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, records: list[dict]) -> None:
+        for r in records:
+            self.f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()

