@@ -107,7 +107,9 @@ def main(argv=None) -> None:
     init = LlamaForCausalLM(cfg).state_dict()
     results = {}
     variants = [
-        ("pad_to_max_length", sft_data.PadToLongestCollator.for_tokenizer(tok, fixed_length=args.model_max_length),
+        # Samples are truncated to model_max_length, so rounding up to a multiple of it pads
+        # every batch to exactly model_max_length: the course's pad-everything baseline.
+        ("pad_to_max_length", sft_data.PadToLongestCollator.for_tokenizer(tok, multiple=args.model_max_length),
          False),
         ("default_batching", sft_data.PadToLongestCollator.for_tokenizer(tok), True),
     ]
