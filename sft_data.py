@@ -39,6 +39,7 @@ from utils import (
     REPO_ROOT,
     ConversationFormatError,
     file_sha256,
+    iter_jsonl,
     normalize_conversation,
     pad_token_id,
     tokenizer_fingerprint,
@@ -76,14 +77,8 @@ def data_files(data_path: str) -> list[Path]:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    for lineno, value in iter_jsonl(path, "training data", DataFormatError, objects_only=False):
+        yield f"{path}:{lineno}", value
 
 
 def _file_records(path: Path) -> Iterator[tuple[str, object]]:
@@ -100,7 +95,7 @@ def _file_records(path: Path) -> Iterator[tuple[str, object]]:
         if e.msg == "Extra data" and e.lineno > 1:
             yield from _jsonl_records(path)
             return
-        raise DataFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+        raise DataFormatError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):

@@ -89,13 +89,16 @@ def test_reverse_mode_trains_user_turns(tmp_path, tokenizer):
 ])
 def test_malformed_json_names_file_and_line(tmp_path, tokenizer, name, content, where):
     (tmp_path / name).write_text(content)
-    with pytest.raises(sft_data.DataFormatError, match=rf"{where}: invalid JSON"):
+    with pytest.raises(sft_data.DataFormatError, match=rf"{where}: malformed JSON"):
         build(tmp_path / name, tokenizer)
 
 
 def test_malformed_records_name_the_record(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [chat("a", "b"), {"text": "no turns"}])
     with pytest.raises(sft_data.DataFormatError, match=r"d.jsonl:2: no 'conversations'"):
+        build(path, tokenizer)
+    path = write_jsonl(tmp_path / "l.jsonl", [chat("a", "b"), ["not", "an", "object"]])
+    with pytest.raises(sft_data.DataFormatError, match=r"l.jsonl:2: expected an object with a 'conversations' list, got list"):
         build(path, tokenizer)
     path = write_jsonl(tmp_path / "e.jsonl", [{"conversations": [{"role": "user", "content": 5}]}])
     with pytest.raises(sft_data.DataFormatError, match=r"e.jsonl:1: turn 0: 'content' must be a string"):
