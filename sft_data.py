@@ -39,6 +39,7 @@ from utils import (
     REPO_ROOT,
     ConversationFormatError,
     file_sha256,
+    iter_jsonl,
     normalize_conversation,
     pad_token_id,
     tokenizer_fingerprint,
@@ -76,14 +77,8 @@ def data_files(data_path: str) -> list[Path]:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, object]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+    for lineno, value in iter_jsonl(path, "training data", DataFormatError, objects_only=False):
+        yield f"{path}:{lineno}", value
 
 
 def _file_records(path: Path) -> Iterator[tuple[str, object]]:
@@ -100,7 +95,7 @@ def _file_records(path: Path) -> Iterator[tuple[str, object]]:
         if e.msg == "Extra data" and e.lineno > 1:
             yield from _jsonl_records(path)
             return
-        raise DataFormatError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+        raise DataFormatError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
@@ -352,8 +347,11 @@ def format_stats(stats: Counter) -> str:
 # ------------------------------------------------------------------ dataset/batches
 class ConversationDataset(torch.utils.data.Dataset):
     """Unpadded samples over the concatenated arrays (no per-sample objects in memory).
-    Items are ``{"input_ids", "labels"}`` int64 tensors; ``lengths`` feeds the Trainer's
-    length-grouped sampler."""
+    Items are ``{"input_ids", "labels"}`` 1-D int64 tensors; ``lengths`` (tokens per
+    sample) is for samplers outside the Trainer (the throughput benchmark). The Trainer's
+    length-grouped sampler does not read it: it takes precomputed lengths only from a
+    ``datasets.Dataset`` column and otherwise measures ``dataset[i]["input_ids"]``
+    itself, one cheap slice per sample."""
 
     def __init__(self, arrays: dict):
         self.input_ids = torch.from_numpy(np.asarray(arrays["input_ids"], dtype=np.int64))
@@ -371,11 +369,17 @@ class ConversationDataset(torch.utils.data.Dataset):
 
 class PadToLongestCollator:
     """Right-pads a batch to its longest sample, rounded up to ``multiple`` (8 keeps
-    tensor-core shapes), or to ``fixed_length`` (the course's pad-everything-to-2048,
-    kept for the benchmark's baseline). Labels pad with -100, attention with 0."""
+    tensor-core shapes). Returns ``input_ids`` (pad id), ``labels`` (-100) and
+    ``attention_mask`` (1 on tokens, 0 on padding), each ``(batch, width)`` ``torch.long``.
 
-    def __init__(self, pad_id: int, multiple: int = 8, fixed_length: Optional[int] = None):
-        self.pad_id, self.multiple, self.fixed_length = pad_id, multiple, fixed_length
+    Same values as transformers' ``DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8,
+    label_pad_token_id=-100)`` with right padding (tests/test_sft_data.py checks it), but
+    kept because it is far faster (``tokenizer.pad`` plus a list of NumPy arrays per batch;
+    ``benchmarks/collator_speed.py``), and the library's one warns "Creating a tensor from a
+    list of numpy.ndarrays is extremely slow" in every run."""
+
+    def __init__(self, pad_id: int, multiple: int = 8):
+        self.pad_id, self.multiple = pad_id, multiple
 
     @classmethod
     def for_tokenizer(cls, tokenizer, **kw):
@@ -383,8 +387,7 @@ class PadToLongestCollator:
 
     def __call__(self, samples: list[dict]) -> dict:
         longest = max(len(s["input_ids"]) for s in samples)
-        width = self.fixed_length or -(-longest // self.multiple) * self.multiple
-        width = max(width, longest)
+        width = -(-longest // self.multiple) * self.multiple
         batch = {
             "input_ids": torch.full((len(samples), width), self.pad_id, dtype=torch.long),
             "labels": torch.full((len(samples), width), IGNORE_TOKEN_ID, dtype=torch.long),

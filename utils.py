@@ -75,10 +75,13 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def iter_jsonl(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line of a JSONL file. A missing
-    file, a directory, a malformed line or a line that is not a JSON object raises
-    ``error`` with a message naming ``what`` (e.g. "IFEval prompt") or file:line."""
+def iter_jsonl(path: str | os.PathLike, what: str, error: type[Exception] = ValueError,
+               objects_only: bool = True) -> Iterator[tuple[int, object]]:
+    """Yield (line number, value) for each non-blank line of a JSONL file. A missing
+    file, a directory or a malformed line raises ``error`` with a message naming
+    ``what`` (e.g. "IFEval prompt") or file:line. With ``objects_only`` (the default) a
+    line that is not a JSON object raises too; without it, any JSON value is yielded
+    for the caller to judge (``sft_data`` names such a record in its own error)."""
     p = Path(path)
     if not p.exists():
         raise error(f"{what} file not found: {p}")
@@ -92,7 +95,7 @@ def iter_jsonl(path: str | os.PathLike, what: str, error: type[Exception] = Valu
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise error(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
+            if objects_only and not isinstance(obj, dict):
                 raise error(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
 

@@ -26,17 +26,15 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sft_data  # noqa: E402
 from loss_functions import compute_loss_from_logits  # noqa: E402
-from utils import DEFAULT_MODEL, load_tokenizer, resolve_path, shared_dir  # noqa: E402
+from utils import DEFAULT_MODEL, iter_jsonl, load_tokenizer, resolve_path, shared_dir  # noqa: E402
 
 
 def chats_file(responses: Path, out: Path) -> Path:
     """gpt4_responses.jsonl ({prompt, response}) as {"messages": [user, assistant]} lines."""
-    with open(responses) as f, open(out, "w") as g:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                g.write(json.dumps({"messages": [{"role": "user", "content": r["prompt"]},
-                                                 {"role": "assistant", "content": r["response"]}]}) + "\n")
+    with open(out, "w") as g:
+        for _, r in iter_jsonl(responses, "GPT-4 response"):
+            g.write(json.dumps({"messages": [{"role": "user", "content": r["prompt"]},
+                                             {"role": "assistant", "content": r["response"]}]}) + "\n")
     return out
 
 
@@ -107,7 +105,9 @@ def main(argv=None) -> None:
     init = LlamaForCausalLM(cfg).state_dict()
     results = {}
     variants = [
-        ("pad_to_max_length", sft_data.PadToLongestCollator.for_tokenizer(tok, fixed_length=args.model_max_length),
+        # Samples are truncated to model_max_length, so rounding up to a multiple of it pads
+        # every batch to exactly model_max_length: the course's pad-everything baseline.
+        ("pad_to_max_length", sft_data.PadToLongestCollator.for_tokenizer(tok, multiple=args.model_max_length),
          False),
         ("default_batching", sft_data.PadToLongestCollator.for_tokenizer(tok), True),
     ]

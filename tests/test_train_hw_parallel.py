@@ -235,7 +235,7 @@ def test_bad_data_stops_with_file_and_line(setup, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"conversations": []}\n{"conversations": [{"role": "user", "content": "x"}\n')
     argv = common_args(model, bad, tmp_path / "x", tmp_path / "cache")
-    with pytest.raises(sft_data.DataFormatError, match=r"bad.jsonl:2: invalid JSON"):
+    with pytest.raises(sft_data.DataFormatError, match=r"bad.jsonl:2: malformed JSON"):
         train_hw_parallel.main(argv)
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"conversations": [{"role": "user", "content": "no answer"}]}\n')

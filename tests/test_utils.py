@@ -232,6 +232,7 @@ def test_iter_jsonl(tmp_path):
     bad.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: expected a JSON object, got list"):
         list(iter_jsonl(bad, "test"))
+    assert list(iter_jsonl(bad, "test", objects_only=False)) == [(1, {"a": 1}), (2, [1, 2])]
     with pytest.raises(MyError, match=r"test file not found: .*absent\.jsonl"):
         list(iter_jsonl(tmp_path / "absent.jsonl", "test", MyError))
     with pytest.raises(ValueError, match="is a directory"):
