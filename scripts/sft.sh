@@ -15,6 +15,7 @@
 #   BSZPERDEV [16 on GPU, 4 on CPU]    samples per device per micro-step
 #                              gradient accumulation = TOTALBSZ / devices / BSZPERDEV
 #   EPOCHS [3], LR [2e-5], WARMUP [0.1], MAXLEN [2048], MAXROUNDS [5], SAVESTEPS [200]
+#                              (WARMUP goes to --warmup_steps: below 1 it is a share of the steps)
 #   DS_CONFIG [ds_configs/zero2_no_offload.json]  (scripts/sft_offload.sh: optimizer on CPU)
 #   HOSTFILE                   DeepSpeed hostfile for several nodes ("host slots=N" lines)
 #   NUM_GPUS                   use this many GPUs instead of all that nvidia-smi lists
@@ -113,12 +114,12 @@ CMD=("$PYTHON" -u -m deepspeed.launcher.runner "${LAUNCH[@]}" --master_port "$MA
     --per_device_train_batch_size "$BSZPERDEV"
     --gradient_accumulation_steps "$GA"
     --learning_rate "$LR"
-    --warmup_ratio "$WARMUP"
+    --warmup_steps "$WARMUP"
     --lr_scheduler_type cosine
     --weight_decay 0.0
     --model_max_length "$MAXLEN"
     --max_rounds "$MAXROUNDS"
-    --group_by_length True
+    --train_sampling_strategy group_by_length
     --logging_steps 1
     --save_strategy steps
     --save_steps "$SAVESTEPS"
