@@ -63,6 +63,10 @@ without a full-size zero fill. Extra memory is one
 rows x 49,152). ``benchmarks/loss.py`` measured, at batch 1, 2,048
 tokens, vocab 49,152 on 2 busy CPU cores: 96 MB above logits + gradient against 767 MB
 (fp32) and 959 MB (bf16) for the plain form, at about 0.7-0.8x its time.
+
+The per-chunk math (:func:`row_lse`, :func:`grad_shift`, :func:`row_grad`) is shared with
+``fused_loss.py``, which applies it to logits it computes chunk by chunk from the hidden
+states (training without the full logits tensor, ``train_hw_parallel.py --loss fused``).
 """
 from __future__ import annotations
 
