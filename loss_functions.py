@@ -67,10 +67,14 @@ without a full-size zero fill. Extra memory is one
 rows x 49,152). ``benchmarks/loss.py`` measured, at batch 1, 2,048
 tokens, vocab 49,152 on 2 busy CPU cores: 96 MB above logits + gradient against 767 MB
 (fp32) and 959 MB (bf16) for the plain form, at about 0.7-0.8x its time.
+
+The per-chunk math (:func:`row_lse`, :func:`grad_shift`, :func:`row_grad`) is shared with
+``fused_loss.py``, which applies it to logits it computes chunk by chunk from the hidden
+states (training without the full logits tensor, ``train_hw_parallel.py --loss fused``).
 """
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -122,6 +126,78 @@ def _plan(rows: torch.Tensor, chunk_size: int) -> list:
     return plan
 
 
+def _shift_into(src: torch.Tensor, shift: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """``src - shift`` in the compute dtype, written into the first ``len(src)`` rows of the
+    working buffer ``buf`` (``src`` may be those rows themselves)."""
+    x = buf[:src.shape[0]]
+    if src.dtype == x.dtype:
+        return torch.sub(src, shift, out=x)  # shift on the way in: one pass
+    return x.copy_(src).sub_(shift)
+
+
+def row_lse(src: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """Log-sum-exp of each row of ``src`` ``[rows, vocab]`` (any float dtype), computed in
+    ``buf``'s dtype after subtracting each row's maximum, with ``buf`` as the workspace
+    (its first ``rows`` rows are overwritten; ``src`` may be those rows). Returns ``[rows]``.
+
+    fp32 costs 4 passes over the rows (max, shift into the buffer, exp, sum); bf16/fp16
+    rows are converted by a plain copy first, because CPU kernels that mix dtypes in one
+    op run an unvectorised casting loop, several times slower than copy + op.
+    """
+    m = src.amax(dim=1, keepdim=True).to(buf.dtype)  # exact in any dtype
+    # A row of all -inf would give (-inf) - (-inf) = NaN; keep the shift finite.
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    x = _shift_into(src, m, buf)
+    return x.exp_().sum(dim=1).log_().add_(m.squeeze(1))
+
+
+def grad_shift(lse: torch.Tensor, grad_total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(coef, shift, fused)`` for :func:`row_grad`: the incoming gradient ``g`` of the
+    summed loss in ``lse``'s dtype, and the per-row exponent shift.
+
+    d/dx g * (lse - x[y]) = g * softmax(x) - g * onehot(y). For g > 0 (always, from a loss
+    that is minimised) g is folded into the exponent, saving a pass:
+    g * exp(x - lse) = exp(x - (lse - log g)). Only while |lse - log g| stays small: its
+    rounding error (half an ulp, 2**-19 relative below 64) becomes the relative error of
+    the gradient, and at lse ~ 1e4 log g would be rounded away entirely.
+    """
+    coef = grad_total.detach().to(lse.dtype)
+    fused = bool(coef > 0) and bool(torch.isfinite(coef))
+    if fused:
+        shift = lse - coef.log()
+        if bool(shift.abs().max() <= _FUSE_LIMIT):
+            return coef, shift, True
+    return coef, lse, False
+
+
+def row_grad(src: torch.Tensor, shift: torch.Tensor, local: torch.Tensor, targets: torch.Tensor,
+             coef: torch.Tensor, fused: bool, buf: torch.Tensor, out: torch.Tensor = None) -> torch.Tensor:
+    """Gradient of ``coef * sum_i (lse[i] - src[local[i], targets[i]])`` with respect to the
+    rows ``src`` ``[rows, vocab]``: ``coef * softmax(row) - coef * onehot(target)`` at the
+    rows ``local``, ``coef * softmax(row)`` at the others (the caller zeroes those if they
+    are ignored). ``shift`` ``[rows, 1]`` and ``fused`` come from :func:`grad_shift`.
+
+    Computed in ``buf``'s dtype (its first ``rows`` rows are overwritten; ``src`` may be
+    those rows). Returns ``out`` when given, fused and of the compute dtype (the exp is
+    written straight into it: 2 passes), otherwise the rows of ``buf``, which the caller
+    copies or multiplies onwards.
+    """
+    x = _shift_into(src, shift, buf)
+    # The target entries, in the compute dtype before any rounding to the logits' dtype
+    # (g * p - g loses everything if p ~ 1 is rounded first).
+    at_target = x[local, targets].exp()
+    at_target = (at_target if fused else at_target * coef) - coef
+    if fused and out is not None and out.dtype == x.dtype:
+        torch.exp(x, out=out)  # straight into the gradient
+        out[local, targets] = at_target
+        return out
+    x.exp_()
+    if not fused:
+        x.mul_(coef)
+    x[local, targets] = at_target
+    return x
+
+
 class ChunkedCrossEntropy(torch.autograd.Function):
     """Sum over ``rows`` of ``logsumexp(flat[r]) - flat[r, targets[r]]``, chunk by chunk.
 
@@ -134,22 +210,10 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     ``[chunk_size, vocab]`` working buffer in the compute dtype: a new allocation per
     chunk would page-fault on every 4 KiB page each time. Each chunk costs few full passes
     over its rows, because on a busy machine every multi-threaded op pays for thread
-    synchronisation. fp32: forward reads the rows for their max, writes ``x - max`` into
-    the buffer, exponentiates it and sums it (4 passes); backward writes
-    ``x - (lse - log g)`` into the buffer and exponentiates it straight into the gradient
-    (``exp(x - lse) * g`` in one go for the usual incoming ``g > 0``; 2 passes). bf16/fp16
-    rows are converted by a plain copy first (and the gradient copied back), because CPU
-    kernels that mix dtypes in one op run an unvectorised casting loop, several times
-    slower than copy + op.
+    synchronisation: forward is :func:`row_lse` (4 passes in fp32), backward
+    :func:`row_grad` (``exp(x - (lse - log g))`` straight into the gradient for the usual
+    incoming ``g > 0``: 2 passes). bf16/fp16 gradients are computed in fp32 and copied back.
     """
-
-    @staticmethod
-    def _shifted(flat, p0, p1, shift, buf):
-        """``flat[p0:p1] - shift`` in the compute dtype, written into the buffer."""
-        src, x = flat[p0:p1], buf[:p1 - p0]
-        if src.dtype == x.dtype:
-            return torch.sub(src, shift, out=x)  # shift on the way in: one pass
-        return x.copy_(src).sub_(shift)
 
     @staticmethod
     def forward(ctx, flat: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, chunk_size: int):
@@ -161,12 +225,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=cdt, device=flat.device)
         for p0, p1, i0, i1, local, _ in plan:
             src = flat[p0:p1]
-            m = src.amax(dim=1, keepdim=True).to(cdt)  # exact in any dtype
-            # A row of all -inf would give (-inf) - (-inf) = NaN; keep the shift finite.
-            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
             target_logit = src[local, targets[i0:i1]].to(cdt)
-            x = ChunkedCrossEntropy._shifted(flat, p0, p1, m, buf)
-            chunk_lse = x.exp_().sum(dim=1).log_().add_(m.squeeze(1))
+            chunk_lse = row_lse(src, buf)
             lse[p0:p1] = chunk_lse
             total += (chunk_lse[local] - target_logit).sum()
         ctx.save_for_backward(flat, rows, targets, lse)
@@ -187,37 +247,13 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         grad.index_fill_(0, outside.nonzero().squeeze(1), 0)
         if not plan:
             return grad, None, None, None
-        cdt = lse.dtype
         width = max(p1 - p0 for p0, p1, *_ in plan)
-        buf = torch.empty(width, flat.shape[1], dtype=cdt, device=flat.device)
-        coef = grad_total.detach().to(cdt)
-        # d/dx g * (lse - x[y]) = g * softmax(x) - g * onehot(y). For g > 0 (always, from a
-        # loss that is minimised) fold g into the exponent, saving a pass:
-        # g * exp(x - lse) = exp(x - (lse - log g)). Only while |lse - log g| stays small:
-        # its rounding error (half an ulp, 2**-19 relative below 64) becomes the relative
-        # error of the gradient, and at lse ~ 1e4 log g would be rounded away entirely.
-        fused = bool(coef > 0) and bool(torch.isfinite(coef))
-        if fused:
-            shift = lse - coef.log()
-            fused = bool(shift.abs().max() <= _FUSE_LIMIT)
-        if not fused:
-            shift = lse
+        buf = torch.empty(width, flat.shape[1], dtype=lse.dtype, device=flat.device)
+        coef, shift, fused = grad_shift(lse, grad_total)
         for p0, p1, i0, i1, local, ignored in plan:
-            t = targets[i0:i1]
-            x = ChunkedCrossEntropy._shifted(flat, p0, p1, shift[p0:p1].unsqueeze(1), buf)
-            # The target entries, in the compute dtype before any rounding to the logits'
-            # dtype (g * p - g loses everything if p ~ 1 is rounded first).
-            at_target = x[local, t].exp()
-            at_target = (at_target if fused else at_target * coef) - coef
             dst = grad[p0:p1]
-            if fused and flat.dtype == cdt:
-                torch.exp(x, out=dst)  # straight into the gradient
-                dst[local, t] = at_target
-            else:
-                x.exp_()
-                if not fused:
-                    x.mul_(coef)
-                x[local, t] = at_target
+            x = row_grad(flat[p0:p1], shift[p0:p1].unsqueeze(1), local, targets[i0:i1], coef, fused, buf, out=dst)
+            if x is not dst:
                 dst.copy_(x)  # casts to bf16/fp16 where needed
             if ignored is not None:
                 dst.index_fill_(0, ignored, 0)
@@ -240,17 +276,22 @@ def _num_items(num_items_in_batch: Union[int, float, torch.Tensor, None], fallba
     return torch.tensor(float(num_items_in_batch), dtype=torch.float64, device=device)
 
 
-def _shifted_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _shifted_targets(labels: torch.Tensor, vocab: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rows, targets)`` of the causal shift: the flat positions ``b * seq + t`` (int64,
     increasing) whose next label ``labels[b, t + 1]`` is not ignored, and those labels.
-    The last position of each row predicts nothing."""
+    The last position of each row predicts nothing. With ``vocab``, a target outside
+    ``[0, vocab)`` raises ValueError naming it."""
     # Shifted targets laid out like the logits: position t of a row holds label t+1,
     # the last position of each row holds "ignored".
     shifted = torch.full_like(labels, IGNORE_TOKEN_ID)
     shifted[:, :-1] = labels[:, 1:]
     shifted = shifted.reshape(-1)
     rows = (shifted != IGNORE_TOKEN_ID).nonzero().squeeze(1)
-    return rows, shifted.index_select(0, rows)
+    targets = shifted.index_select(0, rows)
+    if vocab is not None and targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
+        bad = targets[(targets < 0) | (targets >= vocab)][0].item()
+        raise ValueError(f"label id {bad} is outside the vocabulary [0, {vocab}) and is not {IGNORE_TOKEN_ID}")
+    return rows, targets
 
 
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor,
@@ -273,16 +314,17 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor,
     batch, seq, vocab = logits.shape
     labels = labels.to(logits.device)
 
-    rows, targets = _shifted_targets(labels)
-    if targets.numel() and (targets.min() < 0 or targets.max() >= vocab):
-        bad = targets[(targets < 0) | (targets >= vocab)][0].item()
-        raise ValueError(f"label id {bad} is outside the vocabulary [0, {vocab}) and is not {IGNORE_TOKEN_ID}")
-
+    rows, targets = _shifted_targets(labels, vocab)
     # A view when the logits are contiguous (the usual model output): no copy.
     flat = logits.reshape(batch * seq, vocab)
     total = ChunkedCrossEntropy.apply(flat, rows, targets, chunk_size)
-    denom = _num_items(num_items_in_batch, rows.numel(), logits.device).to(total.dtype)
-    # Nothing to average over: a finite zero that still backpropagates (zeros).
+    return _normalize(total, num_items_in_batch, rows.numel())
+
+
+def _normalize(total: torch.Tensor, num_items_in_batch: Union[int, torch.Tensor, None], count: int) -> torch.Tensor:
+    """``total / num_items_in_batch`` (``None``: / ``count``) in ``total``'s dtype; a finite
+    zero that still backpropagates (zeros) when the divisor is 0."""
+    denom = _num_items(num_items_in_batch, count, total.device).to(total.dtype)
     safe = torch.where(denom > 0, denom, torch.ones_like(denom))
     return torch.where(denom > 0, total / safe, total * 0.0)
 

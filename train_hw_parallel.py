@@ -12,9 +12,11 @@ What it adds to a plain Trainer run:
 - batches padded to their longest sample (multiple of 8) with length-grouped sampling
   (``--train_sampling_strategy group_by_length``, which scripts/sft.sh turns on), or packed without padding when the
   attention can keep samples apart (``--padding_free`` with ``--flash_attn``);
-- the Part 5 loss through ``compute_loss_func``: the Trainer then passes the token count
-  of the whole accumulated batch (all ranks), the loss is a sum / that count, so
-  gradient accumulation is exact and the logged loss is the mean token loss;
+- the token loss as a sum / the token count of the whole accumulated batch (all ranks),
+  which the Trainer passes to a custom loss, so gradient accumulation is exact and the
+  logged loss is the mean token loss: by default (``--loss fused``) without ever building
+  the logits (``fused_loss.FusedLossTrainer``), or (``--loss logits``) Part 5's
+  ``compute_loss_from_logits`` on the model's logits through ``compute_loss_func``;
 - outputs a report needs: the model in safetensors with a generation config that stops
   at ``<|im_end|>``, the tokenizer with its chat template, ``trainer_state.json``, a loss
   curve PNG and ``run_manifest.json`` (arguments, commit, hashes, masking statistics);
@@ -39,6 +41,7 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, Traini
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 import sft_data
+from fused_loss import FusedLossTrainer
 from loss_functions import compute_loss_from_logits
 from report import plot_loss_curve
 from utils import REPO_ROOT, end_of_turn_ids, load_tokenizer, pad_token_id, resolve_path
@@ -51,6 +54,13 @@ class ModelArguments:
         default=False,
         metadata={"help": "Use flash_attention_2 (needs the flash-attn package, an Ampere+ GPU and bf16/fp16); "
                           "otherwise PyTorch sdpa."},
+    )
+    loss: str = field(
+        default="fused",
+        metadata={"help": "fused: output layer + cross-entropy in chunks over the trained positions, never "
+                          "building the logits (fused_loss.py); logits: the model's logits through Part 5's "
+                          "compute_loss_from_logits. Same loss and gradients.",
+                  "choices": ["fused", "logits"]},
     )
 
 
@@ -299,13 +309,17 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     if training_args.gradient_checkpointing:
         model.config.use_cache = False
 
-    trainer = Trainer(
+    if model_args.loss == "fused":
+        trainer_cls, loss_kwargs = FusedLossTrainer, {}
+    else:
+        trainer_cls, loss_kwargs = Trainer, {"compute_loss_func": compute_loss_from_logits}
+    trainer = trainer_cls(
         model=model,
         args=training_args,
         train_dataset=dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        compute_loss_func=compute_loss_from_logits,
+        **loss_kwargs,
     )
 
     if resume:

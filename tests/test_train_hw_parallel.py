@@ -1,5 +1,6 @@
 """train_hw_parallel.py: exact gradient accumulation (with and without DeepSpeed, one and
-two ranks), logged loss = mean token loss, learning on a repeated batch, outputs.
+two ranks, --loss fused and logits), logged loss = mean token loss, learning on a repeated
+batch, outputs.
 
 The reference for one optimizer step is computed here independently of the Trainer and
 of the project's loss: per-sample summed cross-entropy (torch's own) over all trained
@@ -111,12 +112,12 @@ def logged_losses(out: Path) -> list:
     return [h["loss"] for h in state["log_history"] if "loss" in h]
 
 
-@pytest.mark.parametrize("bsz,ga", [(4, 1), (1, 4)])
-def test_accumulation_exact_without_deepspeed(setup, reference, bsz, ga):
+@pytest.mark.parametrize("bsz,ga,loss", [(4, 1, "fused"), (1, 4, "fused"), (1, 4, "logits")])
+def test_accumulation_exact_without_deepspeed(setup, reference, bsz, ga, loss):
     root, model, data = setup
-    out = root / f"plain_{bsz}x{ga}"
+    out = root / f"plain_{bsz}x{ga}_{loss}"
     argv = common_args(model, data, out, root / "cache") + [
-        "--per_device_train_batch_size", str(bsz), "--gradient_accumulation_steps", str(ga)]
+        "--per_device_train_batch_size", str(bsz), "--gradient_accumulation_steps", str(ga), "--loss", loss]
     trainer = train_hw_parallel.main(argv)
     assert trainer.state.global_step == 1
     ref_loss, ref_after = reference
@@ -138,16 +139,17 @@ def _single_rank_env() -> dict:
 
 
 def test_accumulation_exact_with_deepspeed(setup, reference):
-    """ZeRO-2 on the CPU accelerator: 1 rank 4x1, 1 rank 1x4 (in parallel), then 2 ranks
-    through the launcher, 1 sample x GA 2 each; all land on the reference step."""
+    """ZeRO-2 on the CPU accelerator: 1 rank 4x1 with --loss logits, 1 rank 1x4 (in
+    parallel), then 2 ranks through the launcher, 1 sample x GA 2 each (both with the
+    default --loss fused); all land on the reference step."""
     root, model, data = setup
     ds = str(REPO_ROOT / "ds_configs" / "zero2_no_offload.json")
     procs = {}
-    for bsz, ga in [(4, 1), (1, 4)]:
-        out = root / f"ds_{bsz}x{ga}"
+    for bsz, ga, loss in [(4, 1, "logits"), (1, 4, "fused")]:
+        out = root / f"ds_{bsz}x{ga}_{loss}"
         cmd = [sys.executable, str(REPO_ROOT / "train_hw_parallel.py"), "--deepspeed", ds,
                *common_args(model, data, out, root / "cache"),
-               "--per_device_train_batch_size", str(bsz), "--gradient_accumulation_steps", str(ga)]
+               "--per_device_train_batch_size", str(bsz), "--gradient_accumulation_steps", str(ga), "--loss", loss]
         procs[out] = subprocess.Popen(cmd, env=_single_rank_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True)
     for out, p in procs.items():

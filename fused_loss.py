@@ -1,0 +1,201 @@
+"""Training loss without the logits tensor: the output layer and the cross-entropy fused.
+
+    from fused_loss import FusedLossTrainer
+    trainer = FusedLossTrainer(model=model, args=training_args, ...)   # instead of Trainer
+    loss = fused_linear_cross_entropy(hidden, weight, labels, num_items_in_batch=None)
+
+Why
+---
+Part 5's chunked loss (``loss_functions``) keeps the loss's own memory small, but the model
+has already built the logits ``[batch, seq, vocab]`` and autograd later builds their
+gradient: at 2,048 tokens x 49,152 vocab that is 400 MB each in fp32 per sample. Here the
+model stops at its last hidden states ``h`` ``[batch, seq, hidden]``; only positions whose
+shifted label is a target are kept (chat data masks prompts, system turns and padding), and
+``logsumexp(h W^T) - (h W^T)[target]`` is computed over those rows in chunks of
+``chunk_size`` rows. Backward recomputes each chunk's logits ``h_c W^T`` and turns their
+gradient into the gradients of ``h_c`` and of ``W`` (the output weight) right away. Extra
+memory: one ``[chunk_size, vocab]`` fp32 working buffer (96 MiB at 512 x 49,152), plus one
+``[chunk_size, vocab]`` copy in the weight's dtype for bf16/fp16 weights, plus an fp32
+accumulator of ``W``'s gradient for bf16/fp16 weights.
+
+What is computed
+----------------
+Exactly what ``loss_functions.cross_entropy_loss`` computes on ``logits = h W^T`` with the
+same labels (same causal shift, -100 ignored, sum over targets divided by
+``num_items_in_batch``, or by the number of targets when None; a finite 0 with zero
+gradients when there is no target), using the same helpers (``row_lse``, ``grad_shift``,
+``row_grad``, ``_shifted_targets``, ``_normalize``). The chunk logits ``h_c W^T`` are
+computed in the weight's dtype, as the model's output layer computes them, then the
+log-sum-exp and the logits' gradient in fp32 (fp64 for fp64); the gradient of ``h`` comes
+back in ``h``'s dtype, the gradient of ``W`` is summed over chunks in fp32 and returned in
+``W``'s dtype. In SmolLM2 ``W`` is the input embedding (tied weights): autograd adds this
+gradient to the embedding's own once, because the model's output layer itself is given
+no position (``logits_to_keep`` empty) and so adds nothing.
+
+With the HF Trainer (transformers 5.19)
+---------------------------------------
+:class:`FusedLossTrainer` overrides ``compute_loss`` only to call the model (wrapped by
+DeepSpeed or DDP as the Trainer prepared it) with ``logits_to_keep`` = no position and
+``output_hidden_states=True``; ``hidden_states[-1]`` of a causal LM in transformers 5 is the
+final, normalised hidden state (``last_hidden_state``), the input of the output layer. The
+rest is ``Trainer.compute_loss`` with this loss as its ``compute_loss_func``, so labels,
+``num_items_in_batch`` (all micro-batches of the accumulation window, all ranks), the
+multiplication by the number of processes and the "already scaled for gradient
+accumulation" rule are the ones ``loss_functions`` documents for the logits path. The
+collator's ``position_ids`` (``--padding_free``) go to the model untouched; gradient
+checkpointing is inside the decoder and unaffected. Evaluation through this trainer gets
+empty logits (this project does not evaluate in the Trainer).
+
+Models whose output layer is not a plain bias-free linear map (logit soft-capping or
+scaling in the config) are refused with a ValueError: use ``--loss logits`` for them.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from transformers import Trainer
+
+from loss_functions import (DEFAULT_CHUNK_SIZE, _compute_dtype, _normalize, _shifted_targets, grad_shift,
+                            row_grad, row_lse)
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """Sum over rows ``i`` of ``logsumexp(hidden[i] @ weight.T) - hidden[i] @ weight[targets[i]]``.
+
+    ``hidden`` ``[n, d]`` are the hidden states of the target positions only, ``weight``
+    ``[vocab, d]`` the output layer's weight (same dtype), ``targets`` ``[n]`` int64 ids.
+    Returns a 0-d tensor in the compute dtype (fp32, fp64 for fp64). Saved for backward:
+    ``hidden``, ``weight`` (no copies), ``targets`` and one log-sum-exp per row.
+    """
+
+    @staticmethod
+    def _logits(hidden, weight, i0, i1, buf):
+        """``hidden[i0:i1] @ weight.T`` in the weight's dtype, then in ``buf``'s dtype."""
+        x = buf[:i1 - i0]
+        if weight.dtype == buf.dtype:
+            return torch.mm(hidden[i0:i1], weight.t(), out=x)
+        return x.copy_(hidden[i0:i1] @ weight.t())
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int):
+        n = hidden.shape[0]
+        cdt = _compute_dtype(weight.dtype)
+        lse = torch.empty(n, dtype=cdt, device=hidden.device)
+        total = torch.zeros((), dtype=cdt, device=hidden.device)
+        buf = torch.empty(min(chunk_size, max(n, 1)), weight.shape[0], dtype=cdt, device=hidden.device)
+        # Under the Trainer's autocast (--bf16 without DeepSpeed) mm would recast to bf16 and
+        # refuse the fp32 buffer; the dtypes here are chosen explicitly instead.
+        with torch.autocast(hidden.device.type, enabled=False):
+            for i0 in range(0, n, chunk_size):
+                i1 = min(i0 + chunk_size, n)
+                x = FusedLinearCrossEntropy._logits(hidden, weight, i0, i1, buf)
+                target_logit = x[torch.arange(i1 - i0, device=x.device), targets[i0:i1]].clone()
+                lse[i0:i1] = row_lse(x, buf)
+                total += (lse[i0:i1] - target_logit).sum()
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk_size = chunk_size
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total: torch.Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n, chunk_size = hidden.shape[0], ctx.chunk_size
+        grad_h = torch.empty_like(hidden) if want_h else None
+        # fp32 accumulation over chunks; for an fp32 weight it is the returned gradient itself.
+        grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if want_w else None
+        if n == 0:
+            if want_h:
+                grad_h.zero_()
+            return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None
+        cdt = lse.dtype
+        buf = torch.empty(min(chunk_size, n), weight.shape[0], dtype=cdt, device=hidden.device)
+        coef, shift, fused = grad_shift(lse, grad_total)
+        for i0 in range(0, n, chunk_size):
+            i1 = min(i0 + chunk_size, n)
+            x = FusedLinearCrossEntropy._logits(hidden, weight, i0, i1, buf)
+            local = torch.arange(i1 - i0, device=x.device)
+            g = row_grad(x, shift[i0:i1].unsqueeze(1), local, targets[i0:i1], coef, fused, buf)
+            if weight.dtype != cdt:
+                g = g.to(weight.dtype)  # the logits' gradient in the layer's dtype, as autograd would
+            if want_h:
+                torch.mm(g, weight, out=grad_h[i0:i1])
+            if want_w:
+                if g.dtype == cdt:
+                    grad_w.addmm_(g.t(), hidden[i0:i1])
+                else:
+                    grad_w += g.t() @ hidden[i0:i1]
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                               num_items_in_batch: Union[int, torch.Tensor, None] = None,
+                               chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """Causal-LM token cross-entropy of the logits ``hidden @ weight.T`` without building them.
+
+    ``hidden`` ``[batch, seq, d]`` (the last hidden states), ``weight`` ``[vocab, d]``,
+    ``labels`` ``[batch, seq]`` with -100 where nothing is trained. Returns the same 0-d
+    fp32 (fp64 for fp64) value as ``loss_functions.cross_entropy_loss(hidden @ weight.T,
+    labels, num_items_in_batch)``. Raises ValueError for mismatched shapes or a label id
+    outside ``[0, vocab)``.
+    """
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden states must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
+    if labels is None:
+        raise ValueError("labels is None: the loss needs the batch's labels (did the collator drop them?)")
+    if labels.shape != hidden.shape[:2]:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match hidden states {tuple(hidden.shape[:2])}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"output weight {tuple(weight.shape)} does not match hidden size {hidden.shape[2]}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    rows, targets = _shifted_targets(labels.to(hidden.device), weight.shape[0])
+    # Only the target rows go through the output layer (a copy of n x d, small).
+    picked = hidden.reshape(-1, hidden.shape[2]).index_select(0, rows).to(weight.dtype)
+    total = FusedLinearCrossEntropy.apply(picked, weight, targets, chunk_size)
+    return _normalize(total, num_items_in_batch, rows.numel())
+
+
+def output_weight(model: torch.nn.Module) -> torch.nn.Parameter:
+    """The output layer's weight ``[vocab, hidden]`` of a causal LM (the embedding itself
+    when tied). Raises ValueError when the logits are more than ``h @ W.T`` (a bias,
+    soft-capping or scaling), which this loss does not reproduce."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        raise ValueError(f"{type(model).__name__}: the output layer is not a bias-free Linear; use --loss logits")
+    cfg = getattr(model, "config", None)
+    for name, neutral in (("final_logit_softcapping", None), ("logit_scale", None), ("logits_scaling", 1.0)):
+        value = getattr(cfg, name, neutral)
+        if value is not None and value != neutral:
+            raise ValueError(f"{type(model).__name__}: config.{name}={value} changes the logits; use --loss logits")
+    return head.weight
+
+
+class FusedLossTrainer(Trainer):
+    """``Trainer`` whose training loss is :func:`fused_linear_cross_entropy` on the model's
+    last hidden states and output weight (see the module docstring). Takes the Trainer's
+    arguments (not ``compute_loss_func``) and ``chunk_size``."""
+
+    def __init__(self, *args, chunk_size: int = DEFAULT_CHUNK_SIZE, **kwargs):
+        if "compute_loss_func" in kwargs:
+            raise TypeError("FusedLossTrainer computes its own loss; do not pass compute_loss_func")
+        super().__init__(*args, compute_loss_func=self._loss_from_hidden, **kwargs)
+        self.chunk_size = chunk_size
+        output_weight(self.model)  # refuse an unsupported output layer before training starts
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        device = inputs["input_ids"].device if "input_ids" in inputs else None
+        # No position through the output layer; the final hidden states come back instead.
+        inputs = {**inputs, "logits_to_keep": torch.zeros(0, dtype=torch.long, device=device),
+                  "output_hidden_states": True}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+    def _loss_from_hidden(self, outputs: Any, labels: Optional[torch.Tensor],
+                          num_items_in_batch: Union[int, torch.Tensor, None] = None) -> torch.Tensor:
+        # self.model is the bare model under any wrapper; its weight is the one in use
+        # (DeepSpeed casts the module's parameters in place for bf16/fp16).
+        return fused_linear_cross_entropy(outputs.hidden_states[-1], output_weight(self.model), labels,
+                                          num_items_in_batch, self.chunk_size)
