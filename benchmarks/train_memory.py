@@ -71,8 +71,10 @@ def make_batch(torch, batch: int, length: int, vocab: int, masking: str):
     return ids, labels
 
 
-def setup(model_path: str, device: str):
-    """(model, AdamW optimizer, step function) with the optimizer state already allocated."""
+def setup(model_path: str, device: str, checkpointing: bool = False):
+    """(model, AdamW optimizer, step function) with the optimizer state already allocated;
+    ``checkpointing``: the decoder layers recompute their activations in backward
+    (``--gradient_checkpointing True`` in training)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -82,6 +84,9 @@ def setup(model_path: str, device: str):
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
     model.to(device).train()
+    if checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
 
@@ -105,7 +110,7 @@ def setup(model_path: str, device: str):
 def cpu_worker(args, loss_name: str, batch: int, length: int, masking: str) -> dict:
     import torch
 
-    model, step = setup(args.model, "cpu")
+    model, step = setup(args.model, "cpu", args.gradient_checkpointing)
     ids, labels = make_batch(torch, batch, length, model.config.vocab_size, masking)
     before = _status_bytes("VmRSS")
     _reset_peak()
@@ -125,7 +130,7 @@ def gpu_worker(args, loss_name: str) -> dict:
     batch at 2048 that fits in 11 GB."""
     import torch
 
-    model, step = setup(args.model, "cuda")
+    model, step = setup(args.model, "cuda", args.gradient_checkpointing)
     vocab = model.config.vocab_size
     base = torch.cuda.memory_allocated()
     peaks = {}
@@ -163,7 +168,7 @@ def run_worker(args, *job) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     shapes = [f"{b}x{n}" for b, n in args.shapes]
     cmd = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps), "--shapes", *shapes,
-           "--worker", json.dumps(job)]
+           *(["--gradient_checkpointing"] if args.gradient_checkpointing else []), "--worker", json.dumps(job)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"worker {job} failed:\n{out.stderr[-3000:]}")
@@ -185,6 +190,8 @@ def main(argv=None) -> int:
     ap.add_argument("--masking", nargs="+", default=["chat", "all"], choices=["chat", "all"])
     ap.add_argument("--losses", nargs="+", default=["logits", "fused"], choices=["logits", "fused"])
     ap.add_argument("--steps", type=int, default=1, help="full steps per process (time: the fastest)")
+    ap.add_argument("--gradient_checkpointing", action="store_true",
+                    help="recompute the decoder layers' activations in backward (both losses)")
     ap.add_argument("--no-gpu", action="store_true", help="skip the GPU measurements even if a GPU is visible")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -205,7 +212,8 @@ def main(argv=None) -> int:
     for job in tqdm(jobs, desc="train-step benchmark", unit="proc"):
         results[job] = run_worker(args, *job)
 
-    print(f"\n{Path(args.model).name}, fp32 on CPU ({torch.get_num_threads()} threads), one step = forward + "
+    print(f"\n{Path(args.model).name}, fp32 on CPU ({torch.get_num_threads()} threads), "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, one step = forward + "
           f"backward + AdamW; memory = peak RSS above model + optimizer state; time of one step "
           f"(shared machine: noisy, compare ratios)")
     print(f"{'shape':8} {'masking':8} {'targets':>8} {'loss':7} {'value':>9} {'extra MB':>9} {'step s':>8}")
