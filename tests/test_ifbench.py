@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from ifeval import responses as responses_store
 from ifeval import run_ifeval, scoring
 from utils import REPO_ROOT
 
@@ -184,7 +185,8 @@ def test_ifeval_answers_are_not_resumed_as_ifbench(tmp_path):
     responses = tmp_path / "responses_m.jsonl"
     responses.write_text(json.dumps({"key": 1000, "prompt": "p", "response": "r"}) + "\n")
     args = run_ifeval.build_parser().parse_args(["--output_dir", str(tmp_path), "--model_path", "m"])
-    run_ifeval.settings_path(responses).write_text(json.dumps(run_ifeval.generation_settings(args, "m")))
+    settings = run_ifeval.generation_settings(args, "m", "hf", "cpu")
+    responses_store.settings_path(responses).write_text(json.dumps(settings))
     with pytest.raises(SystemExit, match="benchmark: file 'ifeval' vs now 'ifbench'"):
         run_ifeval.main(["--mode", "inference", "--benchmark", "ifbench", "--model_path", "m",
                          "--input_response_data", str(responses), "--output_dir", str(tmp_path), "--limit", "1"])

@@ -16,10 +16,11 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, tokenizer):
-    """A randomly initialised 2-layer Llama with the real SmolLM2 tokenizer."""
+    """A randomly initialised 2-layer Llama with the real SmolLM2 tokenizer, head_dim 64 so
+    that the sweep's IFEval step runs on vLLM (its CPU attention rejects head_dim 16)."""
     from test_train_hw_parallel import tiny_llama
 
-    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer)
+    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer, heads=1, kv_heads=1)
 
 
 def _sweep(out, model):

@@ -28,10 +28,11 @@ from utils import REPO_ROOT
 LR = 1.0  # large, so a wrong gradient scale moves parameters far beyond the tolerance
 
 
-def tiny_llama(path: Path, tokenizer) -> Path:
-    """A 2-layer, hidden-64 Llama with SmolLM2's vocabulary, saved with the tokenizer."""
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=49152, bos_token_id=0, eos_token_id=0,
+def tiny_llama(path: Path, tokenizer, heads: int = 4, kv_heads: int = 2) -> Path:
+    """A 2-layer, hidden-64 Llama with SmolLM2's vocabulary, saved with the tokenizer
+    (``heads=1, kv_heads=1`` gives head_dim 64, which vLLM's CPU attention supports; 16 it does not)."""
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=heads,
+                      num_key_value_heads=kv_heads, vocab_size=49152, bos_token_id=0, eos_token_id=0,
                       tie_word_embeddings=True, max_position_embeddings=512)
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(path)
