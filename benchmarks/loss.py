@@ -45,23 +45,12 @@ import sys
 import time
 from pathlib import Path
 
+from peak_rss import reset_peak, status_bytes  # benchmarks/ is the script's folder, so on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # loss_functions is at the repository root (imported late: torch)
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 MB = 1024 * 1024
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def make_labels(torch, batch: int, tokens: int, vocab: int, masked: str, gen):
@@ -113,11 +102,11 @@ def worker(variant: str, dtype_name: str, chunk: int, batch: int, tokens: int, v
 
     step()  # warm-up: first-call allocations, thread pool start
     logits.grad = None
-    before = _status_bytes("VmRSS")
-    _reset_peak()
+    before = status_bytes("VmRSS")
+    reset_peak()
     loss = loss_fn()
     loss.backward()
-    peak = _status_bytes("VmHWM")
+    peak = status_bytes("VmHWM")
     grad_bytes = logits.grad.numel() * logits.grad.element_size()
     times = [step() for _ in range(reps)]
     return {"variant": variant, "dtype": dtype_name, "chunk": chunk if variant == "chunked" else None,

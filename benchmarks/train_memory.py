@@ -43,22 +43,11 @@ import sys
 import time
 from pathlib import Path
 
+from peak_rss import reset_peak, status_bytes  # benchmarks/ is the script's folder, so on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
 GB11 = 11 * 1000 ** 3
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def make_batch(torch, batch: int, length: int, vocab: int, masking: str):
@@ -112,15 +101,15 @@ def cpu_worker(args, loss_name: str, batch: int, length: int, masking: str) -> d
 
     model, step = setup(args.model, "cpu", args.gradient_checkpointing)
     ids, labels = make_batch(torch, batch, length, model.config.vocab_size, masking)
-    before = _status_bytes("VmRSS")
-    _reset_peak()
+    before = status_bytes("VmRSS")
+    reset_peak()
     times, loss = [], None
     for i in range(args.steps):
         t0 = time.perf_counter()
         loss = step(loss_name, ids, labels)
         times.append(time.perf_counter() - t0)
         if i == 0:
-            peak = _status_bytes("VmHWM")
+            peak = status_bytes("VmHWM")
     return {"extra_bytes": peak - before, "time": min(times), "loss": loss,
             "targets": int((labels[:, 1:] != -100).sum())}
 
