@@ -11,7 +11,7 @@ if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,8p' "$0" | sed 's/
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python}
 t0=$SECONDS
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/fresh_clone.XXXXXX")
+tmp=$(mktemp -d)  # under $TMPDIR or /tmp
 [[ "${KEEP:-0}" == 1 ]] || trap 'rm -rf "$tmp"' EXIT
 fail() { echo "[fresh-clone] FAILED: $*" >&2; exit 1; }
 
