@@ -23,25 +23,24 @@ a finite 0 whose gradient is all zeros (never NaN). The arithmetic runs in fp32 
 fp32/bf16/fp16 logits (fp64 stays fp64, which ``gradcheck`` needs); the loss is fp32
 and the gradient comes back in the logits' own dtype.
 
-How the HF Trainer (transformers 4.57.1) uses it
-------------------------------------------------
+How the HF Trainer (transformers 5.19) uses it
+----------------------------------------------
 - ``Trainer.compute_loss`` pops ``labels`` from the batch when ``compute_loss_func`` is
   set, runs the model without them (so the model computes no loss of its own), then
   calls ``compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)``.
-- ``num_items_in_batch`` is counted once per optimizer step in ``get_batch_samples``:
-  ``labels.ne(-100).sum()`` over *all* micro-batches of the gradient-accumulation
-  window, and, with ``average_tokens_across_devices`` (default True), summed over all
-  ranks. It is a tensor. transformers 4.x counts unshifted labels (5.x counts
-  ``labels[..., 1:]`` for causal-LM models), so it equals our shifted count only when
-  the first label of each row is -100. That is not true of masked chats in general (a
-  left-truncated window can start inside a trained turn), so the training features
-  make it true: ``sft_data.unpadded_features`` sets position 0 of every sample to -100,
-  and ``DataCollatorWithFlattening(separator_id=-100)`` puts -100 at each packed
-  sample's first label.
-- Because ``compute_loss_func`` is set, ``training_step`` does *not* divide the loss by
-  the number of accumulation steps (it does so only when ``compute_loss_func is None``
-  and the model takes no loss kwargs or the count is missing); under DeepSpeed it also
-  passes ``scale_wrt_gas=False``. So each micro-batch contributes (its token-loss sum) /
+- ``num_items_in_batch`` is counted once per optimizer step (``get_batch_samples``):
+  ``ne(-100).sum()`` over *all* micro-batches of the gradient-accumulation window, and,
+  with ``average_tokens_across_devices`` (default True), summed over all ranks. It is a
+  tensor. For causal-LM models 5.x counts ``labels[..., 1:]``, our shifted targets;
+  transformers 4.x counted all labels, which equals the shifted count only when the
+  first label of each row is -100. The training features keep that true as well, so
+  the count is right under both: ``sft_data.unpadded_features`` sets position 0 of
+  every sample to -100, and ``DataCollatorWithFlattening(separator_id=-100)`` puts -100
+  at each packed sample's first label.
+- Because ``compute_loss_func`` is set, ``training_step`` treats the loss as already
+  scaled for gradient accumulation (its ``loss_is_scaled_for_ga`` rule) and does *not*
+  divide it by the number of accumulation steps; under DeepSpeed it also passes
+  ``scale_wrt_gas=False``. So each micro-batch contributes (its token-loss sum) /
   (token count of the whole accumulated batch) and the accumulated gradient is exactly
   the gradient of the mean token loss of the big batch, however tokens are spread.
 - With ``average_tokens_across_devices`` the Trainer multiplies the returned loss by the

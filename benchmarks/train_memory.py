@@ -27,6 +27,14 @@ Measured per variant:
 Masking: ``chat`` repeats a 102-position prompt (ignored) and a 154-position answer
 (targets), 60% targets; ``all`` makes every position a target.
 
+Where the memory goes (one more process, not timed): the bytes that autograd saves for
+backward (``torch.autograd.graph.saved_tensors_hooks``, each storage counted once,
+parameters excluded) in the decoder and in the output layer + loss of each path, the size
+of the logits, and of the parameters' gradients. From these and the measured peaks it
+prints the lowest fused/logits ratio that any loss could reach: the logits path's peak
+minus its logits and their gradient, over that peak. The decoder's activations and the
+parameters' gradients are the same in both paths and set the floor.
+
 If a GPU is visible, each loss also runs on it (fp32 weights, bf16 autocast, as the Trainer
 with ``--bf16`` and no DeepSpeed): ``torch.cuda.max_memory_allocated`` above the loaded model
 and optimizer state for one step at each shape, and the largest batch at length 2048 whose
@@ -114,6 +122,45 @@ def cpu_worker(args, loss_name: str, batch: int, length: int, masking: str) -> d
             "targets": int((labels[:, 1:] != -100).sum())}
 
 
+def saved_bytes(fn, params: set) -> tuple[object, int]:
+    """(``fn()``, bytes of the tensors autograd saved for backward while it ran): each
+    storage once, the storages whose data pointers are in ``params`` (the model's
+    parameters) left out since they are loaded memory, not the step's."""
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    import torch
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def breakdown_worker(args, batch: int, length: int, masking: str) -> dict:
+    """Saved-for-backward bytes of one forward at the shape (see the module docstring)."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from fused_loss import fused_linear_cross_entropy, output_weight
+    from loss_functions import compute_loss_from_logits
+
+    model, _ = setup(args.model, "cpu", args.gradient_checkpointing)
+    ids, labels = make_batch(torch, batch, length, model.config.vocab_size, masking)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    hidden, decoder = saved_bytes(lambda: model.model(input_ids=ids).last_hidden_state, params)
+    logits, head = saved_bytes(lambda: model.lm_head(hidden), params)
+    _, loss = saved_bytes(lambda: compute_loss_from_logits(logits, labels), params)
+    _, fused = saved_bytes(lambda: fused_linear_cross_entropy(hidden, output_weight(model), labels), params)
+    return {"decoder": decoder, "logits_head": head + loss, "fused": fused,
+            "logits": logits.numel() * logits.element_size(),
+            "param_grads": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+
 def gpu_worker(args, loss_name: str) -> dict:
     """Peak allocated above model + optimizer per shape (chat masking), and the largest
     batch at 2048 that fits in 11 GB."""
@@ -187,7 +234,9 @@ def main(argv=None) -> int:
 
     if args.worker:
         job = json.loads(args.worker)
-        res = gpu_worker(args, job[1]) if job[0] == "gpu" else cpu_worker(args, *job[1:])
+        kind = job[0]
+        res = (gpu_worker(args, job[1]) if kind == "gpu" else
+               breakdown_worker(args, *job[2:]) if kind == "breakdown" else cpu_worker(args, *job[1:]))
         print(json.dumps(res))
         return 0
 
@@ -197,6 +246,8 @@ def main(argv=None) -> int:
     jobs = [("cpu", loss, b, n, m) for (b, n) in args.shapes for m in args.masking for loss in args.losses]
     gpu = torch.cuda.is_available() and not args.no_gpu
     jobs += [("gpu", loss) for loss in args.losses] if gpu else []
+    first = (*args.shapes[0], args.masking[0])
+    jobs.append(("breakdown", "-", *first))
     results = {}
     for job in tqdm(jobs, desc="train-step benchmark", unit="proc"):
         results[job] = run_worker(args, *job)
@@ -226,6 +277,17 @@ def main(argv=None) -> int:
     print()
     for line in lines:
         print(line)
+    bd = results[jobs[-1]]
+    b, n, m = first
+    print(f"\nwhere the memory goes at {b}x{n} {m} (MB saved for backward, parameters excluded): "
+          f"decoder {bd['decoder'] / MB:.0f}; output layer + loss: logits path {bd['logits_head'] / MB:.0f}, "
+          f"fused {bd['fused'] / MB:.1f}; logits tensor {bd['logits'] / MB:.0f} (its gradient as much); "
+          f"parameters' gradients {bd['param_grads'] / MB:.0f}")
+    if ("cpu", "logits", b, n, m) in results:
+        peak = results[("cpu", "logits", b, n, m)]["extra_bytes"]
+        print(f"lowest fused/logits memory ratio any loss could reach here: (logits-path peak {peak / MB:.0f} "
+              f"- logits and their gradient {2 * bd['logits'] / MB:.0f}) / {peak / MB:.0f} = "
+              f"{(peak - 2 * bd['logits']) / peak:.3f}x")
     if gpu:
         print(f"\nGPU {torch.cuda.get_device_name(0)}, fp32 weights + bf16 autocast, chat masking; "
               f"max_memory_allocated above model + optimizer state (MB); largest batch at 2048 in 11 GB")
