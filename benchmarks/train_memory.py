@@ -30,10 +30,12 @@ Masking: ``chat`` repeats a 102-position prompt (ignored) and a 154-position ans
 Where the memory goes (one more process, not timed): the bytes that autograd saves for
 backward (``torch.autograd.graph.saved_tensors_hooks``, each storage counted once,
 parameters excluded) in the decoder and in the output layer + loss of each path, the size
-of the logits, and of the parameters' gradients. From these and the measured peaks it
-prints the lowest fused/logits ratio that any loss could reach: the logits path's peak
-minus its logits and their gradient, over that peak. The decoder's activations and the
-parameters' gradients are the same in both paths and set the floor.
+of the logits, and of the parameters' gradients; then the same with the weights in bf16,
+the 2-byte sizes of fp16/bf16 training on a GPU (the numbers behind ``sft.sh``'s
+``BSZPERDEV`` advice). From these and the measured peaks it
+prints the lowest fused/logits ratio that any loss could reach: whatever the loss, all the
+decoder's saved activations are alive at the end of forward and all the parameters'
+gradients at the end of backward, so the step's peak is at least the larger of the two.
 
 If a GPU is visible, each loss also runs on it (fp32 weights, bf16 autocast, as the Trainer
 with ``--bf16`` and no DeepSpeed): ``torch.cuda.max_memory_allocated`` above the loaded model
@@ -150,15 +152,19 @@ def breakdown_worker(args, batch: int, length: int, masking: str) -> dict:
 
     model, _ = setup(args.model, "cpu", args.gradient_checkpointing)
     ids, labels = make_batch(torch, batch, length, model.config.vocab_size, masking)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    hidden, decoder = saved_bytes(lambda: model.model(input_ids=ids).last_hidden_state, params)
-    logits, head = saved_bytes(lambda: model.lm_head(hidden), params)
-    _, loss = saved_bytes(lambda: compute_loss_from_logits(logits, labels), params)
-    _, fused = saved_bytes(lambda: fused_linear_cross_entropy(hidden, output_weight(model), labels), params)
-    return {"decoder": decoder, "logits_head": head + loss, "fused": fused,
-            "logits": logits.numel() * logits.element_size(),
-            "param_grads": sum(p.numel() * p.element_size() for p in model.parameters())}
+    out = {"param_grads": sum(p.numel() * p.element_size() for p in model.parameters())}
+    for tag in ("", "_half"):
+        if tag:  # bf16 weights: the size of DeepSpeed's fp16/bf16 training on a GPU (2 bytes)
+            model.to(torch.bfloat16)
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        hidden, decoder = saved_bytes(lambda: model.model(input_ids=ids).last_hidden_state, params)
+        logits, head = saved_bytes(lambda: model.lm_head(hidden), params)
+        _, loss = saved_bytes(lambda: compute_loss_from_logits(logits, labels), params)
+        _, fused = saved_bytes(lambda: fused_linear_cross_entropy(hidden, output_weight(model), labels), params)
+        out.update({"decoder" + tag: decoder, "logits_head" + tag: head + loss, "fused" + tag: fused,
+                    "logits" + tag: logits.numel() * logits.element_size()})
+        del hidden, logits
+    return out
 
 
 def gpu_worker(args, loss_name: str) -> dict:
@@ -283,11 +289,16 @@ def main(argv=None) -> int:
           f"decoder {bd['decoder'] / MB:.0f}; output layer + loss: logits path {bd['logits_head'] / MB:.0f}, "
           f"fused {bd['fused'] / MB:.1f}; logits tensor {bd['logits'] / MB:.0f} (its gradient as much); "
           f"parameters' gradients {bd['param_grads'] / MB:.0f}")
+    print(f"the same with bf16 weights (2-byte training, as DeepSpeed's fp16/bf16 on a GPU): decoder "
+          f"{bd['decoder_half'] / MB:.0f}; output layer + loss: logits path {bd['logits_head_half'] / MB:.0f}, "
+          f"fused {bd['fused_half'] / MB:.1f}; logits tensor {bd['logits_half'] / MB:.0f}")
     if ("cpu", "logits", b, n, m) in results:
         peak = results[("cpu", "logits", b, n, m)]["extra_bytes"]
-        print(f"lowest fused/logits memory ratio any loss could reach here: (logits-path peak {peak / MB:.0f} "
-              f"- logits and their gradient {2 * bd['logits'] / MB:.0f}) / {peak / MB:.0f} = "
-              f"{(peak - 2 * bd['logits']) / peak:.3f}x")
+        floor = max(bd["decoder"], bd["param_grads"])
+        print(f"lowest fused/logits memory ratio any loss could reach here: every saved decoder activation is "
+              f"alive at the end of forward and every parameter gradient at the end of backward, whatever the "
+              f"loss, so max({bd['decoder'] / MB:.0f}, {bd['param_grads'] / MB:.0f}) / logits-path peak "
+              f"{peak / MB:.0f} = {floor / peak:.3f}x")
     if gpu:
         print(f"\nGPU {torch.cuda.get_device_name(0)}, fp32 weights + bf16 autocast, chat masking; "
               f"max_memory_allocated above model + optimizer state (MB); largest batch at 2048 in 11 GB")

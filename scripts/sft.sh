@@ -14,8 +14,8 @@
 #   TOTALBSZ  [128]            samples per optimizer step over all devices
 #   BSZPERDEV [16 on GPU, 4 on CPU]    samples per device per micro-step
 #                              gradient accumulation = TOTALBSZ / devices / BSZPERDEV
-#                              11 GB GPU (2080 Ti, fp16) at MAXLEN 2048: BSZPERDEV=4 (estimated from
-#                              CPU measurements, not measured on a GPU; see README "Training memory")
+#                              11 GB GPU (2080 Ti, fp16) at MAXLEN 2048: BSZPERDEV=4 (2 with --loss logits);
+#                              estimated from bytes measured on CPU, not on a GPU (README "Training memory")
 #   EPOCHS [3], LR [2e-5], WARMUP [0.1], MAXLEN [2048], MAXROUNDS [5], SAVESTEPS [200]
 #                              (WARMUP goes to --warmup_steps: below 1 it is a share of the steps)
 #   DS_CONFIG [ds_configs/zero2_no_offload.json]  (scripts/sft_offload.sh: optimizer on CPU)
