@@ -56,8 +56,8 @@ from typing import Any, Optional, Union
 import torch
 from transformers import Trainer
 
-from loss_functions import (DEFAULT_CHUNK_SIZE, _compute_dtype, _normalize, _shifted_targets, grad_shift,
-                            row_grad, row_lse)
+from loss_functions import (DEFAULT_CHUNK_SIZE, _check_labels, _compute_dtype, _normalize, _shifted_targets,
+                            grad_shift, row_grad, row_lse)
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -90,7 +90,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             for i0 in range(0, n, chunk_size):
                 i1 = min(i0 + chunk_size, n)
                 x = FusedLinearCrossEntropy._logits(hidden, weight, i0, i1, buf)
-                target_logit = x[torch.arange(i1 - i0, device=x.device), targets[i0:i1]].clone()
+                target_logit = x[torch.arange(i1 - i0, device=x.device), targets[i0:i1]]  # a copy (advanced indexing)
                 lse[i0:i1] = row_lse(x, buf)
                 total += (lse[i0:i1] - target_logit).sum()
         ctx.save_for_backward(hidden, weight, targets, lse)
@@ -106,9 +106,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if want_h else None
         # fp32 accumulation over chunks; for an fp32 weight it is the returned gradient itself.
         grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if want_w else None
-        if n == 0:
-            if want_h:
-                grad_h.zero_()
+        if n == 0:  # no target: grad_h is [0, d], grad_w zeros (grad_shift needs a row)
             return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None
         cdt = lse.dtype
         buf = torch.empty(min(chunk_size, n), weight.shape[0], dtype=cdt, device=hidden.device)
@@ -143,14 +141,9 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden states must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
-    if labels is None:
-        raise ValueError("labels is None: the loss needs the batch's labels (did the collator drop them?)")
-    if labels.shape != hidden.shape[:2]:
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match hidden states {tuple(hidden.shape[:2])}")
+    _check_labels(labels, hidden.shape[:2], "hidden states", chunk_size)
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
         raise ValueError(f"output weight {tuple(weight.shape)} does not match hidden size {hidden.shape[2]}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     rows, targets = _shifted_targets(labels.to(hidden.device), weight.shape[0])
     # Only the target rows go through the output layer (a copy of n x d, small).
     picked = hidden.reshape(-1, hidden.shape[2]).index_select(0, rows).to(weight.dtype)
@@ -196,6 +189,7 @@ class FusedLossTrainer(Trainer):
     def _loss_from_hidden(self, outputs: Any, labels: Optional[torch.Tensor],
                           num_items_in_batch: Union[int, torch.Tensor, None] = None) -> torch.Tensor:
         # self.model is the bare model under any wrapper; its weight is the one in use
-        # (DeepSpeed casts the module's parameters in place for bf16/fp16).
-        return fused_linear_cross_entropy(outputs.hidden_states[-1], output_weight(self.model), labels,
-                                          num_items_in_batch, self.chunk_size)
+        # (DeepSpeed casts the module's parameters in place for bf16/fp16). The layer itself
+        # was checked once, in __init__.
+        return fused_linear_cross_entropy(outputs.hidden_states[-1], self.model.get_output_embeddings().weight,
+                                          labels, num_items_in_batch, self.chunk_size)

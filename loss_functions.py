@@ -293,6 +293,18 @@ def _shifted_targets(labels: torch.Tensor, vocab: Optional[int] = None) -> tuple
     return rows, targets
 
 
+def _check_labels(labels: Optional[torch.Tensor], shape: torch.Size, what: str, chunk_size: int) -> None:
+    """The argument checks both losses share (this one and ``fused_loss``'s): ``labels``
+    given and of ``shape`` ``[batch, seq]`` (that of ``what``), ``chunk_size >= 1``.
+    Raises ValueError naming the mismatch."""
+    if labels is None:
+        raise ValueError("labels is None: the loss needs the batch's labels (did the collator drop them?)")
+    if labels.shape != shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match {what} {tuple(shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor,
                        num_items_in_batch: Union[int, torch.Tensor, None] = None,
                        chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
@@ -302,14 +314,9 @@ def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor,
     docstring for the exact semantics and the memory behaviour."""
     if logits.dim() != 3:
         raise ValueError(f"logits must be [batch, seq, vocab], got shape {tuple(logits.shape)}")
-    if labels is None:
-        raise ValueError("labels is None: the loss needs the batch's labels (did the collator drop them?)")
-    if labels.shape != logits.shape[:2]:
-        raise ValueError(f"labels shape {tuple(labels.shape)} does not match logits {tuple(logits.shape[:2])}")
+    _check_labels(labels, logits.shape[:2], "logits", chunk_size)
     if not logits.is_floating_point():
         raise TypeError(f"logits must be floating point, got {logits.dtype}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     batch, seq, vocab = logits.shape
     labels = labels.to(logits.device)
 

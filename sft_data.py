@@ -308,10 +308,12 @@ def _read_cache(path: Path, key: dict):
 
 def load_or_build(data_path: str, tokenizer, max_length: int, truncation: str = "right", max_rounds: int = 0,
                   mask_mode: str = "assistant", conversation_field: str = "conversations", workers: int = 1,
-                  cache_dir: Optional[str] = None, use_cache: bool = True, log=print):
+                  cache_dir: Optional[str] = None, use_cache: bool = True, log=print,
+                  data_hash: Optional[str] = None):
     """Cached :func:`build_features`. Returns ``(arrays, stats, key)``; ``key`` includes
-    ``data_hash`` and the tokenizer fingerprint for the run manifest."""
-    key = cache_key(data_fingerprint(data_path), tokenizer, max_length, truncation, max_rounds, mask_mode,
+    ``data_hash`` (:func:`data_fingerprint` of ``data_path``, computed here unless the
+    caller already has it) and the tokenizer fingerprint for the run manifest."""
+    key = cache_key(data_hash or data_fingerprint(data_path), tokenizer, max_length, truncation, max_rounds, mask_mode,
                     conversation_field)
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{name}.npz"

@@ -195,12 +195,12 @@ PLAN_TRAINING_ARGS = (
 )
 
 
-def run_plan(model_args, data_args, training_args) -> dict:
+def run_plan(model_args, data_args, training_args, data_hash: str) -> dict:
     """The settings a resumed run must share with the run it continues, as JSON values:
-    the data (content hash), the model, masking and lengths, batch geometry (per-device
+    the data (``data_hash``, from ``sft_data.data_fingerprint``), the model, masking and lengths, batch geometry (per-device
     batch, accumulation, world size), optimizer and schedule, seeds and sampling."""
     plan = {
-        "data_hash": sft_data.data_fingerprint(data_args.data_path),
+        "data_hash": data_hash,
         "model_name_or_path": resolve_path(model_args.model_name_or_path),
         **{k: getattr(data_args, k) for k in ("mask_mode", "model_max_length", "truncation_side", "max_rounds",
                                                "conversation_field", "padding_free")},
@@ -274,8 +274,9 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     log = print if training_args.process_index == 0 else (lambda *a, **k: None)
     transformers.set_seed(training_args.seed)
 
-    check_run_plan(training_args.output_dir, run_plan(model_args, data_args, training_args), data_args.data_path,
-                   run_args.overwrite_output_dir, training_args.resume_from_checkpoint, training_args.should_save, log)
+    data_hash = sft_data.data_fingerprint(data_args.data_path)  # hashes every data file: once per run
+    check_run_plan(training_args.output_dir, run_plan(model_args, data_args, training_args, data_hash),
+                   data_args.data_path, run_args.overwrite_output_dir, training_args.resume_from_checkpoint, training_args.should_save, log)
     resume = training_args.resume_from_checkpoint
     if resume is None and os.path.isdir(training_args.output_dir) and not run_args.overwrite_output_dir:
         resume = get_last_checkpoint(training_args.output_dir)
@@ -294,6 +295,7 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
             data_args.data_path, tokenizer, data_args.model_max_length, data_args.truncation_side,
             data_args.max_rounds, data_args.mask_mode, data_args.conversation_field,
             data_args.preprocess_workers, data_args.data_cache_dir, not data_args.no_data_cache, log=log,
+            data_hash=data_hash,
         )
     log(f"[data] {data_args.data_path}: {sft_data.format_stats(stats)}")
     if stats["conversations_kept"] == 0:
