@@ -276,14 +276,14 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
 
 
 # ------------------------------------------------------------------- transformers
-def load_hf_model(model_path: str, device: Optional[str] = None):
+def load_hf_model(model_path: str, device: Optional[str] = None, dtype: Optional[str] = None):
     """The checkpoint as a causal LM in eval mode on ``device`` (default: CUDA if
-    present, else CPU), in :func:`pick_dtype`'s precision."""
+    present, else CPU), in ``dtype`` (a torch dtype name; default :func:`pick_dtype`'s)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, pick_dtype(device))
+    dtype = getattr(torch, dtype or pick_dtype(device))
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
     model.eval()
     return model

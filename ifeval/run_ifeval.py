@@ -119,12 +119,12 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
             answers = generate_vllm(
                 model_path, tokenizer, prompts, max_new_tokens=args.max_tokens, stop_ids=stop_ids,
                 temperature=args.temperature, top_p=args.top_p, seed=args.seed, device=device,
-                enforce_eager=choose_enforce_eager(args.vllm_mode, device),
+                dtype=settings["dtype"], enforce_eager=choose_enforce_eager(args.vllm_mode, device),
                 tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
                 kv_cache_gib=args.kv_cache_gib, threads_bind=args.cpu_threads_bind,
                 chunk_size=args.batch_size or DEFAULT_VLLM_CHUNK, on_batch=on_batch, timings=timings)
         else:
-            model = load_hf_model(model_path, device)
+            model = load_hf_model(model_path, device, settings["dtype"])  # the recorded precision
             timings["startup_s"] = time.perf_counter() - t0
             answers = generate_hf(
                 model, tokenizer, prompts, max_new_tokens=args.max_tokens, stop_ids=stop_ids,

@@ -56,7 +56,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from report import BENCHMARKS, METRIC_NAMES  # noqa: E402
+from report import BENCHMARKS, METRIC_NAMES, benchmark_of  # noqa: E402
 from utils import iter_jsonl, setup_nltk_data  # noqa: E402
 
 # Order matters: punkt_tab must be findable before lm-eval's instructions_util is
@@ -436,10 +436,6 @@ def write_results(result: dict, output_dir: str | os.PathLike, meta: Optional[di
     return summary
 
 
-def _benchmark_name(summary: dict) -> str:
-    return BENCHMARKS.get(summary.get("benchmark", "ifeval"), "?")  # summaries from before IFBench: IFEval
-
-
 def format_summary(summary: dict) -> str:
     """The console report: a four-line metric table, then accuracy per instruction type."""
     c = summary["counts"]
@@ -447,7 +443,7 @@ def format_summary(summary: dict) -> str:
     # the correct counts and denominators in METRIC_NAMES order
     rows = zip(METRIC_NAMES, (c["prompt_strict"], c["inst_strict"], c["prompt_loose"], c["inst_loose"]),
                (n_p, n_i, n_p, n_i))
-    header = (f"{_benchmark_name(summary)} on {summary.get('prompt_set') or '?'}: {n_p} prompts, {n_i} instructions"
+    header = (f"{BENCHMARKS[benchmark_of(summary)]} on {summary.get('prompt_set') or '?'}: {n_p} prompts, {n_i} instructions"
               + (f", {summary['num_missing']} prompts without an answer (counted as failed)"
                  if summary.get("num_missing") else ""))
     lines = [header, f"{'metric':<26}{'accuracy':>9}  {'correct':>11}"]
@@ -472,7 +468,7 @@ def summary_line(summary: dict) -> str:
     def part(metric, count_key, n):
         return f"{summary[metric]:.4f} ({c[count_key]}/{n})"
 
-    return (f"{_benchmark_name(summary)} {summary.get('prompt_set') or '?'}: {n_p} prompts ({summary.get('num_missing', 0)} missing) | "
+    return (f"{BENCHMARKS[benchmark_of(summary)]} {summary.get('prompt_set') or '?'}: {n_p} prompts ({summary.get('num_missing', 0)} missing) | "
             f"prompt strict {part('prompt_level_strict_acc', 'prompt_strict', n_p)}, "
             f"inst strict {part('inst_level_strict_acc', 'inst_strict', n_i)} | "
             f"prompt loose {part('prompt_level_loose_acc', 'prompt_loose', n_p)}, "

@@ -40,13 +40,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as python scripts/sweep.py: report.py is at the repository root
 from report import BENCHMARKS, METRIC_NAMES, ResultError, load_summary, logged_losses, one_benchmark  # noqa: E402
 from sft_data import data_fingerprint  # noqa: E402
+from ifeval.run_ifeval import DEFAULT_INPUT  # noqa: E402
 from utils import resolve_path  # noqa: E402
 
 # grid axis -> (flag of train_hw_parallel.py or sft.sh variable, parser)
 AXES = {
     "lr": ("--learning_rate", float),
     "epochs": ("--num_train_epochs", float),
-    "warmup_ratio": ("--warmup_steps", float),  # transformers 5 reads a float in [0, 1) as a ratio
+    "warmup_ratio": ("WARMUP", float),  # sft.sh passes it on as --warmup_steps (below 1: a ratio)
     "scheduler": ("--lr_scheduler_type", str),
     "total_bsz": ("TOTALBSZ", int),
     "model_max_length": ("--model_max_length", int),
@@ -107,18 +108,21 @@ def check_reusable(row: dict, shared: dict, result: Path) -> None:
                          + "\n".join(diffs) + f"\nUse another --out, or delete {result.parent} to run it again.")
 
 
-def run_config(cfg: dict, args, run_root: Path) -> dict:
-    """Train and evaluate one configuration; returns its result row (also saved to result.json)."""
+def run_config(cfg: dict, args, run_root: Path, shared: dict) -> dict:
+    """Train and evaluate one configuration; returns its result row (also saved to result.json),
+    which records ``shared`` (:func:`shared_settings`)."""
     run_root.mkdir(parents=True, exist_ok=True)
     log = run_root / "run.log"
     t0 = time.time()
     bsz_per_dev = min(args.bsz_per_dev, int(cfg["total_bsz"]))  # a small total batch fits one micro-batch
     env = dict(os.environ, MODELPATH=args.model, DATAPATH=args.data, OUTPUTPATH=str(run_root.resolve()),
-               RUNNAME="ckpt", TOTALBSZ=str(cfg["total_bsz"]), BSZPERDEV=str(bsz_per_dev))
+               RUNNAME="ckpt", BSZPERDEV=str(bsz_per_dev))
     train_args = []
     for k, (flag, _) in AXES.items():
         if flag.startswith("--"):
             train_args += [flag, str(cfg[k])]
+        else:  # an sft.sh variable
+            env[flag] = str(cfg[k])
     if args.max_steps:
         train_args += ["--max_steps", str(args.max_steps)]
     train_args += args.train_args
@@ -136,11 +140,10 @@ def run_config(cfg: dict, args, run_root: Path) -> dict:
         ev += ["--limit", str(args.prompts)]
     run_logged(ev, dict(os.environ), log, f"{BENCHMARKS[args.benchmark]} of {run_root.name}")
     summary = load_summary(scored)
-    one_benchmark([(str(scored), summary)], args.benchmark)
     row = {"name": run_root.name, **cfg, "final_train_loss": loss, "benchmark": args.benchmark,
            **{m: summary[m] for m in METRIC_NAMES}, "num_prompts": summary.get("num_prompts"),
            "train_seconds": round(t_train, 1), "wall_seconds": round(time.time() - t0, 1),
-           "shared_settings": shared_settings(args)}
+           "shared_settings": shared}
     (run_root / "result.json").write_text(json.dumps(row, indent=1) + "\n")
     return row
 
@@ -197,7 +200,7 @@ def main(argv=None):
     ap.add_argument("--benchmark", choices=sorted(BENCHMARKS), default="ifeval",
                     help="what each configuration is scored on (ifeval/run.sh --benchmark) [ifeval]")
     ap.add_argument("--prompt_set", default=None,
-                    help="prompt file [IFEval: ifeval/data/sampled_input_data.jsonl; IFBench: its 294 prompts]")
+                    help=f"prompt file [IFEval: {DEFAULT_INPUT}; IFBench: its 294 prompts]")
     ap.add_argument("--prompts", type=int, default=None, help="first N prompts, 0 = all [24; --full 0]")
     ap.add_argument("--max_tokens", type=int, default=None, help="[160; --full 1024]")
     ap.add_argument("--metric", default="prompt_level_strict_acc", choices=METRIC_NAMES, help="metric to plot")
@@ -217,7 +220,7 @@ def main(argv=None):
     if not (REPO / args.data).exists() and not Path(args.data).exists():
         raise SystemExit(f"training data {args.data} not found")
     if args.prompt_set is None and args.benchmark == "ifeval":
-        args.prompt_set = "ifeval/data/sampled_input_data.jsonl"
+        args.prompt_set = DEFAULT_INPUT
 
     grid = {k: parse_axis(k, getattr(args, k)) for k in AXES}
     swept = [k for k, v in grid.items() if len(v) > 1]
@@ -243,7 +246,7 @@ def main(argv=None):
             rows.append(earlier[run_root.name])
             tqdm.write(f"[sweep] {run_root.name}: finished earlier, skipped")
             continue
-        row = run_config(cfg, args, run_root)
+        row = run_config(cfg, args, run_root, shared)
         done += 1
         rows.append(row)
         tqdm.write(f"[sweep] {run_root.name}: loss {row['final_train_loss']} {args.metric} {row[args.metric]:.4f} "
