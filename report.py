@@ -340,8 +340,8 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
     losses = logged_losses(f"{out}/ckpt/{run}")
     pngs = sorted(glob.glob(f"{out}/ckpt/{run}/*.png"))
     reports = sorted(glob.glob(f"{out}/report/*.md"))
-    summaries = [f"{out}/{b}_{side}/summary.json" for b in ("ifeval", "ifbench")[:2 if ifbench_prompts else 1]
-                 for side in ("base", "sft")]
+    benches = ("ifeval", "ifbench") if ifbench_prompts else ("ifeval",)
+    summaries = [f"{out}/{b}_{side}/summary.json" for b in benches for side in ("base", "sft")]
     lines = ["# Demo summary", "",
              f"Mode: {'full (course configuration)' if full else 'CPU demo'}; max_tokens {max_tokens}; "
              f"training data `{data}`; benchmarks: IFEval{', IFBench' if ifbench_prompts else ''}."]

