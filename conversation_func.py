@@ -34,7 +34,7 @@ Public API
 - ``has_trained_tokens(features)`` / ``count_trained_tokens(features)``: a sample whose
   labels are all -100 (e.g. its trained turns were cut by truncation) must be dropped.
 
-CLI: ``python conversation_func.py [--multi-turn] ...`` checks the masking against the
+CLI: ``python conversation_func.py [--multi_turn] ...`` checks the masking against the
 golden files (``masking_checker.py`` holds the checker; exit 0 only when every sample matches).
 """
 from __future__ import annotations
@@ -45,17 +45,12 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from utils import (
-    CHATML_TEMPLATE,
-    IGNORE_TOKEN_ID,
-    IM_START,
-    ConversationFormatError,
-    pad_token_id,
-    validate_messages,
+from chat_format import (
+    CHATML_TEMPLATE, IGNORE_TOKEN_ID, IM_START, TRUNCATION_SIDES, ConversationFormatError, validate_messages,
 )
+from tokenization import pad_token_id
 
 ASSISTANT_ROLES = frozenset({"assistant"})
-TRUNCATION_SIDES = ("left", "right")
 
 
 # ------------------------------------------------------------------- span finding

@@ -8,7 +8,7 @@ and padding in plain loops. Only the tokenizer setup and the input validation co
 from ``utils``, as for everything else in the project.
 
     python generate_golden_answers.py                      # the repo's samples -> the two golden files
-    python generate_golden_answers.py --samples S.json --forward-out F.json --reverse-out R.json
+    python generate_golden_answers.py --samples S.json --forward_out F.json --reverse_out R.json
 
 Output layout (the course's): ``{"meta", "single_turn": [{"id", "features":
 {"input_ids", "labels", "attention_mask"}}], "multi_turn": [...]}``, lists of
@@ -22,17 +22,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils import (
-    DEFAULT_MODEL,
-    IGNORE_TOKEN_ID,
-    REPO_ROOT,
-    REVERSE_SYSTEM_PROMPT,
-    is_single_turn_conversation,
-    load_tokenizer,
-    validate_messages,
-)
+from chat_format import IGNORE_TOKEN_ID, is_single_turn_conversation, validate_messages
+from fileio import REPO_ROOT
+from tokenization import DEFAULT_MODEL, load_tokenizer
 
 SPLITS = ("single_turn", "multi_turn")
+# The course's Part 4 system message, written out here so this reference path shares no code with
+# reverse_conversation_func.py (the code under test).
+REVERSE_SYSTEM_PROMPT = "You are a good state predictor."
 
 
 def prefix_token_lengths(messages: list[dict], tokenizer) -> list[int]:
@@ -110,10 +107,10 @@ def write_golden(path: Path, meta: dict, entries: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Generate Part 1-4 golden files with the prefix method.")
     ap.add_argument("--samples", default=str(REPO_ROOT / "exercise_samples.json"), help="samples JSON (default: the repo's)")
-    ap.add_argument("--forward-out", default=str(REPO_ROOT / "exercise_solutions.json"), help="Parts 1-2 golden output")
-    ap.add_argument("--reverse-out", default=str(REPO_ROOT / "reverse_exercise_solutions.json"), help="Parts 3-4 golden output")
-    ap.add_argument("--model-name", default=DEFAULT_MODEL, help="tokenizer folder or hub id (default: %(default)s)")
-    ap.add_argument("--model-max-length", type=int, default=2048, help="max_length (default: %(default)s)")
+    ap.add_argument("--forward_out", default=str(REPO_ROOT / "exercise_solutions.json"), help="Parts 1-2 golden output")
+    ap.add_argument("--reverse_out", default=str(REPO_ROOT / "reverse_exercise_solutions.json"), help="Parts 3-4 golden output")
+    ap.add_argument("--model_name", default=DEFAULT_MODEL, help="tokenizer folder or hub id (default: %(default)s)")
+    ap.add_argument("--model_max_length", type=int, default=2048, help="max_length (default: %(default)s)")
     ap.add_argument("--truncation", choices=("left", "right"), default="left", help="truncation side (default: %(default)s)")
     args = ap.parse_args(argv)
 

@@ -77,7 +77,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from utils import IGNORE_TOKEN_ID
+from chat_format import IGNORE_TOKEN_ID
 
 # Rows (positions) per chunk. 49,152-wide fp32 rows are 192 KiB each, so 512 rows are a
 # 96 MiB working buffer. benchmarks/loss.py: 128-512 rows are all within the goal on an idle

@@ -1,7 +1,7 @@
 """Part 5 checker: ``loss_functions.compute_loss_from_logits`` against the reference
 answers in ``reference_answers.pkl``.
 
-    python loss_functions_checker.py [--reference reference_answers.pkl] [--no-grad]
+    python loss_functions_checker.py [--reference reference_answers.pkl] [--no_grad]
 
 Each case of the file (made by ``generate_reference_answers.py`` with an independent
 float64 formula) gives logits, labels and ``num_items_in_batch``; the checker wraps the
@@ -119,7 +119,7 @@ def check_case(case: dict, with_grad: bool = True) -> tuple[bool, str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", default=str(DEFAULT_REFERENCE), help="reference pickle (default: %(default)s)")
-    ap.add_argument("--no-grad", action="store_true", help="check loss values only, not gradients")
+    ap.add_argument("--no_grad", action="store_true", help="check loss values only, not gradients")
     args = ap.parse_args(argv)
     try:
         cases = load_reference(Path(args.reference))

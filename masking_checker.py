@@ -5,8 +5,8 @@ it token by token with a golden file (the course's layout: ``{"meta", "single_tu
 It is the ``__main__`` of ``conversation_func.py`` (Parts 1-2, ``exercise_solutions.json``)
 and ``reverse_conversation_func.py`` (Parts 3-4, ``reverse_exercise_solutions.json``)::
 
-    python conversation_func.py [--multi-turn] [--samples P] [--golden P] [--show N]
-    python reverse_conversation_func.py [--multi-turn] ...
+    python conversation_func.py [--multi_turn] [--samples P] [--golden P] [--show N]
+    python reverse_conversation_func.py [--multi_turn] ...
 
 Exit code 0 only when every sample matches, 1 on any mismatch, 2 when a file cannot be
 read. A mismatch prints the first differing position of each field with the tokens
@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from conversation_func import TRUNCATION_SIDES, count_trained_tokens
-from utils import DEFAULT_MODEL, IGNORE_TOKEN_ID, REPO_ROOT, ConversationFormatError, load_tokenizer
+from chat_format import IGNORE_TOKEN_ID, TRUNCATION_SIDES, ConversationFormatError
+from fileio import REPO_ROOT
+from tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 def _tokens_around(tokenizer, ids: list, pos: int, width: int = 4) -> str:
@@ -64,11 +65,11 @@ def run_checker(feature_fn: Callable, description: str, default_golden: str, arg
     compute features for every sample of the chosen list with ``feature_fn`` and compare
     them with the golden file. Returns the process exit code (0 only if all match)."""
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--multi-turn", action="store_true", help="check the multi_turn list (default: single_turn)")
+    ap.add_argument("--multi_turn", action="store_true", help="check the multi_turn list (default: single_turn)")
     ap.add_argument("--samples", default=str(REPO_ROOT / "exercise_samples.json"), help="samples JSON (default: the repo's)")
     ap.add_argument("--golden", default=str(REPO_ROOT / default_golden), help=f"golden JSON (default: the repo's {default_golden})")
-    ap.add_argument("--model-name", default=DEFAULT_MODEL, help="tokenizer folder or hub id (default: %(default)s)")
-    ap.add_argument("--model-max-length", type=int, default=None,
+    ap.add_argument("--model_name", default=DEFAULT_MODEL, help="tokenizer folder or hub id (default: %(default)s)")
+    ap.add_argument("--model_max_length", type=int, default=None,
                     help="max_length (default: the golden file's meta.model_max_length, else 2048)")
     ap.add_argument("--truncation", choices=TRUNCATION_SIDES, default=None,
                     help="truncation side (default: the golden file's meta.truncation, else left)")
@@ -127,7 +128,7 @@ def run_checker(feature_fn: Callable, description: str, default_golden: str, arg
                         f"      text:   {_tokens_around(tokenizer, got['input_ids'], pos)}"
                     )
         n_tok = sum(got["attention_mask"]) if got else 0
-        n_lab = count_trained_tokens(got)
+        n_lab = sum(1 for x in got["labels"] if x != IGNORE_TOKEN_ID) if got else 0
         if problems:
             n_bad += 1
             print(f"[{k}] id {sid}: MISMATCH ({len(sample['messages'])} messages)")

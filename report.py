@@ -1,15 +1,10 @@
-"""Reports on training and evaluation runs: the metric names, reading a run's results, and
+"""Reports on training and evaluation runs: reading a run's results, and
 the tables and charts made from them. One place for what ``ifeval/compare.py``,
 ``scripts/sweep.py``, ``scripts/demo.sh``, ``scripts/plot_loss.py`` and
 ``train_hw_parallel.py`` show:
 
-* ``METRICS`` / ``METRIC_NAMES``: the four accuracy metrics, named as in a scored run's
-  ``summary.json`` (``ifeval/scoring.py`` writes them), with short labels. An
-  instruction-following benchmark scored the IFEval way (IFEval, IFBench) has these four;
-  functions that title a table or chart take the benchmark's name.
-* ``BENCHMARKS``: ``--benchmark`` value -> name in reports; :func:`benchmark_of`,
-  :func:`one_benchmark`: which benchmark a summary belongs to, and the check that runs
-  compared together belong to one.
+* the metric and benchmark names come from ``ifeval/metrics.py`` (shared with the scorer);
+  :func:`one_benchmark`: the check that runs compared together belong to one benchmark.
 * :func:`load_summary`: a scored result folder's ``summary.json``, checked.
 * :func:`read_curve`, :func:`logged_losses`, :func:`plot_loss_curve`: the training loss
   from a run's ``trainer_state.json`` (the Trainer's ``log_history``).
@@ -36,18 +31,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
-# (name in summary.json, label for tables and charts)
-METRICS = (("prompt_level_strict_acc", "prompt strict"), ("inst_level_strict_acc", "instruction strict"),
-           ("prompt_level_loose_acc", "prompt loose"), ("inst_level_loose_acc", "instruction loose"))
-METRIC_NAMES = tuple(name for name, _ in METRICS)
-BENCHMARKS = {"ifeval": "IFEval", "ifbench": "IFBench"}  # --benchmark value -> name in reports
+from ifeval.metrics import BENCHMARKS, METRIC_NAMES, METRICS, ResultError, benchmark_of
+
 LOSS_CURVE_PNG = "loss_curve.png"
 # A change of at most this many prompts (either way) is read as "not measurable" (carried_over).
 NOISE_PROMPTS = 1
-
-
-class ResultError(ValueError):
-    """A result folder that cannot be reported on (the message names the file)."""
 
 
 # ----------------------------------------------------------------------- reading
@@ -71,16 +59,6 @@ def load_summary(result_dir: str | os.PathLike) -> dict:
     if missing:
         raise ResultError(f"{sp}: no {', '.join(missing)} (not an IFEval summary from ifeval/scoring.py?)")
     return summary
-
-
-def benchmark_of(summary: dict, where: str = "summary") -> str:
-    """The benchmark key (of ``BENCHMARKS``) a summary or sweep row belongs to: its
-    ``benchmark`` field, ``"ifeval"`` when it has none (written before IFBench was added).
-    Raises :class:`ResultError` naming ``where`` for an unknown value."""
-    b = summary.get("benchmark", "ifeval")
-    if b not in BENCHMARKS:
-        raise ResultError(f"{where}: unknown benchmark {b!r} (expected one of {sorted(BENCHMARKS)})")
-    return b
 
 
 def one_benchmark(runs: list[tuple[str, dict]], expected: Optional[str] = None) -> str:

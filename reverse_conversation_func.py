@@ -14,7 +14,7 @@ Public API (same shapes as the forward module):
 - ``reverse_conversations_to_unpadded(conversations, ...)``: a list in one batched call.
 - ``reverse_messages(messages)``: the reordered / system-prefixed message list.
 
-CLI: ``python reverse_conversation_func.py [--multi-turn] ...`` checks against
+CLI: ``python reverse_conversation_func.py [--multi_turn] ...`` checks against
 ``reverse_exercise_solutions.json`` (``masking_checker.py``; same options as ``conversation_func.py``).
 """
 from __future__ import annotations
@@ -23,15 +23,12 @@ import sys
 from typing import Optional
 
 from conversation_func import conversation_to_unpadded, conversations_to_unpadded, pad_features
-from utils import (
-    REVERSE_SYSTEM_PROMPT,
-    ConversationFormatError,
-    is_single_turn_conversation,
-    pad_token_id,
-    validate_messages,
-)
+from chat_format import ConversationFormatError, is_single_turn_conversation, validate_messages
+from tokenization import pad_token_id
 
 USER_ROLES = frozenset({"user"})
+# Part 4's system message, the course's wording: it tells a simulator it predicts the next (user) state.
+REVERSE_SYSTEM_PROMPT = "You are a good state predictor."
 
 
 def reverse_messages(messages: list[dict]) -> list[dict]:

@@ -33,6 +33,8 @@ if [[ "${SKIP_PIP:-0}" != 1 ]]; then
   fi
   # IFBench's checkers: without their declared dependencies (see requirements-nodeps.txt).
   $PY -m pip install --no-deps -r requirements-nodeps.txt
+  # This repository itself, editable (pyproject.toml): its modules import by name from any folder.
+  $PY -m pip install --quiet --no-deps --no-build-isolation -e .
 else
   step "2/3 SKIP_PIP=1: not installing packages"
 fi

@@ -34,16 +34,9 @@ from tqdm import tqdm
 
 from conversation_func import has_trained_tokens
 
-from utils import (
-    IGNORE_TOKEN_ID,
-    REPO_ROOT,
-    ConversationFormatError,
-    file_sha256,
-    iter_jsonl,
-    normalize_conversation,
-    pad_token_id,
-    tokenizer_fingerprint,
-)
+from chat_format import IGNORE_TOKEN_ID, ConversationFormatError, normalize_conversation
+from fileio import REPO_ROOT, file_sha256, iter_jsonl
+from tokenization import pad_token_id, tokenizer_fingerprint
 
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "sft_data"
 CONVERSATION_FIELDS = ("conversations", "messages")
@@ -51,7 +44,8 @@ DATA_SUFFIXES = (".json", ".jsonl")
 # Bumped by hand only for changes in meaning the source hash cannot see (e.g. a new
 # dependency's behaviour); the source files themselves are hashed into every key.
 CACHE_FORMAT = 1
-_CODE_FILES = ("sft_data.py", "utils.py", "conversation_func.py", "reverse_conversation_func.py")
+# Whole files whose every line bears on features (the tokenizer is fingerprinted separately).
+_CODE_FILES = ("chat_format.py", "conversation_func.py", "reverse_conversation_func.py")
 
 
 class DataFormatError(ValueError):
@@ -265,11 +259,17 @@ def build_features(data_path: str, tokenizer, max_length: int, truncation: str, 
 
 # --------------------------------------------------------------------------- cache
 def code_version() -> str:
-    """Hash of the preprocessing source (this file, utils and the masking modules)."""
+    """Hash of the code that decides features: the chat format and the masking modules
+    (whole files) and this module's feature-building functions (their source), so an
+    edit elsewhere (the collator, the dataset class, logging) keeps every cache valid."""
+    import inspect
+
     h = hashlib.sha256(str(CACHE_FORMAT).encode())
     for name in _CODE_FILES:
         p = REPO_ROOT / name
         h.update(name.encode() + b"\0" + (p.read_bytes() if p.exists() else b""))
+    for fn in (record_messages, mask_function, unpadded_features, _process, build_features):
+        h.update(fn.__name__.encode() + b"\0" + inspect.getsource(fn).encode())
     return h.hexdigest()[:16]
 
 

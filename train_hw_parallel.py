@@ -44,7 +44,8 @@ import sft_data
 from fused_loss import FusedLossTrainer
 from loss_functions import compute_loss_from_logits
 from report import plot_loss_curve
-from utils import REPO_ROOT, end_of_turn_ids, load_tokenizer, pad_token_id, resolve_path
+from fileio import REPO_ROOT, resolve_path
+from tokenization import end_of_turn_ids, load_tokenizer, pad_token_id
 
 
 @dataclass

@@ -18,7 +18,9 @@ fail() { echo "[fresh-clone] FAILED: $*" >&2; exit 1; }
 git -c advice.detachedHead=false clone -q . "$tmp/repo"
 [[ $(git -C "$tmp/repo" rev-parse HEAD) == $(git rev-parse HEAD) ]] || fail "the clone is not at HEAD $(git rev-parse HEAD)"
 echo "[fresh-clone] cloned HEAD $(git rev-parse --short HEAD) into $tmp/repo (uncommitted changes are not in it)"
-clean=(env -u IFEVAL_DATA_DIR -u SHARED_DIR -u SMOLTALK_6K_PATH -u NLTK_DATA)
+# SKIP_PIP=1 also skips setup.sh's editable install (it would point this environment at the
+# temporary clone); PYTHONPATH makes the clone's own modules the ones imported instead.
+clean=(env -u IFEVAL_DATA_DIR -u SHARED_DIR -u SMOLTALK_6K_PATH -u NLTK_DATA PYTHONPATH="$tmp/repo")
 for v in $(compgen -e | grep '^HF_' || true); do clean+=(-u "$v"); done
 cd "$tmp/repo"
 [[ ! -e ../shared ]] || fail "$tmp/shared exists"

@@ -2,7 +2,7 @@
 ``DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, label_pad_token_id=-100)``,
 the library collator that gives the same batches.
 
-    python benchmarks/collator_speed.py [--batches 1000] [--batch-size 8] [--data PATH]
+    python benchmarks/collator_speed.py [--batches 1000] [--batch_size 8] [--data PATH]
 
 Data: ``data/demo_sft.json`` masked as training does (``sft_data.build_features``),
 random batches of ``ConversationDataset`` items (int64 tensors). Both collators get the
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import sft_data  # noqa: E402
-from utils import DEFAULT_MODEL, REPO_ROOT, load_tokenizer  # noqa: E402
+import sft_data
+from fileio import REPO_ROOT
+from tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 def main(argv=None) -> int:
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(REPO_ROOT / "data" / "demo_sft.json"), help="training data (default: %(default)s)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="tokenizer (default: %(default)s)")
     ap.add_argument("--batches", type=int, default=1000, help="batches per collator (default: %(default)s)")
-    ap.add_argument("--batch-size", type=int, default=8, help="samples per batch (default: %(default)s)")
+    ap.add_argument("--batch_size", type=int, default=8, help="samples per batch (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 

@@ -23,12 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ifeval.generate import (  # noqa: E402
+from ifeval.generate import (
     checkpoint_stop_ids, choose_enforce_eager, generate_hf, generate_vllm, load_hf_model, render_prompts,
 )
-from ifeval.run_ifeval import DEFAULT_INPUT, load_prompt_set  # noqa: E402
-from utils import DEFAULT_MODEL, load_tokenizer, resolve_path  # noqa: E402
+from ifeval.run_ifeval import DEFAULT_INPUT, load_prompt_set
+from fileio import resolve_path
+from tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 def parse_workload(text: str) -> tuple[int, int]:

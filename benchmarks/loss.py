@@ -1,14 +1,14 @@
 """Benchmark: the chunked loss of ``loss_functions`` against the plain log-softmax form.
 
     python benchmarks/loss.py                                # batch 1, 2,048 tokens, vocab 49,152
-    python benchmarks/loss.py --chunk-sizes 128 256 512 1024 --reps 9
+    python benchmarks/loss.py --chunk_sizes 128 256 512 1024 --reps 9
     python benchmarks/loss.py --dtypes bf16 --variants plain chunked
 
 Variants, each run in a fresh Python process (so one variant's freed memory or warm
 caches cannot help or hurt the next), on the same seeded logits and labels:
 - ``plain``: ``log_softmax(logits[:, :-1].float())``, gather the targets, mask, sum,
   divide: the straightforward autograd form the issue compares against.
-- ``chunked``: ``loss_functions.cross_entropy_loss`` at each ``--chunk-sizes`` value.
+- ``chunked``: ``loss_functions.cross_entropy_loss`` at each ``--chunk_sizes`` value.
 - ``hf`` (information only): transformers' ``ForCausalLMLoss`` (``F.cross_entropy``).
 
 Measured per variant:
@@ -45,10 +45,9 @@ import sys
 import time
 from pathlib import Path
 
-from peak_rss import reset_peak, status_bytes  # benchmarks/ is the script's folder, so on sys.path
+from peak_rss import reset_peak, status_bytes  # the script's own folder is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # loss_functions is at the repository root (imported late: torch)
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 MB = 1024 * 1024
 
@@ -131,7 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=2048, help="sequence length")
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
-    ap.add_argument("--chunk-sizes", nargs="+", type=int, default=None,
+    ap.add_argument("--chunk_sizes", nargs="+", type=int, default=None,
                     help="chunk sizes (rows) to try; default: loss_functions.DEFAULT_CHUNK_SIZE")
     ap.add_argument("--variants", nargs="+", default=["plain", "chunked", "hf"], choices=["plain", "chunked", "hf"])
     ap.add_argument("--reps", type=int, default=5, help="timed forward+backward repetitions per process")

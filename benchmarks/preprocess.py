@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from conversation_func import (  # noqa: E402
+from conversation_func import (
     ASSISTANT_ROLES,
     _labels_from_spans,
     _window,
@@ -34,13 +34,15 @@ from conversation_func import (  # noqa: E402
     pad_features,
     spans_by_prefix,
 )
-from reverse_conversation_func import (  # noqa: E402
+from reverse_conversation_func import (
     USER_ROLES,
     reverse_conversation_to_features,
     reverse_conversations_to_unpadded,
     reverse_messages,
 )
-from utils import DEFAULT_MODEL, load_tokenizer, pad_token_id, shared_dir, validate_messages  # noqa: E402
+from chat_format import validate_messages
+from fileio import REPO_ROOT
+from tokenization import DEFAULT_MODEL, load_tokenizer, pad_token_id
 
 
 def prefix_features(messages, tokenizer, max_length: int, truncation: str, train_roles) -> dict:
@@ -85,11 +87,12 @@ def same(a, b) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Speed of one-pass masking vs the prefix method, with an identity check.")
-    default_data = (shared_dir() / "ifeval" / "gpt4_responses.jsonl") if shared_dir() else None
+    shared = Path(os.environ.get("SHARED_DIR") or REPO_ROOT.parent / "shared")
+    default_data = shared / "ifeval" / "gpt4_responses.jsonl" if shared.is_dir() else None
     ap.add_argument("--data", default=str(default_data) if default_data else None,
                     help="JSONL with prompt/response (default: ../shared/ifeval/gpt4_responses.jsonl)")
-    ap.add_argument("--model-name", default=DEFAULT_MODEL, help="tokenizer (default: %(default)s)")
-    ap.add_argument("--max-length", type=int, default=2048, help="max_length (default: %(default)s)")
+    ap.add_argument("--model_name", default=DEFAULT_MODEL, help="tokenizer (default: %(default)s)")
+    ap.add_argument("--max_length", type=int, default=2048, help="max_length (default: %(default)s)")
     ap.add_argument("--truncation", choices=("left", "right"), default="left")
     ap.add_argument("--mode", choices=("forward", "reverse", "both"), default="forward",
                     help="which masking to time (default: forward, i.e. conversation_to_features)")

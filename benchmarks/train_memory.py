@@ -53,7 +53,7 @@ import sys
 import time
 from pathlib import Path
 
-from peak_rss import reset_peak, status_bytes  # benchmarks/ is the script's folder, so on sys.path
+from peak_rss import reset_peak, status_bytes  # the script's own folder is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -77,7 +77,6 @@ def setup(model_path: str, device: str, checkpointing: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
-    sys.path.insert(0, str(REPO))
     from fused_loss import fused_linear_cross_entropy, output_weight
     from loss_functions import compute_loss_from_logits
 
@@ -146,7 +145,6 @@ def breakdown_worker(args, batch: int, length: int, masking: str) -> dict:
     """Saved-for-backward bytes of one forward at the shape (see the module docstring)."""
     import torch
 
-    sys.path.insert(0, str(REPO))
     from fused_loss import fused_linear_cross_entropy, output_weight
     from loss_functions import compute_loss_from_logits
 
@@ -234,7 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=1, help="full steps per process (time: the fastest)")
     ap.add_argument("--gradient_checkpointing", action="store_true",
                     help="recompute the decoder layers' activations in backward (both losses)")
-    ap.add_argument("--no-gpu", action="store_true", help="skip the GPU measurements even if a GPU is visible")
+    ap.add_argument("--no_gpu", action="store_true", help="skip the GPU measurements even if a GPU is visible")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 

@@ -3,7 +3,7 @@ each batch padded to its longest member rounded to 8) against the course's
 pad-every-sample-to-model_max_length, in one run on the same model and data.
 
     python benchmarks/train_throughput.py                       # ../shared/ifeval/gpt4_responses.jsonl
-    python benchmarks/train_throughput.py --layers 2 --steps 2 --batch-size 4
+    python benchmarks/train_throughput.py --layers 2 --steps 2 --batch_size 4
 
 Data: IFEval prompts with GPT-4's answers as single-turn chats (realistic lengths). Model:
 the SmolLM2-135M architecture (config.json of --model) with fewer layers, randomly
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -23,10 +24,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import sft_data  # noqa: E402
-from loss_functions import compute_loss_from_logits  # noqa: E402
-from utils import DEFAULT_MODEL, iter_jsonl, load_tokenizer, resolve_path, shared_dir  # noqa: E402
+import sft_data
+from loss_functions import compute_loss_from_logits
+from fileio import REPO_ROOT, iter_jsonl, resolve_path
+from tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 def chats_file(responses: Path, out: Path) -> Path:
@@ -77,16 +78,16 @@ def main(argv=None) -> None:
     ap.add_argument("--data", help="gpt4_responses.jsonl (default: SHARED_DIR/ifeval/gpt4_responses.jsonl)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="folder with the tokenizer and config.json")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers (the real model has 30)")
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch_size", type=int, default=4)
     ap.add_argument("--steps", type=int, default=4, help="steps per variant, the first one untimed")
-    ap.add_argument("--model-max-length", type=int, default=2048)
+    ap.add_argument("--model_max_length", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    data = Path(args.data) if args.data else (shared_dir() or Path("../shared")) / "ifeval" / "gpt4_responses.jsonl"
+    data = Path(args.data) if args.data else Path(os.environ.get("SHARED_DIR") or REPO_ROOT.parent / "shared") / "ifeval" / "gpt4_responses.jsonl"
     if not data.is_file():
         sys.exit(f"{data}: not found (pass --data or set SHARED_DIR)")
     model_path = resolve_path(args.model)

@@ -27,13 +27,10 @@ from typing import Optional
 
 # Importable as ``ifeval.compare`` and runnable as ``python ifeval/compare.py``: report and
 # utils live at the repository root.
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
 
-from report import (BENCHMARKS, ResultError, delta, load_summary, metrics_table, one_benchmark, pct,  # noqa: E402
+from report import (BENCHMARKS, ResultError, delta, load_summary, metrics_table, one_benchmark, pct,
                     per_type_table, plot_accuracy)
-from utils import iter_jsonl  # noqa: E402
+from fileio import iter_jsonl
 
 
 # ----------------------------------------------------------------------- reading

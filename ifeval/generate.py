@@ -25,7 +25,8 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
-from utils import end_of_turn_ids, pad_token_id, render_chat
+from chat_format import render_chat
+from tokenization import end_of_turn_ids, pad_token_id
 
 DEFAULT_HF_BATCH = 16
 DEFAULT_VLLM_CHUNK = 256

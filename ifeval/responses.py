@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from utils import file_sha256
+from fileio import file_sha256
 
 # Settings that change the answers; a resumed run must use the same ones (benchmark: IFEval
 # and IFBench answers never share a file; model_fingerprint: a checkpoint retrained into the

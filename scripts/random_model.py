@@ -19,8 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils import DEFAULT_MODEL, resolve_path  # noqa: E402
+from fileio import resolve_path
+from tokenization import DEFAULT_MODEL
 
 SMOLLM2_135M_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,

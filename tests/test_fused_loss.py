@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 from fused_loss import FusedLossTrainer, fused_linear_cross_entropy, output_weight
 from loss_functions import compute_loss_from_logits, cross_entropy_loss
 from test_train_hw_parallel import tiny_llama
-from utils import IGNORE_TOKEN_ID as IGNORE
+from chat_format import IGNORE_TOKEN_ID as IGNORE
 
 VOCAB = 49152
 

@@ -10,7 +10,7 @@ import torch
 from ifeval import generate as g
 from test_run_ifeval import (EOT, HELLO, IM_END_ID, IM_START_ID, LOOP_CHAIN, NL, PROMPTS, WORLD, chain_model,
                              first_prompts, read_jsonl)
-from utils import load_tokenizer
+from tokenization import load_tokenizer
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import generate_golden_answers as gga
-from utils import load_tokenizer
+from tokenization import load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ def test_reference_reproduces_official_golden(course_ref, tokenizer, golden_name
 
 def test_regenerates_committed_golden_files(tmp_path, model_dir):
     fwd, rev = tmp_path / "f.json", tmp_path / "r.json"
-    assert gga.main(["--forward-out", str(fwd), "--reverse-out", str(rev), "--model-name", "SmolLM2-135M"]) == 0
+    assert gga.main(["--forward_out", str(fwd), "--reverse_out", str(rev), "--model_name", "SmolLM2-135M"]) == 0
     assert fwd.read_bytes() == (REPO / "exercise_solutions.json").read_bytes()
     assert rev.read_bytes() == (REPO / "reverse_exercise_solutions.json").read_bytes()
     doc = json.loads(fwd.read_text())
@@ -55,7 +55,7 @@ def test_bad_sample_is_named(tmp_path, model_dir):
                                                {"id": "broken", "messages": [{"role": "user", "content": None}]}],
                                "multi_turn": []}))
     with pytest.raises(SystemExit) as e:
-        gga.main(["--samples", str(bad), "--forward-out", str(tmp_path / "f"), "--reverse-out", str(tmp_path / "r")])
+        gga.main(["--samples", str(bad), "--forward_out", str(tmp_path / "f"), "--reverse_out", str(tmp_path / "r")])
     assert "single_turn[1] (id 'broken')" in str(e.value) and "content must be a string" in str(e.value)
 
 

@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 
-from utils import REPO_ROOT
+from fileio import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
 

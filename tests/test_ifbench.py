@@ -16,12 +16,13 @@ import sys
 
 import pytest
 
+from conftest import load_script
+
 from ifeval import responses as responses_store
 from ifeval import run_ifeval, scoring
-from utils import REPO_ROOT
+from fileio import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-import fetch_assets  # noqa: E402
+fetch_assets = load_script("scripts/fetch_assets.py")
 
 # AllenAI's published totals for their sample answers (294 prompts, 335 instructions).
 PUBLISHED = {"prompt_strict": 77, "inst_strict": 93, "prompt_loose": 88, "inst_loose": 109}

@@ -19,7 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from conftest import REPO
 from loss_functions import ChunkedCrossEntropy, compute_loss_from_logits, cross_entropy_loss
-from utils import IGNORE_TOKEN_ID as IGNORE
+from chat_format import IGNORE_TOKEN_ID as IGNORE
 
 
 def reference(logits: torch.Tensor, labels: torch.Tensor, num_items=None):

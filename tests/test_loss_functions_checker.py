@@ -70,7 +70,7 @@ def test_checker_cli_passes():
 
 
 def test_check_exercises_5_script_runs_checker_from_elsewhere(tmp_path):
-    res = subprocess.run(["bash", str(REPO / "scripts" / "check_exercises_5.sh"), "--no-grad"], cwd=tmp_path,
+    res = subprocess.run(["bash", str(REPO / "scripts" / "check_exercises_5.sh"), "--no_grad"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip().endswith("All checks passed!")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "demo_sft.json"
 CHECKS = REPO / "data" / "demo_sft_checks.jsonl"
 IFEVAL_PROMPTS = REPO / "ifeval" / "data" / "input_data.jsonl"
-sys.path.insert(0, str(REPO / "tools"))
 
 
 def _gen(tmp_path, seed, num, tag):
@@ -90,7 +91,7 @@ def test_mix_and_size():
                    "length_constraints:number_paragraphs"]:
         assert kinds[needed] >= 15, needed
     # the course format, and the project's own normalizer accepts every record
-    from utils import normalize_conversation
+    from chat_format import normalize_conversation
     for r in records:
         assert set(r) == {"id", "conversations"}
         normalize_conversation(r["conversations"])
@@ -114,14 +115,14 @@ def test_no_ifeval_sentence_is_reused():
 
 
 def test_generator_fails_loudly_when_answers_cannot_pass():
-    import make_demo_data
+    make_demo_data = load_script("tools/make_demo_data.py")
     always_fail = lambda ids, kwargs, prompt, response: [False] * len(ids)  # noqa: E731
     with pytest.raises(make_demo_data.DemoDataError, match="fails"):
         make_demo_data.make_conversations(3, 2, always_fail, progress=False)
 
 
 def test_content_bank_errors_name_the_file(tmp_path):
-    import make_demo_data
+    make_demo_data = load_script("tools/make_demo_data.py")
     bad = tmp_path / "bank.json"
     bad.write_text('{"topics": [{"name": "x"}]}')
     with pytest.raises(make_demo_data.DemoDataError, match=r"bank\.json: missing or empty .*system_prompts.*\[0\]"):

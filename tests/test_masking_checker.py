@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_checker_passes_on_official_files(course_ref, capsys):
     args = ["--samples", str(course_ref / "exercise_samples.json"), "--golden", str(course_ref / "exercise_solutions.json")]
-    assert run_checker(conversation_to_features, "t", "exercise_solutions.json", args + ["--multi-turn"]) == 0
+    assert run_checker(conversation_to_features, "t", "exercise_solutions.json", args + ["--multi_turn"]) == 0
     assert "multi_turn: 5/5 samples match" in capsys.readouterr().out
 
 
@@ -75,6 +75,6 @@ def test_checker_passes_on_official_reverse_files(course_ref, capsys):
     args = ["--samples", str(course_ref / "exercise_samples.json"),
             "--golden", str(course_ref / "reverse_exercise_solutions.json")]
     assert run_checker(reverse_conversation_to_features, "t", "reverse_exercise_solutions.json", args) == 0
-    assert run_checker(reverse_conversation_to_features, "t", "reverse_exercise_solutions.json", args + ["--multi-turn"]) == 0
+    assert run_checker(reverse_conversation_to_features, "t", "reverse_exercise_solutions.json", args + ["--multi_turn"]) == 0
     out = capsys.readouterr().out
     assert "single_turn: 5/5 samples match" in out and "multi_turn: 5/5 samples match" in out

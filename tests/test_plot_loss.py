@@ -6,7 +6,7 @@ import matplotlib.image
 
 import report
 from test_report import write_state
-from utils import REPO_ROOT
+from fileio import REPO_ROOT
 
 
 def test_cli_writes_png(tmp_path):

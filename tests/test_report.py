@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import report
-from utils import REPO_ROOT
+from fileio import REPO_ROOT
 
 HISTORY = [
     {"step": 1, "loss": 2.5, "learning_rate": 1e-5, "epoch": 0.1},

@@ -16,7 +16,8 @@ from reverse_conversation_func import (
 )
 from conversation_func import has_trained_tokens
 from test_conversation_func import as_lists, random_cases
-from utils import IGNORE_TOKEN_ID, REVERSE_SYSTEM_PROMPT, ConversationFormatError
+from chat_format import IGNORE_TOKEN_ID, ConversationFormatError
+from reverse_conversation_func import REVERSE_SYSTEM_PROMPT
 
 REPO = Path(__file__).resolve().parent.parent
 SYS = {"role": "system", "content": "Be brief."}

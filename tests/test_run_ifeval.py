@@ -18,7 +18,7 @@ import torch
 
 from ifeval import responses as rs
 from ifeval import run_ifeval as ri
-from utils import REPO_ROOT
+from fileio import REPO_ROOT
 
 NL, HELLO, WORLD, IM_START_ID, IM_END_ID, EOT = 198, 19556, 905, 1, 2, 0
 PROMPTS = REPO_ROOT / "ifeval" / "data" / "sampled_input_data.jsonl"

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 from test_run_ifeval import first_prompts, read_jsonl, save_chain_checkpoint
-from utils import REPO_ROOT
+from fileio import REPO_ROOT
 
 RUN_SH = REPO_ROOT / "ifeval" / "run.sh"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from test_train_hw_parallel import CHATS, tiny_llama, write_chats
-from utils import REPO_ROOT
+from fileio import REPO_ROOT
 
 SFT = REPO_ROOT / "scripts" / "sft.sh"
 

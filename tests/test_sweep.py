@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ GRID = ["--lr", "1e-3,3e-3", "--max_steps", "2", "--total_bsz", "2", "--model_ma
 def finished_sweep(out, benchmarks):
     """OUT/runs/NAME/result.json for both points of GRID, as a finished sweep leaves them;
     a benchmark of None leaves the field out (rows written before IFBench)."""
-    import sweep
+    sweep = load_script("scripts/sweep.py")
     for lr, bench, acc in zip((1e-3, 3e-3), benchmarks, (0.25, 0.5)):
         cfg = {"lr": lr, "epochs": 1.0, "warmup_ratio": 0.1, "scheduler": "cosine", "total_bsz": 2,
                "model_max_length": 128}
@@ -77,7 +78,7 @@ def finished_sweep(out, benchmarks):
 
 
 def test_finished_ifbench_sweep_is_tabled(tmp_path, capsys):
-    import sweep
+    sweep = load_script("scripts/sweep.py")
     out = tmp_path / "sw"
     finished_sweep(out, ["ifbench", "ifbench"])
     sweep.main([*GRID, "--benchmark", "ifbench", "--out", str(out)])
@@ -93,7 +94,7 @@ def test_finished_ifbench_sweep_is_tabled(tmp_path, capsys):
     (["ifeval", "ifbench"], "ifeval", r"expected IFEval only\): \S+/result.json: IFEval; \S+/result.json: IFBench"),
 ])
 def test_other_benchmark_in_the_sweep_folder_is_refused(tmp_path, earlier, asked, listed):
-    import sweep
+    sweep = load_script("scripts/sweep.py")
     out = tmp_path / "sw"
     finished_sweep(out, earlier)
     with pytest.raises(SystemExit, match=r"different benchmarks cannot be compared \(" + listed +
@@ -103,7 +104,7 @@ def test_other_benchmark_in_the_sweep_folder_is_refused(tmp_path, earlier, asked
 
 
 def test_grid_parsing_and_names():
-    import sweep
+    sweep = load_script("scripts/sweep.py")
     assert sweep.parse_axis("lr", "1e-5, 2e-5") == [1e-5, 2e-5]
     with pytest.raises(SystemExit, match="--total_bsz"):
         sweep.parse_axis("total_bsz", "eight")
@@ -123,7 +124,7 @@ def test_rerun_with_other_shared_settings_does_not_reuse_results(tmp_path, capsy
     """A finished configuration is reused only when the settings its folder name does not
     say (steps, data, model, prompts, ...) are the same; otherwise the rerun stops before
     training anything. Results from before the record are reused with a warning."""
-    import sweep
+    sweep = load_script("scripts/sweep.py")
     out = tmp_path / "sweep"
     argv = ["--lr", "1e-3", "--max_steps", "2", "--total_bsz", "2", "--bsz_per_dev", "1", "--model_max_length", "128",
             "--prompts", "2", "--max_tokens", "8", "--model", "tiny", "--out", str(out)]

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from test_run_ifeval import PROMPTS, read_jsonl
-from utils import REPO_ROOT, load_tokenizer
+from fileio import REPO_ROOT
+from tokenization import load_tokenizer
 
 pytestmark = pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None,
                                 reason="vLLM is not installed (pip install -r requirements.txt)")

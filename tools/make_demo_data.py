@@ -42,7 +42,6 @@ from typing import Optional
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as python tools/make_demo_data.py: utils and ifeval/ are at the root
 TOPICS_FILE = REPO / "data" / "demo_topics.json"
 
 
@@ -631,7 +630,7 @@ def main(argv=None):
                     help="fail if a request shares this many consecutive words with an IFEval prompt")
     args = ap.parse_args(argv)
 
-    from utils import setup_nltk_data
+    from fileio import setup_nltk_data
     setup_nltk_data()
     records, checks, stats = make_conversations(args.seed, args.num, load_checker())
     ifeval_path = Path(args.ifeval_prompts)

@@ -1,21 +1,12 @@
-"""utils.py: conversation normalization (course semantics) and tokenizer configuration."""
+"""chat_format.py, tokenization.py, fileio.py: conversation normalization (course semantics), tokenizer configuration, JSONL reading."""
 import json
 from collections import Counter
 
 import pytest
 
-from utils import (
-    CHATML_TEMPLATE,
-    ConversationFormatError,
-    end_of_turn_ids,
-    is_single_turn_conversation,
-    iter_jsonl,
-    load_tokenizer,
-    normalize_conversation,
-    resolve_path,
-    tokenizer_fingerprint,
-    validate_messages,
-)
+from chat_format import CHATML_TEMPLATE, ConversationFormatError, is_single_turn_conversation, normalize_conversation, validate_messages
+from fileio import iter_jsonl, resolve_path
+from tokenization import end_of_turn_ids, load_tokenizer, tokenizer_fingerprint
 
 U = lambda c: {"role": "user", "content": c}  # noqa: E731
 A = lambda c: {"role": "assistant", "content": c}  # noqa: E731

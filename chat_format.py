@@ -1,27 +1,16 @@
-"""Shared helpers: the one place that loads and configures a tokenizer, and the
-normalization of raw chat records into clean ``[system?] round+`` lists (a round: a user
-turn, then the assistant's answers, tool calls and tool results up to the next one).
-
-Everything that tokenizes chats (the Part 1-4 checkers, training, IFEval generation)
-goes through :func:`load_tokenizer`, so a checkpoint is always rendered the same way
-when it is trained and when it is evaluated.
-"""
+"""The chat format the project trains and evaluates with: the ChatML template, the
+message roles, the normalization of raw chat records into clean ``[system?] round+`` lists
+(a round: a user turn, then the assistant's answers, tool calls and tool results up to the
+next one) and the checks masking runs on them. Standard library only."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections import Counter
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Optional
 
+# The label of a position that is not trained (what PyTorch's and transformers' losses skip).
 IGNORE_TOKEN_ID = -100
-REPO_ROOT = Path(__file__).resolve().parent
-# setup.sh writes NLTK's punkt_tab here; scripts add it to nltk's search path themselves,
-# so no NLTK_DATA variable is needed.
-NLTK_DATA_DIR = REPO_ROOT / "nltk_data"
-DEFAULT_MODEL = "SmolLM2-135M"
-HUB_MODEL_ID = "HuggingFaceTB/SmolLM2-135M"
+TRUNCATION_SIDES = ("left", "right")
 
 # The project's ChatML rendering (the course's): a leading newline, then
 # "<|im_start|>{role}\n{content}<|im_end|>\n" per message, and with a generation prompt
@@ -54,135 +43,16 @@ ROLE_ALIASES = {
 }
 # The roles masking accepts (what normalize_conversation produces).
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
-REVERSE_SYSTEM_PROMPT = "You are a good state predictor."
 
 
 class ConversationFormatError(ValueError):
     """A chat record that cannot be read as a conversation (names what is wrong)."""
 
 
-# --------------------------------------------------------------------------- paths
-def resolve_path(name_or_path: str) -> str:
-    """A model folder or data file as the scripts take it: relative to the current
-    directory, else relative to the repository root, else returned as is (for a model,
-    a hub id)."""
-    p = Path(name_or_path).expanduser()
-    if p.exists():
-        return str(p.resolve())
-    q = REPO_ROOT / name_or_path
-    if q.exists():
-        return str(q.resolve())
-    return name_or_path
-
-
-def iter_jsonl(path: str | os.PathLike, what: str, error: type[Exception] = ValueError,
-               objects_only: bool = True) -> Iterator[tuple[int, object]]:
-    """Yield (line number, value) for each non-blank line of a JSONL file. A missing
-    file, a directory or a malformed line raises ``error`` with a message naming
-    ``what`` (e.g. "IFEval prompt") or file:line. With ``objects_only`` (the default) a
-    line that is not a JSON object raises too; without it, any JSON value is yielded
-    for the caller to judge (``sft_data`` names such a record in its own error)."""
-    p = Path(path)
-    if not p.exists():
-        raise error(f"{what} file not found: {p}")
-    if p.is_dir():
-        raise error(f"{what} path is a directory, expected a JSONL file: {p}")
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if objects_only and not isinstance(obj, dict):
-                raise error(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-
-
-def setup_nltk_data() -> None:
-    """Put the project's punkt_tab folder on nltk's search path (before lm-eval or the
-    IFEval checkers import nltk tokenizers). Harmless when the folder is absent."""
-    import nltk
-
-    for d in (NLTK_DATA_DIR, Path(os.environ.get("NLTK_DATA", "")) if os.environ.get("NLTK_DATA") else None):
-        if d is not None and d.is_dir() and str(d) not in nltk.data.path:
-            nltk.data.path.insert(0, str(d))
-
-
-# ----------------------------------------------------------------------- tokenizer
-def is_smollm2_tokenizer(tokenizer) -> bool:
-    """SmolLM2's vocabulary: 49152 entries with <|endoftext|>=0, <|im_start|>=1, <|im_end|>=2."""
-    ids = tokenizer.convert_tokens_to_ids([ENDOFTEXT, IM_START, IM_END])
-    return len(tokenizer) == 49152 and list(ids) == [0, 1, 2]
-
-
-def load_tokenizer(name_or_path: str = DEFAULT_MODEL, model_max_length: int = 2048, padding_side: str = "right"):
-    """Load and configure a tokenizer, the same way for checkers, training and evaluation.
-
-    - right padding (``padding_side="left"`` for batched generation),
-    - ``pad_token`` falls back to ``eos_token`` (SmolLM2 has none: pad id 0),
-    - ``model_max_length`` set,
-    - SmolLM2 tokenizers get the project's ChatML template (:data:`CHATML_TEMPLATE`);
-      other tokenizers keep their own template, or get ChatML when they have none.
-    """
-    from transformers import AutoTokenizer
-
-    path = resolve_path(name_or_path)
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = padding_side
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.model_max_length = int(model_max_length)
-    if is_smollm2_tokenizer(tok) or not getattr(tok, "chat_template", None):
-        tok.chat_template = CHATML_TEMPLATE
-    return tok
-
-
-def end_of_turn_ids(tokenizer, extra: Iterable[Any] = ()) -> list[int]:
-    """Token ids that end a generated answer, the one list for training and evaluation.
-
-    ``<|im_end|>`` first (the end of a ChatML turn, id 2 in SmolLM2) when the vocabulary
-    has it, then the tokenizer's eos (``<|endoftext|>``, id 0), then ``extra``: an int, a
-    list of ints or ``None`` (what a ``generation_config.eos_token_id`` holds), or an
-    iterable of them. Duplicates are dropped, order kept. Training writes this list into
-    every checkpoint's ``generation_config.eos_token_id``; the IFEval runner stops at it
-    whatever the checkpoint says (a model fine-tuned from a base checkpoint keeps the
-    base's single eos and would otherwise write invented user turns)."""
-    ids: list[int] = []
-    if IM_END in tokenizer.get_vocab():
-        ids.append(int(tokenizer.convert_tokens_to_ids(IM_END)))
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    if extra is None or isinstance(extra, int):
-        extra = [extra]
-    for item in extra:
-        for i in (item if isinstance(item, (list, tuple)) else [item]):
-            if i is not None:
-                ids.append(int(i))
-    return list(dict.fromkeys(ids))
-
-
-def pad_token_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A short hash of what decides token ids: the vocabulary, the chat template and
-    the special tokens (used in cache keys and run manifests)."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
-    h.update((tokenizer.chat_template or "").encode())
-    h.update(repr((tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.padding_side)).encode())
-    return h.hexdigest()[:16]
-
-
 def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-# ------------------------------------------------------------------- normalization
 def _tool_calls_text(turn: dict, index: int) -> Optional[str]:
     """The tool calls of an OpenAI-style assistant turn (``tool_calls`` list, or the
     legacy ``function_call`` object) as text, one ``{"name", "arguments"}`` JSON object
@@ -358,30 +228,9 @@ def validate_messages(messages: Any, allowed_roles=MESSAGE_ROLES) -> None:
         if m.get("role") not in allowed_roles:
             raise ConversationFormatError(
                 f"message {i}: unknown role {m.get('role')!r} (expected one of {list(allowed_roles)}; "
-                "normalize raw data with utils.normalize_conversation first)"
+                "normalize raw data with chat_format.normalize_conversation first)"
             )
         if not isinstance(m.get("content"), str):
             raise ConversationFormatError(
                 f"message {i} ({m['role']}): content must be a string, got {type(m.get('content')).__name__}"
             )
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def shared_dir() -> Optional[Path]:
-    """Tests' and benchmarks' locator for the shared course material: ``$SHARED_DIR``,
-    else ``../shared`` beside the repository. The product itself never needs it."""
-    env = os.environ.get("SHARED_DIR")
-    if env:
-        return Path(env)
-    cand = REPO_ROOT.parent / "shared"
-    return cand if cand.is_dir() else None

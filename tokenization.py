@@ -1,0 +1,81 @@
+"""The one place that loads and configures a tokenizer, so a checkpoint is rendered the
+same way when it is trained and when it is evaluated (the Part 1-4 checkers, training,
+IFEval generation), plus the token ids that end a turn and a fingerprint of what decides
+token ids."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable
+
+from chat_format import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START
+from fileio import resolve_path
+
+DEFAULT_MODEL = "SmolLM2-135M"
+HUB_MODEL_ID = "HuggingFaceTB/SmolLM2-135M"
+
+
+def is_smollm2_tokenizer(tokenizer) -> bool:
+    """SmolLM2's vocabulary: 49152 entries with <|endoftext|>=0, <|im_start|>=1, <|im_end|>=2."""
+    ids = tokenizer.convert_tokens_to_ids([ENDOFTEXT, IM_START, IM_END])
+    return len(tokenizer) == 49152 and list(ids) == [0, 1, 2]
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL, model_max_length: int = 2048, padding_side: str = "right"):
+    """Load and configure a tokenizer, the same way for checkers, training and evaluation.
+
+    - right padding (``padding_side="left"`` for batched generation),
+    - ``pad_token`` falls back to ``eos_token`` (SmolLM2 has none: pad id 0),
+    - ``model_max_length`` set,
+    - SmolLM2 tokenizers get the project's ChatML template (:data:`CHATML_TEMPLATE`);
+      other tokenizers keep their own template, or get ChatML when they have none.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_path(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = padding_side
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.model_max_length = int(model_max_length)
+    if is_smollm2_tokenizer(tok) or not getattr(tok, "chat_template", None):
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def end_of_turn_ids(tokenizer, extra: Iterable[Any] = ()) -> list[int]:
+    """Token ids that end a generated answer, the one list for training and evaluation.
+
+    ``<|im_end|>`` first (the end of a ChatML turn, id 2 in SmolLM2) when the vocabulary
+    has it, then the tokenizer's eos (``<|endoftext|>``, id 0), then ``extra``: an int, a
+    list of ints or ``None`` (what a ``generation_config.eos_token_id`` holds), or an
+    iterable of them. Duplicates are dropped, order kept. Training writes this list into
+    every checkpoint's ``generation_config.eos_token_id``; the IFEval runner stops at it
+    whatever the checkpoint says (a model fine-tuned from a base checkpoint keeps the
+    base's single eos and would otherwise write invented user turns)."""
+    ids: list[int] = []
+    if IM_END in tokenizer.get_vocab():
+        ids.append(int(tokenizer.convert_tokens_to_ids(IM_END)))
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    if extra is None or isinstance(extra, int):
+        extra = [extra]
+    for item in extra:
+        for i in (item if isinstance(item, (list, tuple)) else [item]):
+            if i is not None:
+                ids.append(int(i))
+    return list(dict.fromkeys(ids))
+
+
+def pad_token_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short hash of what decides token ids: the vocabulary, the chat template and
+    the special tokens (used in cache keys and run manifests)."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
+    h.update((tokenizer.chat_template or "").encode())
+    h.update(repr((tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.padding_side)).encode())
+    return h.hexdigest()[:16]
