@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import sft_data
+import run_records
 import train_hw_parallel
 from fileio import REPO_ROOT
 
@@ -255,19 +256,19 @@ def test_finished_run_is_not_trained_again(tmp_path):
     ckpt.mkdir(parents=True)
     manifest = out / "run_manifest.json"
     args = lambda **kw: TrainingArguments(output_dir=str(out), report_to="none", **kw)  # noqa: E731
-    assert train_hw_parallel.finished_step(str(ckpt), args(max_steps=2)) is None  # never completed: no manifest
+    assert run_records.finished_step(str(ckpt), args(max_steps=2)) is None  # never completed: no manifest
     manifest.write_text(json.dumps({"global_step": 2, "training_args": {"max_steps": -1, "num_train_epochs": 1.0}}))
-    assert train_hw_parallel.finished_step(str(ckpt), args(max_steps=2)) == 2
-    assert train_hw_parallel.finished_step(str(ckpt), args(max_steps=3)) is None
-    assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=1)) == 2
-    assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=2)) is None
-    assert train_hw_parallel.finished_step(None, args(max_steps=2)) is None
+    assert run_records.finished_step(str(ckpt), args(max_steps=2)) == 2
+    assert run_records.finished_step(str(ckpt), args(max_steps=3)) is None
+    assert run_records.finished_step(str(ckpt), args(num_train_epochs=1)) == 2
+    assert run_records.finished_step(str(ckpt), args(num_train_epochs=2)) is None
+    assert run_records.finished_step(None, args(max_steps=2)) is None
     # A run cut short by --max_steps is not a finished epoch plan, and fractional epochs
     # compare as requested (the Trainer's state rounds them up).
     manifest.write_text(json.dumps({"global_step": 2, "training_args": {"max_steps": 2, "num_train_epochs": 1.0}}))
-    assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=1)) is None
+    assert run_records.finished_step(str(ckpt), args(num_train_epochs=1)) is None
     manifest.write_text(json.dumps({"global_step": 3, "training_args": {"max_steps": -1, "num_train_epochs": 1.5}}))
-    assert train_hw_parallel.finished_step(str(ckpt), args(num_train_epochs=1.5)) == 3
+    assert run_records.finished_step(str(ckpt), args(num_train_epochs=1.5)) == 3
 
 
 # ------------------------------------------------ one run per folder (issue 11, kind 2)
