@@ -187,7 +187,7 @@ def fetch(asset: Asset, online: bool) -> str:
         shutil.rmtree(stale, ignore_errors=True)
     if complete(asset.base, asset.files):
         recorded = asset.record.read_text().strip() if asset.record and asset.record.is_file() else ""
-        return _found(asset, f"{asset.label} already present ({recorded or 'source not recorded'})")
+        return _found(asset, f"{asset.label} already present, " + (f"fetched from {recorded}" if recorded else "source not recorded"))
     tried = []
     for src in asset.sources:
         if src.kind == "online" and not online:
