@@ -13,8 +13,8 @@ CUDA GPUs of compute capability 8.0 and newer (Ampere, Ada, Hopper, Blackwell), 
 older ones (T4, V100, 2080 Ti: no bf16 arithmetic).
 
 The vLLM CPU engine is configured for the machine it runs on (:func:`cpu_engine_env`,
-:func:`kv_cache_bytes`) and runs eager or compiled (:func:`choose_enforce_eager`); see
-the README's Part 7 for the measurements behind the defaults.
+:func:`kv_cache_bytes`) and runs eager or compiled (:func:`choose_enforce_eager`); the
+measurements behind the defaults are in docs/performance.md.
 """
 from __future__ import annotations
 
@@ -184,9 +184,8 @@ def kv_cache_bytes(per_token: int, n_prompts: int, max_model_len: int, available
 
 def choose_enforce_eager(mode: str, device: str) -> bool:
     """``--vllm_mode``: ``eager`` / ``compiled`` force one; ``auto`` is compiled on a GPU
-    (torch.compile and CUDA graphs) and eager on the CPU, where vLLM 0.32's compiled mode
-    measured a 2-4x longer start (its compile cache fails to reload, so every run pays
-    it) and no faster decode for SmolLM2-135M (README, Part 7)."""
+    (torch.compile and CUDA graphs) and eager on the CPU, where compiling does not pay back
+    its start for SmolLM2-135M (docs/performance.md)."""
     if mode != "auto":
         return mode == "eager"
     return not device.startswith("cuda")
