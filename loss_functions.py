@@ -8,7 +8,7 @@
 What is computed
 ----------------
 ``logits`` is ``[batch, seq, vocab]`` (fp32, bf16, fp16 or fp64) and ``labels`` is
-``[batch, seq]`` with ``-100`` (``utils.IGNORE_TOKEN_ID``) where nothing is trained.
+``[batch, seq]`` with ``-100`` (``chat_format.IGNORE_TOKEN_ID``) where nothing is trained.
 Position ``t`` predicts the label at ``t + 1`` (the causal shift), so the last position
 of every row predicts nothing. With ``lse = log(sum_v exp(logits[b, t, v]))``::
 

@@ -53,7 +53,7 @@ def render_prompts(tokenizer, records: list[dict], system_message: Optional[str]
 
 
 def checkpoint_stop_ids(tokenizer, model_path: str) -> list[int]:
-    """:func:`utils.end_of_turn_ids` plus the eos of the checkpoint's generation config
+    """:func:`tokenization.end_of_turn_ids` plus the eos of the checkpoint's generation config
     (an int in a base checkpoint, a list in this project's SFT checkpoints), if it has one."""
     from transformers import GenerationConfig
 

@@ -13,10 +13,10 @@ Generation (``ifeval/generate.py``)
     GPU machines, see setup.sh), else transformers' ``generate()``. ``--backend hf`` is the
     fallback for models vLLM cannot load.
   * Prompts are rendered with the checkpoint's own chat template as training sets it up
-    (``utils.load_tokenizer``), optional system message first, with a generation prompt.
+    (``tokenization.load_tokenizer``), optional system message first, with a generation prompt.
   * Greedy by default (``--temperature 0``); sampling is seeded (``--seed``). Generation
     stops at ``<|im_end|>`` and at the tokenizer's eos whatever the checkpoint's
-    generation_config says (``utils.end_of_turn_ids``): a model fine-tuned from a base
+    generation_config says (``tokenization.end_of_turn_ids``): a model fine-tuned from a base
     checkpoint keeps the base's eos (``<|endoftext|>``) and would otherwise write invented
     user turns until ``--max_tokens``. Answers are decoded without special tokens and stripped.
   * fp32 on the CPU, bf16 on Ampere and newer GPUs, fp16 on older ones (T4, V100, 2080 Ti).
