@@ -52,23 +52,35 @@ class DemoDataError(RuntimeError):
     content bank is unusable (the message names the file)."""
 
 
+def read_table(path: Path, what: str, need: dict[str, type], problems=lambda table: "") -> dict:
+    """A JSON object read from ``path`` whose keys in ``need`` each hold a non-empty value
+    of the given type, and for which ``problems(table)`` finds nothing (it returns a
+    description, or ""); DemoDataError naming the file, the keys and the problems otherwise."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DemoDataError(f"{path}: cannot read the {what} ({e})") from None
+    missing = [k for k, kind in need.items() if not isinstance(table.get(k), kind) or not table[k]]
+    more = problems(table)
+    if missing or more:
+        raise DemoDataError(f"{path}: missing or empty {missing}" + (f"; {more}" if more else ""))
+    return table
+
+
 def load_bank(path: Path = TOPICS_FILE) -> dict:
     """The content bank: ``topics`` (name, titles, facts), ``system_prompts``,
     ``placeholder_sentences``, ``postscripts``, ``end_phrases``, ``forbidden_candidates``."""
-    try:
-        bank = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise DemoDataError(f"{path}: cannot read the content bank ({e})") from None
+    def topics_without_fields(bank):
+        bad = [i for i, t in enumerate(bank.get("topics") or []) if not {"name", "titles", "facts"} <= set(t)]
+        return f"topics without name/titles/facts: {bad}" if bad else ""
+
     need = ("topics", "system_prompts", "placeholder_sentences", "postscripts", "end_phrases", "forbidden_candidates")
-    missing = [k for k in need if not isinstance(bank.get(k), list) or not bank[k]]
-    bad = [i for i, t in enumerate(bank.get("topics") or []) if not {"name", "titles", "facts"} <= set(t)]
-    if missing or bad:
-        raise DemoDataError(f"{path}: missing or empty {missing}; topics without name/titles/facts: {bad}")
-    return bank
+    return read_table(path, "content bank", dict.fromkeys(need, list), topics_without_fields)
 
 
 BANK = load_bank()
 TOPICS = BANK["topics"]
+
 
 # ----------------------------------------------------------------------------- wording
 def load_wording(path: Path = WORDING_FILE) -> dict:
@@ -76,17 +88,9 @@ def load_wording(path: Path = WORDING_FILE) -> dict:
     ``constrained_questions`` ({name} is a topic's name), ``follow_same``, ``phrases``
     (instruction id -> phrasings, or relation -> phrasings; {placeholders} are the
     instruction's arguments), ``section_words`` and ``bullet_intros``."""
-    try:
-        wording = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise DemoDataError(f"{path}: cannot read the request wording ({e})") from None
-    need = ("tasks", "follow_same", "follow_new", "constrained_questions", "section_words", "bullet_intros")
-    missing = [k for k in need if not isinstance(wording.get(k), list) or not wording[k]]
-    if not isinstance(wording.get("phrases"), dict) or not wording["phrases"]:
-        missing.append("phrases")
-    if missing:
-        raise DemoDataError(f"{path}: missing or empty {missing}")
-    return wording
+    need = dict.fromkeys(("tasks", "follow_same", "follow_new", "constrained_questions", "section_words",
+                          "bullet_intros"), list)
+    return read_table(path, "request wording", {**need, "phrases": dict})
 
 
 WORDING = load_wording()
