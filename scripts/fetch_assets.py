@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -230,18 +231,17 @@ def _found(asset: Asset, line: str) -> str:
 
 
 def _move_into_place(asset: Asset, tmp: Path) -> None:
-    """Rename each output from ``tmp`` to ``asset.base``; an incomplete earlier folder there
-    is removed first (the asset was found incomplete before any source ran)."""
+    """Rename each output from ``tmp`` to ``asset.base``. A folder already there is
+    incomplete (the asset was checked before any source ran); it is renamed aside, not
+    deleted, and the new name is printed."""
     for out in asset.outputs:
         dest = asset.base / out
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.is_dir():
-            say(asset.step, f"removing the incomplete {dest}")
-            shutil.rmtree(dest)
-        built = tmp / out
-        if built.is_dir():
-            built.chmod(0o755)  # mkdtemp makes its folder private; a subfolder keeps the umask
-        os.replace(built, dest)
+            aside = dest.with_name(f"{dest.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+            dest.rename(aside)
+            say(asset.step, f"the incomplete {dest} was moved aside to {aside.name}")
+        os.replace(tmp / out, dest)
 
 
 def fetch_step(step: str, online: bool, **where) -> None:

@@ -228,3 +228,13 @@ def test_summary_is_printed_when_a_step_fails(tmp_path, monkeypatch, capsys):
     summary = capsys.readouterr().out.split("[setup] sources:\n")[1].splitlines()
     assert summary[0].split()[0] == "first" and summary[0].endswith("<- a wheel")
     assert summary[1].startswith("  second    FAILED: [setup:nltk] could not obtain")
+
+
+def test_incomplete_folder_is_moved_aside_not_deleted(tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch_assets, "SOURCES", {})
+    (tmp_path / "thing").mkdir()
+    (tmp_path / "thing" / "mine.txt").write_text("keep me")
+    fetch_assets.fetch(_asset(tmp_path, fetch_assets.Source("pypi", "a wheel", _writes("new"))), online=False)
+    assert (tmp_path / "thing" / "data.txt").read_text() == "new"
+    [aside] = tmp_path.glob("thing.incomplete-*")
+    assert (aside / "mine.txt").read_text() == "keep me"
