@@ -412,19 +412,34 @@ def ifeval_engine(gpus: Sequence[GPU]) -> tuple:
     return "vllm", "every GPU has compute capability 7.5+"
 
 
-def launcher(ds: Optional[ImportCheck], toolkit: Optional[str], offload: bool) -> tuple:
-    """(launcher, why): ``deepspeed`` when it imports, else ``torchrun`` (DDP, the same training
-    without --deepspeed). ZeRO offload needs DeepSpeed: then a failed import is an error."""
-    if ds is not None and ds.ok:
-        return "deepspeed", f"deepspeed {ds.version or ''} imports".replace("  ", " ")
+def launcher(ds: Optional[ImportCheck], toolkit: Optional[str], offload: bool, requested: str = "auto") -> tuple:
+    """(launcher, why): ``deepspeed`` when it imports, ``torchrun`` (DDP, the same training
+    without --deepspeed) when it is not installed or when ``requested`` says so.
+
+    Raises HardwareError when DeepSpeed is installed but fails to import (with ``auto`` or
+    ``torchrun``): accelerate imports an installed DeepSpeed while it unwraps the model
+    (accelerate.utils.other.extract_model_from_parallel), so DDP fails the same way beside it;
+    and when optimizer offload or ``requested=deepspeed`` needs a DeepSpeed that cannot run."""
+    if requested not in ("auto", "deepspeed", "torchrun"):
+        raise HardwareError(f"LAUNCHER={requested!r}: expected auto, deepspeed or torchrun")
     if ds is None:
-        return "deepspeed", "not checked"
-    why = "deepspeed is not installed" if not ds.installed else f"import deepspeed failed: {ds.error}"
-    if ds.installed and toolkit is None:
-        why += " (no CUDA toolkit: nvcc not on PATH, CUDA_HOME unset)"
-    if offload:
-        raise HardwareError(f"{why}; optimizer offload (scripts/sft_offload.sh) needs DeepSpeed")
-    return "torchrun", why
+        return ("torchrun", "LAUNCHER=torchrun") if requested == "torchrun" else ("deepspeed", "not checked")
+    if ds.ok:
+        if requested == "torchrun" and not offload:
+            return "torchrun", "LAUNCHER=torchrun"
+        return "deepspeed", f"deepspeed {ds.version or ''} imports".replace("  ", " ")
+    if not ds.installed:
+        why = "deepspeed is not installed"
+        if offload or requested == "deepspeed":
+            need = "optimizer offload (scripts/sft_offload.sh)" if offload else "LAUNCHER=deepspeed"
+            raise HardwareError(f"{why}; {need} needs DeepSpeed (pip install -r requirements.txt)")
+        return "torchrun", why
+    why = f"import deepspeed {ds.version or ''} failed: {ds.error}".replace("  ", " ")
+    if toolkit is None:
+        why += " (no CUDA toolkit here: nvcc not on PATH, CUDA_HOME unset)"
+    raise HardwareError(
+        f"{why}. DDP (torchrun) cannot run beside it either: accelerate imports an installed DeepSpeed. "
+        f"Fix DeepSpeed (docs/gpu.md), or `pip uninstall -y deepspeed` to train through torchrun")
 
 
 def training_fixed_mib(precision: str, world: int, launcher_name: str, offload: bool = False) -> dict:
@@ -619,10 +634,13 @@ def setup_plan(gpus: Sequence[GPU], torch_pin: str, vllm_pin: str, flash_wheel: 
 
 # ------------------------------------------------------------------ sft plan
 def sft_plan(p: Probe, maxlen: int, loss: str, total_bsz: int, num_gpus: Optional[int] = None,
-             bszperdev: Optional[int] = None, ds_config: Optional[str] = None) -> dict:
+             bszperdev: Optional[int] = None, ds_config: Optional[str] = None, world: Optional[int] = None,
+             requested_launcher: str = "auto") -> dict:
     """What scripts/sft.sh launches on the probed machine: devices, precision, attention,
     launcher, BSZPERDEV (from memory unless given), IFEval engine, each with its reason.
-    ``num_gpus``: use the first N GPUs. The CPU case leaves ranks and BSZPERDEV to sft.sh."""
+    ``num_gpus``: use the first N GPUs; ``world``: devices over all nodes (a DeepSpeed
+    hostfile), default this machine's; ``requested_launcher``: LAUNCHER (auto, deepspeed,
+    torchrun). The CPU case leaves ranks and BSZPERDEV to sft.sh."""
     gpus = p.gpus[:num_gpus] if num_gpus is not None else list(p.gpus)
     if num_gpus is not None and num_gpus > len(p.gpus):
         raise HardwareError(f"NUM_GPUS={num_gpus} but {len(p.gpus)} GPU(s) are visible ({p.smi_note or 'nvidia-smi'})")
@@ -633,7 +651,7 @@ def sft_plan(p: Probe, maxlen: int, loss: str, total_bsz: int, num_gpus: Optiona
         except (OSError, ValueError) as e:
             raise HardwareError(f"DS_CONFIG {ds_config}: {e}") from None
         offload = bool(cfg.get("zero_optimization", {}).get("offload_optimizer"))
-    launch, launch_why = launcher(p.deepspeed, p.cuda_toolkit, offload)
+    launch, launch_why = launcher(p.deepspeed, p.cuda_toolkit, offload, requested_launcher)
     prec, prec_why = training_precision(gpus)
     attn, attn_why = attention(gpus, bool(p.flash_attn and p.flash_attn.ok))
     engine, engine_why = ifeval_engine(gpus)
@@ -653,7 +671,7 @@ def sft_plan(p: Probe, maxlen: int, loss: str, total_bsz: int, num_gpus: Optiona
     if offload and p.cuda_toolkit is None:
         plan["warning"] = ("optimizer offload JIT-builds DeepSpeed's CPU Adam, which needs a CUDA toolkit (nvcc) "
                            "matching torch's CUDA version; none found (nvcc not on PATH, CUDA_HOME unset)")
-    auto, est = batch_per_device(small.memory_mib, maxlen, prec, loss, total_bsz, len(gpus), launch, offload)
+    auto, est = batch_per_device(small.memory_mib, maxlen, prec, loss, total_bsz, world or len(gpus), launch, offload)
     if bszperdev is None:
         plan["bszperdev"] = auto
         plan["bsz_note"] = f"from memory: {estimate_note(auto, est, maxlen, loss)}"
@@ -709,6 +727,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--num_gpus", type=int, default=None, help="--sft-plan: use the first N GPUs")
     ap.add_argument("--bszperdev", type=int, default=None, help="--sft-plan: BSZPERDEV given by the user")
     ap.add_argument("--ds_config", default=None, help="--sft-plan: the DeepSpeed config (offload needs DeepSpeed)")
+    ap.add_argument("--world", type=int, default=None, help="--sft-plan: devices over all nodes (HOSTFILE)")
+    ap.add_argument("--launcher", default="auto", help="--sft-plan: auto (DeepSpeed when it imports), deepspeed, torchrun")
     args = ap.parse_args(argv)
     fmt = args.format or ("json" if args.json else "text")
     try:
@@ -729,7 +749,8 @@ def main(argv: Optional[list] = None) -> int:
             return 1 if plan.kind == "refuse" else 0
         if args.sft_plan:
             p = probe()
-            plan = sft_plan(p, args.maxlen, args.loss, args.total_bsz, args.num_gpus, args.bszperdev, args.ds_config)
+            plan = sft_plan(p, args.maxlen, args.loss, args.total_bsz, args.num_gpus, args.bszperdev, args.ds_config,
+                            args.world, args.launcher)
             if fmt == "sh":
                 print(_sh({f"HW_{k.upper()}": ("" if v is None else v) for k, v in plan.items()}))
             elif fmt == "json":
