@@ -538,19 +538,23 @@ def read_pin(path: Path, name: str) -> str:
     raise HardwareError(f"{path}: no `{name}==VERSION` line")
 
 
-FLASH_WHEEL_RE = re.compile(r"flash_attn-[^-]+\+cu(\d+)torch(\d+\.\d+)[^-]*-(cp\d+)-")
+FLASH_WHEEL_RE = re.compile(r"flash_attn-([^-+]+)\+cu(\d+)torch(\d+\.\d+)[^-]*-(cp\d+)-")
 
 
-def flash_attn_wheel_matches(wheel: str, torch_version: str, cuda_major: int, python_tag: str) -> Optional[str]:
+def flash_attn_wheel_matches(wheel: str, torch_version: str, cuda_major: int, python_tag: str,
+                             version: Optional[str] = None) -> Optional[str]:
     """None when a flash-attn wheel's file name (the project's convention:
     ``flash_attn-2.8.3+cu12torch2.13cxx11abiTRUE-cp312-cp312-linux_x86_64.whl``) is built for
-    this torch minor release, CUDA major version and Python; else why not."""
+    this torch minor release, CUDA major version and Python (and is ``version`` when given);
+    else why not."""
     m = FLASH_WHEEL_RE.search(Path(wheel).name)
     if not m:
         return f"{Path(wheel).name} does not name its CUDA and torch (expected +cuXXtorchX.Y)"
-    cu, tv, py = m.groups()
+    fv, cu, tv, py = m.groups()
     want_torch = ".".join(torch_version.split(".")[:2])
     problems = []
+    if version and fv != version:
+        problems.append(f"flash-attn {fv} (pinned: {version})")
     if int(cu[:2]) != cuda_major:
         problems.append(f"CUDA {cu[:2]} (torch here: CUDA {cuda_major})")
     if tv != want_torch:
@@ -561,7 +565,7 @@ def flash_attn_wheel_matches(wheel: str, torch_version: str, cuda_major: int, py
 
 
 def setup_plan(gpus: Sequence[GPU], torch_pin: str, vllm_pin: str, flash_wheel: Optional[str] = None,
-               python_tag: Optional[str] = None) -> SetupPlan:
+               python_tag: Optional[str] = None, flash_pin: Optional[str] = None) -> SetupPlan:
     """The install decision for these GPUs (rules in order; sources in docs/gpu.md):
 
     1. no GPU: the CPU requirements;
@@ -623,7 +627,7 @@ def setup_plan(gpus: Sequence[GPU], torch_pin: str, vllm_pin: str, flash_wheel: 
                                "training uses PyTorch sdpa")
     else:
         cuda_major = 13 if plan.kind == "cuda13" else 12
-        mismatch = flash_attn_wheel_matches(flash_wheel, torch_pin, cuda_major, python_tag)
+        mismatch = flash_attn_wheel_matches(flash_wheel, torch_pin, cuda_major, python_tag, flash_pin)
         if mismatch:
             plan.flash_attn_why = f"FLASH_ATTN_WHEEL does not match: {mismatch}; training uses sdpa"
         else:
@@ -709,6 +713,13 @@ def decision_line(p: Probe, plan: SetupPlan) -> str:
             f"install: {plan.kind}; training {prec}, {attn}; IFEval engine {plan.engine}{torch_state}; why: {plan.why}")
 
 
+def _setup_plan_here(p: Probe) -> SetupPlan:
+    """setup_plan with this repository's pins and FLASH_ATTN_WHEEL."""
+    return setup_plan(p.gpus, read_pin(REPO_ROOT / "requirements.txt", "torch"),
+                      read_pin(REPO_ROOT / "requirements-gpu.txt", "vllm"), os.environ.get("FLASH_ATTN_WHEEL"),
+                      flash_pin=read_pin(REPO_ROOT / "requirements-gpu-optional.txt", "flash-attn"))
+
+
 def main(argv: Optional[list] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -734,8 +745,7 @@ def main(argv: Optional[list] = None) -> int:
     try:
         if args.setup_plan:
             p = probe(torch_check=False, flash_attn=False, deepspeed=False)
-            plan = setup_plan(p.gpus, read_pin(REPO_ROOT / "requirements.txt", "torch"),
-                              read_pin(REPO_ROOT / "requirements-gpu.txt", "vllm"), os.environ.get("FLASH_ATTN_WHEEL"))
+            plan = _setup_plan_here(p)
             line = decision_line(p, plan)
             if fmt == "sh":
                 print(_sh({"HW_KIND": plan.kind, "HW_WHY": plan.why, "HW_LINE": line, "HW_ENGINE": plan.engine,
@@ -773,8 +783,7 @@ def main(argv: Optional[list] = None) -> int:
                   f"{', '.join(g.describe() for g in p.gpus)}")
             return 0
         p = probe()
-        plan = setup_plan(p.gpus, read_pin(REPO_ROOT / "requirements.txt", "torch"),
-                          read_pin(REPO_ROOT / "requirements-gpu.txt", "vllm"), os.environ.get("FLASH_ATTN_WHEEL"))
+        plan = _setup_plan_here(p)
         if fmt == "json":
             print(json.dumps({"probe": asdict(p), "setup_plan": asdict(plan),
                               "ifeval_engine": ifeval_engine(p.gpus), "precision": training_precision(p.gpus)},

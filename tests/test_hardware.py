@@ -268,6 +268,8 @@ def test_flash_attn_wheel_must_match_torch_cuda_and_python():
                                             "2.13.0", 13, "cp311")
     assert "CUDA 12 (torch here: CUDA 13)" in bad and "torch 2.11 (here: 2.13)" in bad and "cp312 (here: cp311)" in bad
     assert "does not name" in hardware.flash_attn_wheel_matches("flash_attn-2.8.3.tar.gz", "2.13.0", 12, PY_TAG)
+    assert "flash-attn 2.7.4 (pinned: 2.8.3)" in hardware.flash_attn_wheel_matches(
+        good.replace("2.8.3", "2.7.4"), "2.13.0", 12, PY_TAG, "2.8.3")
 
 
 def test_setup_plan_refusals_name_what_is_needed():
