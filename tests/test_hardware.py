@@ -448,3 +448,18 @@ def test_ifeval_auto_backend_uses_hf_below_capability_7_5(monkeypatch, capsys):
     assert ri.resolve_backend("auto", "cpu") == "vllm"
     caps[1] = (7, 5)
     assert ri.resolve_backend("auto", "cuda") == "vllm"
+
+
+def test_dry_run_switches_and_gpu_selection(tmp_path):
+    env = sim_env(tmp_path, [A100_535, V100_535])
+    r = subprocess.run(["bash", str(SETUP)], env={**env, "PYTHON": sys.executable, "SETUP_DRY_RUN": "1"},
+                       capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert r.returncode == 0 and "dry run: nothing was installed" in r.stdout
+    assert f"{sys.executable} {CU126}" in pip_lines(r)  # the V100 decides: CUDA 12.6 build
+    r = setup_dry(env, CUDA_VISIBLE_DEVICES="0")  # the A100 alone: the CUDA 12.9 builds and vLLM
+    assert [x.split(" ", 1)[1] for x in pip_lines(r)][:3] == [CU129, REQS, VLLM129]
+    argv = launch_argv(sft_dry(env, NUM_GPUS="1"))  # the first GPU only: bf16, 32 per device
+    assert argv[argv.index("--num_gpus") + 1] == "1" and flag(argv, "--bf16") == "True"
+    assert flag(argv, "--per_device_train_batch_size") == "32"
+    r = sft_dry(env, NUM_GPUS="3")
+    assert r.returncode == 2 and "NUM_GPUS=3 but 2 GPU(s) are visible" in r.stderr
