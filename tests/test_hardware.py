@@ -314,7 +314,8 @@ def test_matrix_setup_dry_run(tmp_path, case):
     decision = [x for x in r.stdout.splitlines() if x.startswith("[hardware] ")]
     assert len(decision) == 1 and f"IFEval engine {engine}" in decision[0]
     got = pip_lines(r)
-    assert [x.split(" ", 1)[1] for x in got] == [*pips, "-m pip install --no-deps -r requirements-nodeps.txt"]
+    assert [x.split(" ", 1)[1] for x in got] == [*pips, "-m pip install --no-deps -r requirements-nodeps.txt",
+                                                  "-m pip install --quiet --no-deps --no-build-isolation -e ."]
     assert all(x.split(" ", 1)[0] == sys.executable for x in got)
     assert "flash-attn" in r.stdout and not any("flash" in x for x in got)  # no source build, no wheel given
     assert f"+ {sys.executable} hardware.py --check-torch" in r.stdout and "dry run: nothing was installed" in r.stdout
@@ -363,7 +364,8 @@ def test_setup_refusals_and_cpu_override(tmp_path):
     # the CPU path, as before this probe: requirements.txt, drop the torch-mismatched extras, nodeps
     expected = [f"{sys.executable} -m pip install -r requirements.txt",
                 f"{sys.executable} -m pip uninstall -y -q torchvision torchaudio torchcodec",
-                f"{sys.executable} -m pip install --no-deps -r requirements-nodeps.txt"]
+                f"{sys.executable} -m pip install --no-deps -r requirements-nodeps.txt",
+                f"{sys.executable} -m pip install --quiet --no-deps --no-build-isolation -e ."]
     assert pip_lines(cpu) == expected and pip_lines(forced) == expected
     assert "no GPU (nvidia-smi sees none)" in cpu.stdout
     assert subprocess.run(["bash", str(SETUP), "--bogus"], capture_output=True, text=True).returncode == 2
