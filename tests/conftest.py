@@ -46,6 +46,20 @@ def load_script(relpath: str) -> ModuleType:
 
 _SCRIPTS: dict = {}
 
+
+def script_env(**overrides: str) -> dict:
+    """The environment for a shell script run by a test: this interpreter as ``PYTHON``
+    (the scripts' ``${PYTHON:-python}``) and its folder first on ``PATH`` (for a bare
+    ``python`` or ``deepspeed``), so a script runs with the test's interpreter whether or
+    not its virtualenv is activated; no ``WANDB_*`` (a test run must not log to W&B) and
+    no ``SFT_VERBOSE``/``IFEVAL_BACKEND`` from outside; then ``overrides``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("WANDB_") and k not in ("SFT_VERBOSE", "IFEVAL_BACKEND")}
+    env["PYTHON"] = sys.executable
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    env.update(overrides)
+    return env
+
 from tokenization import DEFAULT_MODEL, load_tokenizer
 
 

@@ -4,7 +4,12 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from fileio import REPO_ROOT
+
+# Every test here runs a shell script or a CLI in a subprocess.
+pytestmark = pytest.mark.slow
 
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
 

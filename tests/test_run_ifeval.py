@@ -158,3 +158,15 @@ def test_eval_errors_are_clear(tmp_path):
         ri.main(["--output_dir", str(tmp_path)])
 
 
+
+
+def test_backend_default_from_environment(monkeypatch):
+    """IFEVAL_BACKEND sets --backend's default (the flag still wins); a bad value is refused."""
+    monkeypatch.delenv("IFEVAL_BACKEND", raising=False)
+    assert ri.build_parser().parse_args(["--output_dir", "x"]).backend == "auto"
+    monkeypatch.setenv("IFEVAL_BACKEND", "hf")
+    assert ri.build_parser().parse_args(["--output_dir", "x"]).backend == "hf"
+    assert ri.build_parser().parse_args(["--output_dir", "x", "--backend", "vllm"]).backend == "vllm"
+    monkeypatch.setenv("IFEVAL_BACKEND", "tpu")
+    with pytest.raises(SystemExit, match="IFEVAL_BACKEND='tpu': choose auto, vllm or hf"):
+        ri.main(["--output_dir", "x"])

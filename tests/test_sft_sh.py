@@ -2,7 +2,6 @@
 the tiny end-to-end run through DeepSpeed ZeRO-2 with two CPU ranks, then its resume."""
 import hashlib
 import json
-import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -10,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from test_train_hw_parallel import CHATS, tiny_llama, write_chats
+from conftest import script_env
 from fileio import REPO_ROOT
+
+# Every test here runs a shell script or a CLI in a subprocess.
+pytestmark = pytest.mark.slow
 
 SFT = REPO_ROOT / "scripts" / "sft.sh"
 
@@ -25,7 +28,7 @@ def fake_bin(tmp_path: Path, gpu_caps=None, flash_attn=False) -> dict:
     body = "exit 9" if gpu_caps is None else "printf '" + "\\n".join(gpu_caps) + "\\n'"
     smi.write_text(f"#!/bin/sh\n{body}\n")
     smi.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env = script_env()  # no WANDB_*
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     if flash_attn:
         (tmp_path / "fa" / "flash_attn").mkdir(parents=True, exist_ok=True)
@@ -114,10 +117,8 @@ def test_tiny_end_to_end_with_deepspeed_and_resume(tmp_path, tokenizer):
     model = tiny_llama(tmp_path / "tiny", tokenizer)
     chats = CHATS * 2 + [[("user", "A question nobody answers.")]]  # last one is dropped (counted)
     data = write_chats(tmp_path / "chats.jsonl", chats)
-    env = {**os.environ, "MODELPATH": str(model), "DATAPATH": str(data), "OUTPUTPATH": str(tmp_path / "out"),
-           "TOTALBSZ": "4", "BSZPERDEV": "1", "CPU_RANKS": "2", "OMP_NUM_THREADS": "1", "SAVESTEPS": "2"}
-    env.pop("WANDB_MODE", None)
-    env.pop("WANDB_API_KEY", None)
+    env = script_env(MODELPATH=str(model), DATAPATH=str(data), OUTPUTPATH=str(tmp_path / "out"),
+                     TOTALBSZ="4", BSZPERDEV="1", CPU_RANKS="2", OMP_NUM_THREADS="1", SAVESTEPS="2")  # no WANDB_*
     # A constant LR: with cosine the schedule itself depends on --max_steps, so a 4-then-6
     # run could not match a straight 6-step run.
     common = ["--model_max_length", "256", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
