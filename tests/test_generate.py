@@ -73,6 +73,7 @@ def test_render_prompts_uses_training_template(tokenizer):
 
 
 # --------------------------------------------------------------- the real model
+@pytest.mark.slow
 def test_batched_generate_equals_one_at_a_time(model_dir, one_thread):
     """generate_hf (sorted, left-padded batches) gives the greedy answers of transformers'
     generate() on one unpadded prompt at a time, rows stopping at different steps."""
@@ -94,6 +95,7 @@ def test_batched_generate_equals_one_at_a_time(model_dir, one_thread):
                          show_progress=False) == ref
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(model_dir, one_thread):
     tok = load_tokenizer(str(model_dir), padding_side="left")
     model = g.load_hf_model(str(model_dir), "cpu")
