@@ -93,6 +93,23 @@ def tokenizer(model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
+    """One tiny Llama checkpoint for the session (``test_train_hw_parallel.tiny_llama``:
+    2 layers, hidden 64, SmolLM2's vocabulary and tokenizer). Tests read it, never write to it."""
+    from test_train_hw_parallel import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def chain_ckpt(model_dir, tmp_path_factory) -> Path:
+    """The chain-model checkpoint of ``test_run_ifeval`` (folder ``chain-model``), once per session."""
+    from test_run_ifeval import save_chain_checkpoint
+
+    return save_chain_checkpoint(model_dir, tmp_path_factory.mktemp("chain") / "chain-model")
+
+
+@pytest.fixture(scope="session")
 def ifeval_data() -> Path:
     """ifeval/data/ as setup.sh builds it (input_data.jsonl and the two course subsets)."""
     d = REPO / "ifeval" / "data"

@@ -60,11 +60,6 @@ def save_chain_checkpoint(model_dir: Path, dest: Path, pairs=LOOP_CHAIN) -> Path
     return dest
 
 
-@pytest.fixture(scope="module")
-def chain_ckpt(model_dir, tmp_path_factory):
-    return save_chain_checkpoint(model_dir, tmp_path_factory.mktemp("chain") / "chain-model")
-
-
 def read_jsonl(p: Path):
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 

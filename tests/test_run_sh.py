@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from test_run_ifeval import first_prompts, read_jsonl, save_chain_checkpoint
+from test_run_ifeval import first_prompts, read_jsonl
 from conftest import script_env
 from fileio import REPO_ROOT
 
@@ -32,8 +32,8 @@ def test_usage_and_help():
         assert "--max_tokens 1024" in h.stdout and "--input_response_data" in h.stdout
 
 
-def test_from_root_defaults_and_overrides(model_dir, tmp_path):
-    ckpt = save_chain_checkpoint(model_dir, tmp_path / "chain-model")
+def test_from_root_defaults_and_overrides(chain_ckpt, tmp_path):
+    ckpt = chain_ckpt
     custom = tmp_path / "two.jsonl"
     custom.write_text("".join(json.dumps(p) + "\n" for p in first_prompts(2)))
     out = tmp_path / "out"

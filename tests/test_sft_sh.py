@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train_hw_parallel import CHATS, tiny_llama, write_chats
+from test_train_hw_parallel import CHATS, write_chats
 from conftest import script_env
 from fileio import REPO_ROOT
 
@@ -111,10 +111,10 @@ def _state(run: Path) -> dict:
     return json.loads((run / "trainer_state.json").read_text())
 
 
-def test_tiny_end_to_end_with_deepspeed_and_resume(tmp_path, tokenizer):
+def test_tiny_end_to_end_with_deepspeed_and_resume(tmp_path, tiny_llama_dir):
     """Two CPU ranks under ZeRO-2: 4 steps with checkpoints, then the same command with
     --max_steps 6 resumes at step 4; its steps 5-6 match an uninterrupted 6-step run."""
-    model = tiny_llama(tmp_path / "tiny", tokenizer)
+    model = tiny_llama_dir
     chats = CHATS * 2 + [[("user", "A question nobody answers.")]]  # last one is dropped (counted)
     data = write_chats(tmp_path / "chats.jsonl", chats)
     env = script_env(MODELPATH=str(model), DATAPATH=str(data), OUTPUTPATH=str(tmp_path / "out"),

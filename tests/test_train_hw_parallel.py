@@ -59,9 +59,9 @@ def write_chats(path: Path, chats=CHATS) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tokenizer):
+def setup(tmp_path_factory, tiny_llama_dir):
     root = tmp_path_factory.mktemp("train")
-    model = tiny_llama(root / "tiny", tokenizer)
+    model = tiny_llama_dir
     data = write_chats(root / "four.jsonl")
     return root, model, data
 
