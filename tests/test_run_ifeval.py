@@ -113,8 +113,9 @@ def test_resume_after_kill_answers_only_missing(chain_ckpt, tmp_path):
     # a half-written third line without its newline.
     done = [{"key": p["key"], "prompt": p["prompt"], "response": f"SENTINEL {p['key']}"} for p in prompts[:2]]
     rfile.write_text("".join(json.dumps(r) + "\n" for r in done) + '{"key": %d, "prompt": "Wri' % prompts[2]["key"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # what the run below uses (its dtype follows)
     rs.settings_path(rfile).write_text(json.dumps(ri.generation_settings(
-        ri.build_parser().parse_args(["--output_dir", "x", "--max_tokens", "20"]), str(chain_ckpt), "hf", "cpu")))
+        ri.build_parser().parse_args(["--output_dir", "x", "--max_tokens", "20"]), str(chain_ckpt), "hf", device)))
     res = run_main(chain_ckpt, tmp_path, "--limit", "4", "--max_tokens", "20", "--mode", "inference")
     assert res["stats"]["resumed"] == 2 and res["stats"]["generated"] == 2
     recs = read_jsonl(rfile)  # the half line is gone: every line parses

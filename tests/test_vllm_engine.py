@@ -40,8 +40,11 @@ def cli(out, *extra):
 def vllm_runs(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("vllm")
     rfile = out / "responses_SmolLM2-135M.jsonl"
-    # The default log level is under test: neither vLLM's variable nor ours comes from outside.
-    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_LOGGING_LEVEL", "SFT_VERBOSE")}
+    # The defaults are under test (log level, thread binding, KV cache size): none of the
+    # variables that change them comes from outside.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VLLM_LOGGING_LEVEL", "SFT_VERBOSE", "IFEVAL_BACKEND", "VLLM_CPU_OMP_THREADS_BIND",
+                        "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_KVCACHE_SPACE")}
     # Run 1 (verbose): killed as soon as its first answer is durable.
     with open(out / "run1.log", "w") as log:
         p = subprocess.Popen(cli(out, "--max_tokens", str(MAX_TOKENS), "--verbose"), stdout=log, stderr=subprocess.STDOUT,
