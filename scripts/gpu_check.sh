@@ -131,7 +131,7 @@ gen = json.loads(resp[0].read_text()) if resp else {}
 summary = json.loads((Path(out) / "ifeval" / "summary.json").read_text())
 log = (Path(out) / "ifeval.log").read_text()
 m = re.search(r"generated (\d+) answers with \S+ in ([\d.]+)s \(start [\d.]+s, ([\d.]+) tokens/s of generation\); (\d+) hit", log)
-start = re.search(r"vLLM engine started in ([\d.]+)s", log)
+start = re.search(r"\[ifeval\] engine: .*, started in ([\d.]+)s", log)
 lines = [
     "==================== gpu_check summary ====================",
     f"GPU            {gpu}",

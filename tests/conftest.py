@@ -46,6 +46,20 @@ def load_script(relpath: str) -> ModuleType:
 
 _SCRIPTS: dict = {}
 
+
+def script_env(**overrides: str) -> dict:
+    """The environment for a shell script run by a test: this interpreter as ``PYTHON``
+    (the scripts' ``${PYTHON:-python}``) and its folder first on ``PATH`` (for a bare
+    ``python`` or ``deepspeed``), so a script runs with the test's interpreter whether or
+    not its virtualenv is activated; no ``WANDB_*`` (a test run must not log to W&B) and
+    no ``SFT_VERBOSE``/``IFEVAL_BACKEND`` from outside; then ``overrides``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("WANDB_") and k not in ("SFT_VERBOSE", "IFEVAL_BACKEND")}
+    env["PYTHON"] = sys.executable
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    env.update(overrides)
+    return env
+
 from tokenization import DEFAULT_MODEL, load_tokenizer
 
 
@@ -76,6 +90,23 @@ def model_dir() -> Path:
 @pytest.fixture(scope="session")
 def tokenizer(model_dir):
     return load_tokenizer(str(model_dir), 2048)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
+    """One tiny Llama checkpoint for the session (``test_train_hw_parallel.tiny_llama``:
+    2 layers, hidden 64, SmolLM2's vocabulary and tokenizer). Tests read it, never write to it."""
+    from test_train_hw_parallel import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def chain_ckpt(model_dir, tmp_path_factory) -> Path:
+    """The chain-model checkpoint of ``test_run_ifeval`` (folder ``chain-model``), once per session."""
+    from test_run_ifeval import save_chain_checkpoint
+
+    return save_chain_checkpoint(model_dir, tmp_path_factory.mktemp("chain") / "chain-model")
 
 
 @pytest.fixture(scope="session")

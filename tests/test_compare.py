@@ -84,6 +84,7 @@ def test_missing_summary_is_a_clear_error(two_runs, tmp_path):
     assert not (tmp_path / "x.md").exists()
 
 
+@pytest.mark.slow
 def test_cli_help_and_run(two_runs, tmp_path):
     script = REPO_ROOT / "ifeval" / "compare.py"
     h = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
@@ -144,6 +145,7 @@ def test_summary_without_benchmark_is_ifeval(two_runs, tmp_path):
     assert res["benchmark"] == "IFEval" and (tmp_path / "c.md").read_text().startswith("# IFEval comparison")
 
 
+@pytest.mark.slow
 def test_default_output_names_the_benchmark(tmp_path):
     runs = [make_ifbench_run(tmp_path / "a", IFBENCH_BASE, "m1"), make_ifbench_run(tmp_path / "b", IFBENCH_SFT, "m2")]
     r = subprocess.run([sys.executable, str(REPO_ROOT / "ifeval" / "compare.py"), *map(str, runs)], cwd=tmp_path,

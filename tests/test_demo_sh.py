@@ -4,7 +4,6 @@ make of their folders); and end to end in its reduced CI form: real SmolLM2-135M
 prompts, 16 new tokens, 2 training steps. The report, the loss curve and the before/after
 summaries must exist and carry numbers."""
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -12,14 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from conftest import script_env
+
+# Every test here runs a shell script or a CLI in a subprocess.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 METRICS = ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"]
 
 
 def test_help_and_bad_argument():
-    r = subprocess.run(["bash", "scripts/demo.sh", "--help"], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(["bash", "scripts/demo.sh", "--help"], cwd=REPO, capture_output=True, text=True, env=script_env())
     assert r.returncode == 0 and "--full" in r.stdout and "DEMO_PROMPTS" in r.stdout
-    r = subprocess.run(["bash", "scripts/demo.sh", "--bogus"], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run(["bash", "scripts/demo.sh", "--bogus"], cwd=REPO, capture_output=True, text=True, env=script_env())
     assert r.returncode == 2 and "unknown argument" in r.stderr
 
 
@@ -61,7 +65,7 @@ def stub_repo(tmp_path):
 
 def stub_demo(root, tmp_path, *args, **knobs):
     out, calls = tmp_path / "out", tmp_path / "calls.txt"
-    env = dict(os.environ, DEMO_OUT=str(out), DEMO_SKIP_CHECKS="1", CALLS=str(calls), **knobs)
+    env = script_env(DEMO_OUT=str(out), DEMO_SKIP_CHECKS="1", CALLS=str(calls), **knobs)
     r = subprocess.run(["bash", "scripts/demo.sh", *args], cwd=root, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
@@ -108,8 +112,11 @@ def test_demo_without_ifbench(stub_repo, tmp_path):
 
 def test_reduced_demo_end_to_end(tmp_path, model_dir):
     out = tmp_path / "demo"
-    env = dict(os.environ, DEMO_OUT=str(out), DEMO_PROMPTS="2", DEMO_MAX_TOKENS="16", DEMO_STEPS="2",
-               DEMO_MAXLEN="256", DEMO_TOTALBSZ="2", DEMO_BSZPERDEV="1", DEMO_IFBENCH_PROMPTS="2")
+    # Generation through transformers: four vLLM starts would cost minutes, and vLLM itself
+    # runs the same CLI in tests/test_vllm_engine.py.
+    env = script_env(DEMO_OUT=str(out), DEMO_PROMPTS="2", DEMO_MAX_TOKENS="16", DEMO_STEPS="2",
+                     DEMO_MAXLEN="256", DEMO_TOTALBSZ="2", DEMO_BSZPERDEV="1", DEMO_IFBENCH_PROMPTS="2",
+                     IFEVAL_BACKEND="hf")
     r = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "demo finished" in r.stdout

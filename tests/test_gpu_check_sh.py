@@ -6,7 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fileio import REPO_ROOT
+
+# Every test here runs a shell script or a CLI in a subprocess.
+pytestmark = pytest.mark.slow
 
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
 

@@ -109,6 +109,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.slow
 def test_offline_without_spacy_in_another_process_gives_identical_files(scored, ifbench_sample, tmp_path):
     """A second run, in a process where spaCy cannot be imported, sockets fail and the
     real nltk.download raises, with another hash seed and working directory, writes the

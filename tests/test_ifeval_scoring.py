@@ -436,6 +436,7 @@ def test_score_rejects_answers_for_unknown_keys(tmp_path):
         score(prompts, {10: "a", 77: "b"}, progress=False)
 
 
+@pytest.mark.slow
 def test_cli_error_exit_names_file_and_line(tmp_path):
     prompts = _prompts_file(tmp_path)
     bad = tmp_path / "bad.jsonl"
@@ -490,6 +491,7 @@ def test_gpt4_prompt_by_prompt_agrees_with_lm_eval(gpt4):
     assert set(differ) <= {1122, 1129}, differ
 
 
+@pytest.mark.slow
 def test_two_runs_give_identical_files(shared, tmp_path):
     """Two CLI runs in separate processes (different hash seeds, started from another
     directory) write byte-identical result files."""

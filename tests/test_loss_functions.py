@@ -272,6 +272,7 @@ def test_no_library_cross_entropy_in_source():
     assert "cross_entropy_loss" in names  # the tokenizer did see the code
 
 
+@pytest.mark.slow
 def test_benchmark_runs_small():
     """Smoke run of benchmarks/loss.py on a tiny shape (no timing asserted)."""
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "loss.py"), "--tokens", "64", "--vocab", "256",

@@ -14,7 +14,7 @@ import torch
 
 import loss_functions
 import loss_functions_checker as checker
-from conftest import REPO
+from conftest import REPO, script_env
 from generate_reference_answers import FORMAT_VERSION, write_reference
 
 PKL = REPO / "reference_answers.pkl"
@@ -30,6 +30,7 @@ def cases():
     return checker.load_reference(PKL)
 
 
+@pytest.mark.slow
 def test_committed_reference_is_what_the_generator_writes(tmp_path, cases):
     out = tmp_path / "fresh.pkl"
     res = run(REPO / "generate_reference_answers.py", "--out", out)
@@ -60,6 +61,7 @@ def test_worked_example_reference_equals_hand_computation(cases):
     assert case["loss"] == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_checker_cli_passes():
     res = run(REPO / "loss_functions_checker.py")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -69,13 +71,15 @@ def test_checker_cli_passes():
     assert "[FAIL]" not in res.stdout
 
 
+@pytest.mark.slow
 def test_check_exercises_5_script_runs_checker_from_elsewhere(tmp_path):
     res = subprocess.run(["bash", str(REPO / "scripts" / "check_exercises_5.sh"), "--no_grad"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=script_env())
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip().endswith("All checks passed!")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field,delta", [("loss", 1e-4), ("grad", 1e-3)])
 def test_checker_cli_fails_on_a_corrupted_reference(tmp_path, cases, field, delta):
     bad = [dict(c) for c in cases]
@@ -109,6 +113,7 @@ def test_checker_fails_a_wrong_loss(monkeypatch, cases):
     assert results["all_ignored"]  # zero stays zero whatever the divisor
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "garbage", "truncated", "wrong_layout"])
 def test_checker_names_an_unusable_file(tmp_path, kind):
     path = tmp_path / f"{kind}.pkl"
@@ -124,6 +129,7 @@ def test_checker_names_an_unusable_file(tmp_path, kind):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [[2, 3], [2, 3, 5, 1], "2x3x5", None, [2, 3.0, 5], [2, True, 5], [-2, -3, 5]])
 def test_checker_names_a_case_with_a_malformed_shape(tmp_path, cases, shape):
     bad = [dict(c) for c in cases]
@@ -147,6 +153,7 @@ class _Touch:
         return (open, (str(self.path), "w"))
 
 
+@pytest.mark.slow
 def test_checker_refuses_classes_and_runs_no_code(tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pkl"
@@ -157,6 +164,7 @@ def test_checker_refuses_classes_and_runs_no_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["loss_functions_checker.py", "generate_reference_answers.py",
                                     "benchmarks/loss.py"])
 def test_help(script):

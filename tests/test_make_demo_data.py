@@ -25,6 +25,7 @@ def _gen(tmp_path, seed, num, tag):
     return out.read_bytes(), chk.read_bytes(), r.stdout
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a, ca, log = _gen(tmp_path, 7, 40, "a")
     b, cb, _ = _gen(tmp_path, 7, 40, "b")
@@ -34,6 +35,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert "wrote 40 conversations" in log and "rebuilt" in log
 
 
+@pytest.mark.slow
 def test_committed_file_is_the_generators_output(tmp_path):
     """data/demo_sft.json is exactly what the default command writes (nobody hand-edited it)."""
     out, chk, _ = _gen(tmp_path, 1234, 360, "default")

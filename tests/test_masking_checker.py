@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import script_env
 
 from conversation_func import conversation_to_features
 from masking_checker import run_checker
@@ -53,16 +54,18 @@ def test_help_exits_zero():
     assert e.value.code == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_check_scripts_from_another_directory(tmp_path, n):
     """scripts/check_exercises_N.sh run Parts 1-4 on the repo's files from any cwd."""
     r = subprocess.run(["bash", str(REPO / "scripts" / f"check_exercises_{n}.sh")], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=script_env())
     assert r.returncode == 0, r.stdout + r.stderr
     split = "multi_turn" if n in (2, 4) else "single_turn"
     assert f"{split}: 7/7 samples match" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_fails_on_a_wrong_golden_file(tmp_path):
     """The forward CLI run against the reverse golden file must fail (exit 1)."""
     r = subprocess.run([sys.executable, str(REPO / "conversation_func.py"), "--golden",

@@ -3,10 +3,14 @@ import subprocess
 import sys
 
 import matplotlib.image
+import pytest
 
 import report
 from test_report import write_state
 from fileio import REPO_ROOT
+
+# Every test here runs a shell script or a CLI in a subprocess.
+pytestmark = pytest.mark.slow
 
 
 def test_cli_writes_png(tmp_path):

@@ -105,6 +105,7 @@ def run_cli(out, *extra):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_demo_summary_cli(tmp_path):
     out = demo_folder(tmp_path / "demo")
     r = run_cli(out)
@@ -134,6 +135,7 @@ Files:
     assert got["report"] == [f"{o}/report/ifeval_compare.md"] and got["loss_curve"] == [f"{o}/ckpt/demo/loss_curve.png"]
 
 
+@pytest.mark.slow
 def test_demo_summary_both_benchmarks_side_by_side(tmp_path):
     out = demo_folder(tmp_path / "demo", ifbench=True)
     r = run_cli(out, "--ifbench_prompts", "10")

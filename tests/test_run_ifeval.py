@@ -60,11 +60,6 @@ def save_chain_checkpoint(model_dir: Path, dest: Path, pairs=LOOP_CHAIN) -> Path
     return dest
 
 
-@pytest.fixture(scope="module")
-def chain_ckpt(model_dir, tmp_path_factory):
-    return save_chain_checkpoint(model_dir, tmp_path_factory.mktemp("chain") / "chain-model")
-
-
 def read_jsonl(p: Path):
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
@@ -118,8 +113,9 @@ def test_resume_after_kill_answers_only_missing(chain_ckpt, tmp_path):
     # a half-written third line without its newline.
     done = [{"key": p["key"], "prompt": p["prompt"], "response": f"SENTINEL {p['key']}"} for p in prompts[:2]]
     rfile.write_text("".join(json.dumps(r) + "\n" for r in done) + '{"key": %d, "prompt": "Wri' % prompts[2]["key"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # what the run below uses (its dtype follows)
     rs.settings_path(rfile).write_text(json.dumps(ri.generation_settings(
-        ri.build_parser().parse_args(["--output_dir", "x", "--max_tokens", "20"]), str(chain_ckpt), "hf", "cpu")))
+        ri.build_parser().parse_args(["--output_dir", "x", "--max_tokens", "20"]), str(chain_ckpt), "hf", device)))
     res = run_main(chain_ckpt, tmp_path, "--limit", "4", "--max_tokens", "20", "--mode", "inference")
     assert res["stats"]["resumed"] == 2 and res["stats"]["generated"] == 2
     recs = read_jsonl(rfile)  # the half line is gone: every line parses
@@ -158,3 +154,15 @@ def test_eval_errors_are_clear(tmp_path):
         ri.main(["--output_dir", str(tmp_path)])
 
 
+
+
+def test_backend_default_from_environment(monkeypatch):
+    """IFEVAL_BACKEND sets --backend's default (the flag still wins); a bad value is refused."""
+    monkeypatch.delenv("IFEVAL_BACKEND", raising=False)
+    assert ri.build_parser().parse_args(["--output_dir", "x"]).backend == "auto"
+    monkeypatch.setenv("IFEVAL_BACKEND", "hf")
+    assert ri.build_parser().parse_args(["--output_dir", "x"]).backend == "hf"
+    assert ri.build_parser().parse_args(["--output_dir", "x", "--backend", "vllm"]).backend == "vllm"
+    monkeypatch.setenv("IFEVAL_BACKEND", "tpu")
+    with pytest.raises(SystemExit, match="IFEVAL_BACKEND='tpu': choose auto, vllm or hf"):
+        ri.main(["--output_dir", "x"])

@@ -2,18 +2,23 @@
 run from the repository root (chain model) and from ifeval/ (the embedded SmolLM2,
 found through the repository root)."""
 import json
-import os
 import subprocess
 
-from test_run_ifeval import first_prompts, read_jsonl, save_chain_checkpoint
+import pytest
+
+from test_run_ifeval import first_prompts, read_jsonl
+from conftest import script_env
 from fileio import REPO_ROOT
+
+# Every test here runs a shell script or a CLI in a subprocess.
+pytestmark = pytest.mark.slow
 
 RUN_SH = REPO_ROOT / "ifeval" / "run.sh"
 
 
 def run(args, cwd, timeout=300):
     # One CPU thread: on a busy 2-core machine two OpenMP threads can be several times slower.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = script_env(OMP_NUM_THREADS="1")
     return subprocess.run(["bash", str(RUN_SH), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=env)
 
@@ -27,8 +32,8 @@ def test_usage_and_help():
         assert "--max_tokens 1024" in h.stdout and "--input_response_data" in h.stdout
 
 
-def test_from_root_defaults_and_overrides(model_dir, tmp_path):
-    ckpt = save_chain_checkpoint(model_dir, tmp_path / "chain-model")
+def test_from_root_defaults_and_overrides(chain_ckpt, tmp_path):
+    ckpt = chain_ckpt
     custom = tmp_path / "two.jsonl"
     custom.write_text("".join(json.dumps(p) + "\n" for p in first_prompts(2)))
     out = tmp_path / "out"

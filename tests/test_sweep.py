@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_script
+from conftest import load_script, script_env
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, tokenizer):
-    """A randomly initialised 2-layer Llama with the real SmolLM2 tokenizer, head_dim 64 so
-    that the sweep's IFEval step runs on vLLM (its CPU attention rejects head_dim 16)."""
+    """A randomly initialised 2-layer Llama with the real SmolLM2 tokenizer, head_dim 64
+    (which vLLM's CPU attention also takes, should the sweep's IFEval step run on vLLM)."""
     from test_train_hw_parallel import tiny_llama
 
     return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer, heads=1, kv_heads=1)
@@ -28,11 +28,15 @@ def _sweep(out, model):
     cmd = [sys.executable, "scripts/sweep.py", "--model", str(model), "--lr", "1e-3,3e-3", "--max_steps", "2",
            "--total_bsz", "2", "--bsz_per_dev", "1", "--model_max_length", "128", "--prompts", "2",
            "--max_tokens", "8", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    # sweep.py runs bash scripts (sft.sh, ifeval/run.sh): they get this interpreter. Generation
+    # through transformers: vLLM runs the same CLI in tests/test_vllm_engine.py.
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env=script_env(IFEVAL_BACKEND="hf"))
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     return r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_two_configs_then_rerun_skips(tmp_path, tiny_model):
     out = tmp_path / "sweep"
     log = _sweep(out, tiny_model)
@@ -115,6 +119,7 @@ def test_grid_parsing_and_names():
     assert "/" not in sweep.config_name(a)
 
 
+@pytest.mark.slow
 def test_help():
     r = subprocess.run([sys.executable, "scripts/sweep.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "--lr" in r.stdout and "resumable" in r.stdout

@@ -59,9 +59,9 @@ def write_chats(path: Path, chats=CHATS) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tokenizer):
+def setup(tmp_path_factory, tiny_llama_dir):
     root = tmp_path_factory.mktemp("train")
-    model = tiny_llama(root / "tiny", tokenizer)
+    model = tiny_llama_dir
     data = write_chats(root / "four.jsonl")
     return root, model, data
 
@@ -114,6 +114,7 @@ def logged_losses(out: Path) -> list:
     return [h["loss"] for h in state["log_history"] if "loss" in h]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bsz,ga,loss", [(4, 1, "fused"), (1, 4, "fused"), (1, 4, "logits")])
 def test_accumulation_exact_without_deepspeed(setup, reference, bsz, ga, loss):
     root, model, data = setup
@@ -140,6 +141,7 @@ def _single_rank_env() -> dict:
             "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_accumulation_exact_with_deepspeed(setup, reference):
     """ZeRO-2 on the CPU accelerator: 1 rank 4x1 with --loss logits, 1 rank 1x4 (in
     parallel), then 2 ranks through the launcher, 1 sample x GA 2 each (both with the
@@ -182,6 +184,7 @@ LONG_ANSWER_CHATS = [
 ]
 
 
+@pytest.mark.slow
 def test_logged_loss_counts_shifted_targets_when_windows_start_mid_answer(setup, tokenizer, tmp_path):
     """One step at learning rate 0: the logged loss is sum(-log p) / shifted targets,
     both computed here from the Part 1-2 masking and a plain forward pass, and the
@@ -214,6 +217,7 @@ def test_logged_loss_counts_shifted_targets_when_windows_start_mid_answer(setup,
     assert manifest["masking"]["trained_tokens"] == targets
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_repeated_batch(setup, tmp_path):
     _, model, _ = setup
     data = write_chats(tmp_path / "two.jsonl", CHATS[:2])
@@ -278,6 +282,7 @@ def _folder_state(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_rerun_with_another_plan_is_refused_same_plan_resumes(setup, tmp_path, capsys):
     root, model, data = setup
     out = tmp_path / "run"

@@ -2,13 +2,14 @@
 embedded SmolLM2-135M, eager mode, 6 prompts of 24 tokens, one answer per chunk.
 
 One module-scoped run serves every test (engine starts cost ~1 minute each on 2 cores):
-the first run is killed (SIGKILL to its process group) once its first answer is on disk,
-the same command then resumes it, and a third run with another --max_tokens must be
-refused. The answers are checked against transformers' greedy generate(), run here one
+the first run (with --verbose) is killed (SIGKILL to its process group) once its first
+answer is on disk, the same command (without --verbose) then resumes it, and a third run
+with another --max_tokens must be refused. The answers are checked against transformers' greedy generate(), run here one
 prompt at a time (an independent path: no code of ifeval/ involved).
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,8 +22,9 @@ from test_run_ifeval import PROMPTS, read_jsonl
 from fileio import REPO_ROOT
 from tokenization import load_tokenizer
 
-pytestmark = pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None,
-                                reason="vLLM is not installed (pip install -r requirements.txt)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None,
+                                 reason="vLLM is not installed (pip install -r requirements.txt)")]
 
 N, MAX_TOKENS = 6, 24
 IM_END_ID, EOT = 2, 0
@@ -38,10 +40,14 @@ def cli(out, *extra):
 def vllm_runs(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("vllm")
     rfile = out / "responses_SmolLM2-135M.jsonl"
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-    # Run 1: killed as soon as its first answer is durable.
+    # The defaults are under test (log level, thread binding, KV cache size): none of the
+    # variables that change them comes from outside.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VLLM_LOGGING_LEVEL", "SFT_VERBOSE", "IFEVAL_BACKEND", "VLLM_CPU_OMP_THREADS_BIND",
+                        "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_KVCACHE_SPACE")}
+    # Run 1 (verbose): killed as soon as its first answer is durable.
     with open(out / "run1.log", "w") as log:
-        p = subprocess.Popen(cli(out, "--max_tokens", str(MAX_TOKENS)), stdout=log, stderr=subprocess.STDOUT,
+        p = subprocess.Popen(cli(out, "--max_tokens", str(MAX_TOKENS), "--verbose"), stdout=log, stderr=subprocess.STDOUT,
                              env=env, start_new_session=True)
         deadline = time.time() + 600
         while time.time() < deadline and p.poll() is None:
@@ -136,16 +142,37 @@ def test_settings_recorded_and_guarded(vllm_runs):
     assert settings["engine_version"].split()[0] in ("vllm", "vllm-cpu")
     assert r["r3"].returncode != 0
     assert f"max_tokens: file {MAX_TOKENS} vs now {MAX_TOKENS + 1}" in r["r3"].stderr
-    assert "vLLM CPU engine" not in r["r3"].stderr  # refused before any engine start
+    assert "[ifeval] engine:" not in r["r3"].stderr  # refused before any engine start
     assert len(read_jsonl(r["rfile"])) == N
 
 
 def test_cpu_engine_was_configured(vllm_runs):
     """Threads bound to every core of this (small) machine and a KV cache sized by us."""
     log = vllm_runs["r2"].stderr
-    line = next(x for x in log.splitlines() if x.startswith("[ifeval] vLLM CPU engine"))
+    line = next(x for x in log.splitlines() if x.startswith("[ifeval] engine:"))
     if len(os.sched_getaffinity(0)) <= 4:
         cores = sorted(os.sched_getaffinity(0))
-        assert f"threads bound to {cores[0]}-{cores[-1]}" in line or len(cores) == 1
-        assert "0 reserved core(s)" in line
+        assert f"threads {cores[0]}-{cores[-1]} " in line or len(cores) == 1
+        assert "(0 reserved)" in line
     assert "GiB" in line and "float32, eager" in line
+
+
+# vLLM's log records: "(EngineCore pid=123) INFO 12-01 21:09:22 [core.py:133] ..."
+VLLM_INFO = re.compile(r"^\(.*pid=\d+\) INFO \d\d-\d\d \d\d:\d\d:\d\d \[", re.M)
+
+
+def test_engine_quiet_by_default_verbose_brings_logs_back(vllm_runs):
+    """Run 2 (default): no vLLM INFO record, no weight-loading bar, and one line of ours
+    for the engine start. Run 1 (--verbose): vLLM's INFO records are there."""
+    r2 = vllm_runs["r2"]
+    quiet = r2.stdout + r2.stderr
+    assert not VLLM_INFO.findall(quiet), VLLM_INFO.findall(quiet)[:5]
+    assert "Loading safetensors checkpoint shards" not in quiet
+    ours = [line for line in quiet.splitlines() if line.startswith("[ifeval] engine:")]
+    assert len(ours) == 1, quiet[-3000:]
+    assert re.fullmatch(r"\[ifeval\] engine: vllm(-cpu)? \S+ on cpu, float32, eager, threads \S+ \(\d+ reserved\), "
+                        r"KV cache \d+\.\d\d GiB \(\d+ tokens, [1-9]\d* sequences of \d+\), started in \d+\.\ds",
+                        ours[0]), ours[0]
+    verbose = vllm_runs["run1_log"]
+    assert len(VLLM_INFO.findall(verbose)) >= 10, verbose[-3000:]
+    assert "Initializing a V1 LLM engine" in verbose
