@@ -142,7 +142,7 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = generation_settings(args, model_path, backend, device)
     done = read_answered(responses)
-    check_settings(responses, settings, len(done))
+    check_settings(responses, settings, len(done), write=False)  # written with the first answers
     todo = [r for r in selected if r["key"] not in done]
     print(f"[ifeval] {len(selected)} prompts: {len(selected) - len(todo)} already answered in {responses}, "
           f"{len(todo)} to generate with {settings['engine_version']} on {device} ({settings['dtype']})",
@@ -150,6 +150,7 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
     stats = {"generated": 0, "resumed": len(selected) - len(todo), "hit_max_tokens": 0, "tokens": 0,
              "seconds": 0.0, "startup_s": 0.0, "backend": backend, "clipped": 0, "skipped": 0}
     if not todo:
+        write_settings(responses, settings)
         return stats
 
     tokenizer = load_tokenizer(model_path, padding_side="left")

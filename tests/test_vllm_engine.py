@@ -21,8 +21,8 @@ from test_run_ifeval import PROMPTS, read_jsonl
 from fileio import REPO_ROOT
 from tokenization import load_tokenizer
 
-pytestmark = pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None,
-                                reason="vLLM is not installed (pip install -r requirements.txt)")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None,
+                                reason="vLLM is not installed (pip install -r requirements.txt)")]
 
 N, MAX_TOKENS = 6, 24
 IM_END_ID, EOT = 2, 0
