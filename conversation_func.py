@@ -55,7 +55,7 @@ ASSISTANT_ROLES = frozenset({"assistant"})
 
 # ------------------------------------------------------------------- span finding
 def _render_message(message: dict) -> str:
-    """One message as the project's ChatML template renders it (utils.CHATML_TEMPLATE)."""
+    """One message as the project's ChatML template renders it (chat_format.CHATML_TEMPLATE)."""
     return IM_START + message["role"] + "\n" + message["content"] + "<|im_end|>\n"
 
 
@@ -228,7 +228,7 @@ def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str
     """Untruncated, unpadded ``(input_ids, labels)`` as int64 numpy arrays: labels copy
     the ids on the spans of messages whose role is in ``train_roles``, -100 elsewhere.
     Validates the messages (a bad role or non-string content raises
-    ``utils.ConversationFormatError``)."""
+    ``chat_format.ConversationFormatError``)."""
     validate_messages(messages)
     ids, bounds = message_spans(list(messages), tokenizer)
     return _labels_from_spans(messages, ids, bounds, train_roles)

@@ -5,7 +5,7 @@ checked against, so it deliberately shares none of that code: it renders every p
 of a conversation with the tokenizer's own chat template (``apply_chat_template``), reads
 each message's token span off the growing prefix lengths, and builds labels, truncation
 and padding in plain loops. Only the tokenizer setup and the input validation come
-from ``utils``, as for everything else in the project.
+from ``tokenization`` and ``chat_format``, as for everything else in the project.
 
     python generate_golden_answers.py                      # the repo's samples -> the two golden files
     python generate_golden_answers.py --samples S.json --forward_out F.json --reverse_out R.json

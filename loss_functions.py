@@ -8,7 +8,7 @@
 What is computed
 ----------------
 ``logits`` is ``[batch, seq, vocab]`` (fp32, bf16, fp16 or fp64) and ``labels`` is
-``[batch, seq]`` with ``-100`` (``utils.IGNORE_TOKEN_ID``) where nothing is trained.
+``[batch, seq]`` with ``-100`` (``chat_format.IGNORE_TOKEN_ID``) where nothing is trained.
 Position ``t`` predicts the label at ``t + 1`` (the causal shift), so the last position
 of every row predicts nothing. With ``lse = log(sum_v exp(logits[b, t, v]))``::
 
@@ -63,9 +63,8 @@ than 32 positions (shorter gaps are computed and discarded: slicing is much chea
 than gathering rows on CPU), and the gradient rows of ignored positions are set to zero
 without a full-size zero fill. Extra memory is one
 ``[chunk_size, vocab]`` fp32 buffer reused by every chunk (96 MiB at the default 512
-rows x 49,152). ``benchmarks/loss.py`` measured, at batch 1, 2,048
-tokens, vocab 49,152 on 2 busy CPU cores: 96 MB above logits + gradient against 767 MB
-(fp32) and 959 MB (bf16) for the plain form, at about 0.7-0.8x its time.
+rows x 49,152). ``benchmarks/loss.py`` measures both forms; its figures are in
+docs/performance.md.
 
 The per-chunk math (:func:`row_lse`, :func:`grad_shift`, :func:`row_grad`) is shared with
 ``fused_loss.py``, which applies it to logits it computes chunk by chunk from the hidden
@@ -79,11 +78,8 @@ import torch
 
 from chat_format import IGNORE_TOKEN_ID
 
-# Rows (positions) per chunk. 49,152-wide fp32 rows are 192 KiB each, so 512 rows are a
-# 96 MiB working buffer. benchmarks/loss.py: 128-512 rows are all within the goal on an idle
-# machine (smaller chunks even a little faster there), but under CPU contention every
-# multi-threaded op waits for both cores, so small chunks (many ops) slow down most; 512
-# keeps the time robust at 1/8 of the plain form's memory.
+# Rows (positions) per chunk: a 96 MiB fp32 buffer at vocab 49,152; fewer, larger chunks
+# keep the time steady on a loaded CPU (benchmarks/loss.py --chunk_sizes; docs/performance.md).
 DEFAULT_CHUNK_SIZE = 512
 # Gaps of up to this many ignored positions are computed inside a chunk rather than
 # starting a new one (see _plan).

@@ -1,10 +1,10 @@
 """Parts 3-4: reverse loss masking, training a "user simulator" that predicts the user's
 turns. It uses the masking core of ``conversation_func`` with the user role trained:
 
-- Part 3, a single-turn chat (decided by ``utils.is_single_turn_conversation`` on the
+- Part 3, a single-turn chat (decided by ``chat_format.is_single_turn_conversation`` on the
   conversation itself): reordered to ``[system?] [assistant] [user]`` (roles and contents
   unchanged), so the model reads an answer and learns the question that produced it.
-- Part 4, any other chat: ``{"role": "system", "content": utils.REVERSE_SYSTEM_PROMPT}``
+- Part 4, any other chat: ``{"role": "system", "content": REVERSE_SYSTEM_PROMPT}``
   is put first when the first message is not a system message; every user span is
   trained, system and assistant spans stay -100.
 

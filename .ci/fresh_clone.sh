@@ -5,7 +5,7 @@
 # (SKIP_PIP=1: the packages are this environment's), checks that the model, the NLTK data
 # (punkt_tab; IFBench's stopwords and tagger) and the three IFEval prompt files were built,
 # then answers and scores 2 prompts through ifeval/run.sh.
-#   bash .ci/fresh_clone.sh          # about 1 minute of CPU time; KEEP=1 keeps the folder
+#   bash .ci/fresh_clone.sh          # KEEP=1 keeps the folder
 set -euo pipefail
 if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -42,8 +42,8 @@ for pair in input_data.jsonl:541 sampled_input_data.jsonl:100 sampled_200_input_
 done
 echo "[fresh-clone] setup built the model, the NLTK data and the 3 IFEval prompt files ($((SECONDS - t0))s so far)"
 
-# One OpenMP thread, as in tests/test_run_sh.py: on a busy 2-core machine two threads made these
-# 16 tokens take 40 s instead of 5 s (measured once, load average 11).
+# One OpenMP thread, as in tests/test_run_sh.py: on a busy machine more threads only wait for
+# each other on these few tokens (docs/performance.md).
 "${clean[@]}" PYTHON="$PY" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" bash ifeval/run.sh SmolLM2-135M "$tmp/out" --limit 2 --max_tokens 8 2>&1 | sed 's/^/  | /' \
   || fail "ifeval/run.sh failed (output above)"
 "$PY" - "$tmp/out" <<'EOF' || fail "ifeval/run.sh did not answer and score 2 prompts"

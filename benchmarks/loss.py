@@ -7,7 +7,7 @@
 Variants, each run in a fresh Python process (so one variant's freed memory or warm
 caches cannot help or hurt the next), on the same seeded logits and labels:
 - ``plain``: ``log_softmax(logits[:, :-1].float())``, gather the targets, mask, sum,
-  divide: the straightforward autograd form the issue compares against.
+  divide: the straightforward autograd form, the baseline.
 - ``chunked``: ``loss_functions.cross_entropy_loss`` at each ``--chunk_sizes`` value.
 - ``hf`` (information only): transformers' ``ForCausalLMLoss`` (``F.cross_entropy``).
 

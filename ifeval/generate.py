@@ -13,8 +13,8 @@ CUDA GPUs of compute capability 8.0 and newer (Ampere, Ada, Hopper, Blackwell), 
 older ones (T4, V100, 2080 Ti: no bf16 arithmetic).
 
 The vLLM CPU engine is configured for the machine it runs on (:func:`cpu_engine_env`,
-:func:`kv_cache_bytes`) and runs eager or compiled (:func:`choose_enforce_eager`); see
-the README's Part 7 for the measurements behind the defaults.
+:func:`kv_cache_bytes`) and runs eager or compiled (:func:`choose_enforce_eager`); the
+measurements behind the defaults are in docs/performance.md.
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def _budgets(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
 
 
 def checkpoint_stop_ids(tokenizer, model_path: str) -> list[int]:
-    """:func:`utils.end_of_turn_ids` plus the eos of the checkpoint's generation config
+    """:func:`tokenization.end_of_turn_ids` plus the eos of the checkpoint's generation config
     (an int in a base checkpoint, a list in this project's SFT checkpoints), if it has one."""
     from transformers import GenerationConfig
 
@@ -249,9 +249,8 @@ def _gib(n_bytes: int) -> str:
 
 def choose_enforce_eager(mode: str, device: str) -> bool:
     """``--vllm_mode``: ``eager`` / ``compiled`` force one; ``auto`` is compiled on a GPU
-    (torch.compile and CUDA graphs) and eager on the CPU, where vLLM 0.32's compiled mode
-    measured a 2-4x longer start (its compile cache fails to reload, so every run pays
-    it) and no faster decode for SmolLM2-135M (README, Part 7)."""
+    (torch.compile and CUDA graphs) and eager on the CPU, where compiling does not pay back
+    its start for SmolLM2-135M (docs/performance.md)."""
     if mode != "auto":
         return mode == "eager"
     return not device.startswith("cuda")

@@ -19,7 +19,7 @@ Two things stand in the way, and each is neutralised only where it happens:
   :func:`check_loose`), and restored after.
 
 The data the checkers read comes from the project's ``nltk_data/`` (put on nltk's path
-by ``utils.setup_nltk_data``; built by ``python scripts/fetch_assets.py ifbench``):
+by ``fileio.setup_nltk_data``; built by ``python scripts/fetch_assets.py ifbench``):
 punkt_tab, the English stopwords and the English perceptron tagger. Importing this
 module raises ``LookupError`` (nltk's error for missing data) when any is missing, rather
 than letting the checkers raise it in the middle of scoring; a missing package raises

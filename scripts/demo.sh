@@ -2,17 +2,15 @@
 # The whole pipeline on one command: checks -> IFEval + IFBench (base) -> SFT -> IFEval + IFBench
 # (fine-tuned) -> reports.
 #
-#   bash scripts/demo.sh            # CPU demo (18 minutes on 2 cores, measured), embedded data/demo_sft.json
+#   bash scripts/demo.sh            # CPU demo on the embedded data/demo_sft.json (time: docs/performance.md)
 #   bash scripts/demo.sh --full     # course configuration on a GPU machine (also DEMO_FULL=1): smol-smoltalk-6k.json,
 #                                   # 3 epochs, sft.sh defaults, all 100 IFEval and all 294 IFBench prompts, 1024 tokens
 #   bash scripts/demo.sh --help
 #
 # IFBench (out-of-distribution constraints) shows whether the IFEval gain carries over. The CPU
 # demo scores its first 50 prompts (IFBench_test.jsonl's order: 12 of its 57 constraint types)
-# at the same 256 tokens: at most 12,800 new tokens per model, about a minute at ~200 tokens/s
-# plus the engine start, so the two models add about 6 minutes (estimated, not measured); all
-# 294 would add about 16. At 50 prompts one prompt is 2 points; summary.md calls a change of
-# at most one prompt "not measurable".
+# at the same 256 tokens, to keep the CPU demo short. At 50 prompts one prompt is 2 points;
+# summary.md calls a change of at most one prompt "not measurable".
 #
 # Knobs (environment), defaults in brackets (CPU demo / --full):
 #   DEMO_OUT          output folder                         [demo_out / demo_out_full]
@@ -39,7 +37,7 @@ FULL=${DEMO_FULL:-0}
 for arg in "$@"; do
   case "$arg" in
     --full) FULL=1 ;;
-    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done

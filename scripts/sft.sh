@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Supervised fine-tuning (Part 6) through DeepSpeed ZeRO-2: train_hw_parallel.py on
-# every GPU of this machine, or on the CPU when there is none.
+# Supervised fine-tuning (Part 6) through DeepSpeed ZeRO-2 (torchrun where DeepSpeed cannot run):
+# train_hw_parallel.py on every GPU of this machine, or on the CPU when there is none.
 #
 #   bash scripts/sft.sh                                  # the course run: SmolLM2-135M, 3 epochs
 #   bash scripts/sft.sh --max_steps 10                   # extra arguments go last and win
@@ -12,21 +12,30 @@
 #   DATAPATH  [smol-smoltalk-6k.json]  .json/.jsonl file, folder of them, or hub dataset id
 #   OUTPUTPATH [ckpt], RUNNAME [HW2]   the run writes OUTPUTPATH/RUNNAME; rerunning resumes it
 #   TOTALBSZ  [128]            samples per optimizer step over all devices
-#   BSZPERDEV [16 on GPU, 4 on CPU]    samples per device per micro-step
+#   BSZPERDEV [from GPU memory, 4 on CPU]  samples per device per micro-step
 #                              gradient accumulation = TOTALBSZ / devices / BSZPERDEV
-#                              11 GB GPU (2080 Ti, fp16) at MAXLEN 2048: BSZPERDEV=4 (2 with --loss logits);
-#                              estimated from bytes measured on CPU, not on a GPU (README "Training memory")
+#                              on a GPU the default is the largest that fits the smallest GPU's memory at
+#                              MAXLEN, precision and --loss (hardware.py: README "Training memory"'s bytes,
+#                              measured on the CPU, not on a GPU) and divides TOTALBSZ / devices; printed
+#                              with its estimate. 11 GB (2080 Ti, fp16) at MAXLEN 2048: 4 (2 with --loss logits)
 #   EPOCHS [3], LR [2e-5], WARMUP [0.1], MAXLEN [2048], MAXROUNDS [5], SAVESTEPS [200]
 #                              (WARMUP goes to --warmup_steps: below 1 it is a share of the steps)
 #   DS_CONFIG [ds_configs/zero2_no_offload.json]  (scripts/sft_offload.sh: optimizer on CPU)
 #   HOSTFILE                   DeepSpeed hostfile for several nodes ("host slots=N" lines)
 #   NUM_GPUS                   use this many GPUs instead of all that nvidia-smi lists
+#   LAUNCHER [auto]            deepspeed, or torchrun (DDP without DeepSpeed); auto: DeepSpeed when it imports
 #   CPU_RANKS [2 when 2+ cores]  processes on a machine without GPU (each gets cores/CPU_RANKS threads)
-#   SFT_DRY_RUN=1              print the launch command and exit
+#   SFT_DRY_RUN=1              print the decision line and the launch command and exit
 #
-# Hardware: bf16 on GPUs of compute capability 8.0+ (Ampere and newer), fp16 on older ones
-# (T4, 2080 Ti), flash-attention when the flash_attn package imports there; without GPU,
-# fp32 on DeepSpeed's CPU accelerator (gloo). W&B logging only when WANDB_API_KEY or
+# Hardware (python hardware.py --sft-plan, rules in docs/gpu.md), printed as the first line:
+# bf16 where every GPU is compute capability 8.0+ (Ampere and newer), fp16 on 7.x (T4, 2080 Ti,
+# V100), fp32 on Pascal; flash-attention where every GPU is 8.0+ and flash_attn imports, else
+# sdpa; without GPU, fp32 on DeepSpeed's CPU accelerator (gloo). When DeepSpeed is not installed
+# (or LAUNCHER=torchrun), the same training runs through torchrun (DDP, one process per device,
+# no --deepspeed); an installed DeepSpeed that fails to import stops it with the fix (accelerate
+# imports it under DDP too); optimizer offload and HOSTFILE need DeepSpeed. When nvidia-smi lists GPUs that
+# torch cannot use (a CUDA build the driver is too old for, a CPU build) it stops and says why.
+# An out-of-memory error ends with the BSZPERDEV to try. W&B logging only when WANDB_API_KEY or
 # WANDB_MODE is set; otherwise the console.
 set -euo pipefail
 
@@ -50,27 +59,51 @@ DS_CONFIG="${DS_CONFIG:-$REPO/ds_configs/zero2_no_offload.json}"
 if [[ ! -e "$DATAPATH" && -e "$REPO/$DATAPATH" ]]; then DATAPATH="$REPO/$DATAPATH"; fi
 
 # ---------------------------------------------------------------- hardware
-GPU_CAPS=""
-if command -v nvidia-smi >/dev/null 2>&1; then
-    GPU_CAPS="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null || true)"
+# One probe decides (hardware.py --sft-plan): GPUs, precision, attention, launcher, BSZPERDEV.
+# MAXLEN and --loss as the training will see them (extra arguments win).
+EFF_MAXLEN="$MAXLEN"; LOSS=fused
+ARGS=("$@")
+for ((i = 0; i < ${#ARGS[@]}; i++)); do
+    case "${ARGS[i]}" in
+        --model_max_length) EFF_MAXLEN="${ARGS[i+1]:-$MAXLEN}" ;;
+        --model_max_length=*) EFF_MAXLEN="${ARGS[i]#*=}" ;;
+        --loss) LOSS="${ARGS[i+1]:-fused}" ;;
+        --loss=*) LOSS="${ARGS[i]#*=}" ;;
+    esac
+done
+PLAN_ARGS=(--sft-plan --format sh --maxlen "$EFF_MAXLEN" --loss "$LOSS" --total_bsz "$TOTALBSZ" --ds_config "$DS_CONFIG"
+           --launcher "${LAUNCHER:-auto}")
+[[ -n "${NUM_GPUS:-}" ]] && PLAN_ARGS+=(--num_gpus "$NUM_GPUS")
+[[ -n "${BSZPERDEV:-}" ]] && PLAN_ARGS+=(--bszperdev "$BSZPERDEV")
+# Several nodes: every "host slots=N" line of the DeepSpeed hostfile contributes N devices.
+if [[ -n "${HOSTFILE:-}" ]]; then
+    HOST_NDEV=$(awk '/slots=/{split($0, a, "slots="); n += a[2]} END {print n + 0}' "$HOSTFILE")
+    PLAN_ARGS+=(--world "$HOST_NDEV")
 fi
-NGPU=$(printf '%s\n' "$GPU_CAPS" | grep -c '[0-9]' || true)
-NGPU="${NUM_GPUS:-$NGPU}"
+BSZ_GIVEN="${BSZPERDEV:+set}"
+PLAN="$("$PYTHON" "$REPO/hardware.py" "${PLAN_ARGS[@]}")" || exit 2
+eval "$PLAN"
+NGPU="$HW_NGPU"
 HW_ARGS=()
 LAUNCH=()
 if [[ "$NGPU" -gt 0 ]]; then
-    MIN_MAJOR=$(printf '%s\n' "$GPU_CAPS" | grep '[0-9]' | head -n "$NGPU" | cut -d. -f1 | sort -n | head -n1)
-    if [[ "${MIN_MAJOR:-0}" -ge 8 ]]; then PREC=bf16; HW_ARGS+=(--bf16 True); else PREC=fp16; HW_ARGS+=(--fp16 True); fi
-    # flash-attention 2 needs Ampere+ and its package; importing it proves the build matches torch.
-    if [[ "${MIN_MAJOR:-0}" -ge 8 ]] && "$PYTHON" -c "import flash_attn" >/dev/null 2>&1; then
-        HW_ARGS+=(--flash_attn True); ATTN=flash_attention_2
-    else
-        ATTN=sdpa
-    fi
-    BSZPERDEV="${BSZPERDEV:-16}"
+    PREC="$HW_PRECISION"; ATTN="$HW_ATTENTION"
+    [[ "$PREC" == bf16 ]] && HW_ARGS+=(--bf16 True)
+    [[ "$PREC" == fp16 ]] && HW_ARGS+=(--fp16 True)
+    [[ "$ATTN" == flash_attention_2 ]] && HW_ARGS+=(--flash_attn True)
+    BSZPERDEV="$HW_BSZPERDEV"
     NDEV="$NGPU"
-    DEVICE="$NGPU GPU(s), $PREC, $ATTN"
+    DEVICE="$HW_DEVICE, $PREC, $ATTN"
     LAUNCH=(--num_gpus "$NGPU")
+    if [[ -n "$HW_TORCH_PROBLEM" ]]; then
+        if [[ -n "${SFT_DRY_RUN:-}" ]]; then
+            echo "sft.sh: warning: torch cannot use the GPU(s): $HW_TORCH_PROBLEM (a real run stops here)" >&2
+        else
+            echo "sft.sh: error: nvidia-smi lists $NGPU GPU(s) but torch cannot use them: $HW_TORCH_PROBLEM." \
+                 "(To train on the CPU instead: CUDA_VISIBLE_DEVICES= bash scripts/sft.sh)" >&2
+            exit 1
+        fi
+    fi
 else
     # No GPU: DeepSpeed's CPU accelerator runs each rank as a process (gloo). --num_gpus
     # sets the number of ranks; the cores are shared out so ranks do not oversubscribe.
@@ -82,10 +115,15 @@ else
     DEVICE="CPU, $CPU_RANKS rank(s) x $OMP_NUM_THREADS thread(s), fp32, sdpa"
     HW_ARGS+=(--dataloader_pin_memory False)
     LAUNCH=(--num_gpus "$CPU_RANKS")
+    HW_BSZ_NOTE="${BSZ_GIVEN:-CPU default}"
 fi
+if [[ -n "$HW_WARNING" ]]; then echo "sft.sh: warning: $HW_WARNING" >&2; fi
 if [[ -n "${HOSTFILE:-}" ]]; then
-    # Several nodes: every "host slots=N" line contributes N devices.
-    NDEV=$(awk '/slots=/{split($0, a, "slots="); n += a[2]} END {print n + 0}' "$HOSTFILE")
+    if [[ "$HW_LAUNCHER" != deepspeed ]]; then
+        echo "sft.sh: error: HOSTFILE (several nodes) needs DeepSpeed's launcher: $HW_LAUNCHER_WHY" >&2
+        exit 2
+    fi
+    NDEV="$HOST_NDEV"
     LAUNCH=(--hostfile "$HOSTFILE")
     DEVICE="$DEVICE; $NDEV devices from $HOSTFILE"
 fi
@@ -96,18 +134,22 @@ if (( TOTALBSZ % (NDEV * BSZPERDEV) != 0 )); then
 fi
 GA=$(( TOTALBSZ / NDEV / BSZPERDEV ))
 
-if [[ -n "${WANDB_API_KEY:-}" || -n "${WANDB_MODE:-}" ]]; then
-    REPORT=wandb
-else
-    REPORT=none
-    echo "sft.sh: W&B not configured (set WANDB_API_KEY or WANDB_MODE to use it); logging to the console"
-fi
+if [[ -n "${WANDB_API_KEY:-}" || -n "${WANDB_MODE:-}" ]]; then REPORT=wandb; else REPORT=none; fi
 
 MASTER_PORT="${MASTER_PORT:-$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])")}"
 
-CMD=("$PYTHON" -u -m deepspeed.launcher.runner "${LAUNCH[@]}" --master_port "$MASTER_PORT"
-    "$REPO/train_hw_parallel.py"
-    --deepspeed "$DS_CONFIG"
+if [[ "$HW_LAUNCHER" == deepspeed ]]; then
+    CMD=("$PYTHON" -u -m deepspeed.launcher.runner "${LAUNCH[@]}" --master_port "$MASTER_PORT"
+        "$REPO/train_hw_parallel.py" --deepspeed "$DS_CONFIG")
+    LAUNCH_DESC="DeepSpeed ZeRO-2 ($(basename "$DS_CONFIG"))"
+else
+    # DeepSpeed missing or broken: the same training as DDP, one process per device.
+    [[ "$NGPU" -gt 0 ]] || HW_ARGS+=(--ddp_backend gloo)
+    CMD=("$PYTHON" -u -m torch.distributed.run --nproc_per_node "$NDEV" --master_port "$MASTER_PORT"
+        "$REPO/train_hw_parallel.py")
+    LAUNCH_DESC="torchrun (DDP, no DeepSpeed: $HW_LAUNCHER_WHY)"
+fi
+CMD+=(
     --model_name_or_path "$MODELPATH"
     --data_path "$DATAPATH"
     --output_dir "$OUTPUTPATH/$RUNNAME"
@@ -131,9 +173,33 @@ CMD=("$PYTHON" -u -m deepspeed.launcher.runner "${LAUNCH[@]}" --master_port "$MA
     "${HW_ARGS[@]}"
     "$@")
 
-echo "sft.sh: $DEVICE; batch $TOTALBSZ = $NDEV x $BSZPERDEV x GA $GA; output $OUTPUTPATH/$RUNNAME"
+# The decision in one line: device, precision, attention, launcher, batch per device, engine, why.
+echo "sft.sh: $DEVICE; $LAUNCH_DESC; batch $TOTALBSZ = $NDEV x $BSZPERDEV x GA $GA (BSZPERDEV ${HW_BSZ_NOTE}); IFEval engine $HW_ENGINE; output $OUTPUTPATH/$RUNNAME${HW_WHY:+; why: $HW_WHY}"
+if [[ "$REPORT" == none ]]; then
+    echo "sft.sh: W&B not configured (set WANDB_API_KEY or WANDB_MODE to use it); logging to the console"
+fi
 if [[ -n "${SFT_DRY_RUN:-}" ]]; then
     printf '%q ' "${CMD[@]}"; echo
     exit 0
 fi
-exec "${CMD[@]}"
+# Run, keeping the output to name BSZPERDEV and the value to try when a rank runs out of memory.
+LOG="$(mktemp "${TMPDIR:-/tmp}/sft_sh.XXXXXX")"
+trap 'rm -f "$LOG"' EXIT
+set +e
+"${CMD[@]}" 2>&1 | tee "$LOG"
+rc=${PIPESTATUS[0]}
+set -e
+if [[ $rc -ne 0 ]] && grep -q -E "CUDA out of memory|OutOfMemoryError" "$LOG"; then
+    NEXT=""
+    for ((b = BSZPERDEV - 1; b >= 1; b--)); do
+        if (( TOTALBSZ % (NDEV * b) == 0 )); then NEXT=$b; break; fi
+    done
+    if [[ -n "$NEXT" ]]; then
+        echo "sft.sh: error: out of GPU memory at BSZPERDEV=$BSZPERDEV (MAXLEN $EFF_MAXLEN, --loss $LOSS): try" \
+             "BSZPERDEV=$NEXT (gradient accumulation becomes $(( TOTALBSZ / NDEV / NEXT )), TOTALBSZ stays $TOTALBSZ)" >&2
+    else
+        echo "sft.sh: error: out of GPU memory at BSZPERDEV=$BSZPERDEV, the smallest: lower MAXLEN ($EFF_MAXLEN)," \
+             "pass --gradient_checkpointing True, or use scripts/sft_offload.sh" >&2
+    fi
+fi
+exit $rc

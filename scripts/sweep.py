@@ -18,7 +18,7 @@ before anything trains (and a killed training resumes from its last checkpoint, 
 does). At the end the script writes OUT/results.csv and OUT/results.md (configuration, final training loss, the
 benchmark and its four metrics, wall time) and OUT/sweep_<metric>.png (the metric against each swept value).
 
-Defaults are a small CPU configuration (a few minutes per point on 2 cores): 16 steps of total
+Defaults are a small CPU configuration: 16 steps of total
 batch 8 at model_max_length 512 on data/demo_sft.json, scored on the first 24 prompts (IFEval:
 of the 100-prompt set; IFBench: of its 294) with 160 new tokens. --full switches to the course
 configuration (smol-smoltalk-6k.json, whole epochs, all prompts, 1024 tokens).

@@ -4,6 +4,7 @@ What setup.sh builds (the model, ifeval/data/) is there on every machine: withou
 test fails and says to run setup.sh."""
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
@@ -31,8 +32,15 @@ def load_script(relpath: str) -> ModuleType:
         return _SCRIPTS[name]
     spec = importlib.util.spec_from_file_location(name, REPO / relpath)
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import would: dataclasses and pickle look the
+    # module up in sys.modules by name.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     _SCRIPTS[name] = module
-    spec.loader.exec_module(module)
     return module
 
 

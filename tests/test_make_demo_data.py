@@ -42,7 +42,7 @@ def test_committed_file_is_the_generators_output(tmp_path):
 
 
 def test_every_answer_passes_its_instructions_strict():
-    from make_demo_data import load_checker
+    load_checker = load_script("tools/make_demo_data.py").load_checker
     check = load_checker()  # the verdicts the generator itself checks with
     records = {r["id"]: r for r in json.loads(DATA.read_text())}
     checks = [json.loads(line) for line in CHECKS.read_text().splitlines()]
@@ -61,7 +61,7 @@ def test_every_answer_passes_its_instructions_strict():
 
 def test_the_scorer_does_reject_a_broken_answer():
     """Guard against a verification that cannot fail: breaking answers makes the scorer say so."""
-    from make_demo_data import load_checker
+    load_checker = load_script("tools/make_demo_data.py").load_checker
     check = load_checker()  # the verdicts the generator itself checks with
     records = {r["id"]: r for r in json.loads(DATA.read_text())}
     broken = 0

@@ -5,37 +5,27 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from test_hardware import A100_535, T4_580, V100_535, sim_env
 from test_train_hw_parallel import CHATS, tiny_llama, write_chats
 from fileio import REPO_ROOT
 
 SFT = REPO_ROOT / "scripts" / "sft.sh"
 
 
-def fake_bin(tmp_path: Path, gpu_caps=None, flash_attn=False) -> dict:
-    """An environment whose PATH has an nvidia-smi printing ``gpu_caps`` (one compute
-    capability per GPU; None: no GPU, the tool fails) and, optionally, an importable
-    ``flash_attn`` stand-in."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    smi = bin_dir / "nvidia-smi"
-    body = "exit 9" if gpu_caps is None else "printf '" + "\\n".join(gpu_caps) + "\\n'"
-    smi.write_text(f"#!/bin/sh\n{body}\n")
-    smi.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["PATH"] = f"{bin_dir}:{env['PATH']}"
-    if flash_attn:
-        (tmp_path / "fa" / "flash_attn").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "fa" / "flash_attn" / "__init__.py").write_text("")
-        env["PYTHONPATH"] = f"{tmp_path / 'fa'}:{env.get('PYTHONPATH', '')}"
-    return env
+def fake_bin(tmp_path: Path, gpus=None, flash_attn=False) -> dict:
+    """An environment whose PATH has an nvidia-smi listing ``gpus`` ((name, compute capability,
+    memory MiB, driver) tuples; None: no GPU, the tool fails) and, optionally, an importable
+    ``flash_attn`` stand-in (test_hardware.sim_env; DeepSpeed is a stand-in too, for speed)."""
+    return sim_env(tmp_path, gpus, flash_attn=flash_attn)
 
 
 def dry_run(env, *args, script=SFT, **overrides):
-    env = {**env, "SFT_DRY_RUN": "1", "MASTER_PORT": "29999", **overrides}
+    env = {**env, "SFT_DRY_RUN": "1", "MASTER_PORT": "29999", "PYTHON": sys.executable, **overrides}
     r = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60)
     return r
 
@@ -70,24 +60,32 @@ def test_wandb_only_when_configured(tmp_path):
     assert flag(launch_args(r), "--report_to") == "wandb" and "W&B not configured" not in r.stdout
 
 
-@pytest.mark.parametrize("caps,prec,fa,bsz,ga", [
-    (["7.5"], "--fp16", False, "16", "8"),            # T4: no bf16, no flash-attention
-    (["8.0", "8.0"], "--bf16", False, "16", "4"),     # A100 x2, flash_attn not installed
-    (["8.6", "8.6", "8.6", "8.6"], "--bf16", True, "16", "2"),
-    (["8.0", "7.0"], "--fp16", False, "16", "4"),     # mixed: the oldest decides
+A6000 = ("NVIDIA RTX A6000", "8.6", 49140, "580.65.06")
+
+
+@pytest.mark.parametrize("gpus,prec,fa,bsz,ga", [
+    # T4: no bf16, no flash-attention; 15 GB: 4 per device (test_hardware's worked arithmetic)
+    ([T4_580], "--fp16", False, "4", "32"),
+    # A100 80 GB x2, flash_attn not installed: 73728 - 2547 = 71181 / 1450 = 49 -> 32 (divides 64)
+    ([A100_535] * 2, "--bf16", False, "32", "2"),
+    # 4 x A6000 (48 GB): 44226 - 2162 = 42064 / 1450 = 29 -> 16 (divides 32)
+    ([A6000] * 4, "--bf16", True, "16", "2"),
+    # mixed: the oldest decides precision; the smaller memory (V100 16 GB) the batch:
+    # 14746 - 2547 = 12199 / 1450 = 8.4 -> 8
+    ([A100_535, V100_535], "--fp16", False, "8", "8"),
 ])
-def test_gpu_detection(tmp_path, caps, prec, fa, bsz, ga):
-    r = dry_run(fake_bin(tmp_path, caps, flash_attn=fa))
+def test_gpu_detection(tmp_path, gpus, prec, fa, bsz, ga):
+    r = dry_run(fake_bin(tmp_path, gpus, flash_attn=fa))
     assert r.returncode == 0, r.stderr
     argv = launch_args(r)
-    assert argv[argv.index("--num_gpus") + 1] == str(len(caps))
+    assert argv[argv.index("--num_gpus") + 1] == str(len(gpus))
     assert flag(argv, prec) == "True" and ({"--bf16", "--fp16"} - {prec}).isdisjoint(argv)
     assert (flag(argv, "--flash_attn") == "True") is fa
     assert flag(argv, "--per_device_train_batch_size") == bsz and flag(argv, "--gradient_accumulation_steps") == ga
 
 
 def test_env_overrides_hostfile_and_offload(tmp_path):
-    env = fake_bin(tmp_path, ["8.0"] * 4)
+    env = fake_bin(tmp_path, [A100_535] * 4)
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=4\nnode-b slots=4\n")
     r = dry_run(env, HOSTFILE=str(hostfile), TOTALBSZ="64", BSZPERDEV="2", RUNNAME="x", OUTPUTPATH="out")

@@ -4,10 +4,11 @@ The set is small (a few hundred conversations) and made of *verifiable-instructi
 conversations: every user request carries constraints of the kinds IFEval checks
 (letter case, word / sentence counts, bullet lists, titles in <<...>>, a postscript, a
 required ending, no commas, JSON output, placeholders in [brackets], numbered sections,
-highlighted *parts*, paragraphs split by ***, ...). Each answer is composed from the
-original sentences in data/demo_topics.json so that it satisfies those constraints, and is
-then CHECKED with the project's own IFEval scorer (ifeval/scoring.py, strict mode) using
-the same instruction ids and arguments an IFEval prompt would carry. An answer that fails
+highlighted *parts*, paragraphs split by ***, ...), worded from data/demo_wording.json.
+Each answer is composed from the original sentences in data/demo_topics.json so that it
+satisfies those constraints, and is then CHECKED with the project's own IFEval scorer
+(ifeval/scoring.py, strict mode) using the same instruction ids and arguments an IFEval
+prompt would carry. An answer that fails
 is rebuilt with fresh random choices (the number of rebuilds is printed per instruction);
 if one cannot be fixed in a few tries the script stops with the failing case.
 
@@ -43,6 +44,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 TOPICS_FILE = REPO / "data" / "demo_topics.json"
+WORDING_FILE = REPO / "data" / "demo_wording.json"
 
 
 class DemoDataError(RuntimeError):
@@ -50,165 +52,54 @@ class DemoDataError(RuntimeError):
     content bank is unusable (the message names the file)."""
 
 
+def read_table(path: Path, what: str, need: dict[str, type], problems=lambda table: "") -> dict:
+    """A JSON object read from ``path`` whose keys in ``need`` each hold a non-empty value
+    of the given type, and for which ``problems(table)`` finds nothing (it returns a
+    description, or ""); DemoDataError naming the file, the keys and the problems otherwise."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DemoDataError(f"{path}: cannot read the {what} ({e})") from None
+    missing = [k for k, kind in need.items() if not isinstance(table.get(k), kind) or not table[k]]
+    more = problems(table)
+    if missing or more:
+        raise DemoDataError(f"{path}: missing or empty {missing}" + (f"; {more}" if more else ""))
+    return table
+
+
 def load_bank(path: Path = TOPICS_FILE) -> dict:
     """The content bank: ``topics`` (name, titles, facts), ``system_prompts``,
     ``placeholder_sentences``, ``postscripts``, ``end_phrases``, ``forbidden_candidates``."""
-    try:
-        bank = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise DemoDataError(f"{path}: cannot read the content bank ({e})") from None
+    def topics_without_fields(bank):
+        bad = [i for i, t in enumerate(bank.get("topics") or []) if not {"name", "titles", "facts"} <= set(t)]
+        return f"topics without name/titles/facts: {bad}" if bad else ""
+
     need = ("topics", "system_prompts", "placeholder_sentences", "postscripts", "end_phrases", "forbidden_candidates")
-    missing = [k for k in need if not isinstance(bank.get(k), list) or not bank[k]]
-    bad = [i for i, t in enumerate(bank.get("topics") or []) if not {"name", "titles", "facts"} <= set(t)]
-    if missing or bad:
-        raise DemoDataError(f"{path}: missing or empty {missing}; topics without name/titles/facts: {bad}")
-    return bank
+    return read_table(path, "content bank", dict.fromkeys(need, list), topics_without_fields)
 
 
 BANK = load_bank()
 TOPICS = BANK["topics"]
 
-# ----------------------------------------------------------------------------- wording
-# Opening requests. {name} is a topic noun phrase from the bank's topics.
-TASKS = [
-    "Write a short explainer about {name}.",
-    "Tell me what matters most about {name}.",
-    "I am giving a five minute talk to my neighbors on {name}. Draft the text for me.",
-    "Could you put together some beginner notes on {name}?",
-    "Sum up what a newcomer ought to know about {name}.",
-    "My cousin keeps asking me about {name}. Write something I can send her.",
-    "Describe {name} for our school newsletter.",
-    "Help me understand {name} in plain language.",
-    "Prepare a friendly introduction to {name} for a library handout.",
-    "Give me the key ideas behind {name}.",
-]
-# Follow-up requests in a multi-turn chat, on the same topic or a new one.
-FOLLOW_SAME = [
-    "Thanks. Now tell me a bit more about the same subject.",
-    "Nice. Could you go over it again from a different angle?",
-    "Great. Write another piece on that topic for a different reader.",
-]
-FOLLOW_NEW = [
-    "Good. Next I would like something on {name}.",
-    "Thanks! Let us switch subjects: {name}.",
-    "Now do a similar piece about {name}.",
-]
-CONSTRAINED_QUESTIONS = [
-    "Is {name} worth a beginner's time?",
-    "Would you say {name} is something everyone could learn about?",
-    "Should a curious teenager spend a weekend reading about {name}?",
-]
 
-# Every constraint phrasing, keyed by instruction id. Placeholders are filled from kwargs.
-PHRASES = {
-    "change_case:english_capital": [
-        "Use uppercase letters for every single word.",
-        "Set the whole reply in capitals from start to finish.",
-        "Type it all in CAPS with no lowercase letters.",
-    ],
-    "change_case:english_lowercase": [
-        "Keep every letter lowercase with no capitals at all.",
-        "Please write only in small letters and skip capitalization entirely.",
-        "No uppercase anywhere: lowercase letters only from top to bottom.",
-    ],
-    "change_case:capital_word_frequency": {
-        "at least": ["Stress at least {capital_frequency} important words by writing them in full CAPITALS.",
-                     "Put {capital_frequency} or more key words entirely in uppercase for emphasis."],
-        "less than": ["Fully capitalized words should appear fewer than {capital_frequency} times.",
-                      "Keep the count of all-caps words below {capital_frequency}."],
-    },
-    "length_constraints:number_words": {
-        "at least": ["Make it {num_words} words long or longer.",
-                     "It needs a minimum of {num_words} words."],
-        "less than": ["Stay below {num_words} words.",
-                      "Keep the length under {num_words} words."],
-    },
-    "length_constraints:number_sentences": {
-        "at least": ["Write {num_sentences} sentences or more.",
-                     "It should run to no fewer than {num_sentences} sentences."],
-        "less than": ["Use fewer than {num_sentences} sentences.",
-                      "Keep the sentence count below {num_sentences}."],
-    },
-    "length_constraints:number_paragraphs": [
-        "Split it into {num_paragraphs} paragraphs and put a line holding only *** between neighboring ones.",
-        "I need exactly {num_paragraphs} paragraphs divided from one another by the marker ***.",
-    ],
-    "length_constraints:nth_paragraph_first_word": [
-        "Write {num_paragraphs} paragraphs separated by blank lines. Paragraph number {nth_paragraph} has to open with the word \"{first_word}\".",
-        "Use {num_paragraphs} paragraphs (blank line between them) and let the word \"{first_word}\" start paragraph {nth_paragraph}.",
-    ],
-    "detectable_format:number_bullet_lists": [
-        "Format the main points as exactly {num_bullets} bullets that start with an asterisk and a space (like * this).",
-        "List exactly {num_bullets} points using markdown star bullets such as * point.",
-    ],
-    "detectable_format:title": [
-        "Give it a title inside double angle brackets, for instance <<My Heading>>.",
-        "Start with a heading placed between << and >>.",
-    ],
-    "detectable_format:number_highlighted_sections": [
-        "Mark at least {num_highlights} key phrases by surrounding them with single asterisks like *this*.",
-        "Emphasize {num_highlights} or more phrases in markdown italics using *stars*.",
-    ],
-    "detectable_format:multiple_sections": [
-        "Organize it into {num_sections} parts and label each one {section_spliter} followed by its number (as in {section_spliter} 1).",
-        "Break the text into {num_sections} labeled blocks: {section_spliter} 1 then {section_spliter} 2 and so on.",
-    ],
-    "detectable_format:json_format": [
-        "Return the answer as JSON only with a field for the topic and a list of the main points.",
-        "Reply with a JSON object and nothing else; markdown code fences are fine.",
-    ],
-    "detectable_format:constrained_response": [
-        "Open with a verdict sentence: 'My answer is yes.' if you agree, 'My answer is maybe.' if you are unsure, or else 'My answer is no.' Then explain briefly.",
-    ],
-    "detectable_content:postscript": [
-        "Close with an afterthought that opens with {postscript_marker}",
-        "Add a final note that begins with {postscript_marker}",
-    ],
-    "detectable_content:number_placeholders": [
-        "Leave at least {num_placeholders} blanks for me to fill in later written in square brackets like [city].",
-        "Include {num_placeholders} or more fill-in spots in square brackets such as [date].",
-    ],
-    "startend:end_checker": [
-        "The very last words of your reply must be \"{end_phrase}\" with nothing after them.",
-        "Sign off with the exact words \"{end_phrase}\" and stop there.",
-    ],
-    "startend:quotation": [
-        "Put the entire reply between a pair of double quotes.",
-        "Enclose everything you write inside one set of double quotation marks.",
-    ],
-    "punctuation:no_comma": [
-        "Avoid commas completely.",
-        "Not one comma may appear in the text.",
-    ],
-    "keywords:existence": [
-        "Work {keywords_text} into the answer.",
-        "Be sure to mention {keywords_text} somewhere.",
-    ],
-    "keywords:forbidden_words": [
-        "Never use {forbidden_text}.",
-        "Leave out {forbidden_text} entirely.",
-    ],
-    "keywords:frequency": {
-        "at least": ["Say \"{keyword}\" {frequency} or more times.",
-                     "The word \"{keyword}\" should come up at least {frequency} times."],
-        "less than": ["Say \"{keyword}\" fewer than {frequency} times.",
-                      "Keep uses of \"{keyword}\" under {frequency}."],
-    },
-    "keywords:letter_frequency": {
-        "at least": ["Make sure the letter {letter} shows up {let_frequency} or more times.",
-                     "I want the letter {letter} used no fewer than {let_frequency} times."],
-        "less than": ["Use the letter {letter} fewer than {let_frequency} times in total.",
-                      "Keep the letter {letter} below {let_frequency} appearances."],
-    },
-    "combination:two_responses": [
-        "Write two different versions and separate them with a line of six asterisks (******).",
-        "Offer two distinct takes divided by ****** on its own line.",
-    ],
-    "combination:repeat_prompt": [
-        "Start your reply by copying the request that follows exactly as I wrote it and only then answer it. Request:",
-    ],
-}
-SECTION_WORDS = ["SECTION", "PART", "Section", "Part", "Chapter"]
+# ----------------------------------------------------------------------------- wording
+def load_wording(path: Path = WORDING_FILE) -> dict:
+    """The request wording (data/demo_wording.json): ``tasks``, ``follow_new`` and
+    ``constrained_questions`` ({name} is a topic's name), ``follow_same``, ``phrases``
+    (instruction id -> phrasings, or relation -> phrasings; {placeholders} are the
+    instruction's arguments), ``section_words`` and ``bullet_intros``."""
+    need = dict.fromkeys(("tasks", "follow_same", "follow_new", "constrained_questions", "section_words",
+                          "bullet_intros"), list)
+    return read_table(path, "request wording", {**need, "phrases": dict})
+
+
+WORDING = load_wording()
+TASKS = WORDING["tasks"]
+FOLLOW_SAME = WORDING["follow_same"]
+FOLLOW_NEW = WORDING["follow_new"]
+CONSTRAINED_QUESTIONS = WORDING["constrained_questions"]
+PHRASES = WORDING["phrases"]
+SECTION_WORDS = WORDING["section_words"]
 
 # ----------------------------------------------------------------------------- helpers
 def word_count(text: str) -> int:
@@ -292,7 +183,7 @@ def layout_bullets(rng, facts, decos, case, topic, task) -> Body:
     if "highlights" in decos:
         n_high = rng.randint(1, nb)
         items = highlight_first(items, n_high, rng)
-    intro = rng.choice(["Here are the main points.", "A few things worth knowing:", ""])
+    intro = rng.choice(WORDING["bullet_intros"])
     return Body("\n".join("* " + it for it in items), {"num_bullets": nb}, intro, n_high)
 
 
