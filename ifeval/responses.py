@@ -6,9 +6,11 @@ File format (one JSON object per line, the course's ``{"prompt", "response"}`` p
     {"key": 1001, "prompt": "...", "response": "...", "num_tokens": 57, "finish_reason": "stop"}
 
 ``key`` is the IFEval prompt key (int); ``num_tokens`` counts the answer's generated
-tokens including the stop token; ``finish_reason`` is ``"stop"`` (a stop id ended it) or
-``"length"`` (it ran to ``--max_tokens``). Lines are in the order answers finished, not
-prompt order.
+tokens including the stop token; ``finish_reason`` is ``"stop"`` (a stop id ended it),
+``"length"`` (it ran to its token limit) or ``"too_long"`` (the prompt left no room in the
+model's length, or ``--too_long skip``: not answered, empty response, scored as failed).
+A prompt answered with fewer new tokens than ``--max_tokens`` (``--too_long clip``) has
+``"max_new_tokens"``. Lines are in the order answers finished, not prompt order.
 
 The sidecar ``responses_<model>.settings.json`` records the settings that decide the
 answers (:data:`GENERATION_KEYS`: model and a fingerprint of its weights, token limit,
