@@ -364,8 +364,10 @@ def _main(args) -> dict:
     responses = (Path(args.input_response_data) if args.input_response_data
                  else default_responses_path(args.output_dir, model_path))
     all_prompts, selected, prompt_path = load_prompt_set(args.input_data, args.limit, args.benchmark)
-    # One writer per folder: the results folder and, when elsewhere, the response file's.
-    folders = list(dict.fromkeys(Path(f).resolve() for f in (args.output_dir, responses.parent)))
+    # One writer per folder: the results folder and, when answers are written elsewhere, the
+    # response file's (an eval-only run just reads it, perhaps from a read-only folder).
+    written = [args.output_dir] + ([responses.parent] if args.mode != "eval" else [])
+    folders = list(dict.fromkeys(Path(f).resolve() for f in written))
     with contextlib.ExitStack() as stack:
         for folder in folders:
             stack.enter_context(folder_lock(folder, f"{BENCHMARK_NAMES[args.benchmark]} run"))
