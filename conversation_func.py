@@ -130,14 +130,78 @@ def spans_one_pass_batch(conversations: list, tokenizer) -> list:
 
 def spans_by_prefix(messages: list[dict], tokenizer) -> tuple[list[int], list[int]]:
     """The course's method, for any chat template: tokenize the rendering of every prefix
-    and take its length as the next boundary (clipped to the full length)."""
+    and take its length as the next boundary. Each prefix's tokens must be a prefix of
+    the full encoding (:func:`check_prefix_tokens`), else :class:`TemplateMaskingError`."""
     full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, add_generation_prompt=False))
     bounds = [0]
     for i in range(1, len(messages)):
-        n = len(tokenizer.apply_chat_template(messages[:i], tokenize=True, return_dict=False, add_generation_prompt=False))
-        bounds.append(min(n, len(full)))
+        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=True, return_dict=False, add_generation_prompt=False)
+        bounds.append(check_prefix_tokens(full, list(prefix), i - 1, messages, tokenizer))
     bounds.append(len(full))
     return full, bounds
+
+
+# ------------------------------------------------- prefix check for any chat template
+class TemplateMaskingError(ValueError):
+    """The tokenizer's chat template cannot be masked by the prefix method: rendering a
+    conversation's first messages is not a prefix of rendering all of them (e.g. a
+    Qwen3-style template drops the ``<think>`` block of assistant turns before the last
+    user turn). Names the message and the template."""
+
+
+def template_name(tokenizer) -> str:
+    """``"the chat template of NAME (sha256 0123abcd4567)"``: which template, for messages."""
+    import hashlib
+
+    digest = hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:12]
+    return f"the chat template of {getattr(tokenizer, 'name_or_path', '') or '?'} (sha256 {digest})"
+
+
+def check_prefix_tokens(full: Sequence[int], prefix: Sequence[int], last: int, messages: list[dict], tokenizer) -> int:
+    """The boundary after message ``last``: ``len(prefix)``, where ``prefix`` holds the
+    tokens of ``messages[:last + 1]`` rendered alone and ``full`` those of the whole
+    conversation. The prefix method is exact only when ``prefix`` is a prefix of
+    ``full``; otherwise the spans would be shifted (a user turn trained, an answer
+    not), so this raises :class:`TemplateMaskingError` naming the message index, its
+    role, the first differing token position and the template."""
+    n = len(prefix)
+    if n <= len(full) and list(full[:n]) == list(prefix):
+        return n
+    pos = next((k for k, (a, b) in enumerate(zip(full, prefix)) if a != b), min(n, len(full)))
+    raise TemplateMaskingError(
+        f"message {last} ({messages[last]['role']}): the tokens of messages 0..{last} rendered alone are not a "
+        f"prefix of the whole conversation's (they differ from token {pos} on), so the prefix method cannot "
+        f"find the message spans with {template_name(tokenizer)}; this template renders a turn differently "
+        f"once later turns follow (e.g. Qwen3 drops <think> blocks before the last user turn): use a tokenizer "
+        f"whose template renders each turn independently of the later ones")
+
+
+PROBE_CONVERSATION = [
+    {"role": "system", "content": "You are helpful."},
+    {"role": "user", "content": "Count to 3."},
+    {"role": "assistant", "content": "<think>\nEasy.\n</think>\n\n1, 2, 3"},
+    {"role": "user", "content": "Now to 4."},
+    {"role": "assistant", "content": "<think>\nOne more.\n</think>\n\n1, 2, 3, 4"},
+]
+
+
+def check_prefix_masking(tokenizer, messages: Optional[list[dict]] = None) -> None:
+    """Refuse (:class:`TemplateMaskingError`) a tokenizer whose chat template cannot be
+    masked by the prefix method, tried on ``messages`` (default: a two-round probe with
+    a system message and ``<think>`` blocks, which catches templates that rewrite
+    earlier assistant turns). For a run's set-up, before any data is tokenized; every
+    conversation masked by the prefix method is checked again in :func:`spans_by_prefix`.
+    A template that refuses the default probe's system message (Gemma's) is probed
+    without it."""
+    if messages is not None:
+        spans_by_prefix(list(messages), tokenizer)
+        return
+    try:
+        spans_by_prefix(list(PROBE_CONVERSATION), tokenizer)
+    except TemplateMaskingError:
+        raise
+    except Exception:  # the template raised on the system role
+        spans_by_prefix(list(PROBE_CONVERSATION[1:]), tokenizer)
 
 
 def message_spans(messages: list[dict], tokenizer) -> tuple[Sequence[int], list[int]]:

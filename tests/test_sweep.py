@@ -153,3 +153,16 @@ def test_rerun_with_other_shared_settings_does_not_reuse_results(tmp_path, capsy
     (run / "result.json").write_text(json.dumps(row))  # made before the record existed
     sweep.main(argv)
     assert "does not record the settings" in capsys.readouterr().out
+
+
+def test_second_sweep_in_a_folder_is_refused(tmp_path):
+    """While a sweep holds OUT, a second sweep into it stops at once (nothing trains),
+    naming the first."""
+    from ifeval.responses import folder_lock
+
+    sweep = load_script("scripts/sweep.py")
+    out = tmp_path / "sweep"
+    with folder_lock(out, "sweep"):
+        with pytest.raises(SystemExit, match=rf"^\[sweep\] error: {out} is being written by sweep \(pid "):
+            sweep.main([*GRID, "--out", str(out)])
+    assert not (out / "runs").exists()

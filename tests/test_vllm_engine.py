@@ -154,7 +154,7 @@ def test_cpu_engine_was_configured(vllm_runs):
         cores = sorted(os.sched_getaffinity(0))
         assert f"threads {cores[0]}-{cores[-1]} " in line or len(cores) == 1
         assert "(0 reserved)" in line
-    assert "GiB" in line and "float32, eager" in line
+    assert re.search(r"KV cache \d+\.\d+ (GiB|MiB)", line) and "float32, eager" in line, line  # MiB below 0.1 GiB
 
 
 # vLLM's log records: "(EngineCore pid=123) INFO 12-01 21:09:22 [core.py:133] ..."
@@ -171,7 +171,7 @@ def test_engine_quiet_by_default_verbose_brings_logs_back(vllm_runs):
     ours = [line for line in quiet.splitlines() if line.startswith("[ifeval] engine:")]
     assert len(ours) == 1, quiet[-3000:]
     assert re.fullmatch(r"\[ifeval\] engine: vllm(-cpu)? \S+ on cpu, float32, eager, threads \S+ \(\d+ reserved\), "
-                        r"KV cache \d+\.\d\d GiB \(\d+ tokens, [1-9]\d* sequences of \d+\), started in \d+\.\ds",
+                        r"KV cache \d+\.\d+ (GiB|MiB) \(\d+ tokens, [1-9]\d* sequences of \d+\), started in \d+\.\ds",
                         ours[0]), ours[0]
     verbose = vllm_runs["run1_log"]
     assert len(VLLM_INFO.findall(verbose)) >= 10, verbose[-3000:]

