@@ -64,8 +64,10 @@ from utils import iter_jsonl, setup_nltk_data  # noqa: E402
 setup_nltk_data()
 
 import langdetect  # noqa: E402
-from lm_eval.tasks.ifeval import instructions_registry as _registry  # noqa: E402
-from lm_eval.tasks.ifeval import utils as _lm_ifeval  # noqa: E402
+
+from ifeval.lm_eval_checkers import import_ifeval_checkers  # noqa: E402
+
+_registry, _lm_ifeval = import_ifeval_checkers()  # lm_eval.tasks.ifeval's instructions_registry, utils
 
 # langdetect draws random numbers in its detector; a fixed seed makes language checks
 # (response_language, english_capital, english_lowercase) give the same verdict every run.
