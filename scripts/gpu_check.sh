@@ -41,7 +41,7 @@ MAXTOK=${GPU_CHECK_MAX_TOKENS:-1024}
 PROMPTS=${GPU_CHECK_PROMPTS:-ifeval/data/sampled_input_data.jsonl}
 DRY=0 SETUP=1 RANDOM_W=0 ALLOW_CPU=0 MAKE_BUNDLE="" BUNDLE=""
 
-usage() { sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
