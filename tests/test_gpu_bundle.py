@@ -180,3 +180,49 @@ def test_gpu_check_bundle_plumbing_on_cpu(bundle, gpu_machine_python, tmp_path):
                      r"ifeval ok \d+s; stages \d+s, wall \d+s", summary), summary
     assert json.loads((out / "ifeval" / "summary.json").read_text())["num_prompts"] == 2
     assert not list(tmp_path.glob("gpu_check_site.*"))  # the temporary target is removed
+
+
+FAKE_GPU = """import torch
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: {n}
+torch.cuda.get_device_capability = lambda *a: ({major}, {minor})
+"""
+
+
+@pytest.mark.parametrize("n,cap,prec,ga", [(1, (9, 0), "--bf16 True", 8), (2, (7, 5), "--fp16 True", 4)])
+def test_bundle_dry_run_on_a_simulated_gpu(tmp_path, n, cap, prec, ga):
+    """The GPU branch's plan (no bundle needed for a dry run beyond its manifest): torch is made
+    to report ``n`` GPUs of capability ``cap``; the engine is DeepSpeed when it imports here,
+    else torchrun with deepspeed's own error as the reason; nothing is written."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "sitecustomize.py").write_text(FAKE_GPU.format(n=n, major=cap[0], minor=cap[1]))
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "MANIFEST.json").write_text("{}")
+    out = tmp_path / "out"
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(fake), "HOME": str(tmp_path),
+           "GPU_CHECK_OUT": str(out), "TMPDIR": str(tmp_path)}
+    r = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), "--bundle", str(bundle), "--dry_run"],
+                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    engine = re.search(r"\[gpu_check\] training: (\w+) \((.*)\); (.*)", r.stdout)
+    assert engine, r.stdout
+    assert engine.group(3) == f"{n} rank(s) x 16 x GA {ga}, MAXLEN 2048, {prec}"
+    train = next(x for x in r.stdout.splitlines() if x.startswith("[gpu_check] train (limit 150s)"))
+    if engine.group(1) == "deepspeed":
+        assert re.fullmatch(r"deepspeed \S+ imports", engine.group(2))
+        assert f"deepspeed.launcher.runner --num_gpus {n} " in train and "--deepspeed ds_configs/" in train
+    else:
+        assert engine.group(1) == "torchrun" and engine.group(2).startswith("deepspeed does not import: ")
+        assert f"torch.distributed.run --nproc_per_node {n} " in train and "--deepspeed" not in train
+    assert f"--max_steps 20 --per_device_train_batch_size 16 --gradient_accumulation_steps {ga}" in train
+    assert train.endswith(prec)
+    assert "loss_step.py" in r.stdout and "--shapes 1x2048 4x2048" in r.stdout
+    assert "--backend hf --max_tokens 1024 --batch_size 128" in r.stdout
+    assert r.stdout.rstrip().endswith("[gpu_check] dry run: nothing was run")
+    assert not out.exists() and not list(tmp_path.glob("gpu_check_site.*"))
+    forced = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "gpu_check.sh"), "--bundle", str(bundle), "--dry_run"],
+                            cwd=REPO_ROOT, env={**env, "GPU_CHECK_ENGINE": "torchrun"}, capture_output=True, text=True,
+                            timeout=300)
+    assert "[gpu_check] training: torchrun (GPU_CHECK_ENGINE=torchrun)" in forced.stdout, forced.stdout + forced.stderr
