@@ -11,7 +11,8 @@
 # runs out of time; the exit status is then 1. --allow_cpu (tests only) runs the same
 # plumbing on the CPU with a 2-layer model, a few tokens and prompts (limits x4).
 # Environment: GPU_CHECK_OUT [gpu_check_out], GPU_CHECK_STEPS [20], GPU_CHECK_MAX_TOKENS [1024],
-#   GPU_CHECK_LIMIT [all 100 prompts], GPU_CHECK_ENGINE [auto | deepspeed | torchrun], PYTHON [python].
+#   GPU_CHECK_LIMIT [all 100 prompts], GPU_CHECK_ENGINE [auto | deepspeed | torchrun],
+#   GPU_CHECK_LIMIT_SCALE [1 on a GPU, 4 with --allow_cpu] (multiplies the stage limits), PYTHON [python].
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -19,7 +20,7 @@ PY=${PYTHON:-python}
 BUNDLE="" ALLOW_CPU=0 DRY=0
 for a in "$@"; do
   case "$a" in
-    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --allow_cpu|--allow-cpu) ALLOW_CPU=1 ;;
     --dry_run|--dry-run) DRY=1 ;;
     -*) echo "gpu_check_bundle.sh: unknown argument $a (--help for usage)" >&2; exit 2 ;;
@@ -51,7 +52,8 @@ else  # --allow_cpu: the plumbing only, small enough for a test
   PREC=(--dataloader_pin_memory False) RANKS=1 TINY=(--tiny) BSZ=1 GA=2 MAXLEN=256
   GEN=(--max_tokens 8 --batch_size 4) SHAPES=(1x64 2x64) BENCH_STEPS=1
 fi
-LIMIT_SCALE=1; [[ $NGPU == 0 ]] && LIMIT_SCALE=4  # a shared CPU test machine is slow, not the check
+LIMIT_SCALE=${GPU_CHECK_LIMIT_SCALE:-1}; [[ $NGPU == 0 ]] && LIMIT_SCALE=${GPU_CHECK_LIMIT_SCALE:-4}  # CPU tests: slow, not the check
+[[ "$LIMIT_SCALE" =~ ^[1-9][0-9]*$ ]] || { echo "[gpu_check] error: GPU_CHECK_LIMIT_SCALE must be a positive integer" >&2; exit 2; }
 LIMIT_ARGS=(); [[ -n "${GPU_CHECK_LIMIT:-}" ]] && LIMIT_ARGS=(--limit "$GPU_CHECK_LIMIT")
 [[ $NGPU == 0 && -z "${GPU_CHECK_LIMIT:-}" ]] && LIMIT_ARGS=(--limit 2)
 
