@@ -3,6 +3,7 @@ under DeepSpeed ZeRO-2 when launched through ``scripts/sft.sh``.
 
     deepspeed --num_gpus N train_hw_parallel.py --deepspeed ds_configs/zero2_no_offload.json \\
         --model_name_or_path SmolLM2-135M --data_path smol-smoltalk-6k.json --output_dir ckpt/HW2 ...
+    torchrun --nproc_per_node N train_hw_parallel.py --model_name_or_path ...   # no DeepSpeed: DDP
     python train_hw_parallel.py --help          # every TrainingArguments flag + the ones below
 
 What it adds to a plain Trainer run:
@@ -27,6 +28,8 @@ What it adds to a plain Trainer run:
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -122,9 +125,40 @@ def make_collator(data_args: DataArguments, attn_implementation: str, tokenizer)
     return transformers.DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
 
 
+@contextlib.contextmanager
+def deepspeed_blocked(block: bool):
+    """Within the block, ``import deepspeed`` raises ImportError and transformers and
+    accelerate see DeepSpeed as not installed (``sys.modules["deepspeed"] = None``, which
+    ``importlib.util.find_spec`` reports as absent).
+
+    Why: a run without ``--deepspeed`` (torchrun / DDP, one process) needs nothing from
+    DeepSpeed, but accelerate's ``unwrap_model`` imports it whenever the package is
+    installed, so a release that fails to import (no CUDA toolkit, deepspeed issue #7452)
+    would stop a run that never asked for it. Nothing is blocked when ``block`` is False or
+    deepspeed is already imported; the entry is removed again on exit.
+    """
+    if not block or "deepspeed" in sys.modules:
+        yield
+        return
+    sys.modules["deepspeed"] = None
+    try:
+        yield
+    finally:
+        if "deepspeed" in sys.modules and sys.modules["deepspeed"] is None:
+            del sys.modules["deepspeed"]
+
+
 def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), description=__doc__)
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    with deepspeed_blocked(not training_args.deepspeed):
+        return train(model_args, data_args, run_args, training_args)
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments,
+          training_args: TrainingArguments) -> Optional[Trainer]:
+    """One training run from parsed arguments (see the module docstring); None when the
+    run in ``--output_dir`` is already finished."""
     log = print if training_args.process_index == 0 else (lambda *a, **k: None)
     transformers.set_seed(training_args.seed)
 

@@ -59,8 +59,10 @@ from fileio import iter_jsonl, setup_nltk_data
 setup_nltk_data()
 
 import langdetect
-from lm_eval.tasks.ifeval import instructions_registry as _registry
-from lm_eval.tasks.ifeval import utils as _lm_ifeval
+
+from ifeval.lm_eval_checkers import import_ifeval_checkers
+
+_registry, _lm_ifeval = import_ifeval_checkers()  # lm_eval.tasks.ifeval's instructions_registry, utils
 
 # langdetect draws random numbers in its detector; a fixed seed makes language checks
 # (response_language, english_capital, english_lowercase) give the same verdict every run.

@@ -5,9 +5,12 @@
 # the four IFEval metrics) that you can paste into an issue.
 #
 #   bash scripts/gpu_check.sh                     # everything
-#   bash scripts/gpu_check.sh --dry-run           # print what would run, run nothing
-#   bash scripts/gpu_check.sh --skip-setup        # packages and assets already installed
-#   bash scripts/gpu_check.sh --random-weights    # SmolLM2-135M's shape with random weights
+#   bash scripts/gpu_check.sh --dry_run           # print what would run, run nothing
+#   bash scripts/gpu_check.sh --skip_setup        # packages and assets already installed
+#   bash scripts/gpu_check.sh --random_weights    # SmolLM2-135M's shape with random weights
+#   bash scripts/gpu_check.sh --make_bundle DIR   # build the offline bundle (needs PyPI; DIR git-ignored, <= 64 MiB)
+#   bash scripts/gpu_check.sh --bundle DIR        # the check on a machine without network (docs/gpu_check.md)
+# (--dry-run, --skip-setup, --random-weights, --allow-cpu: the older spellings, still accepted)
 #
 # Offline or without the model weights (no SmolLM2-135M/model.safetensors after setup),
 # it builds SmolLM2-135M's configuration with random weights (scripts/random_model.py):
@@ -15,10 +18,19 @@
 # meaningless and the summary says so. Without vLLM installed, IFEval generates with
 # transformers on the GPU (--backend hf) and the summary says so.
 #
+# --bundle DIR (a folder from --make_bundle, carried to the machine): installs its wheels
+# into a temporary folder (pip --no-index --no-deps), builds the random-weight model from
+# its tokenizer, trains GPU_CHECK_STEPS steps through DeepSpeed ZeRO-2 when it imports, else
+# torchrun (DDP), measures --loss fused against --loss logits at 2048 tokens
+# (benchmarks/loss_step.py), answers and scores IFEval with --backend hf, and prints one
+# summary block; each stage has a time limit so the whole stays within 8 minutes.
+#
 # Environment: GPU_CHECK_OUT [gpu_check_out] output folder (removed and rewritten each run);
 #   GPU_CHECK_STEPS [20]; GPU_CHECK_MAX_TOKENS [1024]; GPU_CHECK_PROMPTS [ifeval/data/sampled_input_data.jsonl];
-#   GPU_CHECK_LIMIT [all prompts]; GPU_CHECK_TINY=1 (a 2-layer random model: only for testing this
-#   script, with --allow-cpu, on a machine without GPU); PYTHON [python].
+#   GPU_CHECK_LIMIT [all prompts]; GPU_CHECK_ENGINE [auto] (--bundle: deepspeed, torchrun or auto);
+#   GPU_CHECK_PYTHON_VERSION [3.12] (--make_bundle: CPython version of the GPU machine's wheels);
+#   GPU_CHECK_TINY=1 (a 2-layer random model: only for testing this script, with --allow_cpu, on a
+#   machine without GPU); PYTHON [python].
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -27,19 +39,27 @@ OUT=${GPU_CHECK_OUT:-gpu_check_out}
 STEPS=${GPU_CHECK_STEPS:-20}
 MAXTOK=${GPU_CHECK_MAX_TOKENS:-1024}
 PROMPTS=${GPU_CHECK_PROMPTS:-ifeval/data/sampled_input_data.jsonl}
-DRY=0 SETUP=1 RANDOM_W=0 ALLOW_CPU=0
+DRY=0 SETUP=1 RANDOM_W=0 ALLOW_CPU=0 MAKE_BUNDLE="" BUNDLE=""
 
-usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
-for a in "$@"; do
-  case "$a" in
+usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
     -h|--help) usage; exit 0 ;;
-    --dry-run) DRY=1 ;;
-    --skip-setup) SETUP=0 ;;
-    --random-weights) RANDOM_W=1 ;;
-    --allow-cpu) ALLOW_CPU=1 ;;  # testing only: run the plumbing without a GPU
-    *) echo "gpu_check.sh: unknown argument $a (--help for usage)" >&2; exit 2 ;;
+    --dry_run|--dry-run) DRY=1 ;;
+    --skip_setup|--skip-setup) SETUP=0 ;;
+    --random_weights|--random-weights) RANDOM_W=1 ;;
+    --allow_cpu|--allow-cpu) ALLOW_CPU=1 ;;  # testing only: run the plumbing without a GPU
+    --make_bundle|--bundle)
+      [[ $# -ge 2 && -n "$2" ]] || { echo "gpu_check.sh: $1 needs a folder (--help for usage)" >&2; exit 2; }
+      if [[ $1 == --make_bundle ]]; then MAKE_BUNDLE=$2; else BUNDLE=$2; fi
+      shift ;;
+    *) echo "gpu_check.sh: unknown argument $1 (--help for usage)" >&2; exit 2 ;;
   esac
+  shift
 done
+if [[ -n "$MAKE_BUNDLE" ]]; then
+  exec "$PY" scripts/gpu_bundle.py make "$MAKE_BUNDLE" --python_version "${GPU_CHECK_PYTHON_VERSION:-3.12}"
+fi
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check.sh: GPU_CHECK_STEPS must be a positive integer" >&2; exit 2; }
 [[ "$MAXTOK" =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check.sh: GPU_CHECK_MAX_TOKENS must be a positive integer" >&2; exit 2; }
 
@@ -47,6 +67,11 @@ run() {  # print, then run unless --dry-run
   echo "+ $*"
   if [[ $DRY == 0 ]]; then "$@"; fi
 }
+
+if [[ -n "$BUNDLE" ]]; then
+  ARGS=("$BUNDLE"); [[ $ALLOW_CPU == 1 ]] && ARGS+=(--allow_cpu); [[ $DRY == 1 ]] && ARGS+=(--dry_run)
+  exec bash scripts/gpu_check_bundle.sh "${ARGS[@]}"
+fi
 
 HAVE_GPU=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then HAVE_GPU=1; fi
