@@ -128,10 +128,9 @@ if [[ -n "${HOSTFILE:-}" ]]; then
     DEVICE="$DEVICE; $NDEV devices from $HOSTFILE"
 fi
 
-if (( TOTALBSZ % (NDEV * BSZPERDEV) != 0 )); then
-    echo "sft.sh: TOTALBSZ=$TOTALBSZ is not a multiple of devices ($NDEV) x BSZPERDEV ($BSZPERDEV)" >&2
-    exit 2
-fi
+# Every variable and the flags passed on, checked at once before anything launches.
+"$PYTHON" "$REPO/training_settings.py" TOTALBSZ="$TOTALBSZ" BSZPERDEV="$BSZPERDEV" NDEV="$NDEV" LR="$LR" \
+    EPOCHS="$EPOCHS" WARMUP="$WARMUP" MAXLEN="$MAXLEN" MAXROUNDS="$MAXROUNDS" SAVESTEPS="$SAVESTEPS" -- "$@" || exit 2
 GA=$(( TOTALBSZ / NDEV / BSZPERDEV ))
 
 if [[ -n "${WANDB_API_KEY:-}" || -n "${WANDB_MODE:-}" ]]; then REPORT=wandb; else REPORT=none; fi
