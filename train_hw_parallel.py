@@ -232,7 +232,7 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
     elif not run_args.overwrite_output_dir:
         resume = resumable_checkpoint(out, training_args.world_size, deepspeed, training_args.save_only_model,
                                       writer=writer, log=log)
-    done_at = finished_step(resume, training_args)
+    done_at = None if run_args.overwrite_output_dir else finished_step(resume, training_args)
     if done_at is not None and (resume is None or export_complete(out, done_at)):
         log(f"[done] {out} already finished at step {done_at} (checkpoint {resume}); "
             f"nothing to train. Use a new --output_dir or --overwrite_output_dir True to train again.")
