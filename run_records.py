@@ -118,7 +118,8 @@ def _weights_problems(folder: str) -> list[str]:
     return [f"{s} missing or cut short" for s in shards if not _safetensors_complete(os.path.join(folder, s))]
 
 
-def checkpoint_problems(folder: str, world_size: int, deepspeed: bool, save_only_model: bool = False) -> list[str]:
+def checkpoint_problems(folder: str, world_size: int, deepspeed: bool, save_only_model: bool = False,
+                        deepspeed_scheduler: bool = False) -> list[str]:
     """Why ``folder`` (a ``checkpoint-N`` of the Trainer) cannot be resumed from; ``[]``
     when it is complete.
 
@@ -128,7 +129,8 @@ def checkpoint_problems(folder: str, world_size: int, deepspeed: bool, save_only
     ``latest``); the weights' safetensors files end where their headers say; a non-empty
     ``training_args.bin``; unless ``save_only_model``, the optimizer and scheduler state
     (with ``deepspeed``: ``latest`` naming ``global_stepN`` with the model states and one
-    ZeRO optimizer shard per rank of ``world_size``) and each rank's ``rng_state``, every
+    ZeRO optimizer shard per rank of ``world_size``; ``scheduler.pt`` unless
+    ``deepspeed_scheduler``, a scheduler of the DeepSpeed config) and each rank's ``rng_state``, every
     torch.save file with its closing zip directory. The content checks catch a file cut
     short even when the file system lost writes out of order (power loss)."""
     problems = []
@@ -163,11 +165,11 @@ def checkpoint_problems(folder: str, world_size: int, deepspeed: bool, save_only
             bad = [s for s in shards if not os.path.exists(os.path.join(folder, s))
                    or not _zip_complete(os.path.join(folder, s))]
             problems += [f"DeepSpeed {s} missing or cut short" for s in bad]
-    else:
-        for name in ("optimizer.pt", "scheduler.pt"):
-            p = os.path.join(folder, name)
-            if not os.path.exists(p) or not _zip_complete(p):
-                problems.append(f"{name} missing or cut short")
+    # The Trainer saves its scheduler beside DeepSpeed's files unless DeepSpeed runs its own.
+    for name in ([] if deepspeed else ["optimizer.pt"]) + ([] if deepspeed_scheduler else ["scheduler.pt"]):
+        p = os.path.join(folder, name)
+        if not os.path.exists(p) or not _zip_complete(p):
+            problems.append(f"{name} missing or cut short")
     rng = ["rng_state.pth"] if world_size == 1 else [f"rng_state_{r}.pth" for r in range(world_size)]
     problems += [f"{n} missing or cut short" for n in rng
                  if not os.path.exists(os.path.join(folder, n)) or not _zip_complete(os.path.join(folder, n))]
@@ -175,7 +177,7 @@ def checkpoint_problems(folder: str, world_size: int, deepspeed: bool, save_only
 
 
 def resumable_checkpoint(output_dir: str, world_size: int, deepspeed: bool, save_only_model: bool = False,
-                         writer: bool = False, log=print) -> Optional[str]:
+                         writer: bool = False, log=print, deepspeed_scheduler: bool = False) -> Optional[str]:
     """The newest complete ``checkpoint-N`` of ``output_dir`` (:func:`checkpoint_problems`),
     or None. Every rank computes the same answer from the folder's content. The
     ``writer`` (rank 0, holding the folder's lock) renames each incomplete checkpoint to
@@ -188,7 +190,7 @@ def resumable_checkpoint(output_dir: str, world_size: int, deepspeed: bool, save
     chosen = None
     for _, name in found:
         path = os.path.join(output_dir, name)
-        problems = checkpoint_problems(path, world_size, deepspeed, save_only_model)
+        problems = checkpoint_problems(path, world_size, deepspeed, save_only_model, deepspeed_scheduler)
         if not problems:
             chosen = chosen or path
             continue

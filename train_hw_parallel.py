@@ -224,14 +224,17 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
                    data_args.data_path, run_args.overwrite_output_dir, training_args.resume_from_checkpoint,
                    training_args.should_save, log)
     deepspeed = bool(training_args.deepspeed)
+    ds_config = getattr(training_args, "hf_deepspeed_config", None)
+    ds_scheduler = bool(ds_config is not None and ds_config.config.get("scheduler"))
     resume = training_args.resume_from_checkpoint
     if resume is not None:
-        problems = checkpoint_problems(resume, training_args.world_size, deepspeed, training_args.save_only_model)
+        problems = checkpoint_problems(resume, training_args.world_size, deepspeed, training_args.save_only_model,
+                                       ds_scheduler)
         if problems:
             raise SystemExit(f"[train] error: --resume_from_checkpoint {resume} is incomplete: {'; '.join(problems)}")
     elif not run_args.overwrite_output_dir:
         resume = resumable_checkpoint(out, training_args.world_size, deepspeed, training_args.save_only_model,
-                                      writer=writer, log=log)
+                                      writer=writer, log=log, deepspeed_scheduler=ds_scheduler)
     done_at = None if run_args.overwrite_output_dir else finished_step(resume, training_args)
     if done_at is not None and (resume is None or export_complete(out, done_at)):
         log(f"[done] {out} already finished at step {done_at} (checkpoint {resume}); "
