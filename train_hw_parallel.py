@@ -313,7 +313,7 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
 
 def cli(argv: Optional[list[str]] = None) -> None:
     """``main`` with bad input (data, settings, a locked folder) as one line
-    ``[train] error: ...`` and exit status 2 instead of a traceback on every rank."""
+    ``[train] error: ...`` (exit status 1) instead of a traceback on every rank."""
     try:
         main(argv)
     except (sft_data.DataFormatError, SettingsError, FolderLockedError) as e:

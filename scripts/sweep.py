@@ -77,9 +77,9 @@ def parse_axis(name: str, text: str) -> list:
 def grid_problems(args) -> tuple[dict, list[str]]:
     """Every value of every axis read and checked (training_settings' rules), the
     shared values (``--bsz_per_dev``, ``--max_steps`` with each ``--epochs`` value,
-    ``--prompts``, ``--max_tokens``) too, and each total batch with scripts/sft.sh's own
-    check (a dry run: it knows the devices); returns ``(grid, problems)`` with one line
-    per bad value, so that a sweep stops before its first configuration trains."""
+    ``--prompts``, ``--max_tokens``) too; returns ``(grid, problems)`` with one line per
+    bad value, so that a sweep stops before its first configuration trains (the total
+    batches are checked against the devices by :func:`batch_problems`)."""
     grid, problems = {}, []
     for k, (_, kind) in AXES.items():
         texts = [v.strip() for v in getattr(args, k).split(",") if v.strip()]
@@ -100,8 +100,16 @@ def grid_problems(args) -> tuple[dict, list[str]]:
     for e in grid["epochs"]:
         problems += [p for p in settings_problems({"num_train_epochs": e, "max_steps": args.max_steps},
                                                   {"num_train_epochs": "--epochs"}) if "trains nothing" in p]
+    return grid, list(dict.fromkeys(problems))
+
+
+def batch_problems(args, totals) -> list[str]:
+    """Each total batch of ``totals`` checked by scripts/sft.sh itself (a dry run: it knows
+    this machine's devices and divides the batch among them), with the per-device batch
+    :func:`run_config` would give it and the extra ``--train_args``; one line per problem."""
+    problems = []
     if args.bsz_per_dev is not None and args.bsz_per_dev >= 1:
-        for total in grid["total_bsz"]:
+        for total in sorted(totals):
             env = dict(os.environ, MODELPATH=args.model, DATAPATH=args.data, SFT_DRY_RUN="1", MASTER_PORT="29500",
                        TOTALBSZ=str(total), BSZPERDEV=str(min(args.bsz_per_dev, total)))
             r = subprocess.run(["bash", "scripts/sft.sh", *args.train_args], cwd=REPO, env=env,
@@ -111,7 +119,7 @@ def grid_problems(args) -> tuple[dict, list[str]]:
                     [r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"]
                 problems += [f"--total_bsz {total}: scripts/sft.sh refuses it: {ln}" if "TOTALBSZ" in ln
                              else f"scripts/sft.sh: {ln}" for ln in lines]
-    return grid, list(dict.fromkeys(problems))  # a bad --train_args value is named once
+    return list(dict.fromkeys(problems))  # a bad --train_args value is named once
 
 
 def config_name(cfg: dict) -> str:
@@ -267,9 +275,7 @@ def main(argv=None):
     if args.prompt_set is None and args.benchmark == "ifeval":
         args.prompt_set = DEFAULT_INPUT
 
-    grid, problems = grid_problems(args)
-    if problems:
-        raise SystemExit("[sweep] error: bad values, nothing trained:\n  " + "\n  ".join(problems))
+    grid, problems = grid_problems(args)  # reported below, with the total batches' problems
     swept = [k for k, v in grid.items() if len(v) > 1]
     configs = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     out = Path(args.out)
@@ -285,6 +291,10 @@ def main(argv=None):
         one_benchmark([(str(out / "runs" / n / "result.json"), r) for n, r in earlier.items()], args.benchmark)
     except ResultError as e:
         raise SystemExit(f"[sweep] error: {e}; use another --out for --benchmark {args.benchmark}") from None
+    # Total batches of the configurations still to train, against this machine's devices.
+    problems += batch_problems(args, {cfg["total_bsz"] for cfg in configs if config_name(cfg) not in earlier})
+    if problems:
+        raise SystemExit("[sweep] error: bad values, nothing trained:\n  " + "\n  ".join(problems))
     out.mkdir(parents=True, exist_ok=True)
     rows, done, t0 = [], 0, time.time()
     for cfg in tqdm(configs, desc="sweep", unit="config"):
