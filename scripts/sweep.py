@@ -197,7 +197,10 @@ def run_config(cfg: dict, args, run_root: Path, shared: dict) -> dict:
            **{m: summary[m] for m in METRIC_NAMES}, "num_prompts": summary.get("num_prompts"),
            "train_seconds": round(t_train, 1), "wall_seconds": round(time.time() - t0, 1),
            "shared_settings": shared}
-    (run_root / "result.json").write_text(json.dumps(row, indent=1) + "\n")
+    # Replaced atomically: a kill while writing it must not leave a half row that a rerun reuses.
+    tmp = run_root / f"result.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(row, indent=1) + "\n")
+    os.replace(tmp, run_root / "result.json")
     return row
 
 
