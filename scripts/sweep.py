@@ -115,7 +115,8 @@ def batch_problems(args, totals) -> list[str]:
             r = subprocess.run(["bash", "scripts/sft.sh", *args.train_args], cwd=REPO, env=env,
                                capture_output=True, text=True)
             if r.returncode != 0:
-                lines = [ln.split("error: ", 1)[-1] for ln in r.stderr.splitlines() if "error" in ln] or \
+                lines = [ln.split("error: ", 1)[-1].removeprefix("sft.sh: ") for ln in r.stderr.splitlines()
+                         if "error" in ln or "not a multiple" in ln] or \
                     [r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"]
                 problems += [f"--total_bsz {total}: scripts/sft.sh refuses it: {ln}" if "TOTALBSZ" in ln
                              else f"scripts/sft.sh: {ln}" for ln in lines]
