@@ -31,8 +31,8 @@ def resolve_path(name_or_path: str) -> str:
 def iter_jsonl(path: str | os.PathLike, what: str, error: type[Exception] = ValueError,
                objects_only: bool = True) -> Iterator[tuple[int, object]]:
     """Yield (line number, value) for each non-blank line of a JSONL file. A missing
-    file, a directory or a malformed line raises ``error`` with a message naming
-    ``what`` (e.g. "IFEval prompt") or file:line. With ``objects_only`` (the default) a
+    file, a directory, a line that is not UTF-8 or a malformed line raises ``error``
+    with a message naming ``what`` (e.g. "IFEval prompt") or file:line. With ``objects_only`` (the default) a
     line that is not a JSON object raises too; without it, any JSON value is yielded
     for the caller to judge (``sft_data`` names such a record in its own error)."""
     p = Path(path)
@@ -40,8 +40,13 @@ def iter_jsonl(path: str | os.PathLike, what: str, error: type[Exception] = Valu
         raise error(f"{what} file not found: {p}")
     if p.is_dir():
         raise error(f"{what} path is a directory, expected a JSONL file: {p}")
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(p, "rb") as f:  # bytes, decoded per line, so a bad byte is named by its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(f"{p}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                            f"re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:

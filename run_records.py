@@ -5,15 +5,22 @@ command resumes it and a rerun with other settings cannot mix two runs:
   must share with the run it continues, written before training starts;
 - ``run_manifest.json`` (:func:`write_manifest`): what was run, on which code and data, and
   what the masking kept, written after a completed run;
-- :func:`finished_step`: whether a rerun has anything left to train.
+- :func:`resumable_checkpoint`, :func:`checkpoint_problems`: the newest checkpoint a rerun
+  can resume from, with incomplete ones (a kill while they were written) set aside;
+- :func:`finished_step`, :func:`export_complete`, :func:`export_from_checkpoint`: whether a
+  rerun has anything left to train, and the final export of a run killed while writing it.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
+import time
+import zipfile
 from dataclasses import asdict
 from typing import Optional
 
@@ -36,8 +43,12 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_manifest(path: str, model_args, data_args, training_args, stats, key, trainer, resumed_from) -> dict:
-    """run_manifest.json: what was run, on which code and data, and what the masking kept."""
+def write_manifest(path: str, model_args, data_args, training_args, stats, key, global_step: int,
+                   resumed_from: Optional[str], exported_from: Optional[str] = None) -> dict:
+    """run_manifest.json: what was run, on which code and data, what the masking and the
+    truncation kept (``stats``), and the final ``global_step``; ``exported_from`` names
+    the checkpoint a rerun exported without training (:func:`export_from_checkpoint`).
+    Replaced atomically: a kill while writing leaves the old file or none."""
     manifest = {
         "command": sys.argv,
         "model_args": asdict(model_args),
@@ -53,12 +64,146 @@ def write_manifest(path: str, model_args, data_args, training_args, stats, key, 
         },
         "world_size": training_args.world_size,
         "resumed_from": resumed_from,
-        "global_step": trainer.state.global_step,
+        "exported_from": exported_from,
+        "global_step": int(global_step),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
-    with open(path, "w") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
         json.dump(manifest, f, indent=2)
+    os.replace(tmp, path)
     return manifest
+
+
+# ------------------------------------------------------------------ checkpoints
+# Key of trainer_state.json's ``stateful_callbacks`` under which every checkpoint records
+# the stopping arguments its run was started with (TargetRecorder in train_hw_parallel.py):
+# trainer_state.json itself keeps only the Trainer's rounded plan (its max_steps, and
+# num_train_epochs rounded up), which cannot tell 1.5 requested epochs from 2.
+RUN_TARGET_KEY = "sft_run_target"
+_CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+def _zip_complete(path: str) -> bool:
+    """torch.save files are zip archives whose directory is written last: a file cut
+    short by a kill has none."""
+    return os.path.getsize(path) > 0 and zipfile.is_zipfile(path)
+
+
+def _safetensors_complete(path: str) -> bool:
+    """The safetensors header (8-byte little-endian length + JSON) names each tensor's
+    byte range; a complete file ends exactly at the last range's end."""
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return os.path.getsize(path) == 8 + n + end
+    except (OSError, ValueError, struct.error, KeyError, TypeError):
+        return False
+
+
+def _weights_problems(folder: str) -> list[str]:
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.exists(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError):
+            return ["model.safetensors.index.json unreadable"]
+    elif os.path.exists(os.path.join(folder, "model.safetensors")):
+        shards = ["model.safetensors"]
+    else:
+        return ["no model.safetensors"]
+    return [f"{s} missing or cut short" for s in shards if not _safetensors_complete(os.path.join(folder, s))]
+
+
+def checkpoint_problems(folder: str, world_size: int, deepspeed: bool, save_only_model: bool = False,
+                        deepspeed_scheduler: bool = False) -> list[str]:
+    """Why ``folder`` (a ``checkpoint-N`` of the Trainer) cannot be resumed from; ``[]``
+    when it is complete.
+
+    Complete means: ``trainer_state.json`` parses and records ``global_step`` N (the
+    Trainer writes it last, after the weights, the optimizer and every rank's random
+    state, and under DeepSpeed after the barrier that follows every rank's shards and
+    ``latest``); the weights' safetensors files end where their headers say; a non-empty
+    ``training_args.bin``; unless ``save_only_model``, the optimizer and scheduler state
+    (with ``deepspeed``: ``latest`` naming ``global_stepN`` with the model states and one
+    ZeRO optimizer shard per rank of ``world_size``; ``scheduler.pt`` unless
+    ``deepspeed_scheduler``, a scheduler of the DeepSpeed config) and each rank's ``rng_state``, every
+    torch.save file with its closing zip directory. The content checks catch a file cut
+    short even when the file system lost writes out of order (power loss)."""
+    problems = []
+    m = _CHECKPOINT_RE.match(os.path.basename(os.path.normpath(folder)))
+    step = int(m.group(1)) if m else None
+    state_path = os.path.join(folder, "trainer_state.json")
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+        if step is not None and state.get("global_step") != step:
+            problems.append(f"trainer_state.json records step {state.get('global_step')}, not {step}")
+    except FileNotFoundError:
+        problems.append("no trainer_state.json")
+    except (OSError, ValueError):
+        problems.append("trainer_state.json cut short")
+    problems += _weights_problems(folder)
+    args_bin = os.path.join(folder, "training_args.bin")
+    if not os.path.exists(args_bin) or os.path.getsize(args_bin) == 0:
+        problems.append("training_args.bin missing or empty")
+    if save_only_model:
+        return problems
+    if deepspeed:
+        try:
+            with open(os.path.join(folder, "latest"), encoding="utf-8") as f:
+                tag = f.read().strip()
+        except OSError:
+            tag = None
+            problems.append("no DeepSpeed 'latest' file")
+        if tag is not None:
+            shards = [os.path.join(tag, "mp_rank_00_model_states.pt")] + [
+                os.path.join(tag, f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for r in range(world_size)]
+            bad = [s for s in shards if not os.path.exists(os.path.join(folder, s))
+                   or not _zip_complete(os.path.join(folder, s))]
+            problems += [f"DeepSpeed {s} missing or cut short" for s in bad]
+    # The Trainer saves its scheduler beside DeepSpeed's files unless DeepSpeed runs its own.
+    for name in ([] if deepspeed else ["optimizer.pt"]) + ([] if deepspeed_scheduler else ["scheduler.pt"]):
+        p = os.path.join(folder, name)
+        if not os.path.exists(p) or not _zip_complete(p):
+            problems.append(f"{name} missing or cut short")
+    rng = ["rng_state.pth"] if world_size == 1 else [f"rng_state_{r}.pth" for r in range(world_size)]
+    problems += [f"{n} missing or cut short" for n in rng
+                 if not os.path.exists(os.path.join(folder, n)) or not _zip_complete(os.path.join(folder, n))]
+    return problems
+
+
+def resumable_checkpoint(output_dir: str, world_size: int, deepspeed: bool, save_only_model: bool = False,
+                         writer: bool = False, log=print, deepspeed_scheduler: bool = False) -> Optional[str]:
+    """The newest complete ``checkpoint-N`` of ``output_dir`` (:func:`checkpoint_problems`),
+    or None. Every rank computes the same answer from the folder's content. The
+    ``writer`` (rank 0, holding the folder's lock) renames each incomplete checkpoint to
+    ``checkpoint-N.partial-<time>`` (the Trainer's rotation and resume then ignore it;
+    nothing is deleted) and logs it with its problems."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = sorted(((int(m.group(1)), n) for n in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(n))
+                    and os.path.isdir(os.path.join(output_dir, n))), reverse=True)
+    chosen = None
+    for _, name in found:
+        path = os.path.join(output_dir, name)
+        problems = checkpoint_problems(path, world_size, deepspeed, save_only_model, deepspeed_scheduler)
+        if not problems:
+            chosen = chosen or path
+            continue
+        if writer:
+            aside = f"{path}.partial-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.rename(path, aside)
+            log(f"[resume] {name} is incomplete ({'; '.join(problems)}), probably cut by a kill while it was "
+                f"written: set aside as {os.path.basename(aside)} (delete it once you no longer need it)")
+    return chosen
+
+
+def _requested_target(training_args: TrainingArguments) -> dict:
+    return {"max_steps": int(training_args.max_steps), "num_train_epochs": float(training_args.num_train_epochs)}
 
 
 def finished_step(checkpoint: Optional[str], training_args: TrainingArguments) -> Optional[int]:
@@ -67,22 +212,76 @@ def finished_step(checkpoint: Optional[str], training_args: TrainingArguments) -
     Why: the Trainer resumed from a checkpoint at its last step still runs one more
     optimizer step before it notices it is done, so rerunning a finished command would
     change the saved model. The decision is made here, before anything loads, because a
-    callback cannot stop the Trainer before that step. A run counts as finished when
-    ``run_manifest.json`` (written only after a completed run) records the same plan as
-    requested now: a ``--max_steps`` it reached, or, without ``--max_steps``, the same
-    ``--num_train_epochs`` (compared with the requested arguments, not the Trainer's
-    rounded-up plan in trainer_state.json).
-    """
+    callback cannot stop the Trainer before that step.
+
+    The checkpoint's own ``trainer_state.json`` decides (its run may have been killed
+    during the final save, before ``run_manifest.json``): with ``--max_steps`` M, it is
+    finished when its ``global_step`` reached M; without, when its run was started with
+    the same ``--num_train_epochs`` and no ``--max_steps`` (recorded under
+    ``stateful_callbacks[RUN_TARGET_KEY]``) and its ``global_step`` reached the
+    Trainer's plan (``max_steps`` there). A checkpoint from before that record falls back
+    to ``run_manifest.json`` (written only after a completed run). Without a checkpoint,
+    a ``run_manifest.json`` recording the same plan counts as finished."""
+    state_path = os.path.join(checkpoint, "trainer_state.json") if checkpoint else None
+    if state_path and os.path.exists(state_path):
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+        step = int(state.get("global_step", 0))
+        if training_args.max_steps > 0:
+            return step if step >= training_args.max_steps else None
+        target = (state.get("stateful_callbacks") or {}).get(RUN_TARGET_KEY)
+        if target is not None:
+            same = target.get("max_steps", -1) <= 0 and target.get("num_train_epochs") == training_args.num_train_epochs
+            return step if same and step >= int(state.get("max_steps", 0)) else None
     manifest_path = os.path.join(training_args.output_dir, "run_manifest.json")
-    if not checkpoint or not os.path.exists(manifest_path):
+    if not os.path.exists(manifest_path):
         return None
     with open(manifest_path, encoding="utf-8") as f:
         manifest = json.load(f)
     step, done_args = manifest.get("global_step", 0), manifest.get("training_args", {})
+    if checkpoint and state_path and os.path.exists(state_path):
+        with open(state_path, encoding="utf-8") as f:
+            if json.load(f).get("global_step") != step:  # the manifest is another (older) export's
+                return None
     if training_args.max_steps > 0:
         return step if step >= training_args.max_steps else None
     same_plan = done_args.get("max_steps", -1) <= 0 and done_args.get("num_train_epochs") == training_args.num_train_epochs
     return step if same_plan else None
+
+
+# Files of a checkpoint that belong to the resumable training state, not to the model export.
+_TRAINING_STATE_FILES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|latest|"
+                                   r"zero_to_fp32\.py|global_step\d+)$")
+
+
+def export_complete(output_dir: str, step: int) -> bool:
+    """Whether ``output_dir`` holds the final export of step ``step``: a readable
+    ``run_manifest.json`` (written last) recording that step, and complete weights."""
+    try:
+        with open(os.path.join(output_dir, "run_manifest.json"), encoding="utf-8") as f:
+            recorded = json.load(f).get("global_step")
+    except (OSError, ValueError):
+        return False
+    return recorded == step and not _weights_problems(output_dir)
+
+
+def export_from_checkpoint(checkpoint: str, output_dir: str) -> list[str]:
+    """Copy the model export of a finished run's last checkpoint (weights, config,
+    generation config, tokenizer, chat template, trainer_state.json, training_args.bin)
+    into ``output_dir``, each file replaced atomically; the optimizer, scheduler, random
+    and DeepSpeed state stay in the checkpoint. These are the files ``Trainer.save_model``
+    and ``save_state`` would write at that step (same weights, bit for bit), without
+    loading the model. Returns the names copied."""
+    copied = []
+    for name in sorted(os.listdir(checkpoint)):
+        src = os.path.join(checkpoint, name)
+        if _TRAINING_STATE_FILES.match(name) or not os.path.isfile(src):
+            continue
+        tmp = os.path.join(output_dir, f".{name}.{os.getpid()}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, os.path.join(output_dir, name))
+        copied.append(name)
+    return copied
 
 
 RUN_PLAN_FILE = "run_plan.json"

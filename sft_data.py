@@ -82,7 +82,14 @@ def _file_records(path: Path) -> Iterator[tuple[str, object]]:
     if path.suffix == ".jsonl":
         yield from _jsonl_records(path)
         return
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataFormatError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {col}); "
+                              f"re-encode the file as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -136,13 +143,26 @@ def data_fingerprint(data_path: str) -> str:
 
 def record_messages(rec: object, where: str, conversation_field: str) -> list:
     """The turn list of one record: ``conversation_field``, else the other of
-    ``conversations`` / ``messages``. A record without one is an error naming it."""
+    ``conversations`` / ``messages``. A record without one is an error naming it, and
+    so is a record holding both with different contents (one of them would be dropped
+    unseen; an empty list beside a non-empty one counts as different): both with the
+    same contents are one conversation."""
     if not isinstance(rec, dict):
         raise DataFormatError(f"{where}: expected an object with a '{conversation_field}' list, got {type(rec).__name__}")
-    for key in (conversation_field,) + tuple(k for k in CONVERSATION_FIELDS if k != conversation_field):
-        if key in rec:
-            return rec[key]
-    raise DataFormatError(f"{where}: no '{conversation_field}' (or {'/'.join(CONVERSATION_FIELDS)}) field; keys: {sorted(rec)}")
+    present = [k for k in (conversation_field,) + tuple(k for k in CONVERSATION_FIELDS if k != conversation_field)
+               if k in rec]
+    if not present:
+        raise DataFormatError(f"{where}: no '{conversation_field}' (or {'/'.join(CONVERSATION_FIELDS)}) field; "
+                              f"keys: {sorted(rec)}")
+    differing = [k for k in present[1:] if rec[k] != rec[present[0]]]
+    if differing:
+        raise DataFormatError(f"{where}: holds both '{present[0]}' ({_turns(rec[present[0]])}) and "
+                              f"'{differing[0]}' ({_turns(rec[differing[0]])}) with different contents; keep one")
+    return rec[present[0]]
+
+
+def _turns(value) -> str:
+    return f"{len(value)} turns" if isinstance(value, list) else type(value).__name__
 
 
 # ------------------------------------------------------------------------- masking
@@ -178,6 +198,13 @@ def unpadded_features(messages, tokenizer, max_length: int, truncation: str, mas
     return feats
 
 
+_UNTRUNCATED = 1 << 62  # a max_length no conversation reaches
+
+
+def _trained(feats: dict) -> int:
+    return int((feats["labels"] != IGNORE_TOKEN_ID).sum())
+
+
 def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
     """One record to (ids, labels) or None, the drop counts it caused, and an error
     message for a malformed record (raised by the caller, in order)."""
@@ -191,11 +218,18 @@ def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
     if not msgs:
         stats["dropped_empty_after_normalization"] += 1
         return None, stats, None
-    feats = unpadded_features(msgs, tokenizer, cfg["max_length"], cfg["truncation"], cfg["mask_mode"])
+    # Masked once untruncated; a sample longer than max_length is masked again with the
+    # truncation (the masking's own windowing), and what the cut cost is counted.
+    feats = unpadded_features(msgs, tokenizer, _UNTRUNCATED, cfg["truncation"], cfg["mask_mode"])
     if feats is None:
         stats["dropped_empty_after_normalization"] += 1
         return None, stats, None
-    if not has_trained_tokens(feats):  # no target left: must never reach the loss
+    if len(feats["input_ids"]) > cfg["max_length"]:
+        full_trained = _trained(feats)
+        feats = unpadded_features(msgs, tokenizer, cfg["max_length"], cfg["truncation"], cfg["mask_mode"])
+        stats["truncated_samples"] += 1
+        stats["trained_tokens_lost_to_truncation"] += full_trained - (_trained(feats) if feats is not None else 0)
+    if feats is None or not has_trained_tokens(feats):  # no target left: must never reach the loss
         stats["dropped_no_trained_token_after_truncation"] += 1
         return None, stats, None
     return (np.asarray(feats["input_ids"], np.int32), np.asarray(feats["labels"], np.int32)), stats, None
@@ -268,7 +302,7 @@ def code_version() -> str:
     for name in _CODE_FILES:
         p = REPO_ROOT / name
         h.update(name.encode() + b"\0" + (p.read_bytes() if p.exists() else b""))
-    for fn in (record_messages, mask_function, unpadded_features, _process, build_features):
+    for fn in (record_messages, _turns, mask_function, unpadded_features, _trained, _process, build_features):
         h.update(fn.__name__.encode() + b"\0" + inspect.getsource(fn).encode())
     return h.hexdigest()[:16]
 
@@ -337,13 +371,19 @@ def load_or_build(data_path: str, tokenizer, max_length: int, truncation: str = 
 
 
 def format_stats(stats: Counter) -> str:
-    """One readable line: records read/kept, every drop reason with its count, tokens."""
+    """One readable line: records read/kept, every drop reason with its count, tokens,
+    and the samples cut to ``max_length`` with the trained tokens (targets) the cut lost
+    (also those of samples the cut left without a target), as a share of the trained
+    tokens before truncation."""
     kept, read = stats.get("conversations_kept", 0), stats.get("records_read", 0)
     drops = {k: v for k, v in sorted(stats.items()) if k.startswith(("dropped_", "turn_", "round_"))}
     frac = stats.get("trained_tokens", 0) / max(stats.get("tokens", 0), 1)
+    lost = stats.get("trained_tokens_lost_to_truncation", 0)
     return (f"{read} records read, {kept} conversations kept; drops: "
             + (", ".join(f"{k}={v}" for k, v in drops.items()) or "none")
-            + f"; {stats.get('tokens', 0)} tokens, {frac:.1%} trained")
+            + f"; {stats.get('tokens', 0)} tokens, {frac:.1%} trained"
+            + f"; truncated: {stats.get('truncated_samples', 0)} samples, {lost} trained tokens lost "
+              f"({lost / max(stats.get('trained_tokens', 0) + lost, 1):.1%})")
 
 
 # ------------------------------------------------------------------ dataset/batches

@@ -37,13 +37,15 @@ from typing import Optional
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 import sft_data
 from fused_loss import FusedLossTrainer
 from loss_functions import compute_loss_from_logits
 from report import plot_loss_curve
-from run_records import check_run_plan, finished_step, run_plan, write_manifest
+from folder_lock import FolderLock, FolderLockedError
+from run_records import (RUN_TARGET_KEY, check_run_plan, checkpoint_problems, export_complete, export_from_checkpoint,
+                         finished_step, resumable_checkpoint, run_plan, write_manifest)
+from training_settings import SettingsError, check_settings
 from fileio import resolve_path
 from tokenization import end_of_turn_ids, load_tokenizer, pad_token_id
 
@@ -148,29 +150,120 @@ def deepspeed_blocked(block: bool):
             del sys.modules["deepspeed"]
 
 
+class TargetRecorder(transformers.TrainerCallback):
+    """Records in every checkpoint's trainer_state.json (``stateful_callbacks``, written
+    with the rest of the state, last) the ``--max_steps`` and ``--num_train_epochs`` the
+    run was started with, so that a rerun can tell from the checkpoint alone whether
+    the run it continues was finished (``run_records.finished_step``)."""
+
+    def __init__(self, target: dict):
+        self.target = target
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.stateful_callbacks[RUN_TARGET_KEY] = dict(self.target)
+
+
+class ScheduleOnResume(transformers.TrainerCallback):
+    """After a resume, sets each optimizer group's learning rate to this run's schedule
+    at the resumed step.
+
+    Why: the optimizer state restored from a checkpoint holds the learning rate the old
+    schedule gave its last step, and the Trainer steps the scheduler only after each
+    optimizer step; a run extended from ``--max_steps 6`` to 10 under cosine would
+    run step 7 at the old schedule's end (0) before following the new one. The Trainer's
+    schedulers are ``LambdaLR`` (lr = base_lr x lambda(step)), whose lambdas are rebuilt
+    for this run's total while ``last_epoch`` comes from the checkpoint; other
+    schedulers are left alone. For an interrupted run resumed with the same settings the
+    value set is the one restored (a no-op)."""
+
+    def __init__(self, log=print):
+        self.log = log
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        lr_scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper
+        if state.global_step == 0 or optimizer is None or not isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+            return
+        step = lr_scheduler.last_epoch
+        new = [base * fn(step) for base, fn in zip(lr_scheduler.base_lrs, lr_scheduler.lr_lambdas)]
+        old = [g["lr"] for g in optimizer.param_groups]
+        for g, lr in zip(optimizer.param_groups, new):
+            g["lr"] = lr
+        lr_scheduler._last_lr = list(new)
+        if any(abs(a - b) > 1e-12 * max(abs(a), abs(b), 1e-30) for a, b in zip(old, new)):
+            self.log(f"[train] resumed at step {state.global_step} on the schedule for {state.max_steps} steps: "
+                     f"learning rate {new[0]:.4g} (the checkpoint's optimizer held {old[0]:.4g}, its own schedule's)")
+
+
+def tie_saved_weights(model, state_dict: Optional[dict]) -> Optional[dict]:
+    """``state_dict`` without the weights the model ties to another one (``lm_head.weight``
+    to the input embedding when ``tie_word_embeddings``), as ``save_pretrained`` writes a
+    tied model; ``None`` stays ``None``.
+
+    Why: under DeepSpeed the Trainer saves the state dict accelerate's ``get_state_dict``
+    returns, whose tensors are clones; ``save_pretrained`` finds tied weights by shared
+    storage, so it saw two tensors and stored both (SmolLM2-135M in fp32: 113 MB more per
+    checkpoint). A tie is taken from the live model (the two parameters are one object),
+    never from the config alone."""
+    if state_dict is None:
+        return None
+    unwrapped = getattr(model, "module", model)
+    tied = getattr(unwrapped, "get_expanded_tied_weights_keys", lambda **kw: {})(all_submodels=True) or {}
+    params = dict(unwrapped.named_parameters(remove_duplicate=False))
+    drop = [target for target, source in tied.items()
+            if target in state_dict and source in state_dict and target in params and source in params
+            and params[target] is params[source]]
+    return {k: v for k, v in state_dict.items() if k not in drop} if drop else state_dict
+
+
+def with_tied_save(trainer_cls):
+    """``trainer_cls`` whose model saves store tied weights once (:func:`tie_saved_weights`)."""
+    class TiedSaveTrainer(trainer_cls):
+        def _save(self, output_dir=None, state_dict=None):
+            return super()._save(output_dir, state_dict=tie_saved_weights(self.model, state_dict))
+
+    TiedSaveTrainer.__name__ = trainer_cls.__name__
+    return TiedSaveTrainer
+
+
 def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), description=__doc__)
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     with deepspeed_blocked(not training_args.deepspeed):
-        return train(model_args, data_args, run_args, training_args)
+        check_settings({"learning_rate": training_args.learning_rate, "num_train_epochs": training_args.num_train_epochs,
+                        "max_steps": training_args.max_steps, "warmup_steps": training_args.warmup_steps,
+                        "model_max_length": data_args.model_max_length, "max_rounds": data_args.max_rounds},
+                       what="training arguments")
+        writer = training_args.process_index == 0
+        log = print if writer else (lambda *a, **k: None)
+        # One writer per output folder: rank 0 holds the lock for the whole run (the other
+        # ranks write only their own shards, inside checkpoints rank 0 names).
+        lock = FolderLock(training_args.output_dir, "training output folder", log) if writer else contextlib.nullcontext()
+        with lock:
+            return _train(model_args, data_args, run_args, training_args, writer, log)
 
 
-def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments,
-          training_args: TrainingArguments) -> Optional[Trainer]:
-    """One training run from parsed arguments (see the module docstring); None when the
-    run in ``--output_dir`` is already finished."""
-    log = print if training_args.process_index == 0 else (lambda *a, **k: None)
+def _train(model_args, data_args, run_args, training_args, writer: bool, log) -> Optional[Trainer]:
     transformers.set_seed(training_args.seed)
-
+    out = training_args.output_dir
     data_hash = sft_data.data_fingerprint(data_args.data_path)  # hashes every data file: once per run
-    check_run_plan(training_args.output_dir, run_plan(model_args, data_args, training_args, data_hash),
-                   data_args.data_path, run_args.overwrite_output_dir, training_args.resume_from_checkpoint, training_args.should_save, log)
+    check_run_plan(out, run_plan(model_args, data_args, training_args, data_hash),
+                   data_args.data_path, run_args.overwrite_output_dir, training_args.resume_from_checkpoint,
+                   training_args.should_save, log)
+    deepspeed = bool(training_args.deepspeed)
+    ds_config = getattr(training_args, "hf_deepspeed_config", None)
+    ds_scheduler = bool(ds_config is not None and ds_config.config.get("scheduler"))
     resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir) and not run_args.overwrite_output_dir:
-        resume = get_last_checkpoint(training_args.output_dir)
-    done_at = finished_step(resume, training_args)
-    if done_at is not None:
-        log(f"[done] {training_args.output_dir} already finished at step {done_at} (checkpoint {resume}); "
+    if resume is not None:
+        problems = checkpoint_problems(resume, training_args.world_size, deepspeed, training_args.save_only_model,
+                                       ds_scheduler)
+        if problems:
+            raise SystemExit(f"[train] error: --resume_from_checkpoint {resume} is incomplete: {'; '.join(problems)}")
+    elif not run_args.overwrite_output_dir:
+        resume = resumable_checkpoint(out, training_args.world_size, deepspeed, training_args.save_only_model,
+                                      writer=writer, log=log, deepspeed_scheduler=ds_scheduler)
+    done_at = None if run_args.overwrite_output_dir else finished_step(resume, training_args)
+    if done_at is not None and (resume is None or export_complete(out, done_at)):
+        log(f"[done] {out} already finished at step {done_at} (checkpoint {resume}); "
             f"nothing to train. Use a new --output_dir or --overwrite_output_dir True to train again.")
         return None
 
@@ -188,6 +281,19 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
     log(f"[data] {data_args.data_path}: {sft_data.format_stats(stats)}")
     if stats["conversations_kept"] == 0:
         raise SystemExit(f"{data_args.data_path}: no trainable conversation left (see the drop counts above)")
+
+    if done_at is not None:
+        # Finished at its last checkpoint, but killed while writing the final export:
+        # write the export from that checkpoint; no optimizer step is run again.
+        if writer:
+            copied = export_from_checkpoint(resume, out)
+            write_manifest(os.path.join(out, "run_manifest.json"), model_args, data_args, training_args, stats, key,
+                           done_at, resume, exported_from=resume)
+            png = plot_loss_curve(out)
+            print(f"[done] {out} had finished at step {done_at} but its final export was missing or incomplete: "
+                  f"wrote it from {os.path.basename(resume)} without training ({len(copied)} files, manifest, "
+                  f"{os.path.basename(png)})")
+        return None
     dataset = sft_data.ConversationDataset(arrays)
 
     attn = "flash_attention_2" if model_args.flash_attn else "sdpa"
@@ -203,12 +309,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
         trainer_cls, loss_kwargs = FusedLossTrainer, {}
     else:
         trainer_cls, loss_kwargs = Trainer, {"compute_loss_func": compute_loss_from_logits}
-    trainer = trainer_cls(
+    trainer = with_tied_save(trainer_cls)(
         model=model,
         args=training_args,
         train_dataset=dataset,
         data_collator=collator,
         processing_class=tokenizer,
+        callbacks=[TargetRecorder({"max_steps": training_args.max_steps,
+                                   "num_train_epochs": training_args.num_train_epochs}), ScheduleOnResume(log)],
         **loss_kwargs,
     )
 
@@ -219,9 +327,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
     trainer.save_model()  # safetensors + generation_config.json + tokenizer and chat template
     trainer.save_state()
     if trainer.is_world_process_zero():
-        out = training_args.output_dir
         write_manifest(os.path.join(out, "run_manifest.json"), model_args, data_args, training_args, stats, key,
-                       trainer, resume)
+                       trainer.state.global_step, resume)
         png = plot_loss_curve(out)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         print(f"[done] {trainer.state.global_step} steps, first/last logged loss "
@@ -230,5 +337,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
     return trainer
 
 
+def cli(argv: Optional[list[str]] = None) -> None:
+    """``main`` with bad input (data, settings, a locked folder) as one line
+    ``[train] error: ...`` (exit status 1) instead of a traceback on every rank."""
+    try:
+        main(argv)
+    except (sft_data.DataFormatError, SettingsError, FolderLockedError) as e:
+        raise SystemExit(f"[train] error: {e}") from None
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -58,6 +58,11 @@ DS_CONFIG="${DS_CONFIG:-$REPO/ds_configs/zero2_no_offload.json}"
 # A relative data path that is not under the current folder may be the repository's.
 if [[ ! -e "$DATAPATH" && -e "$REPO/$DATAPATH" ]]; then DATAPATH="$REPO/$DATAPATH"; fi
 
+# Every variable and the flags passed on, checked at once before anything is probed or launched
+# (training_settings.py; the batch against the devices below, once they are known).
+"$PYTHON" "$REPO/training_settings.py" TOTALBSZ="$TOTALBSZ" BSZPERDEV="${BSZPERDEV:-}" LR="$LR" EPOCHS="$EPOCHS" \
+    WARMUP="$WARMUP" MAXLEN="$MAXLEN" MAXROUNDS="$MAXROUNDS" SAVESTEPS="$SAVESTEPS" -- "$@" || exit 2
+
 # ---------------------------------------------------------------- hardware
 # One probe decides (hardware.py --sft-plan): GPUs, precision, attention, launcher, BSZPERDEV.
 # MAXLEN and --loss as the training will see them (extra arguments win).

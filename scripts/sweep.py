@@ -43,6 +43,7 @@ from sft_data import data_fingerprint
 from ifeval.responses import FolderBusyError, folder_lock
 from ifeval.run_ifeval import DEFAULT_INPUT
 from fileio import resolve_path
+from training_settings import settings_problems, value_problem
 
 # grid axis -> (flag of train_hw_parallel.py or sft.sh variable, parser)
 AXES = {
@@ -53,6 +54,11 @@ AXES = {
     "total_bsz": ("TOTALBSZ", int),
     "model_max_length": ("--model_max_length", int),
 }
+
+
+# grid axis -> its check in training_settings
+AXIS_CHECKS = {"lr": "learning_rate", "epochs": "num_train_epochs", "warmup_ratio": "warmup_ratio",
+               "scheduler": "lr_scheduler_type", "total_bsz": "total_bsz", "model_max_length": "model_max_length"}
 
 
 class SweepError(RuntimeError):
@@ -68,6 +74,55 @@ def parse_axis(name: str, text: str) -> list:
     if not values:
         raise SystemExit(f"--{name}: no values given")
     return values
+
+
+def grid_problems(args) -> tuple[dict, list[str]]:
+    """Every value of every axis read and checked (training_settings' rules), the
+    shared values (``--bsz_per_dev``, ``--max_steps`` with each ``--epochs`` value,
+    ``--prompts``, ``--max_tokens``) too; returns ``(grid, problems)`` with one line per
+    bad value, so that a sweep stops before its first configuration trains (the total
+    batches are checked against the devices by :func:`batch_problems`)."""
+    grid, problems = {}, []
+    for k, (_, kind) in AXES.items():
+        texts = [v.strip() for v in getattr(args, k).split(",") if v.strip()]
+        if not texts:
+            problems.append(f"--{k}: no values given")
+        grid[k] = []
+        for t in texts:
+            try:
+                v = kind(t)
+            except ValueError:
+                problems.append(f"--{k} {t!r}: not {'an integer' if kind is int else 'a number'}")
+                continue
+            p = value_problem(AXIS_CHECKS[k], v, f"--{k}")
+            problems += [p] if p else []
+            grid[k] += [] if p else [v]
+    shared = {"bsz_per_dev": args.bsz_per_dev, "prompts": args.prompts, "max_tokens": args.max_tokens}
+    problems += settings_problems(shared)
+    for e in grid["epochs"]:
+        problems += [p for p in settings_problems({"num_train_epochs": e, "max_steps": args.max_steps},
+                                                  {"num_train_epochs": "--epochs"}) if "trains nothing" in p]
+    return grid, list(dict.fromkeys(problems))
+
+
+def batch_problems(args, totals) -> list[str]:
+    """Each total batch of ``totals`` checked by scripts/sft.sh itself (a dry run: it knows
+    this machine's devices and divides the batch among them), with the per-device batch
+    :func:`run_config` would give it and the extra ``--train_args``; one line per problem."""
+    problems = []
+    if args.bsz_per_dev is not None and args.bsz_per_dev >= 1:
+        for total in sorted(totals):
+            env = dict(os.environ, MODELPATH=args.model, DATAPATH=args.data, SFT_DRY_RUN="1", MASTER_PORT="29500",
+                       TOTALBSZ=str(total), BSZPERDEV=str(min(args.bsz_per_dev, total)))
+            r = subprocess.run(["bash", "scripts/sft.sh", *args.train_args], cwd=REPO, env=env,
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                lines = [ln.split("error: ", 1)[-1].removeprefix("sft.sh: ") for ln in r.stderr.splitlines()
+                         if "error" in ln or "not a multiple" in ln] or \
+                    [r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"]
+                problems += [f"--total_bsz {total}: scripts/sft.sh refuses it: {ln}" if "TOTALBSZ" in ln
+                             else f"scripts/sft.sh: {ln}" for ln in lines]
+    return list(dict.fromkeys(problems))  # a bad --train_args value is named once
 
 
 def config_name(cfg: dict) -> str:
@@ -145,7 +200,10 @@ def run_config(cfg: dict, args, run_root: Path, shared: dict) -> dict:
            **{m: summary[m] for m in METRIC_NAMES}, "num_prompts": summary.get("num_prompts"),
            "train_seconds": round(t_train, 1), "wall_seconds": round(time.time() - t0, 1),
            "shared_settings": shared}
-    (run_root / "result.json").write_text(json.dumps(row, indent=1) + "\n")
+    # Replaced atomically: a kill while writing it must not leave a half row that a rerun reuses.
+    tmp = run_root / f"result.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(row, indent=1) + "\n")
+    os.replace(tmp, run_root / "result.json")
     return row
 
 
@@ -223,7 +281,7 @@ def main(argv=None):
     if args.prompt_set is None and args.benchmark == "ifeval":
         args.prompt_set = DEFAULT_INPUT
 
-    grid = {k: parse_axis(k, getattr(args, k)) for k in AXES}
+    grid, problems = grid_problems(args)  # reported below, with the total batches' problems
     swept = [k for k, v in grid.items() if len(v) > 1]
     configs = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     out = Path(args.out)
@@ -248,6 +306,10 @@ def _sweep(args, grid: dict, swept: list, configs: list, out: Path) -> None:
         one_benchmark([(str(out / "runs" / n / "result.json"), r) for n, r in earlier.items()], args.benchmark)
     except ResultError as e:
         raise SystemExit(f"[sweep] error: {e}; use another --out for --benchmark {args.benchmark}") from None
+    # Total batches of the configurations still to train, against this machine's devices.
+    problems += batch_problems(args, {cfg["total_bsz"] for cfg in configs if config_name(cfg) not in earlier})
+    if problems:
+        raise SystemExit("[sweep] error: bad values, nothing trained:\n  " + "\n  ".join(problems))
     out.mkdir(parents=True, exist_ok=True)
     rows, done, t0 = [], 0, time.time()
     for cfg in tqdm(configs, desc="sweep", unit="config"):
@@ -256,7 +318,13 @@ def _sweep(args, grid: dict, swept: list, configs: list, out: Path) -> None:
             rows.append(earlier[run_root.name])
             tqdm.write(f"[sweep] {run_root.name}: finished earlier, skipped")
             continue
-        row = run_config(cfg, args, run_root, shared)
+        try:
+            row = run_config(cfg, args, run_root, shared)
+        except SweepError as e:  # its log's tail first, then the error as the last line
+            what, _, tail = str(e).partition(":\n")
+            tqdm.write(tail.rstrip())
+            raise SystemExit(f"[sweep] error: {what}; configurations finished before it are in "
+                             f"{out / 'runs'}, and a rerun resumes") from None
         done += 1
         rows.append(row)
         tqdm.write(f"[sweep] {run_root.name}: loss {row['final_train_loss']} {args.metric} {row[args.metric]:.4f} "

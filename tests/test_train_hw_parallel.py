@@ -266,7 +266,8 @@ def test_finished_run_is_not_trained_again(tmp_path):
     assert run_records.finished_step(str(ckpt), args(max_steps=3)) is None
     assert run_records.finished_step(str(ckpt), args(num_train_epochs=1)) == 2
     assert run_records.finished_step(str(ckpt), args(num_train_epochs=2)) is None
-    assert run_records.finished_step(None, args(max_steps=2)) is None
+    assert run_records.finished_step(None, args(max_steps=2)) == 2  # no checkpoint (--save_strategy no): the export
+    assert run_records.finished_step(None, args(max_steps=3)) is None
     # A run cut short by --max_steps is not a finished epoch plan, and fractional epochs
     # compare as requested (the Trainer's state rounds them up).
     manifest.write_text(json.dumps({"global_step": 2, "training_args": {"max_steps": 2, "num_train_epochs": 1.0}}))
