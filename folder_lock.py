@@ -79,7 +79,7 @@ class FolderLock:
         if stale:
             self.log(f"[lock] {self.what} {self.folder}: the last writer ({_describe(stale)}) ended without "
                      f"releasing its record (killed?); taking over")
-        record = {"pid": os.getpid(), "host": socket.gethostname(),
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
                   "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": " ".join(sys.argv)}
         tmp = self.folder / f"{OWNER_NAME}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(record), encoding="utf-8")

@@ -17,11 +17,9 @@ answers (:data:`GENERATION_KEYS`: model and a fingerprint of its weights, token 
 sampling, system message, seed, benchmark, engine, engine version, dtype). A run that finds answers made with other settings stops
 with an error naming each difference instead of mixing two runs in one file.
 
-One writer per folder: :func:`folder_lock` holds an OS lock on ``FOLDER/.lock`` (the
-``filelock`` package: ``flock`` on POSIX, released by the kernel when the process dies)
-for as long as a run writes there, and records who holds it in ``FOLDER/.lock.owner.json``
-(pid, host, command, start time). A second run is refused at once with a message naming
-the first; a record left by a run that died is reported and replaced.
+One writer per folder: :func:`folder_lock` holds the folder's writer lock
+(``folder_lock.py``, shared with training and sweeps) for as long as a run writes there;
+a second run is refused at once with a message naming the first.
 """
 from __future__ import annotations
 
@@ -30,13 +28,13 @@ import hashlib
 import json
 import os
 import re
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import Iterator, Optional
 
 from fileio import file_sha256
+from folder_lock import FolderLock
+from folder_lock import FolderLockedError as FolderBusyError
 
 # Settings that change the answers; a resumed run must use the same ones (benchmark: IFEval
 # and IFBench answers never share a file; model_fingerprint: a checkpoint retrained into the
@@ -54,79 +52,15 @@ class ResponseFileError(ValueError):
     answered twice); the message names the file, the line and the key."""
 
 
-class FolderBusyError(RuntimeError):
-    """Another live process holds the folder's lock; the message names it."""
-
-
-LOCK_NAME = ".lock"
-
-
-def _lock_record_path(folder: Path) -> Path:
-    return folder / (LOCK_NAME + ".owner.json")
-
-
-def _read_lock_record(folder: Path) -> Optional[dict]:
-    try:
-        rec = json.loads(_lock_record_path(folder).read_text())
-        return rec if isinstance(rec, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError, TypeError):
-        return True  # exists but not ours, or unreadable: assume alive
-    return True
-
-
-def describe_lock_owner(rec: Optional[dict]) -> str:
-    """``"pid 123 on host h since 2026-12-01 21:00:00 (python ifeval/run_ifeval.py ...)"``."""
-    if not rec:
-        return "another process (it left no owner record)"
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started"])) if rec.get("started") else "?"
-    return (f"{rec.get('what', 'a run')} (pid {rec.get('pid')} on {rec.get('host')} since {started}: "
-            f"{rec.get('command', '?')})")
-
-
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
-    """Hold ``folder``'s writer lock for the ``with`` block (the folder is created).
-
-    Raises :class:`FolderBusyError` at once (no waiting) when a live process holds it,
-    naming that process from its owner record. A record whose process is gone (killed,
-    power loss: the OS released its lock) is reported on stderr and replaced. ``what``
-    (e.g. ``"IFEval run"``) goes into the record so the refusal says what is running."""
-    from filelock import FileLock, Timeout
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / LOCK_NAME))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        rec = _read_lock_record(folder)
-        dead = rec is not None and rec.get("host") == socket.gethostname() and not _pid_alive(rec.get("pid"))
-        raise FolderBusyError(
-            f"{folder} is being written by {describe_lock_owner(rec)}"
-            + ("; that pid is no longer running, but a process it started still holds the lock" if dead else "")
-            + f"; wait for it to finish or use another folder (lock file {folder / LOCK_NAME})") from None
-    try:
-        old = _read_lock_record(folder)
-        if old is not None:
-            print(f"[lock] {folder}: {describe_lock_owner(old)} ended without releasing its lock (killed?); "
-                  f"taking over", file=sys.stderr)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "what": what,
-                  "command": " ".join([Path(sys.executable).name, *sys.argv])[:500]}
-        _lock_record_path(folder).write_text(json.dumps(record) + "\n")
-        yield folder
-    finally:
-        with contextlib.suppress(OSError):
-            _lock_record_path(folder).unlink()
-        lock.release()
+    """Hold ``folder``'s writer lock for the ``with`` block (:class:`folder_lock.FolderLock`,
+    the one lock of training, evaluation and sweep folders; the folder is created). Raises
+    :class:`FolderBusyError` at once, naming the holder, when a live process holds it; a
+    dead writer's record is reported on stderr and taken over. ``what`` (e.g. ``"IFEval
+    run"``) names the job in the refusal."""
+    with FolderLock(folder, what, log=lambda msg: print(msg, file=sys.stderr)):
+        yield Path(folder)
 
 
 def checkpoint_fingerprint(model_path: str) -> Optional[str]:

@@ -288,12 +288,13 @@ def main(argv=None):
     # One sweep per folder: a second one is refused at once, naming the first.
     try:
         with folder_lock(out, "sweep"):
-            _sweep(args, grid, swept, configs, out)
+            _sweep(args, grid, swept, configs, out, problems)
     except FolderBusyError as e:
         raise SystemExit(f"[sweep] error: {e}") from None
 
 
-def _sweep(args, grid: dict, swept: list, configs: list, out: Path) -> None:
+def _sweep(args, grid: dict, swept: list, configs: list, out: Path, problems: list) -> None:
+    """The sweep itself, inside its folder's lock; ``problems``: the bad values found in the grid."""
     # Rows finished earlier, checked up front: a sweep folder of another benchmark is refused
     # before anything trains, so its table never mixes two benchmarks.
     earlier, shared = {}, shared_settings(args)

@@ -98,13 +98,13 @@ def test_folder_lock_refuses_second_writer_naming_the_first(tmp_path):
     message names the first holder from its owner record."""
     out = tmp_path / "res"
     with rs.folder_lock(out, "IFEval run"):
-        rec = json.loads((out / ".lock.owner.json").read_text())
+        rec = json.loads((out / ".writer.json").read_text())
         assert rec["pid"] == os.getpid() and rec["what"] == "IFEval run" and rec["host"] == socket.gethostname()
-        with pytest.raises(rs.FolderBusyError, match=rf"{out} is being written by IFEval run \(pid {os.getpid()} on "):
+        with pytest.raises(rs.FolderBusyError, match=rf"IFEval run {out} is in use by pid {os.getpid()} on "):
             with rs.folder_lock(out, "IFEval run"):
                 pass
-        assert (out / ".lock.owner.json").is_file()  # the refused one did not touch the record
-    assert not (out / ".lock.owner.json").exists()  # released: the record goes
+        assert (out / ".writer.json").is_file()  # the refused one did not touch the record
+    assert not (out / ".writer.json").exists()  # released: the record goes
     with rs.folder_lock(out, "again"):  # and the folder can be taken again
         pass
 
@@ -115,12 +115,12 @@ def test_folder_lock_takes_over_from_a_dead_run(tmp_path, capsys):
     out = tmp_path / "res"
     out.mkdir()
     dead_pid = int(open("/proc/sys/kernel/pid_max").read()) + 1 if os.path.exists("/proc/sys/kernel/pid_max") else 2**22 + 1
-    (out / ".lock.owner.json").write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "started": 0,
+    (out / ".writer.json").write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "started": 0,
                                                       "what": "IFEval run", "command": "python ifeval/run_ifeval.py X"}))
     with rs.folder_lock(out, "IFEval run"):
-        assert json.loads((out / ".lock.owner.json").read_text())["pid"] == os.getpid()
+        assert json.loads((out / ".writer.json").read_text())["pid"] == os.getpid()
     err = capsys.readouterr().err
-    assert f"IFEval run (pid {dead_pid} on {socket.gethostname()}" in err and "ended without releasing" in err
+    assert f"pid {dead_pid} on {socket.gethostname()}" in err and "ended without releasing" in err
 
 
 def test_writer_creates_nothing_before_first_write(tmp_path):

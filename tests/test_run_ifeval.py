@@ -224,9 +224,9 @@ def test_second_run_in_a_results_folder_is_refused(chain_ckpt, tmp_path):
     anything there, with a one-line error naming the first."""
     out = tmp_path / "res"
     with rs.folder_lock(out, "IFEval run"):
-        with pytest.raises(SystemExit, match=rf"^\[ifeval\] error: {out} is being written by IFEval run \(pid "):
+        with pytest.raises(SystemExit, match=rf"^\[ifeval\] error: IFEval run {out} is in use by pid "):
             run_main(chain_ckpt, out, "--limit", "2", "--max_tokens", "20")
-    assert sorted(f.name for f in out.iterdir()) == [".lock"]
+    assert sorted(f.name for f in out.iterdir()) == [".writer.lock"]
     run_main(chain_ckpt, out, "--limit", "2", "--max_tokens", "20")  # free again
 
 
@@ -258,4 +258,4 @@ def test_failed_engine_start_writes_nothing(chain_ckpt, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"^\[ifeval\] error: the vLLM engine did not start"):
         ri.main(["--model_path", str(chain_ckpt), "--output_dir", str(tmp_path / "o"), "--backend", "vllm",
                  "--limit", "2", "--max_tokens", "20"])
-    assert sorted(f.name for f in (tmp_path / "o").iterdir()) == [".lock"]
+    assert sorted(f.name for f in (tmp_path / "o").iterdir()) == [".writer.lock"]

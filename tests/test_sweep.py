@@ -163,6 +163,6 @@ def test_second_sweep_in_a_folder_is_refused(tmp_path):
     sweep = load_script("scripts/sweep.py")
     out = tmp_path / "sweep"
     with folder_lock(out, "sweep"):
-        with pytest.raises(SystemExit, match=rf"^\[sweep\] error: {out} is being written by sweep \(pid "):
+        with pytest.raises(SystemExit, match=rf"^\[sweep\] error: sweep {out} is in use by pid "):
             sweep.main([*GRID, "--out", str(out)])
     assert not (out / "runs").exists()
