@@ -285,18 +285,23 @@ def main(argv=None):
     swept = [k for k, v in grid.items() if len(v) > 1]
     configs = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     out = Path(args.out)
+    earlier, shared = finished_rows(args, configs, out)
+    # Total batches of the configurations still to train, against this machine's devices.
+    problems += batch_problems(args, {cfg["total_bsz"] for cfg in configs if config_name(cfg) not in earlier})
+    if problems:  # before the lock: a refused sweep creates nothing
+        raise SystemExit("[sweep] error: bad values, nothing trained:\n  " + "\n  ".join(problems))
     # One sweep per folder: a second one is refused at once, naming the first.
     try:
         with folder_lock(out, "sweep"):
-            _sweep(args, grid, swept, configs, out, problems)
+            _sweep(args, grid, swept, configs, out, earlier, shared)
     except FolderBusyError as e:
         raise SystemExit(f"[sweep] error: {e}") from None
 
 
-def _sweep(args, grid: dict, swept: list, configs: list, out: Path, problems: list) -> None:
-    """The sweep itself, inside its folder's lock; ``problems``: the bad values found in the grid."""
-    # Rows finished earlier, checked up front: a sweep folder of another benchmark is refused
-    # before anything trains, so its table never mixes two benchmarks.
+def finished_rows(args, configs: list, out: Path) -> tuple[dict, dict]:
+    """The rows of ``configs`` finished earlier in ``out`` (read only) and the settings they
+    must share with this sweep. Checked up front: a sweep folder of another benchmark is
+    refused before anything trains, so its table never mixes two benchmarks."""
     earlier, shared = {}, shared_settings(args)
     for cfg in configs:
         result = out / "runs" / config_name(cfg) / "result.json"
@@ -307,10 +312,12 @@ def _sweep(args, grid: dict, swept: list, configs: list, out: Path, problems: li
         one_benchmark([(str(out / "runs" / n / "result.json"), r) for n, r in earlier.items()], args.benchmark)
     except ResultError as e:
         raise SystemExit(f"[sweep] error: {e}; use another --out for --benchmark {args.benchmark}") from None
-    # Total batches of the configurations still to train, against this machine's devices.
-    problems += batch_problems(args, {cfg["total_bsz"] for cfg in configs if config_name(cfg) not in earlier})
-    if problems:
-        raise SystemExit("[sweep] error: bad values, nothing trained:\n  " + "\n  ".join(problems))
+    return earlier, shared
+
+
+def _sweep(args, grid: dict, swept: list, configs: list, out: Path, earlier: dict, shared: dict) -> None:
+    """The sweep itself, inside its folder's lock: train and score each configuration not
+    in ``earlier``, then write the table."""
     out.mkdir(parents=True, exist_ok=True)
     rows, done, t0 = [], 0, time.time()
     for cfg in tqdm(configs, desc="sweep", unit="config"):

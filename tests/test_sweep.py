@@ -62,7 +62,7 @@ def test_two_configs_then_rerun_skips(tmp_path, tiny_model):
     assert len(list(csv.DictReader(open(out / "results.csv")))) == 2
 
 
-GRID = ["--lr", "1e-3,3e-3", "--max_steps", "2", "--total_bsz", "2", "--model_max_length", "128"]
+GRID = ["--lr", "1e-3,3e-3", "--max_steps", "2", "--total_bsz", "2", "--bsz_per_dev", "1", "--model_max_length", "128"]
 
 
 def finished_sweep(out, benchmarks):
