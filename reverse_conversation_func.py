@@ -47,13 +47,18 @@ def reverse_messages(messages: list[dict]) -> list[dict]:
     return msgs
 
 
-def reverse_conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
+def reverse_conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left",
+                                     train_turns: str = "all") -> Optional[dict]:
     """Reverse-masked ``{"input_ids", "labels"}``: 1-D ``torch.long`` tensors, truncated,
-    not padded (``None`` for an empty conversation)."""
-    return conversation_to_unpadded(reverse_messages(messages), tokenizer, max_length, truncation, USER_ROLES)
+    not padded (``None`` for an empty conversation). ``train_turns="last"`` trains only
+    the last user turn; per-message ``train`` flags override the role rule
+    (``conversation_func.trained_messages``)."""
+    return conversation_to_unpadded(reverse_messages(messages), tokenizer, max_length, truncation, USER_ROLES,
+                                    train_turns)
 
 
-def reverse_conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left") -> list:
+def reverse_conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left",
+                                      train_turns: str = "all") -> list:
     """:func:`reverse_conversation_to_unpadded` for a list, tokenized in one batched call."""
     reordered = []
     for k, msgs in enumerate(conversations):
@@ -61,7 +66,7 @@ def reverse_conversations_to_unpadded(conversations: list, tokenizer, max_length
             reordered.append(reverse_messages(msgs))
         except ConversationFormatError as e:
             raise ConversationFormatError(f"conversation {k}: {e}") from None
-    return conversations_to_unpadded(reordered, tokenizer, max_length, truncation, USER_ROLES)
+    return conversations_to_unpadded(reordered, tokenizer, max_length, truncation, USER_ROLES, train_turns)
 
 
 def reverse_conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
