@@ -109,20 +109,21 @@ def read_answered(path: Path) -> dict[int, dict]:
     return done
 
 
-def check_settings(responses: Path, settings: dict, n_done: int) -> None:
+def check_settings(responses: Path, settings: dict, n_done: int, keys=GENERATION_KEYS, tag: str = "ifeval") -> None:
     """Refuse (``SystemExit`` naming every difference) to add answers to a response file
-    whose ``n_done`` answers were made with other :data:`GENERATION_KEYS` settings; then
-    write ``settings`` to the sidecar (keys the sidecar has and ``settings`` lacks are kept)."""
+    whose ``n_done`` answers were made with other ``keys`` settings (default
+    :data:`GENERATION_KEYS`); then write ``settings`` to the sidecar (keys the sidecar has
+    and ``settings`` lacks are kept). ``tag`` names the component in messages."""
     sp = settings_path(responses)
     old = read_settings(responses)
     if old:
-        diff = {k: (old.get(k), settings.get(k)) for k in GENERATION_KEYS if old.get(k) != settings.get(k)}
+        diff = {k: (old.get(k), settings.get(k)) for k in keys if old.get(k) != settings.get(k)}
         if diff and n_done:
             lines = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise SystemExit(f"[ifeval] {responses} holds {n_done} answers made with other settings ({lines}). "
+            raise SystemExit(f"[{tag}] {responses} holds {n_done} answers made with other settings ({lines}). "
                              f"Use another --output_dir, or delete {responses} and {sp} to start over.")
     elif n_done:
-        print(f"[ifeval] {responses}: {n_done} answers but no {sp.name}; resuming with the current settings",
+        print(f"[{tag}] {responses}: {n_done} answers but no {sp.name}; resuming with the current settings",
               file=sys.stderr)
     sp.parent.mkdir(parents=True, exist_ok=True)
     sp.write_text(json.dumps({**old, **settings}, indent=2) + "\n")
