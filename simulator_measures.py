@@ -6,7 +6,7 @@ sources as in UserLM, arXiv 2510.06552, and instruction back-translation, Li et 
   record's id (the same records for every run, whatever the order of the file);
 - :func:`user_turn_loss`: the mean token loss (nats) on the user turns of conversations,
   masked as the simulator is trained (``reverse_conversation_func``) and computed by the
-  project's loss (``loss_functions.cross_entropy_loss``); perplexity = exp(loss);
+  project's training loss (``fused_loss``); perplexity = exp(loss);
 - :func:`chrf`: back-translation fidelity, sacrebleu's corpus chrF (0-100) of generated
   requests against the real ones;
 - :func:`role_scores` / :func:`reads_as_assistant`: role confusion. A text ``x`` said
@@ -61,15 +61,18 @@ def _forward_sums(model, rows: list[tuple[list[int], list[int]]], pad_id: int, b
                   progress: Optional[str] = None) -> list[tuple[float, int]]:
     """Per row ``(sum of token losses in nats, number of targets)``: each row is
     ``(input_ids, labels)`` (labels -100 where not scored, aligned with the ids, the loss
-    shifting them as in training); the sum is ``loss_functions.cross_entropy_loss`` with
-    ``num_items_in_batch=1``."""
+    shifting them as in training). The sum is the training loss
+    (``fused_loss.fused_linear_cross_entropy``, equal to ``loss_functions.cross_entropy_loss``
+    on the logits) with ``num_items_in_batch=1``, on the model's last hidden states: the
+    ``[batch, seq, vocab]`` logits are never built."""
     import torch
     from tqdm import tqdm
 
     from chat_format import IGNORE_TOKEN_ID
-    from loss_functions import cross_entropy_loss
+    from fused_loss import fused_linear_cross_entropy, output_weight
 
     device = next(model.parameters()).device
+    weight = output_weight(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # similar lengths batch together
     out: list = [None] * len(rows)
     bar = tqdm(total=len(rows), desc=progress or "scoring", unit="seq", disable=progress is None, mininterval=2)
@@ -84,11 +87,12 @@ def _forward_sums(model, rows: list[tuple[list[int], list[int]]], pad_id: int, b
             labels[r, :n] = torch.tensor(rows[i][1])
             attn[r, :n] = 1
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
-        for r, i in enumerate(idx):
-            lab = labels[r:r + 1]
-            count = int((lab[:, 1:] != IGNORE_TOKEN_ID).sum())
-            out[i] = (float(cross_entropy_loss(logits[r:r + 1], lab, num_items_in_batch=1)), count)
+            hidden = model(input_ids=ids.to(device), attention_mask=attn.to(device), output_hidden_states=True,
+                           logits_to_keep=torch.zeros(0, dtype=torch.long, device=device)).hidden_states[-1]
+            for r, i in enumerate(idx):
+                lab = labels[r:r + 1].to(device)
+                count = int((lab[:, 1:] != IGNORE_TOKEN_ID).sum())
+                out[i] = (float(fused_linear_cross_entropy(hidden[r:r + 1], weight, lab, num_items_in_batch=1)), count)
         bar.update(len(idx))
     bar.close()
     return out
@@ -116,13 +120,16 @@ def user_turn_loss(model, tokenizer, conversations: list[list[dict]], max_length
 
 
 def role_scores(model, tokenizer, items: list[tuple[list[dict], str]], batch_size: int = 8,
-                progress: Optional[str] = None) -> list[float]:
+                progress: Optional[str] = None, history_messages: int = 0) -> list[float]:
     """For each ``(history, text)``: ``log p(text <|im_end|> | history, assistant header)
     - log p(text <|im_end|> | history, user header)`` in nats (> 0: reads as an assistant
     answer). The history is rendered with the chat template as is (no simulator system
-    prompt: the judge sees a plain conversation)."""
+    prompt: the judge sees a plain conversation); ``history_messages > 0`` keeps only its
+    last that many messages (shorter sequences; still the same history for both roles)."""
     rows = []
     for history, text in items:
+        if history_messages > 0:
+            history = history[-history_messages:]
         base = render_chat(tokenizer, history) if history else "\n"
         target = tokenizer(text + IM_END, add_special_tokens=False)["input_ids"]
         for role in ("assistant", "user"):
