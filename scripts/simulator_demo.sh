@@ -17,11 +17,14 @@
 #   SIMDEMO_HELDOUT    records held out                       [24 / 200]
 #   SIMDEMO_MODEL      starting checkpoint (and role judge)    [SmolLM2-135M]
 #   SIMDEMO_ASSISTANT  assistant that talks to the simulator   [demo_out/ckpt/demo if there, else SIMDEMO_MODEL]
-#   SIMDEMO_STEPS      optimizer steps, 0 = whole epochs      [12 / 0]
+#   SIMDEMO_STEPS      optimizer steps, 0 = whole epochs      [8 / 0]
 #   SIMDEMO_EPOCHS     epochs when SIMDEMO_STEPS=0            [1 / 3]
 #   SIMDEMO_LR         learning rate                          [1e-4 / sft.sh default]
 #   SIMDEMO_TOTALBSZ, SIMDEMO_BSZPERDEV                       [8, 4 / sft.sh defaults]
-#   SIMDEMO_MAXLEN     model_max_length                       [384 / sft.sh default]
+#   SIMDEMO_MAXLEN     model_max_length                       [256 / sft.sh default]
+#   CPU_RANKS          training processes on a CPU            [1 / sft.sh default]
+#   SIMDEMO_DIRECT=1   train in one plain process without DeepSpeed (crowded machines)
+#   SIMDEMO_TRAIN_ARGS more training flags, e.g. "--optim adafactor" (no Adam states in memory)
 #   SIMDEMO_LIMIT      dialogues                              [6 / 50]
 #   SIMDEMO_ROUNDS     assistant turns per dialogue           [3 / 5]
 #   SIMDEMO_MAXTOK     new tokens per turn                    [64 / 256]
@@ -48,8 +51,10 @@ if [[ "$FULL" == 1 ]]; then
   [[ -f "$DATA" ]] || { echo "simulator_demo.sh --full: $DATA not found (bash setup.sh fetches it online)" >&2; exit 1; }
 else
   OUT=${SIMDEMO_OUT:-simulator_out}; DATA=${SIMDEMO_DATA:-data/demo_sft.json}; HELDOUT=${SIMDEMO_HELDOUT:-24}
-  STEPS=${SIMDEMO_STEPS:-12}; EPOCHS=${SIMDEMO_EPOCHS:-1}; LR=${SIMDEMO_LR:-1e-4}; TOTALBSZ_=${SIMDEMO_TOTALBSZ:-8}
-  BSZ_=${SIMDEMO_BSZPERDEV:-4}; MAXLEN=${SIMDEMO_MAXLEN:-384}; LIMIT=${SIMDEMO_LIMIT:-6}; ROUNDS=${SIMDEMO_ROUNDS:-3}
+  STEPS=${SIMDEMO_STEPS:-8}; EPOCHS=${SIMDEMO_EPOCHS:-1}; LR=${SIMDEMO_LR:-1e-4}; TOTALBSZ_=${SIMDEMO_TOTALBSZ:-8}
+  BSZ_=${SIMDEMO_BSZPERDEV:-4}; MAXLEN=${SIMDEMO_MAXLEN:-256};
+  # One training process: two DeepSpeed ranks on 2 cores are no faster and hold two copies in memory.
+  export CPU_RANKS=${CPU_RANKS:-1}; LIMIT=${SIMDEMO_LIMIT:-6}; ROUNDS=${SIMDEMO_ROUNDS:-3}
   MAXTOK=${SIMDEMO_MAXTOK:-64}; ROLE_ITEMS=${SIMDEMO_ROLE_ITEMS:-16}; CHRF_ITEMS=${SIMDEMO_CHRF_ITEMS:-12}
 fi
 MODEL=${SIMDEMO_MODEL:-SmolLM2-135M}
@@ -77,6 +82,17 @@ train() {
   [[ "$STEPS" != 0 ]] && extra+=(--max_steps "$STEPS")
   [[ -n "$LR" ]] && extra+=(--learning_rate "$LR")
   [[ -n "$MAXLEN" ]] && extra+=(--model_max_length "$MAXLEN")
+  # shellcheck disable=SC2206
+  extra+=(${SIMDEMO_TRAIN_ARGS:-})
+  if [[ "${SIMDEMO_DIRECT:-0}" == 1 ]]; then
+    # One plain process, no DeepSpeed launcher (less memory on a crowded CPU machine).
+    $PY train_hw_parallel.py --model_name_or_path "$MODEL" --data_path "$OUT/split/train.json" \
+        --output_dir "$OUT/ckpt/simulator" --per_device_train_batch_size "${BSZ_:-4}" \
+        --gradient_accumulation_steps $(( ${TOTALBSZ_:-8} / ${BSZ_:-4} )) --lr_scheduler_type cosine \
+        --logging_steps 1 --report_to none --dataloader_pin_memory False --train_sampling_strategy group_by_length \
+        --max_rounds 5 "${extra[@]}"
+    return
+  fi
   env MODELPATH="$MODEL" DATAPATH="$OUT/split/train.json" OUTPUTPATH="$OUT/ckpt" RUNNAME=simulator \
       ${TOTALBSZ_:+TOTALBSZ=$TOTALBSZ_} ${BSZ_:+BSZPERDEV=$BSZ_} \
       bash scripts/sft.sh "${extra[@]}"
