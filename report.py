@@ -384,7 +384,7 @@ def simulator_report(out: str, assistant: str, full: bool = False, n_dialogues: 
              f"| real assistant (held out) | {R['real_assistant']['n']} | {_num(R['real_assistant']['rate'], '.0%')} |",
              f"| generated user (simulator) | {g['n'] if g else 'n/a'} | {_num(g['rate'], '.0%') if g else 'n/a'} |", "",
              "## Diversity of user turns", "",
-             f"Repeats: the turn shares {D['phrase']}.", "",
+             f"Repeats: the turn has {D['phrase']}.", "",
              "| user turns | n | distinct-1 | distinct-2 | repeats previous | empty | mean words |", "|---|---|---|---|---|---|---|"]
     for key, name in (("generated_user", "generated (simulator)"), ("real_heldout_user", "real (held out)")):
         x = D[key]
