@@ -11,6 +11,12 @@ from typing import Any, Iterable, Optional
 # The label of a position that is not trained (what PyTorch's and transformers' losses skip).
 IGNORE_TOKEN_ID = -100
 TRUNCATION_SIDES = ("left", "right")
+# --train_turns: every turn of the trained role, or only the last one (LLaMA-Factory's
+# mask_history, torchtune's train_on_last).
+TRAIN_TURNS = ("all", "last")
+# The roles a per-message ``"train": true|false`` may be set on (axolotl's per-message
+# ``train``); system and tool messages are context in both mask modes.
+FLAGGABLE_ROLES = ("user", "assistant")
 
 # The project's ChatML rendering (the course's): a leading newline, then
 # "<|im_start|>{role}\n{content}<|im_end|>\n" per message, and with a generation prompt
@@ -152,8 +158,13 @@ def normalize_conversation(turns: Iterable[Any], max_rounds: int = 0, stats: Opt
     complete round gives ``[]``. Chats without tool turns come out as course-style
     ``[system?] (user, assistant)+``.
 
+    A per-message ``"train": true|false`` is kept on the normalized message (it overrides
+    the mask mode's role rule for that message, see ``conversation_func.trained_messages``);
+    on a system or tool turn, or with a value that is not a JSON boolean, it raises.
+
     A structurally malformed turn (not an object, missing or non-string role/content, a
-    tool call without a function name) raises :class:`ConversationFormatError`.
+    tool call without a function name, a misplaced ``train`` flag) raises
+    :class:`ConversationFormatError`.
     ``stats`` (a Counter), when given, counts what was dropped, by reason
     (``turn_unknown_role``, ``turn_leading_non_user``, ``turn_unpaired_<role>``,
     ``round_beyond_max_rounds``, ``turn_trailing_tool``).
@@ -168,7 +179,11 @@ def normalize_conversation(turns: Iterable[Any], max_rounds: int = 0, stats: Opt
         if norm is None:
             stats["turn_unknown_role"] += 1
             continue
-        msgs.append({"role": norm, "content": content})
+        msg = {"role": norm, "content": content}
+        if isinstance(turn, dict) and "train" in turn:
+            check_train_flag(turn["train"], norm, f"turn {i}")
+            msg["train"] = turn["train"]
+        msgs.append(msg)
     # Drop leading turns that cannot open a conversation.
     start = 0
     while start < len(msgs) and msgs[start]["role"] not in ("system", "user"):
@@ -217,6 +232,16 @@ def is_single_turn_conversation(messages: list[dict]) -> bool:
     )
 
 
+def check_train_flag(flag: Any, role: str, where: str) -> None:
+    """A per-message ``train`` flag must be a boolean on a user or assistant message."""
+    if not isinstance(flag, bool):
+        raise ConversationFormatError(f"{where} ({role}): 'train' must be true or false, got {flag!r}")
+    if role not in FLAGGABLE_ROLES:
+        raise ConversationFormatError(
+            f"{where} ({role}): 'train' may be set on user and assistant messages only "
+            f"({role} messages are never trained)")
+
+
 def validate_messages(messages: Any, allowed_roles=MESSAGE_ROLES) -> None:
     """Raise :class:`ConversationFormatError` naming the first bad message; masking calls
     this so it never guesses about input that normalization should have cleaned."""
@@ -234,3 +259,5 @@ def validate_messages(messages: Any, allowed_roles=MESSAGE_ROLES) -> None:
             raise ConversationFormatError(
                 f"message {i} ({m['role']}): content must be a string, got {type(m.get('content')).__name__}"
             )
+        if "train" in m:
+            check_train_flag(m["train"], m["role"], f"message {i}")

@@ -23,14 +23,17 @@ not provably the template's output uses the prefix method instead.
 Public API
 - ``conversation_to_features(messages, tokenizer, max_length, truncation)`` -> padded
   1-D ``torch.long`` tensors ``input_ids``/``labels``/``attention_mask`` or ``None``.
-- ``conversation_to_unpadded(messages, tokenizer, max_length, truncation, train_roles)``
+- ``conversation_to_unpadded(messages, tokenizer, max_length, truncation, train_roles, train_turns)``
   -> ``{"input_ids", "labels"}`` 1-D ``torch.long`` tensors, truncated, NOT padded, or
   ``None``; what a training pipeline stores before padding per batch.
 - ``conversations_to_unpadded(conversations, ...)``: the same for a list, tokenized in
   one batched call (bulk preprocessing).
 - ``pad_features(unpadded, max_length, pad_id)`` -> the padded tensors.
-- ``mask_conversation(messages, tokenizer, train_roles)`` -> untruncated ``(ids, labels)``
-  int64 numpy arrays.
+- ``mask_conversation(messages, tokenizer, train_roles, train_turns)`` -> untruncated
+  ``(ids, labels)`` int64 numpy arrays.
+- ``trained_messages(messages, train_roles, train_turns)``: which messages are trained:
+  the role rule (``train_turns="all"`` every message of a trained role, ``"last"`` only
+  the last one), overridden per message by a ``"train": true|false`` flag.
 - ``has_trained_tokens(features)`` / ``count_trained_tokens(features)``: a sample whose
   labels are all -100 (e.g. its trained turns were cut by truncation) must be dropped.
 
@@ -46,7 +49,8 @@ import numpy as np
 import torch
 
 from chat_format import (
-    CHATML_TEMPLATE, IGNORE_TOKEN_ID, IM_START, TRUNCATION_SIDES, ConversationFormatError, validate_messages,
+    CHATML_TEMPLATE, IGNORE_TOKEN_ID, IM_START, TRAIN_TURNS, TRUNCATION_SIDES, ConversationFormatError,
+    validate_messages,
 )
 from tokenization import pad_token_id
 
@@ -212,29 +216,51 @@ def message_spans(messages: list[dict], tokenizer) -> tuple[Sequence[int], list[
 
 
 # --------------------------------------------------------------------- masking core
-def _labels_from_spans(messages: list[dict], ids, bounds: list[int], train_roles) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, labels) int64 arrays: labels copy ids on the spans of trained roles."""
+def trained_messages(messages: list[dict], train_roles: Iterable[str], train_turns: str = "all") -> list[bool]:
+    """Which messages are trained, one bool per message: the role rule first (every
+    message whose role is in ``train_roles`` for ``train_turns="all"``; only the last such
+    message of the conversation for ``"last"``), then each message's own ``"train"``
+    flag, where present, overrides it for that message (so ``"last"`` still picks the
+    last message of the trained role, flagged or not, and a flag can add or remove any
+    user or assistant message)."""
+    if train_turns not in TRAIN_TURNS:
+        raise ValueError(f"train_turns must be one of {list(TRAIN_TURNS)}, got {train_turns!r}")
+    roles = set(train_roles)
+    by_role = [m["role"] in roles for m in messages]
+    if train_turns == "last":
+        last = max((i for i, r in enumerate(by_role) if r), default=None)
+        by_role = [i == last for i in range(len(messages))]
+    return [bool(m["train"]) if "train" in m else r for m, r in zip(messages, by_role)]
+
+
+def _labels_from_spans(messages: list[dict], ids, bounds: list[int], train_roles,
+                       train_turns: str = "all") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) int64 arrays: labels copy ids on the spans of the trained messages
+    (:func:`trained_messages`)."""
     ids = np.asarray(ids, dtype=np.int64)
     labels = np.full(len(ids), IGNORE_TOKEN_ID, dtype=np.int64)
-    roles = set(train_roles)
-    for i, m in enumerate(messages):
-        if m["role"] in roles:
+    for i, trained in enumerate(trained_messages(messages, train_roles, train_turns)):
+        if trained:
             s, e = bounds[i], bounds[i + 1]
             labels[s:e] = ids[s:e]
     return ids, labels
 
 
-def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+def mask_conversation(messages: list[dict], tokenizer, train_roles: Iterable[str],
+                      train_turns: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """Untruncated, unpadded ``(input_ids, labels)`` as int64 numpy arrays: labels copy
-    the ids on the spans of messages whose role is in ``train_roles``, -100 elsewhere.
-    Validates the messages (a bad role or non-string content raises
-    ``chat_format.ConversationFormatError``)."""
+    the ids on the spans of the trained messages (:func:`trained_messages`: role in
+    ``train_roles``, every turn or the last, per-message ``train`` flags), -100 elsewhere.
+    Validates the messages (a bad role, non-string content or misplaced ``train`` flag
+    raises ``chat_format.ConversationFormatError``)."""
     validate_messages(messages)
     ids, bounds = message_spans(list(messages), tokenizer)
-    return _labels_from_spans(messages, ids, bounds, train_roles)
+    return _labels_from_spans(messages, ids, bounds, train_roles, train_turns)
 
 
-def _check_args(max_length: int, truncation: str) -> None:
+def _check_args(max_length: int, truncation: str, train_turns: str = "all") -> None:
+    if train_turns not in TRAIN_TURNS:
+        raise ValueError(f"train_turns must be one of {list(TRAIN_TURNS)}, got {train_turns!r}")
     if truncation not in TRUNCATION_SIDES:
         raise ValueError(f"truncation must be 'left' or 'right', got {truncation!r}")
     if not isinstance(max_length, int) or max_length < 1:
@@ -250,23 +276,25 @@ def _window(ids: np.ndarray, labels: np.ndarray, max_length: int, truncation: st
 
 
 def conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left",
-                             train_roles: Iterable[str] = ASSISTANT_ROLES) -> Optional[dict]:
+                             train_roles: Iterable[str] = ASSISTANT_ROLES, train_turns: str = "all") -> Optional[dict]:
     """``{"input_ids", "labels"}``: 1-D ``torch.long`` tensors truncated to ``max_length``
     (``left`` keeps the end, ``right`` the start) but NOT padded, so a training pipeline
     can store them compactly and pad per batch; ``None`` for an empty conversation.
-    Check :func:`has_trained_tokens` before training on it."""
-    _check_args(max_length, truncation)
+    ``train_turns`` (``all``/``last``) and per-message ``train`` flags: see
+    :func:`trained_messages`. Check :func:`has_trained_tokens` before training on it (with
+    ``last`` and right truncation the one trained turn may be cut away)."""
+    _check_args(max_length, truncation, train_turns)
     if isinstance(messages, (list, tuple)) and len(messages) == 0:
         return None
-    return _window(*mask_conversation(messages, tokenizer, train_roles), max_length, truncation)
+    return _window(*mask_conversation(messages, tokenizer, train_roles, train_turns), max_length, truncation)
 
 
 def conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left",
-                              train_roles: Iterable[str] = ASSISTANT_ROLES) -> list:
+                              train_roles: Iterable[str] = ASSISTANT_ROLES, train_turns: str = "all") -> list:
     """:func:`conversation_to_unpadded` for a list of conversations, tokenized in one
     batched call (faster for bulk preprocessing; same outputs). A malformed conversation
     raises ``ConversationFormatError`` naming its index."""
-    _check_args(max_length, truncation)
+    _check_args(max_length, truncation, train_turns)
     for k, msgs in enumerate(conversations):
         try:
             validate_messages(msgs)
@@ -278,7 +306,7 @@ def conversations_to_unpadded(conversations: list, tokenizer, max_length: int, t
     for k, sp in zip(todo, spans):
         msgs = list(conversations[k])
         ids, bounds = sp if sp is not None else spans_by_prefix(msgs, tokenizer)
-        out[k] = _window(*_labels_from_spans(msgs, ids, bounds, train_roles), max_length, truncation)
+        out[k] = _window(*_labels_from_spans(msgs, ids, bounds, train_roles, train_turns), max_length, truncation)
     return out
 
 

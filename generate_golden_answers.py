@@ -51,19 +51,32 @@ def prefix_token_lengths(messages: list[dict], tokenizer) -> list[int]:
     return lengths
 
 
-def reference_features(messages: list[dict], tokenizer, max_length: int, truncation: str, trained_role: str):
+def reference_features(messages: list[dict], tokenizer, max_length: int, truncation: str, trained_role: str,
+                       train_turns: str = "all"):
     """Padded features as plain int lists (``None`` for an empty conversation): labels
-    copy the ids on every span of ``trained_role``; then truncate, then right-pad."""
+    copy the ids on every span of ``trained_role`` (``train_turns="last"``: only on the
+    last message of that role), a message's own ``"train"`` flag deciding for itself
+    where it has one; then truncate, then right-pad. The golden files use the defaults
+    (every turn, no flags)."""
     validate_messages(messages)
     if not messages:
         return None
     full_ids = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, add_generation_prompt=False))
     lengths = prefix_token_lengths(messages, tokenizer)
+    of_role = [i for i, m in enumerate(messages) if m["role"] == trained_role]
+    trained = []
+    for i, m in enumerate(messages):
+        if "train" in m:
+            trained.append(m["train"] is True)
+        elif train_turns == "last":
+            trained.append(bool(of_role) and i == of_role[-1])
+        else:
+            trained.append(m["role"] == trained_role)
     labels = []
     for pos in range(len(full_ids)):
         # The message owning token pos: the last i whose prefix length is <= pos.
         owner = max(i for i in range(len(messages)) if min(lengths[i], len(full_ids)) <= pos)
-        labels.append(full_ids[pos] if messages[owner]["role"] == trained_role else IGNORE_TOKEN_ID)
+        labels.append(full_ids[pos] if trained[owner] else IGNORE_TOKEN_ID)
     if len(full_ids) > max_length:
         if truncation == "left":
             full_ids, labels = full_ids[-max_length:], labels[-max_length:]
@@ -90,15 +103,15 @@ def reversed_for_training(messages: list[dict]) -> list[dict]:
     return [{"role": "system", "content": REVERSE_SYSTEM_PROMPT}] + list(messages)
 
 
-def forward_reference(messages, tokenizer, max_length, truncation):
+def forward_reference(messages, tokenizer, max_length, truncation, train_turns="all"):
     """Parts 1-2 reference: assistant spans trained."""
-    return reference_features(messages, tokenizer, max_length, truncation, "assistant")
+    return reference_features(messages, tokenizer, max_length, truncation, "assistant", train_turns)
 
 
-def reverse_reference(messages, tokenizer, max_length, truncation):
+def reverse_reference(messages, tokenizer, max_length, truncation, train_turns="all"):
     """Parts 3-4 reference: user spans trained after reordering / system insertion."""
     validate_messages(messages)
-    return reference_features(reversed_for_training(messages), tokenizer, max_length, truncation, "user")
+    return reference_features(reversed_for_training(messages), tokenizer, max_length, truncation, "user", train_turns)
 
 
 def write_golden(path: Path, meta: dict, entries: dict) -> None:

@@ -10,6 +10,7 @@ the tables and charts made from them. One place for what ``ifeval/compare.py``,
   from a run's ``trainer_state.json`` (the Trainer's ``log_history``).
 * :func:`metrics_table`, :func:`per_type_table`, :func:`plot_accuracy`: several scored runs
   side by side, each change relative to the first run (Markdown, percentages).
+* :func:`simulator_report`: ``simulator.md`` of ``scripts/simulator_demo.sh`` (user simulator measures).
 * :func:`before_after`, :func:`carried_over`, :func:`demo_summary`: the demo's ``summary.md`` /
   ``summary.json``, IFEval and IFBench side by side, and whether the IFEval gain carried
   over to IFBench.
@@ -338,6 +339,74 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
     return "\n".join(lines) + "\n", obj
 
 
+def _num(x, fmt: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def simulator_report(out: str, assistant: str, full: bool = False, n_dialogues: int = 3) -> str:
+    """``simulator.md`` of a ``scripts/simulator_demo.sh`` folder: the held-out split, the
+    measures base vs simulator with their counts (``measures.json`` of
+    ``scripts/simulator_eval.py``), stage times and load, and the first ``n_dialogues``
+    dialogues (``dialogues/dialogues.jsonl``). Raises ``OSError``/``KeyError`` for a missing
+    or incomplete folder."""
+    m = json.loads(Path(out, "measures.json").read_text(encoding="utf-8"))
+    split = json.loads(Path(out, "split", "split.json").read_text(encoding="utf-8"))
+    dialogues = [json.loads(x) for x in Path(out, "dialogues", "dialogues.jsonl").read_text(encoding="utf-8").splitlines()]
+    times = [x.split("\t") for x in Path(out, "stage_times.tsv").read_text().splitlines() if x.strip()]
+    load = [x.split("\t") for x in Path(out, "load.tsv").read_text().splitlines() if x.strip()] \
+        if Path(out, "load.tsv").exists() else []
+    losses = logged_losses(f"{out}/ckpt/simulator")
+    L, B, R, D = m["user_turn_loss"], m["back_translation"], m["role_confusion"], m["diversity"]
+    g = R.get("generated_user")
+    lines = ["# User simulator", "",
+             f"Mode: {'full (course scale)' if full else 'CPU demo'}. Data `{split['data']}` (sha256 "
+             f"{split['data_sha256'][:12]}): {split['n_train']} records trained on with `--mask_mode reverse`, "
+             f"{split['n_heldout']} held out ({m['heldout']['multi_turn']} multi-turn, "
+             f"{m['heldout']['single_turn_pairs']} single-turn pairs used), listed in `split/split.json`. "
+             f"Base model and role judge `{m['models']['base']}`; simulator `{m['models']['simulator']}`; "
+             f"assistant in the dialogues `{assistant}`.", "",
+             "Training: " + (f"{len(losses)} logged losses, first {losses[0]:.4f}, last {losses[-1]:.4f}"
+                             if losses else "no logged loss found"), "",
+             "## Measures, base vs simulator (held-out data)", "",
+             "| measure | base | simulator | count |", "|---|---|---|---|",
+             f"| user-turn loss (nats/token) | {_num(L['base']['loss'], '.3f')} | {_num(L['simulator']['loss'], '.3f')} | "
+             f"{L['base']['tokens']} tokens, {L['base']['conversations']} conversations |",
+             f"| user-turn perplexity | {_num(L['base']['perplexity'])} | {_num(L['simulator']['perplexity'])} | |",
+             f"| back-translation {B['metric']} | {_num(B.get('base'), '.1f')} | {_num(B.get('simulator'), '.1f')} | "
+             f"{B['pairs']} pairs |", "",
+             "## Role confusion (reads as an assistant answer)", "",
+             f"Judge: the base model; a text reads as an assistant answer when the judge finds it more likely as "
+             f"the assistant's turn than as the user's after the same history (last {R['history_messages'] or 'all'} "
+             f"messages). Validated when real assistant and real user turns differ by at least "
+             f"{R['min_gap']:.0%}: {'yes' if R['validated'] else 'NO (no rate is reported for generated turns)'}.", "",
+             "| turns | n | reads as assistant |", "|---|---|---|",
+             f"| real user (held out) | {R['real_user']['n']} | {_num(R['real_user']['rate'], '.0%')} |",
+             f"| real assistant (held out) | {R['real_assistant']['n']} | {_num(R['real_assistant']['rate'], '.0%')} |",
+             f"| generated user (simulator) | {g['n'] if g else 'n/a'} | {_num(g['rate'], '.0%') if g else 'n/a'} |", "",
+             "## Diversity of user turns", "",
+             f"Repeats: the turn has {D['phrase']}.", "",
+             "| user turns | n | distinct-1 | distinct-2 | repeats previous | empty | mean words |", "|---|---|---|---|---|---|---|"]
+    for key, name in (("generated_user", "generated (simulator)"), ("real_heldout_user", "real (held out)")):
+        x = D[key]
+        lines.append(f"| {name} | {x['turns']} | {_num(x['distinct_1'])} | {_num(x['distinct_2'])} | "
+                     f"{_num(x['repeats_previous'], '.0%')} | {x['empty']} | {_num(x['mean_words'], '.1f')} |")
+    lines += ["", "## Back-translation examples", ""]
+    for e in B.get("examples", []):
+        lines += [f"- answer: {e['answer'][:160]!r}", f"  - real request: {e['real_request'][:160]!r}",
+                  f"  - base: {e['base'][:160]!r}", f"  - simulator: {e['simulator'][:160]!r}"]
+    lines += ["", f"## Dialogues (first {min(n_dialogues, len(dialogues))} of {len(dialogues)})", ""]
+    who = {"data": "opening", "assistant": "assistant model", "simulator": "simulator"}
+    for d in dialogues[:n_dialogues]:
+        lines += [f"### Dialogue {d['dialogue']} (from {d['source']})", ""]
+        for msg in d["messages"]:
+            body = msg["content"].strip() or "*(empty)*"
+            lines += [f"**{msg['role']}** ({who[msg['author']]}):", ""] + ["> " + x for x in body.splitlines()] + [""]
+    lines += ["## Time", "", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v} |" for k, v in times]
+    if load:
+        lines += ["", "Load average (1, 5, 15 min): " + "; ".join(f"{k} {v}" for k, v in load)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -356,8 +425,23 @@ def main(argv=None) -> None:
     d.add_argument("--ifbench_prompts", type=int, default=0,
                    help="the first N IFBench prompts were scored in DEMO_OUT/ifbench_base and ifbench_sft "
                         "(0 = IFBench was not part of the demo)")
+    sm = sub.add_parser("simulator", help="write OUT/simulator.md (scripts/simulator_demo.sh)",
+                        description="The user simulator's measures before/after with counts, role confusion, "
+                                    "diversity, three dialogues and stage times, written to OUT/simulator.md.")
+    sm.add_argument("out", metavar="OUT", help="the simulator demo's output folder")
+    sm.add_argument("--assistant", required=True, help="the assistant checkpoint of the dialogues")
+    sm.add_argument("--full", action="store_true", help="the demo ran at course scale")
     args = ap.parse_args(argv)
 
+    if args.command == "simulator":
+        try:
+            text = simulator_report(args.out, args.assistant, args.full)
+        except (OSError, KeyError, ValueError) as e:
+            raise SystemExit(f"[report] error: {args.out}: {e}") from None
+        Path(args.out, "simulator.md").write_text(text, encoding="utf-8")
+        print(text, end="")
+        print(f"[report] wrote {args.out}/simulator.md")
+        return
     try:
         text, obj = demo_summary(args.out, args.run, args.full, args.prompt_set, args.prompts, args.max_tokens,
                                  args.data, args.ifbench_prompts)

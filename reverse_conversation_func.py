@@ -13,6 +13,9 @@ Public API (same shapes as the forward module):
 - ``reverse_conversation_to_unpadded(messages, tokenizer, max_length, truncation)``
 - ``reverse_conversations_to_unpadded(conversations, ...)``: a list in one batched call.
 - ``reverse_messages(messages)``: the reordered / system-prefixed message list.
+- ``simulator_prompt(messages, tokenizer, back_translation=False)``: the text a simulator
+  trained with this masking is prompted with to write the next user turn (generation as
+  a user), rendered exactly as the training samples begin.
 
 CLI: ``python reverse_conversation_func.py [--multi_turn] ...`` checks against
 ``reverse_exercise_solutions.json`` (``masking_checker.py``; same options as ``conversation_func.py``).
@@ -23,7 +26,7 @@ import sys
 from typing import Optional
 
 from conversation_func import conversation_to_unpadded, conversations_to_unpadded, pad_features
-from chat_format import ConversationFormatError, is_single_turn_conversation, validate_messages
+from chat_format import IM_START, ConversationFormatError, is_single_turn_conversation, render_chat, validate_messages
 from tokenization import pad_token_id
 
 USER_ROLES = frozenset({"user"})
@@ -47,13 +50,49 @@ def reverse_messages(messages: list[dict]) -> list[dict]:
     return msgs
 
 
-def reverse_conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:
+def simulator_prompt(messages: list[dict], tokenizer, back_translation: bool = False) -> str:
+    """The prompt that makes a simulator write the next user turn, rendered the way its
+    training samples (:func:`reverse_messages`) begin, then the user generation prompt
+    ``<|im_start|>user\n``; tokenized with ``add_special_tokens=False`` it is token for
+    token the prefix of the training sample up to that user turn's content (when that
+    content does not start with whitespace, which BPE may merge with the header's newline;
+    tests/test_simulator_prompt.py checks it on every user turn of the demo set).
+
+    - Multi-turn (Part 4, default): ``messages`` is the conversation so far (``[]``, a
+      system message, or rounds ending with an assistant turn); :data:`REVERSE_SYSTEM_PROMPT`
+      goes first unless it starts with a system message, as in training.
+    - ``back_translation`` (Part 3): ``messages`` is ``[system?] [assistant]``, an answer;
+      the simulator writes the request that answer replies to.
+
+    Raises ``ConversationFormatError`` for a conversation whose next turn is not the
+    user's (it ends with a user turn) or a back-translation input of another shape.
+    """
+    validate_messages(messages)
+    msgs = list(messages)
+    if back_translation:
+        roles = [m["role"] for m in msgs]
+        if roles not in (["assistant"], ["system", "assistant"]):
+            raise ConversationFormatError(f"back-translation prompt needs [system?] [assistant], got roles {roles}")
+    else:
+        if msgs and msgs[-1]["role"] == "user":
+            raise ConversationFormatError("the conversation ends with a user turn: the next turn is the assistant's")
+        if not msgs or msgs[0]["role"] != "system":
+            msgs.insert(0, {"role": "system", "content": REVERSE_SYSTEM_PROMPT})
+    return render_chat(tokenizer, msgs, add_generation_prompt=False) + IM_START + "user\n"
+
+
+def reverse_conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left",
+                                     train_turns: str = "all") -> Optional[dict]:
     """Reverse-masked ``{"input_ids", "labels"}``: 1-D ``torch.long`` tensors, truncated,
-    not padded (``None`` for an empty conversation)."""
-    return conversation_to_unpadded(reverse_messages(messages), tokenizer, max_length, truncation, USER_ROLES)
+    not padded (``None`` for an empty conversation). ``train_turns="last"`` trains only
+    the last user turn; per-message ``train`` flags override the role rule
+    (``conversation_func.trained_messages``)."""
+    return conversation_to_unpadded(reverse_messages(messages), tokenizer, max_length, truncation, USER_ROLES,
+                                    train_turns)
 
 
-def reverse_conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left") -> list:
+def reverse_conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left",
+                                      train_turns: str = "all") -> list:
     """:func:`reverse_conversation_to_unpadded` for a list, tokenized in one batched call."""
     reordered = []
     for k, msgs in enumerate(conversations):
@@ -61,7 +100,7 @@ def reverse_conversations_to_unpadded(conversations: list, tokenizer, max_length
             reordered.append(reverse_messages(msgs))
         except ConversationFormatError as e:
             raise ConversationFormatError(f"conversation {k}: {e}") from None
-    return conversations_to_unpadded(reordered, tokenizer, max_length, truncation, USER_ROLES)
+    return conversations_to_unpadded(reordered, tokenizer, max_length, truncation, USER_ROLES, train_turns)
 
 
 def reverse_conversation_to_features(messages, tokenizer, max_length: int, truncation: str = "left") -> Optional[dict]:

@@ -168,7 +168,7 @@ def _turns(value) -> str:
 # ------------------------------------------------------------------------- masking
 def mask_function(mask_mode: str):
     """The Part 1-2 (``assistant``) or Part 3-4 (``reverse``: user turns trained)
-    unpadded feature function, ``f(messages, tokenizer, max_length, truncation)``."""
+    unpadded feature function, ``f(messages, tokenizer, max_length, truncation, train_turns)``."""
     if mask_mode == "assistant":
         from conversation_func import conversation_to_unpadded
 
@@ -180,10 +180,12 @@ def mask_function(mask_mode: str):
     raise ValueError(f"mask_mode must be 'assistant' or 'reverse', got {mask_mode!r}")
 
 
-def unpadded_features(messages, tokenizer, max_length: int, truncation: str, mask_mode: str):
+def unpadded_features(messages, tokenizer, max_length: int, truncation: str, mask_mode: str,
+                      train_turns: str = "all"):
     """``{"input_ids", "labels"}`` (1-D ``torch.long``) of one normalized conversation
     for training: truncated, not padded; ``None`` when the masking returns nothing (an
-    empty conversation).
+    empty conversation). ``train_turns`` (``all``/``last``) and per-message ``train``
+    flags: ``conversation_func.trained_messages``.
 
     The label at position 0 is always -100: nothing predicts the first token of a row,
     so it is never a target. The masking (Parts 1-4, whose outputs the course's golden
@@ -191,7 +193,13 @@ def unpadded_features(messages, tokenizer, max_length: int, truncation: str, mas
     there, it would be counted in the Trainer's ``num_items_in_batch`` and in the
     trained-token statistics without being a target.
     """
-    feats = mask_function(mask_mode)(messages, tokenizer, max_length, truncation)
+    fn = mask_function(mask_mode)
+    if mask_mode == "assistant":
+        from conversation_func import ASSISTANT_ROLES
+
+        feats = fn(messages, tokenizer, max_length, truncation, ASSISTANT_ROLES, train_turns)
+    else:
+        feats = fn(messages, tokenizer, max_length, truncation, train_turns)
     if feats is not None and len(feats["labels"]) > 0:
         feats["labels"] = feats["labels"].clone()
         feats["labels"][0] = IGNORE_TOKEN_ID
@@ -220,16 +228,18 @@ def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
         return None, stats, None
     # Masked once untruncated; a sample longer than max_length is masked again with the
     # truncation (the masking's own windowing), and what the cut cost is counted.
-    feats = unpadded_features(msgs, tokenizer, _UNTRUNCATED, cfg["truncation"], cfg["mask_mode"])
+    feats = unpadded_features(msgs, tokenizer, _UNTRUNCATED, cfg["truncation"], cfg["mask_mode"],
+                              cfg["train_turns"])
     if feats is None:
         stats["dropped_empty_after_normalization"] += 1
         return None, stats, None
     if len(feats["input_ids"]) > cfg["max_length"]:
         full_trained = _trained(feats)
-        feats = unpadded_features(msgs, tokenizer, cfg["max_length"], cfg["truncation"], cfg["mask_mode"])
+        feats = unpadded_features(msgs, tokenizer, cfg["max_length"], cfg["truncation"], cfg["mask_mode"],
+                                  cfg["train_turns"])
         stats["truncated_samples"] += 1
         stats["trained_tokens_lost_to_truncation"] += full_trained - (_trained(feats) if feats is not None else 0)
-    if feats is None or not has_trained_tokens(feats):  # no target left: must never reach the loss
+    if feats is None or not has_trained_tokens(feats):  # no target left (e.g. --train_turns last, that turn cut): never reaches the loss
         stats["dropped_no_trained_token_after_truncation"] += 1
         return None, stats, None
     return (np.asarray(feats["input_ids"], np.int32), np.asarray(feats["labels"], np.int32)), stats, None
@@ -249,13 +259,14 @@ def _process_in_worker(args):
 
 
 def build_features(data_path: str, tokenizer, max_length: int, truncation: str, max_rounds: int,
-                   mask_mode: str, conversation_field: str = "conversations", workers: int = 1):
+                   mask_mode: str, conversation_field: str = "conversations", workers: int = 1,
+                   train_turns: str = "all"):
     """Read, normalize and mask every record. Returns ``(arrays, stats)``: ``arrays``
     holds ``input_ids``/``labels`` (int32, all samples concatenated) and ``offsets``
     (int64, sample i is ``[offsets[i], offsets[i+1])``); ``stats`` counts records read
     and kept, every drop by reason, and tokens."""
     cfg = dict(max_length=max_length, truncation=truncation, max_rounds=max_rounds,
-               mask_mode=mask_mode, conversation_field=conversation_field)
+               mask_mode=mask_mode, conversation_field=conversation_field, train_turns=train_turns)
     ids, labels, stats = [], [], Counter()
     records = read_records(data_path)
     if workers > 1:
@@ -308,9 +319,10 @@ def code_version() -> str:
 
 
 def cache_key(data_hash: str, tokenizer, max_length: int, truncation: str, max_rounds: int,
-              mask_mode: str, conversation_field: str) -> dict:
+              mask_mode: str, conversation_field: str, train_turns: str = "all") -> dict:
     """Everything that decides the cached features, as a dict (stored in the cache and
-    hashed into its file name)."""
+    hashed into its file name). Per-message ``train`` flags are part of the data, so
+    ``data_hash`` covers them."""
     return {
         "data_hash": data_hash,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -319,6 +331,7 @@ def cache_key(data_hash: str, tokenizer, max_length: int, truncation: str, max_r
         "max_rounds": int(max_rounds),
         "mask_mode": mask_mode,
         "conversation_field": conversation_field,
+        "train_turns": train_turns,
         "code_version": code_version(),
     }
 
@@ -343,12 +356,12 @@ def _read_cache(path: Path, key: dict):
 def load_or_build(data_path: str, tokenizer, max_length: int, truncation: str = "right", max_rounds: int = 0,
                   mask_mode: str = "assistant", conversation_field: str = "conversations", workers: int = 1,
                   cache_dir: Optional[str] = None, use_cache: bool = True, log=print,
-                  data_hash: Optional[str] = None):
+                  data_hash: Optional[str] = None, train_turns: str = "all"):
     """Cached :func:`build_features`. Returns ``(arrays, stats, key)``; ``key`` includes
     ``data_hash`` (:func:`data_fingerprint` of ``data_path``, computed here unless the
     caller already has it) and the tokenizer fingerprint for the run manifest."""
     key = cache_key(data_hash or data_fingerprint(data_path), tokenizer, max_length, truncation, max_rounds, mask_mode,
-                    conversation_field)
+                    conversation_field, train_turns)
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{name}.npz"
     if use_cache and path.exists():
@@ -359,7 +372,7 @@ def load_or_build(data_path: str, tokenizer, max_length: int, truncation: str = 
         except ValueError as e:
             log(f"[data] cache {path} is stale or corrupt: {e}; rebuilding it")
     arrays, stats = build_features(data_path, tokenizer, max_length, truncation, max_rounds, mask_mode,
-                                   conversation_field, workers)
+                                   conversation_field, workers, train_turns)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")

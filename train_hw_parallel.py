@@ -9,7 +9,8 @@ under DeepSpeed ZeRO-2 when launched through ``scripts/sft.sh``.
 What it adds to a plain Trainer run:
 - data: records normalized by ``chat_format.normalize_conversation`` and masked by Parts 1-4
   (``--mask_mode assistant`` trains assistant turns, ``reverse`` trains user turns: a
-  user simulator), cached unpadded (``sft_data``), every drop counted and printed;
+  user simulator; ``--train_turns last`` trains only the last such turn, a message's own
+  ``"train"`` flag overrides either), cached unpadded (``sft_data``), every drop counted and printed;
 - batches padded to their longest sample (multiple of 8) with length-grouped sampling
   (``--train_sampling_strategy group_by_length``, which scripts/sft.sh turns on), or packed without padding when the
   attention can keep samples apart (``--padding_free`` with ``--flash_attn``);
@@ -42,6 +43,7 @@ import sft_data
 from fused_loss import FusedLossTrainer
 from loss_functions import compute_loss_from_logits
 from report import plot_loss_curve
+from chat_format import TRAIN_TURNS
 from folder_lock import FolderLock, FolderLockedError
 from run_records import (RUN_TARGET_KEY, check_run_plan, checkpoint_problems, export_complete, export_from_checkpoint,
                          finished_step, resumable_checkpoint, run_plan, write_manifest)
@@ -91,6 +93,13 @@ class DataArguments:
         default="assistant",
         metadata={"help": "assistant: train assistant turns (Parts 1-2); reverse: train user turns (Parts 3-4).",
                   "choices": ["assistant", "reverse"]},
+    )
+    train_turns: str = field(
+        default="all",
+        metadata={"help": "all: every turn of the trained role; last: only the last one (a sample whose last turn "
+                          "truncation cuts away is dropped and counted). A message's own \"train\": true|false "
+                          "overrides either.",
+                  "choices": list(TRAIN_TURNS)},
     )
     padding_free: bool = field(
         default=False,
@@ -276,7 +285,7 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
             data_args.data_path, tokenizer, data_args.model_max_length, data_args.truncation_side,
             data_args.max_rounds, data_args.mask_mode, data_args.conversation_field,
             data_args.preprocess_workers, data_args.data_cache_dir, not data_args.no_data_cache, log=log,
-            data_hash=data_hash,
+            data_hash=data_hash, train_turns=data_args.train_turns,
         )
     log(f"[data] {data_args.data_path}: {sft_data.format_stats(stats)}")
     if stats["conversations_kept"] == 0:

@@ -144,22 +144,24 @@ def read_answered(path: Path) -> dict[int, dict]:
     return done
 
 
-def check_settings(responses: Path, settings: dict, n_done: int, write: bool = True) -> None:
+def check_settings(responses: Path, settings: dict, n_done: int, write: bool = True, keys=GENERATION_KEYS,
+                   tag: str = "ifeval") -> None:
     """Refuse (``SystemExit`` naming every difference) to add answers to a response file
-    whose ``n_done`` answers were made with other :data:`GENERATION_KEYS` settings (a key
-    an older sidecar lacks counts as its :data:`LEGACY_DEFAULTS` value); then, with
-    ``write``, write the sidecar (:func:`write_settings`)."""
+    whose ``n_done`` answers were made with other ``keys`` settings (default
+    :data:`GENERATION_KEYS`; a key an older sidecar lacks counts as its
+    :data:`LEGACY_DEFAULTS` value); then, with ``write``, write the sidecar
+    (:func:`write_settings`). ``tag`` names the component in messages."""
     sp = settings_path(responses)
     old = read_settings(responses)
     if old:
         was, now = {**LEGACY_DEFAULTS, **old}, {**LEGACY_DEFAULTS, **settings}
-        diff = {k: (was.get(k), now.get(k)) for k in GENERATION_KEYS if was.get(k) != now.get(k)}
+        diff = {k: (was.get(k), now.get(k)) for k in keys if was.get(k) != now.get(k)}
         if diff and n_done:
             lines = "; ".join(f"{k}: file {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise SystemExit(f"[ifeval] {responses} holds {n_done} answers made with other settings ({lines}). "
+            raise SystemExit(f"[{tag}] {responses} holds {n_done} answers made with other settings ({lines}). "
                              f"Use another --output_dir, or delete {responses} and {sp} to start over.")
     elif n_done:
-        print(f"[ifeval] {responses}: {n_done} answers but no {sp.name}; resuming with the current settings",
+        print(f"[{tag}] {responses}: {n_done} answers but no {sp.name}; resuming with the current settings",
               file=sys.stderr)
     if write:
         write_settings(responses, settings)

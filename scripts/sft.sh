@@ -20,6 +20,7 @@
 #                              with its estimate. 11 GB (2080 Ti, fp16) at MAXLEN 2048: 4 (2 with --loss logits)
 #   EPOCHS [3], LR [2e-5], WARMUP [0.1], MAXLEN [2048], MAXROUNDS [5], SAVESTEPS [200]
 #                              (WARMUP goes to --warmup_steps: below 1 it is a share of the steps)
+#   TRAINTURNS [all]           --train_turns: all turns of the trained role, or only the last
 #   DS_CONFIG [ds_configs/zero2_no_offload.json]  (scripts/sft_offload.sh: optimizer on CPU)
 #   HOSTFILE                   DeepSpeed hostfile for several nodes ("host slots=N" lines)
 #   NUM_GPUS                   use this many GPUs instead of all that nvidia-smi lists
@@ -52,6 +53,7 @@ LR="${LR:-2e-5}"
 WARMUP="${WARMUP:-0.1}"
 MAXLEN="${MAXLEN:-2048}"
 MAXROUNDS="${MAXROUNDS:-5}"
+TRAINTURNS="${TRAINTURNS:-all}"
 SAVESTEPS="${SAVESTEPS:-200}"
 DS_CONFIG="${DS_CONFIG:-$REPO/ds_configs/zero2_no_offload.json}"
 
@@ -168,6 +170,7 @@ CMD+=(
     --weight_decay 0.0
     --model_max_length "$MAXLEN"
     --max_rounds "$MAXROUNDS"
+    --train_turns "$TRAINTURNS"
     --train_sampling_strategy group_by_length
     --logging_steps 1
     --save_strategy steps

@@ -1,0 +1,288 @@
+"""Dialogues between an assistant checkpoint and a user simulator (a checkpoint trained
+with ``--mask_mode reverse``): from the openings of a chat file, the assistant answers,
+the simulator writes the next user turn, for ``--rounds`` assistant turns.
+
+    python scripts/simulate.py --assistant ckpt/HW2 --simulator ckpt/simulator \\
+        --openings data/demo_sft.json --output_dir sim_out --rounds 3 --limit 8
+
+Prompts: the assistant sees the dialogue rendered with the chat template and the
+assistant generation prompt; the simulator sees it rendered the way it was trained
+(``reverse_conversation_func.simulator_prompt``: the system message ``You are a good
+state predictor.`` unless the dialogue has one, the dialogue, then ``<|im_start|>user\\n``).
+An opening is a record's leading system message (if any) and its first user turn.
+
+Engines: both models stay loaded in this one process (vLLM: two engines; ``--backend
+hf``: transformers' ``generate()``), and each step generates the next turn of every
+unfinished dialogue in one batch (``ifeval/generate.py``'s engine settings: CPU threads,
+KV cache size, dtype, stop ids).
+
+Outputs in ``--output_dir``:
+- ``turns.jsonl``: every generated turn as it is made (``{"key": dialogue * 1000 + turn,
+  "dialogue", "turn", "role", "response", "num_tokens", "finish_reason"}``), appended and
+  fsynced: a killed run resumes where it stopped (``ifeval/responses.py``), and a rerun
+  with other settings (``turns.settings.json``: models and their weight fingerprints,
+  openings, rounds, sampling, engine) stops with an error instead of mixing two runs;
+- ``dialogues.jsonl``: one dialogue per line, ``{"dialogue", "source", "messages": [{"role",
+  "content", "author": "data"|"assistant"|"simulator"}]}``, written when all are done;
+- ``dialogues.md``: the same for a person to read.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from chat_format import ConversationFormatError, render_chat
+from fileio import resolve_path
+from ifeval.generate import (
+    checkpoint_stop_ids, choose_enforce_eager, cpu_engine_env, engine_version, finish_answer, kv_bytes_per_token,
+    kv_cache_bytes, pick_backend, pick_dtype,
+)
+from ifeval.responses import ResponseWriter, check_settings, checkpoint_fingerprint, read_answered
+from reverse_conversation_func import simulator_prompt
+from tokenization import load_tokenizer
+
+TURN_KEY = 1000  # key = dialogue * TURN_KEY + turn; a dialogue has fewer than 1000 turns
+SETTINGS_KEYS = ("assistant_path", "assistant_fingerprint", "simulator_path", "simulator_fingerprint",
+                 "openings_hash", "limit", "rounds", "max_tokens", "assistant_temperature", "simulator_temperature",
+                 "top_p", "seed", "engine", "engine_version", "dtype")
+# Two engines share the machine: each KV cache takes at most this share of the free memory.
+KV_SHARE_PER_ENGINE = 0.25
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------- openings
+def read_openings(path: str, limit: int = 0) -> list[tuple[str, list[dict]]]:
+    """``(source, [system?, user])`` per record of a chat file (any format ``sft_data``
+    reads), in file order; ``limit > 0`` keeps the first ones. A record that normalizes
+    to nothing is skipped; a malformed one is an error naming it."""
+    import sft_data
+    from chat_format import normalize_conversation
+
+    out = []
+    for where, rec in sft_data.read_records(path):
+        try:
+            msgs = normalize_conversation(sft_data.record_messages(rec, where, "conversations"))
+        except ConversationFormatError as e:
+            raise SystemExit(f"[simulate] error: {where}: {e}") from None
+        if not msgs:
+            continue
+        k = next(i for i, m in enumerate(msgs) if m["role"] == "user")
+        opening = [{"role": m["role"], "content": m["content"]} for m in msgs[:k + 1]]
+        source = rec.get("id", where) if isinstance(rec, dict) else where
+        out.append((str(source), opening))
+        if limit and len(out) >= limit:
+            break
+    if not out:
+        raise SystemExit(f"[simulate] error: {path}: no conversation to open a dialogue with")
+    return out
+
+
+# -------------------------------------------------------------------------- engines
+class Engine:
+    """One checkpoint kept loaded for the whole run: ``generate(prompts, ...)`` returns
+    ``ifeval.generate.finish_answer`` dicts in the prompts' order."""
+
+    def __init__(self, model_path: str, backend: str, device: str, max_model_len: int, n_seqs: int, name: str):
+        self.path, self.backend, self.name = model_path, backend, name
+        self.tokenizer = load_tokenizer(model_path, max_model_len)
+        self.stop_ids = checkpoint_stop_ids(self.tokenizer, model_path)
+        self.dtype = pick_dtype(device)
+        self.max_model_len = max_model_len
+        t0 = time.perf_counter()
+        if backend == "vllm":
+            kwargs = dict(model=model_path, tokenizer=model_path, dtype=self.dtype, seed=0,
+                          enforce_eager=choose_enforce_eager("auto", device), max_model_len=max_model_len,
+                          generation_config="vllm")
+            if device == "cpu":
+                os.environ.update(cpu_engine_env())
+                if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                    import psutil
+
+                    kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(
+                        kv_bytes_per_token(model_path, self.dtype), n_seqs, max_model_len,
+                        psutil.virtual_memory().available, KV_SHARE_PER_ENGINE)
+            else:
+                kwargs["gpu_memory_utilization"] = 0.4  # two engines on one GPU
+            from vllm import LLM
+
+            self.llm = LLM(**kwargs)
+        else:
+            from ifeval.generate import load_hf_model
+
+            self.model = load_hf_model(model_path, device, self.dtype)
+        log(f"[simulate] {name} {model_path} loaded ({backend}, {self.dtype}) in {time.perf_counter() - t0:.1f}s")
+
+    def generate(self, prompts: list[str], max_tokens: int, temperature: float, top_p: float,
+                 seeds: list[int]) -> list[dict]:
+        enc = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        too_long = [i for i, e in enumerate(enc) if len(e) + max_tokens > self.max_model_len]
+        if too_long:
+            raise SystemExit(f"[simulate] error: a {self.name} prompt of {len(enc[too_long[0]])} tokens + "
+                             f"--max_tokens {max_tokens} exceeds --max_model_len {self.max_model_len}")
+        if self.backend == "vllm":
+            from vllm import SamplingParams
+
+            params = [SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                                     max_tokens=max_tokens, stop_token_ids=list(self.stop_ids),
+                                     seed=s if temperature > 0 else None, detokenize=False) for s in seeds]
+            outs = self.llm.generate([{"prompt_token_ids": e} for e in enc], params, use_tqdm=False)
+            return [finish_answer(self.tokenizer, o.outputs[0].token_ids, self.stop_ids) for o in outs]
+        from ifeval.generate import generate_hf
+
+        return generate_hf(self.model, self.tokenizer, prompts, max_new_tokens=max_tokens, stop_ids=self.stop_ids,
+                           temperature=temperature, top_p=top_p, seed=seeds[0] if seeds else 0,
+                           show_progress=False)
+
+
+# -------------------------------------------------------------------------- dialogues
+def assemble(openings, done: dict, rounds: int) -> list[dict]:
+    """Dialogues from the openings and the generated turns (by key), in order; each stops
+    at its first missing turn."""
+    out = []
+    for d, (source, opening) in enumerate(openings):
+        msgs = [dict(m, author="data") for m in opening]
+        for t in range(2 * rounds - 1):
+            rec = done.get(d * TURN_KEY + t)
+            if rec is None:
+                break
+            msgs.append({"role": rec["role"], "content": rec["response"],
+                         "author": "assistant" if rec["role"] == "assistant" else "simulator"})
+        out.append({"dialogue": d, "source": source, "messages": msgs})
+    return out
+
+
+def next_turn(dialogue: dict, rounds: int) -> Optional[int]:
+    """Index of the next turn to generate (0: the first answer), ``None`` when done."""
+    made = sum(1 for m in dialogue["messages"] if m["author"] != "data")
+    return made if made < 2 * rounds - 1 else None
+
+
+def write_markdown(path: Path, dialogues: list[dict], settings: dict) -> None:
+    lines = [f"# Dialogues: assistant `{settings['assistant_path']}` and simulator `{settings['simulator_path']}`", "",
+             f"{len(dialogues)} dialogues, {settings['rounds']} rounds (assistant turns) each; openings from "
+             f"`{settings['openings']}`; the simulator samples at temperature {settings['simulator_temperature']}, "
+             f"the assistant at {settings['assistant_temperature']}; {settings['engine']}.", ""]
+    names = {"data": "(opening, from the data)", "assistant": "(assistant model)", "simulator": "(simulator)"}
+    for d in dialogues:
+        lines += [f"## Dialogue {d['dialogue']} (from {d['source']})", ""]
+        for m in d["messages"]:
+            body = m["content"].strip() or "*(empty)*"
+            lines += [f"**{m['role']}** {names[m['author']]}", ""] + ["> " + x for x in body.splitlines()] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--assistant", required=True, help="assistant checkpoint (folder or hub id)")
+    ap.add_argument("--simulator", required=True, help="user-simulator checkpoint (trained with --mask_mode reverse)")
+    ap.add_argument("--openings", required=True, help="chat file whose records open the dialogues")
+    ap.add_argument("--output_dir", required=True, help="folder for turns.jsonl, dialogues.jsonl, dialogues.md")
+    ap.add_argument("--rounds", type=int, default=3, help="assistant turns per dialogue (default %(default)s)")
+    ap.add_argument("--limit", type=int, default=8, help="first N openings, 0 = all (default %(default)s)")
+    ap.add_argument("--max_tokens", type=int, default=128, help="new tokens per turn (default %(default)s)")
+    ap.add_argument("--assistant_temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ap.add_argument("--simulator_temperature", type=float, default=0.7, help="default %(default)s")
+    ap.add_argument("--top_p", type=float, default=0.95, help="when sampling (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed; each turn uses seed + its key")
+    ap.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto",
+                    help="auto: vLLM when installed, else transformers (default)")
+    ap.add_argument("--max_model_len", type=int, default=4096, help="longest prompt + answer (default %(default)s)")
+    args = ap.parse_args(argv)
+    if args.rounds < 1 or args.rounds >= TURN_KEY // 2:
+        ap.error(f"--rounds must be in [1, {TURN_KEY // 2 - 1}]")
+
+    import torch
+
+    t_start = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend = pick_backend(args.backend)
+    assistant_path, simulator_path = resolve_path(args.assistant), resolve_path(args.simulator)
+    openings_path = resolve_path(args.openings)
+    openings = read_openings(openings_path, args.limit)
+    out = Path(args.output_dir)
+    turns_path = out / "turns.jsonl"
+    settings = {
+        "assistant_path": assistant_path, "assistant_fingerprint": checkpoint_fingerprint(assistant_path),
+        "simulator_path": simulator_path, "simulator_fingerprint": checkpoint_fingerprint(simulator_path),
+        "openings": openings_path,
+        "openings_hash": hashlib.sha256(json.dumps(openings).encode()).hexdigest()[:16],
+        "limit": args.limit, "rounds": args.rounds, "max_tokens": args.max_tokens,
+        "assistant_temperature": args.assistant_temperature, "simulator_temperature": args.simulator_temperature,
+        "top_p": args.top_p, "seed": args.seed, "engine": backend, "engine_version": engine_version(backend),
+        "dtype": pick_dtype(device),
+    }
+    try:
+        done = read_answered(turns_path)
+    except ValueError as e:
+        raise SystemExit(f"[simulate] error: {e}") from None
+    check_settings(turns_path, settings, len(done), keys=SETTINGS_KEYS, tag="simulate")
+    dialogues = assemble(openings, done, args.rounds)
+    todo = sum(2 * args.rounds - 1 for _ in openings) - sum(
+        1 for d in dialogues for m in d["messages"] if m["author"] != "data")
+    resumed = len(done)
+    if resumed:
+        log(f"[simulate] resuming: {resumed} turns already in {turns_path}, {todo} to generate")
+
+    if todo:
+        from tqdm import tqdm
+
+        engines = {"assistant": Engine(assistant_path, backend, device, args.max_model_len, len(openings), "assistant"),
+                   "simulator": Engine(simulator_path, backend, device, args.max_model_len, len(openings), "simulator")}
+        writer = ResponseWriter(turns_path)
+        bar = tqdm(total=todo, desc="turns", unit="turn")
+        try:
+            while True:
+                pending = [(d, t) for d in dialogues for t in [next_turn(d, args.rounds)] if t is not None]
+                if not pending:
+                    break
+                # Each step serves one role: the one most dialogues wait for (all, in lockstep runs).
+                role = max(("assistant", "user"), key=lambda r: sum((t % 2 == 0) == (r == "assistant") for _, t in pending))
+                batch = [(d, t) for d, t in pending if (t % 2 == 0) == (role == "assistant")]
+                hist = [[{"role": m["role"], "content": m["content"]} for m in d["messages"]] for d, _ in batch]
+                if role == "assistant":
+                    eng, temp = engines["assistant"], args.assistant_temperature
+                    prompts = [render_chat(eng.tokenizer, h, add_generation_prompt=True) for h in hist]
+                else:
+                    eng, temp = engines["simulator"], args.simulator_temperature
+                    prompts = [simulator_prompt(h, eng.tokenizer) for h in hist]
+                keys = [d["dialogue"] * TURN_KEY + t for d, t in batch]
+                answers = eng.generate(prompts, args.max_tokens, temp, args.top_p, [args.seed + k for k in keys])
+                recs = [{"key": k, "dialogue": d["dialogue"], "turn": t, "role": role, **a}
+                        for k, (d, t), a in zip(keys, batch, answers)]
+                writer.write(recs)
+                for (d, _), r in zip(batch, recs):
+                    d["messages"].append({"role": role, "content": r["response"],
+                                          "author": "assistant" if role == "assistant" else "simulator"})
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            writer.close()
+        done = read_answered(turns_path)
+        dialogues = assemble(openings, done, args.rounds)
+
+    tmp = out / "dialogues.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dialogues), encoding="utf-8")
+    os.replace(tmp, out / "dialogues.jsonl")
+    write_markdown(out / "dialogues.md", dialogues, settings)
+    sim_turns = [m for d in dialogues for m in d["messages"] if m["author"] == "simulator"]
+    summary = {"dialogues": len(dialogues), "rounds": args.rounds, "generated_turns": len(done),
+               "resumed_turns": resumed, "simulator_turns": len(sim_turns),
+               "empty_simulator_turns": sum(1 for m in sim_turns if not m["content"].strip()),
+               "seconds": round(time.perf_counter() - t_start, 1)}
+    print(f"[simulate] {summary['dialogues']} dialogues x {args.rounds} rounds: {summary['generated_turns']} turns "
+          f"({resumed} resumed, {summary['empty_simulator_turns']} empty user turns) in {summary['seconds']}s; "
+          f"{out / 'dialogues.jsonl'}, {out / 'dialogues.md'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The user simulator's held-out split and measures, base model vs simulator
+(``simulator_measures.py`` defines each measure).
+
+    python scripts/simulator_eval.py split --data data/demo_sft.json --heldout 40 --out_dir sim_out/split
+    python scripts/simulator_eval.py measure --base SmolLM2-135M --simulator sim_out/ckpt/simulator \\
+        --heldout sim_out/split/heldout.json --dialogues sim_out/dialogues/dialogues.jsonl --output sim_out/measures.json
+
+``split`` writes ``train.json`` (train the simulator on it), ``heldout.json`` (never trained
+on) and ``split.json`` (the data file's sha256, the held-out ids, the rule), the same
+records on every run. ``measure`` writes one JSON with, for the base model and the
+simulator: the user-turn loss and perplexity on the held-out conversations, back-translation
+chrF on the held-out single-turn pairs; role confusion (judge: the base model) on real
+user turns, real assistant turns and, once it separates those (rates at least
+``--min_gap`` apart), on the simulator's turns in ``--dialogues``; diversity of those turns
+and of the real held-out user turns.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from chat_format import is_single_turn_conversation, normalize_conversation
+from fileio import file_sha256, resolve_path
+from reverse_conversation_func import simulator_prompt
+import simulator_measures as sm
+
+SALT = "simulator-heldout"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_split(args) -> dict:
+    import sft_data
+
+    records = [rec for _, rec in sft_data.read_records(args.data)]
+    train, held = sm.heldout_split(records, args.heldout, SALT)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.json").write_text(json.dumps([records[i] for i in train], ensure_ascii=False))
+    (out / "heldout.json").write_text(json.dumps([records[i] for i in held], ensure_ascii=False))
+    meta = {"data": args.data, "data_sha256": file_sha256(Path(args.data)), "salt": SALT,
+            "rule": "the n records with the smallest sha256(salt + id) are held out",
+            "n_train": len(train), "n_heldout": len(held),
+            "heldout_ids": [str(records[i].get("id", i)) for i in held]}
+    (out / "split.json").write_text(json.dumps(meta, indent=1))
+    print(f"[split] {args.data}: {len(train)} train, {len(held)} held out -> {out}/train.json, heldout.json, split.json")
+    return meta
+
+
+def load_model(path: str):
+    from ifeval.generate import load_hf_model
+
+    return load_hf_model(path, "cpu" if not _cuda() else "cuda")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_measure(args) -> dict:
+    from ifeval.generate import checkpoint_stop_ids, generate_hf
+    from tokenization import load_tokenizer
+
+    t0 = time.perf_counter()
+    held = json.loads(Path(args.heldout).read_text())
+    convs = [c for c in (normalize_conversation(r.get("conversations") or r.get("messages")) for r in held) if c]
+    singles = [c for c in convs if is_single_turn_conversation(c)][:args.chrf_items or None]
+    bt_inputs = [sorted([m for m in c if m["role"] != "user"], key=lambda m: m["role"] != "system") for c in singles]
+    bt_refs = [next(m["content"] for m in c if m["role"] == "user") for c in singles]
+    real_users, real_answers = sm.real_turn_items(convs)
+    if args.role_items:
+        real_users, real_answers = real_users[:args.role_items], real_answers[:args.role_items]
+    dialogues = [json.loads(x) for x in Path(args.dialogues).read_text().splitlines()] if args.dialogues else []
+    gen_items, gen_prev = [], []
+    for d in dialogues:
+        msgs = d["messages"]
+        for k, m in enumerate(msgs):
+            if m["author"] == "simulator":
+                gen_items.append(([{"role": x["role"], "content": x["content"]} for x in msgs[:k]], m["content"]))
+                gen_prev.append(msgs[k - 1]["content"])
+    paths = {"base": resolve_path(args.base), "simulator": resolve_path(args.simulator)}
+    res: dict = {"heldout": {"file": args.heldout, "conversations": len(convs), "single_turn_pairs": len(singles),
+                             "multi_turn": sum(1 for c in convs if not is_single_turn_conversation(c))},
+                 "models": paths, "user_turn_loss": {}, "back_translation": {
+                     "metric": f"chrF (sacrebleu {version('sacrebleu')}, corpus level)", "pairs": len(singles),
+                     "max_tokens": args.max_tokens, "examples": []}}
+    role = {}
+    for name, path in paths.items():
+        tok = load_tokenizer(path, args.max_length)
+        model = load_model(path)
+        log(f"[measure] {name}: user-turn loss on {len(convs)} held-out conversations")
+        res["user_turn_loss"][name] = sm.user_turn_loss(model, tok, convs, args.max_length, args.batch_size,
+                                                        progress=f"{name} user-turn loss")
+        prompts = [simulator_prompt(x, tok, back_translation=True) for x in bt_inputs]
+        log(f"[measure] {name}: back-translation of {len(prompts)} answers")
+        gen = generate_hf(model, tok, prompts, max_new_tokens=args.max_tokens, stop_ids=checkpoint_stop_ids(tok, path),
+                          batch_size=args.batch_size, show_progress=True)
+        hyps = [g["response"] for g in gen]
+        res["back_translation"][name] = sm.chrf(hyps, bt_refs) if hyps else None
+        res["back_translation"][f"{name}_hypotheses"] = hyps
+        if name == "base":  # the judge of role confusion is the starting model
+            kw = dict(batch_size=args.batch_size, history_messages=args.role_history)
+            role["real_user"] = sm.role_scores(model, tok, real_users, progress="role: real user turns", **kw)
+            role["real_assistant"] = sm.role_scores(model, tok, real_answers, progress="role: real assistant turns", **kw)
+            rate_u, rate_a = (sm.reads_as_assistant(role[k]) for k in ("real_user", "real_assistant"))
+            validated = bool(role["real_user"]) and rate_a - rate_u >= args.min_gap
+            gen_scores = sm.role_scores(model, tok, gen_items, progress="role: generated user turns", **kw) \
+                if validated and gen_items else []
+            res["role_confusion"] = {
+                "judge": path, "history_messages": args.role_history, "min_gap": args.min_gap,
+                "definition": "share of texts the judge finds more likely as the assistant's turn than as the "
+                              "user's, after the same history",
+                "real_user": {"n": len(role["real_user"]), "rate": rate_u},
+                "real_assistant": {"n": len(role["real_assistant"]), "rate": rate_a},
+                "gap": rate_a - rate_u, "validated": validated,
+                "generated_user": ({"n": len(gen_scores), "rate": sm.reads_as_assistant(gen_scores)}
+                                   if validated else None)}
+        del model
+        gc.collect()
+    res["back_translation"]["examples"] = [
+        {"answer": x[-1]["content"][:300], "real_request": r, "base": b, "simulator": s}
+        for x, r, b, s in list(zip(bt_inputs, bt_refs, res["back_translation"]["base_hypotheses"],
+                                   res["back_translation"]["simulator_hypotheses"]))[:3]]
+    real_texts, real_prev = [], []
+    for c in convs:
+        for k, m in enumerate(c):
+            if m["role"] == "user" and k > 0 and c[k - 1]["role"] == "assistant":
+                real_texts.append(m["content"])
+                real_prev.append(c[k - 1]["content"])
+    gen_texts = [t for _, t in gen_items]
+
+    def diversity(texts, prev):
+        return {"turns": len(texts), "distinct_1": sm.distinct_n(texts, 1), "distinct_2": sm.distinct_n(texts, 2),
+                "repeats_previous": (sum(sm.repeats_previous(t, p) for t, p in zip(texts, prev)) / len(texts)
+                                     if texts else None),
+                "empty": sum(1 for t in texts if not t.strip()),
+                "mean_words": sum(len(sm.words(t)) for t in texts) / len(texts) if texts else None}
+
+    res["diversity"] = {"phrase": "a shared word 4-gram with the assistant turn before",
+                        "generated_user": diversity(gen_texts, gen_prev),
+                        "real_heldout_user": diversity(real_texts, real_prev)}
+    res["dialogues"] = {"file": args.dialogues, "count": len(dialogues)}
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(res, indent=1, ensure_ascii=False))
+    L, B, R = res["user_turn_loss"], res["back_translation"], res["role_confusion"]
+    g = R["generated_user"]
+    print(f"[measure] user-turn perplexity {L['base']['perplexity']:.2f} -> {L['simulator']['perplexity']:.2f} "
+          f"({L['base']['tokens']} tokens); chrF {B['base'] or 0:.1f} -> {B['simulator'] or 0:.1f} ({B['pairs']} pairs); "
+          f"reads as assistant: real user {R['real_user']['rate']:.0%}, real assistant {R['real_assistant']['rate']:.0%}"
+          f", generated {'n/a (not validated)' if g is None else format(g['rate'], '.0%')}; "
+          f"distinct-2 {res['diversity']['generated_user']['distinct_2']}; {res['seconds']}s -> {args.output}")
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("split", help="the fixed held-out split of a chat file")
+    s.add_argument("--data", required=True, help="chat file (JSON list or JSONL)")
+    s.add_argument("--heldout", type=int, default=40, help="records held out (default %(default)s)")
+    s.add_argument("--out_dir", required=True)
+    m = sub.add_parser("measure", help="base vs simulator measures on the held-out split")
+    m.add_argument("--base", required=True, help="starting model (also the role-confusion judge)")
+    m.add_argument("--simulator", required=True, help="simulator checkpoint")
+    m.add_argument("--heldout", required=True, help="heldout.json from the split step")
+    m.add_argument("--dialogues", default=None, help="dialogues.jsonl of scripts/simulate.py (generated turns)")
+    m.add_argument("--output", required=True, help="measures JSON to write")
+    m.add_argument("--max_length", type=int, default=1024, help="tokens per held-out conversation (right truncation)")
+    m.add_argument("--max_tokens", type=int, default=64, help="new tokens per back-translated request")
+    m.add_argument("--chrf_items", type=int, default=0, help="first N single-turn pairs, 0 = all")
+    m.add_argument("--role_items", type=int, default=0, help="first N real user/assistant pairs, 0 = all")
+    m.add_argument("--role_history", type=int, default=2, help="history messages the judge sees, 0 = all")
+    m.add_argument("--min_gap", type=float, default=0.5, help="real-turn rates must differ this much (default 0.5)")
+    m.add_argument("--batch_size", type=int, default=4)
+    args = ap.parse_args(argv)
+    return cmd_split(args) if args.command == "split" else cmd_measure(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""scripts/simulator_demo.sh end to end in a reduced form (tiny random model, 1 step, 2
+dialogues of 2 rounds, transformers backend): every stage runs and the report holds the
+measures with their counts; the held-out split is never trained on; the role measure is
+not reported for generated turns when it does not separate real ones (a random judge
+cannot). Plus the split and the text measures on known inputs."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import simulator_measures as sm
+from test_train_hw_parallel import tiny_llama
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_reduced_simulator_demo(tmp_path, tokenizer):
+    model = tiny_llama(tmp_path / "tiny", tokenizer, heads=1, kv_heads=1)
+    out = tmp_path / "out"
+    env = {**os.environ, "SIMDEMO_MODEL": str(model), "SIMDEMO_ASSISTANT": str(model), "SIMDEMO_OUT": str(out),
+           "SIMDEMO_STEPS": "1", "SIMDEMO_HELDOUT": "30", "SIMDEMO_LIMIT": "2", "SIMDEMO_ROUNDS": "2",
+           "SIMDEMO_MAXTOK": "4", "SIMDEMO_BACKEND": "hf", "SIMDEMO_ROLE_ITEMS": "4", "SIMDEMO_CHRF_ITEMS": "3",
+           "SIMDEMO_MAXLEN": "128", "CPU_RANKS": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", "scripts/simulator_demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads((REPO / "data" / "demo_sft.json").read_text())
+    train = json.loads((out / "split" / "train.json").read_text())
+    held = json.loads((out / "split" / "heldout.json").read_text())
+    assert len(held) == 30 and len(train) + len(held) == len(data)
+    assert not {r["id"] for r in train} & {r["id"] for r in held}
+    manifest = json.loads((out / "ckpt" / "simulator" / "run_manifest.json").read_text())
+    assert manifest["data_args"]["mask_mode"] == "reverse"
+    assert manifest["data_args"]["data_path"].endswith("split/train.json")
+    m = json.loads((out / "measures.json").read_text())
+    assert m["heldout"]["conversations"] == 30 and m["back_translation"]["pairs"] == 3
+    assert m["user_turn_loss"]["base"]["tokens"] == m["user_turn_loss"]["simulator"]["tokens"] > 0
+    R = m["role_confusion"]
+    assert R["real_user"]["n"] == R["real_assistant"]["n"] == 4
+    assert R["validated"] == (R["real_assistant"]["rate"] - R["real_user"]["rate"] >= 0.5)
+    assert (R["generated_user"] is None) == (not R["validated"])
+    dialogues = [json.loads(x) for x in (out / "dialogues" / "dialogues.jsonl").read_text().splitlines()]
+    assert len(dialogues) == 2 and all(sum(x["author"] != "data" for x in d["messages"]) == 3 for d in dialogues)
+    assert m["diversity"]["generated_user"]["turns"] == 2
+    report = (out / "simulator.md").read_text()
+    for part in ("## Measures, base vs simulator", "| user-turn perplexity |", "## Role confusion",
+                 "## Diversity of user turns", "### Dialogue 1", "| total |"):
+        assert part in report, part
+
+
+def test_heldout_split_depends_on_ids_only():
+    recs = [{"id": f"r{i}"} for i in range(50)]
+    train, held = sm.heldout_split(recs, 10)
+    assert len(held) == 10 and sorted(train + held) == list(range(50))
+    shuffled = list(reversed(recs))
+    _, held2 = sm.heldout_split(shuffled, 10)
+    assert {shuffled[i]["id"] for i in held2} == {recs[i]["id"] for i in held}
+    with pytest.raises(ValueError, match="duplicate"):
+        sm.heldout_split([{"id": "a"}, {"id": "a"}], 1)
+
+
+def test_text_measures_on_known_inputs():
+    # "a b a b": unigrams a,b,a,b -> 2/4; bigrams ab, ba, ab -> 2/3.
+    assert sm.distinct_n(["a b", "a b"], 1) == 0.5
+    assert sm.distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    assert sm.repeats_previous("so the cat sat on the mat today", "I saw the cat sat on it")  # "the cat sat on"
+    assert not sm.repeats_previous("the cat sat", "the cat sat on")  # shorter than a 4-gram
+    assert sm.chrf(["hello world"], ["hello world"]) == pytest.approx(100.0)
+    assert sm.chrf(["zzzz"], ["hello world"]) < 5
+    assert sm.reads_as_assistant([0.5, -1.0, 2.0, -0.1]) == 0.5
