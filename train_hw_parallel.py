@@ -27,7 +27,9 @@ What it adds to a plain Trainer run:
 """
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -37,6 +39,7 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, Traini
 from transformers.trainer_utils import get_last_checkpoint
 
 import sft_data
+from cpu_precision import PRECISIONS, describe
 from fused_loss import FusedLossTrainer
 from loss_functions import compute_loss_from_logits
 from report import plot_loss_curve
@@ -105,6 +108,14 @@ class RunArguments:
         default=False,
         metadata={"help": "Start from scratch even when --output_dir holds checkpoints (default: resume from the last)."},
     )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "On the CPU: auto (default) is bf16 mixed precision where the processor has bf16 "
+                          "arithmetic (AVX512-BF16, AMX), else fp32 (cpu_precision.py); bf16 or fp32 force one. "
+                          "bf16 keeps fp32 master weights and optimizer state. On a GPU: auto leaves --bf16/--fp16 "
+                          "as given (scripts/sft.sh picks them), bf16 adds --bf16 True, fp32 refuses them.",
+                  "choices": list(PRECISIONS)},
+    )
 
 
 def make_collator(data_args: DataArguments, attn_implementation: str, tokenizer):
@@ -122,10 +133,41 @@ def make_collator(data_args: DataArguments, attn_implementation: str, tokenizer)
     return transformers.DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
 
 
+def precision_argv(argv: list[str], on_gpu: bool) -> tuple[list[str], str, Optional[str]]:
+    """(``argv`` with the TrainingArguments that ``--precision`` implies appended, the
+    requested precision, a log line or None).
+
+    bf16 becomes ``--bf16 True``: under DeepSpeed its ``bf16`` config section (``"auto"``
+    follows the flag) keeps the module in bf16 and fp32 master weights and Adam state in
+    the ZeRO optimizer; without DeepSpeed the Trainer runs the forward under bf16 autocast.
+    On the CPU ``--use_cpu True`` goes with it (TrainingArguments refuses bf16 without a
+    bf16 GPU otherwise; the device stays the CPU either way)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--precision", default="auto", choices=PRECISIONS)
+    requested = pre.parse_known_args(argv)[0].precision
+    if on_gpu:
+        return argv + (["--bf16", "True"] if requested == "bf16" else []), requested, None
+    line = describe(requested)
+    if line.startswith("bf16"):
+        argv = argv + ["--bf16", "True", "--use_cpu", "True"]
+    return argv, requested, f"[precision] CPU: {line}"
+
+
+def training_precision(training_args: TrainingArguments) -> str:
+    """``"bf16"``, ``"fp16"`` or ``"fp32"``: the compute precision the run trains in."""
+    return "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+
+
 def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, requested, precision_line = precision_argv(argv, torch.cuda.is_available())
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     log = print if training_args.process_index == 0 else (lambda *a, **k: None)
+    if requested == "fp32" and training_precision(training_args) != "fp32":
+        raise SystemExit(f"[train] error: --precision fp32 contradicts --{training_precision(training_args)} True")
+    if precision_line:
+        log(precision_line)
     transformers.set_seed(training_args.seed)
 
     data_hash = sft_data.data_fingerprint(data_args.data_path)  # hashes every data file: once per run

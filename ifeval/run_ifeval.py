@@ -19,7 +19,10 @@ Generation (``ifeval/generate.py``)
     generation_config says (``utils.end_of_turn_ids``): a model fine-tuned from a base
     checkpoint keeps the base's eos (``<|endoftext|>``) and would otherwise write invented
     user turns until ``--max_tokens``. Answers are decoded without special tokens and stripped.
-  * fp32 on the CPU, bf16 on Ampere and newer GPUs, fp16 on older ones (T4, V100, 2080 Ti).
+  * ``--precision auto`` (default): on the CPU bf16 where the processor has bf16 arithmetic
+    (AVX512-BF16, AMX; ``cpu_precision.py``), else fp32; bf16 on Ampere and newer GPUs, fp16
+    on older ones (T4, V100, 2080 Ti). ``fp32`` / ``bf16`` force one. The dtype is recorded
+    in the settings sidecar, so a resume in another precision is refused.
   * vLLM on the CPU binds its threads to every core of a small machine, sizes its KV cache
     from the free memory, and runs eager for small runs and compiled for large ones
     (``--vllm_mode``, ``--cpu_threads_bind``, ``--kv_cache_gib`` override).
@@ -82,7 +85,8 @@ def generation_settings(args, model_path: str, backend: str, device: str) -> dic
     return {"model_path": model_path, "max_tokens": args.max_tokens, "temperature": args.temperature,
             "top_p": args.top_p, "system_message": args.system_message, "seed": args.seed,
             "benchmark": args.benchmark, "model_fingerprint": checkpoint_fingerprint(model_path),
-            "engine": backend, "engine_version": engine_version(backend), "dtype": pick_dtype(device)}
+            "engine": backend, "engine_version": engine_version(backend),
+            "dtype": pick_dtype(device, getattr(args, "precision", "auto"))}
 
 
 def run_inference(args, model_path: str, selected: list[dict], responses: Path) -> dict:
@@ -218,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cpu_threads_bind", default=None,
                     help="vLLM on the CPU: cores for its threads, e.g. 0-7 (VLLM_CPU_OMP_THREADS_BIND syntax; "
                          "default: every core on machines with up to 4, all but one above)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="auto (default): bf16 on a CPU with bf16 arithmetic (AVX512-BF16, AMX) and on Ampere+ "
+                         "GPUs, fp16 on older GPUs, else fp32; fp32 or bf16 force one (both backends)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
     ap.add_argument("--batch_size", type=int, default=None,
                     help=f"transformers: prompts per batch (default {DEFAULT_HF_BATCH}); vLLM: prompts per "

@@ -22,11 +22,13 @@
 #   HOSTFILE                   DeepSpeed hostfile for several nodes ("host slots=N" lines)
 #   NUM_GPUS                   use this many GPUs instead of all that nvidia-smi lists
 #   CPU_RANKS [2 when 2+ cores]  processes on a machine without GPU (each gets cores/CPU_RANKS threads)
+#   PRECISION [auto]           without GPU: auto = bf16 where the CPU has bf16 arithmetic (AVX512-BF16,
+#                              AMX), else fp32; fp32 or bf16 force one (train_hw_parallel.py --precision)
 #   SFT_DRY_RUN=1              print the launch command and exit
 #
 # Hardware: bf16 on GPUs of compute capability 8.0+ (Ampere and newer), fp16 on older ones
 # (T4, 2080 Ti), flash-attention when the flash_attn package imports there; without GPU,
-# fp32 on DeepSpeed's CPU accelerator (gloo). W&B logging only when WANDB_API_KEY or
+# bf16 or fp32 (PRECISION) on DeepSpeed's CPU accelerator (gloo). W&B logging only when WANDB_API_KEY or
 # WANDB_MODE is set; otherwise the console.
 set -euo pipefail
 
@@ -79,7 +81,11 @@ else
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES / CPU_RANKS > 0 ? CORES / CPU_RANKS : 1 ))}"
     BSZPERDEV="${BSZPERDEV:-4}"
     NDEV="$CPU_RANKS"
-    DEVICE="CPU, $CPU_RANKS rank(s) x $OMP_NUM_THREADS thread(s), fp32, sdpa"
+    # -- CPU precision (issue 24): resolved here once, so the launch line names what trains.
+    PREC="$(cd "$REPO" && "$PYTHON" -m cpu_precision "${PRECISION:-auto}")"
+    HW_ARGS+=(--precision "$PREC")
+    # --
+    DEVICE="CPU, $CPU_RANKS rank(s) x $OMP_NUM_THREADS thread(s), $PREC, sdpa"
     HW_ARGS+=(--dataloader_pin_memory False)
     LAUNCH=(--num_gpus "$CPU_RANKS")
 fi
