@@ -158,6 +158,27 @@ def training_precision(training_args: TrainingArguments) -> str:
     return "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
 
 
+def restore_fp32_master_weights(trainer: Trainer) -> int:
+    """Put DeepSpeed's fp32 master weights back into the model before the final save, so
+    a bf16/fp16 run saves the weights it trained (fp32), not their 16-bit copies.
+
+    Under DeepSpeed's bf16/fp16 modes the module holds 16-bit copies; ZeRO-1/2 keep the
+    fp32 masters partitioned over the ranks and ``deepspeed.utils.safe_get_full_fp32_param``
+    gathers each (a collective: every rank calls it). Returns the number of parameters
+    restored (0 without DeepSpeed, or in fp32, where the module already holds them)."""
+    if not getattr(trainer, "is_deepspeed_enabled", False) or not (trainer.args.bf16 or trainer.args.fp16):
+        return 0
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    restored = 0
+    for p in trainer.model.parameters():
+        full = safe_get_full_fp32_param(p)
+        if full is not None:
+            p.data = full.detach().reshape(p.shape).to(p.device)
+            restored += 1
+    return restored
+
+
 def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), description=__doc__)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -224,6 +245,7 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
         log(f"[train] resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
 
+    restore_fp32_master_weights(trainer)
     trainer.save_model()  # safetensors + generation_config.json + tokenizer and chat template
     trainer.save_state()
     if trainer.is_world_process_zero():
