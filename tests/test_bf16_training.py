@@ -1,14 +1,14 @@
 """bf16 mixed precision on the CPU follows fp32: the pretrained SmolLM2-135M on the demo's
-data, its first optimizer steps. The fp32 reference is a plain single-process run
+data, its first 3 optimizer steps (2 samples of at most 128 tokens). The fp32 reference is a plain single-process run
 (``--precision fp32``, exact, see test_train_hw_parallel.py); the bf16 run is the product
 path: DeepSpeed ZeRO-2 with two CPU ranks over gloo, ``--precision bf16`` (bf16 module,
 fp32 master weights and Adam state).
 
 Tolerance: each logged loss within 0.03 + 1% of fp32's. bf16 keeps 8 mantissa bits, so
-every product and activation is rounded at a relative 2**-9 (0.2%); over 30 layers and
-the loss's log-sum-exp these roundings leave the mean token loss about 0.005-0.02 off
-fp32's on this data (measured, docs/performance_cpu.md), and the weight updates of the
-first steps (lr 5e-5) are too small to let the two curves drift apart.
+every product and activation is rounded at a relative 2**-9 (0.2%); over 30 layers these
+roundings left the mean token loss 0.014, 0.0003 and 0.044 (1.5%) off fp32's in the three
+steps measured here (docs/performance_cpu.md); the first step runs at learning rate 0
+(warm-up), so its difference is the bf16 forward pass alone.
 """
 import json
 import os
@@ -23,12 +23,12 @@ import train_hw_parallel
 from fileio import REPO_ROOT
 from test_train_hw_parallel import _free_port, logged_losses
 
-STEPS = 4
+STEPS = 3
 
 
 def demo_args(model_dir, out, cache):
     return ["--model_name_or_path", str(model_dir), "--data_path", str(REPO_ROOT / "data" / "demo_sft.json"),
-            "--output_dir", str(out), "--data_cache_dir", str(cache), "--model_max_length", "256",
+            "--output_dir", str(out), "--data_cache_dir", str(cache), "--model_max_length", "128",
             "--max_steps", str(STEPS), "--learning_rate", "5e-5", "--lr_scheduler_type", "cosine",
             "--warmup_steps", "1", "--weight_decay", "0", "--logging_steps", "1", "--save_strategy", "no",
             "--report_to", "none", "--dataloader_pin_memory", "False", "--seed", "1",
@@ -90,9 +90,12 @@ def test_bf16_run_saves_its_fp32_master_weights(tokenizer, tmp_path):
     r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     initial, saved = load_file(str(model / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    assert saved.keys() == initial.keys()
+    # The tied output weight is stored once in one of the two files (as the embedding).
+    names = [n for n in saved if n in initial]
+    assert len(names) == len(saved) and len(names) >= len(initial) - 1 and len(names) > 10
     rounded = 0
-    for name, w in initial.items():
+    for name in names:
+        w = initial[name]
         assert saved[name].dtype == torch.float32 and torch.equal(saved[name], w), name
         rounded += int((w.bfloat16().float() != w).sum())
-    assert rounded > 0.9 * sum(w.numel() for w in initial.values())  # a bf16 save could not have passed
+    assert rounded > 0.9 * sum(initial[n].numel() for n in names)  # a bf16 save could not have passed
