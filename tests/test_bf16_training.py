@@ -71,9 +71,11 @@ def test_resume_in_another_precision_is_refused(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_bf16_run_saves_its_fp32_master_weights(tokenizer, tmp_path):
-    """Two ranks, ZeRO-2, bf16, learning rate 0: the masters never move, so the saved model
-    must be the initial fp32 weights bit for bit (the module's bf16 copies would differ in
-    almost every entry): the fp32 partitions of both ranks are gathered into the save."""
+    """Two ranks, ZeRO-2, bf16, 2 AdamW steps: the saved model is fp32 and almost none of
+    its entries is a bf16 number, so it holds the fp32 masters (gathered from both ranks'
+    partitions), not the module's bf16 copies (a bf16 save would have all entries bf16).
+    DeepSpeed builds the masters from the bf16 module, so a run at learning rate 0 would
+    save the bf16-rounded initial weights: this check needs weights that moved."""
     from safetensors.torch import load_file
     from test_train_hw_parallel import CHATS, tiny_llama, write_chats
 
@@ -84,18 +86,16 @@ def test_bf16_run_saves_its_fp32_master_weights(tokenizer, tmp_path):
            str(REPO_ROOT / "train_hw_parallel.py"), "--deepspeed", str(REPO_ROOT / "ds_configs" / "zero2_no_offload.json"),
            "--model_name_or_path", str(model), "--data_path", str(data), "--output_dir", str(out),
            "--data_cache_dir", str(tmp_path / "cache"), "--model_max_length", "256", "--max_steps", "2",
-           "--learning_rate", "0", "--lr_scheduler_type", "constant", "--weight_decay", "0", "--save_strategy", "no",
-           "--report_to", "none", "--dataloader_pin_memory", "False", "--per_device_train_batch_size", "1",
-           "--precision", "bf16"]
+           "--optim", "adamw_torch", "--learning_rate", "1e-3", "--lr_scheduler_type", "constant", "--weight_decay", "0",
+           "--save_strategy", "no", "--report_to", "none", "--dataloader_pin_memory", "False",
+           "--per_device_train_batch_size", "1", "--precision", "bf16"]
     r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     initial, saved = load_file(str(model / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    # The tied output weight is stored once in one of the two files (as the embedding).
-    names = [n for n in saved if n in initial]
-    assert len(names) == len(saved) and len(names) >= len(initial) - 1 and len(names) > 10
-    rounded = 0
-    for name in names:
-        w = initial[name]
-        assert saved[name].dtype == torch.float32 and torch.equal(saved[name], w), name
-        rounded += int((w.bfloat16().float() != w).sum())
-    assert rounded > 0.9 * sum(initial[n].numel() for n in names)  # a bf16 save could not have passed
+    emb = "model.embed_tokens.weight"
+    assert all(w.dtype == torch.float32 for w in saved.values())
+    assert not torch.equal(saved[emb], initial[emb])  # trained
+    body = [n for n in saved if n != "lm_head.weight"]  # lm_head: see docs/performance_cpu.md
+    total = sum(saved[n].numel() for n in body)
+    off_bf16 = sum(int((saved[n].bfloat16().float() != saved[n]).sum()) for n in body)
+    assert off_bf16 > 0.9 * total, (off_bf16, total)
