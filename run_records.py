@@ -299,13 +299,16 @@ def run_plan(model_args, data_args, training_args, data_hash: str) -> dict:
     """The settings a resumed run must share with the run it continues, as JSON values:
     the data (``data_hash``, from ``sft_data.data_fingerprint``; it covers per-message ``train``
     flags), the model, masking (``mask_mode``, ``train_turns``) and lengths, batch geometry (per-device
-    batch, accumulation, world size), optimizer and schedule, seeds and sampling."""
+    batch, accumulation, world size), optimizer and schedule, seeds and sampling, and the
+    compute precision (``"fp32"``, ``"bf16"`` or ``"fp16"``)."""
     plan = {
         "data_hash": data_hash,
         "model_name_or_path": resolve_path(model_args.model_name_or_path),
         **{k: getattr(data_args, k) for k in ("mask_mode", "train_turns", "model_max_length", "truncation_side",
                                                "max_rounds", "conversation_field", "padding_free")},
         **{k: getattr(training_args, k) for k in PLAN_TRAINING_ARGS if hasattr(training_args, k)},
+        # A resumed run continues in the same number format (its checkpoints hold bf16 or fp32 modules).
+        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
     }
     return json.loads(json.dumps(plan, default=lambda v: getattr(v, "value", str(v))))  # enums -> their strings
 

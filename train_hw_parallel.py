@@ -29,9 +29,11 @@ What it adds to a plain Trainer run:
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -40,6 +42,7 @@ import transformers
 from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, TrainingArguments
 
 import sft_data
+from cpu_precision import PRECISIONS, describe
 from fused_loss import FusedLossTrainer
 from loss_functions import compute_loss_from_logits
 from report import plot_loss_curve
@@ -118,6 +121,14 @@ class RunArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start from scratch even when --output_dir holds checkpoints (default: resume from the last)."},
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "On the CPU: auto (default) is bf16 mixed precision where the processor has bf16 "
+                          "arithmetic (AVX512-BF16, AMX), else fp32 (cpu_precision.py); bf16 or fp32 force one. "
+                          "bf16 keeps fp32 master weights and optimizer state. On a GPU: auto leaves --bf16/--fp16 "
+                          "as given (scripts/sft.sh picks them), bf16 adds --bf16 True, fp32 refuses them.",
+                  "choices": list(PRECISIONS)},
     )
 
 
@@ -234,8 +245,56 @@ def with_tied_save(trainer_cls):
     return TiedSaveTrainer
 
 
+def precision_argv(argv: list[str], on_gpu: bool) -> tuple[list[str], str, Optional[str]]:
+    """(``argv`` with the TrainingArguments that ``--precision`` implies appended, the
+    requested precision, a log line or None).
+
+    bf16 becomes ``--bf16 True``: under DeepSpeed its ``bf16`` config section (``"auto"``
+    follows the flag) keeps the module in bf16 and fp32 master weights and Adam state in
+    the ZeRO optimizer; without DeepSpeed the Trainer runs the forward under bf16 autocast.
+    On the CPU ``--use_cpu True`` goes with it (TrainingArguments refuses bf16 without a
+    bf16 GPU otherwise; the device stays the CPU either way)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--precision", default="auto", choices=PRECISIONS)
+    requested = pre.parse_known_args(argv)[0].precision
+    if on_gpu:
+        return argv + (["--bf16", "True"] if requested == "bf16" else []), requested, None
+    line = describe(requested)
+    if line.startswith("bf16"):
+        argv = argv + ["--bf16", "True", "--use_cpu", "True"]
+    return argv, requested, f"[precision] CPU: {line}"
+
+
+def training_precision(training_args: TrainingArguments) -> str:
+    """``"bf16"``, ``"fp16"`` or ``"fp32"``: the compute precision the run trains in."""
+    return "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+
+
+def restore_fp32_master_weights(trainer: Trainer) -> int:
+    """Put DeepSpeed's fp32 master weights back into the model before the final save, so
+    a bf16/fp16 run saves the weights it trained (fp32), not their 16-bit copies.
+
+    Under DeepSpeed's bf16/fp16 modes the module holds 16-bit copies; ZeRO-1/2 keep the
+    fp32 masters partitioned over the ranks and ``deepspeed.utils.safe_get_full_fp32_param``
+    gathers each (a collective: every rank calls it). Returns the number of parameters
+    restored (0 without DeepSpeed, or in fp32, where the module already holds them)."""
+    if not getattr(trainer, "is_deepspeed_enabled", False) or not (trainer.args.bf16 or trainer.args.fp16):
+        return 0
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    restored = 0
+    for p in trainer.model.parameters():
+        full = safe_get_full_fp32_param(p)
+        if full is not None:
+            p.data = full.detach().reshape(p.shape).to(p.device)
+            restored += 1
+    return restored
+
+
 def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, requested, precision_line = precision_argv(argv, torch.cuda.is_available())
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     with deepspeed_blocked(not training_args.deepspeed):
         check_settings({"learning_rate": training_args.learning_rate, "num_train_epochs": training_args.num_train_epochs,
@@ -244,6 +303,10 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
                        what="training arguments")
         writer = training_args.process_index == 0
         log = print if writer else (lambda *a, **k: None)
+        if requested == "fp32" and training_precision(training_args) != "fp32":
+            raise SystemExit(f"[train] error: --precision fp32 contradicts --{training_precision(training_args)} True")
+        if precision_line:
+            log(precision_line)
         # One writer per output folder: rank 0 holds the lock for the whole run (the other
         # ranks write only their own shards, inside checkpoints rank 0 names).
         lock = FolderLock(training_args.output_dir, "training output folder", log) if writer else contextlib.nullcontext()
@@ -333,6 +396,7 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
         log(f"[train] resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
 
+    restore_fp32_master_weights(trainer)
     trainer.save_model()  # safetensors + generation_config.json + tokenizer and chat template
     trainer.save_state()
     if trainer.is_world_process_zero():

@@ -1,11 +1,25 @@
-"""Trained tokens per second: the project's batching (unpadded samples, length-grouped,
-each batch padded to its longest member rounded to 8) against the course's
-pad-every-sample-to-model_max_length, in one run on the same model and data.
+"""Trained tokens per second, two comparisons, each in one run on the same model and data.
 
-    python benchmarks/train_throughput.py                       # ../shared/ifeval/gpt4_responses.jsonl
-    python benchmarks/train_throughput.py --layers 2 --steps 2 --batch_size 4
+``--suite precision`` (default): fp32 against bf16 mixed precision on the CPU, on the demo's
+data (data/demo_sft.json, length-grouped batches of 4 at 512 tokens, an optimizer step every
+2 micro-batches: sft.sh's one-rank demo layout), the pretrained SmolLM2-135M, the project's
+fused loss and AdamW. bf16 is what DeepSpeed's bf16 mode does: the module in bf16, fp32
+master weights and Adam state, the bf16 gradients added into fp32 before the step. Printed
+per precision: trained tokens/s, achieved GFLOP/s, and the machine's own matmul peak in
+that precision measured in the same run (best of a few 2048^3 products), so each figure is
+also a fraction of the limit.
 
-Data: IFEval prompts with GPT-4's answers as single-turn chats (realistic lengths). Model:
+    python benchmarks/train_throughput.py                          # fp32 vs bf16, demo data
+    python benchmarks/train_throughput.py --steps 2 --layers 8     # quicker, fewer layers
+
+``--suite batching``: the project's batching (unpadded samples, length-grouped, each batch
+padded to its longest member rounded to 8) against the course's pad-every-sample-to-
+model_max_length, fp32.
+
+    python benchmarks/train_throughput.py --suite batching         # ../shared/ifeval/gpt4_responses.jsonl
+    python benchmarks/train_throughput.py --suite batching --layers 2 --steps 2 --batch_size 4
+
+Batching suite. Data: IFEval prompts with GPT-4's answers as single-turn chats (realistic lengths). Model:
 the SmolLM2-135M architecture (config.json of --model) with fewer layers, randomly
 initialised, fp32 on CPU. One training step = forward, the Part 5 loss, backward, AdamW.
 The first step of each variant is a warm-up and not timed. Trained tokens are the
@@ -20,11 +34,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
 import sft_data
+from fused_loss import fused_linear_cross_entropy
 from loss_functions import compute_loss_from_logits
 from fileio import REPO_ROOT, iter_jsonl, resolve_path
 from tokenization import DEFAULT_MODEL, load_tokenizer
@@ -73,20 +89,131 @@ def run(model, dataset, collator, index_batches, desc: str) -> dict:
             "tokens_per_s": trained / secs if secs else float("nan")}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="gpt4_responses.jsonl (default: SHARED_DIR/ifeval/gpt4_responses.jsonl)")
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="folder with the tokenizer and config.json")
-    ap.add_argument("--layers", type=int, default=4, help="decoder layers (the real model has 30)")
-    ap.add_argument("--batch_size", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=4, help="steps per variant, the first one untimed")
-    ap.add_argument("--model_max_length", type=int, default=2048)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+# ------------------------------------------------------------------ precision suite
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """The best of ``reps`` timed ``n x n @ n x n`` products in ``dtype``, in GFLOP/s
+    (2 n^3 floating-point operations each), after one untimed product."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+    c = torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
 
+
+def batch_flops(cfg, n_params: int, rows: int, seq: int, targets: int) -> float:
+    """Model FLOPs of one training micro-batch (forward + backward = 3 x forward), the
+    usual count (Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, appendix B):
+    6 x (parameters outside the embedding) per computed position, 12 x layers x hidden x
+    seq per position for attention (scores and weighted sum, the full square), and the
+    output layer (``vocab x hidden``, tied to the embedding) only for the trained
+    positions, which is all the fused loss computes it for. ``rows x seq`` is the padded
+    batch."""
+    n_emb = cfg.vocab_size * cfg.hidden_size
+    positions = rows * seq
+    return (6 * (n_params - n_emb) * positions + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq * positions
+            + 6 * n_emb * targets)
+
+
+def load_model(model_path: str, layers: Optional[int]):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
+    if layers:  # the first N pretrained layers: a quicker run with the same layer shapes
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
+    model.config.use_cache = False
+    model.train()
+    return model
+
+
+def train_precision(model, dataset, collator, steps: list[list[list[int]]], precision: str, lr: float = 5e-5) -> dict:
+    """Train on ``steps`` (optimizer steps, each a list of micro-batches of dataset
+    indices) in ``precision``; the first optimizer step is a warm-up and not timed.
+
+    fp32: AdamW on the model's parameters. bf16: the model cast to bf16 for forward and
+    backward; fp32 master copies of the parameters hold AdamW's state and step, the bf16
+    gradients (summed over the micro-batches in bf16, as DeepSpeed ZeRO-2 does) are
+    converted to fp32 before it, and the updated masters are copied back in bf16."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if precision == "bf16":
+        masters = [p.detach().clone() for p in params]
+        model.to(torch.bfloat16)
+        opt = torch.optim.AdamW(masters, lr=lr)
+    else:
+        masters = params
+        opt = torch.optim.AdamW(params, lr=lr)
+    weight = model.get_output_embeddings().weight
+    secs, trained, flops = 0.0, 0, 0.0
+    n_params = sum(p.numel() for p in params)
+    for i, micro in enumerate(tqdm(steps, desc=precision, unit="step")):
+        batches = [collator([dataset[j] for j in idx]) for idx in micro]
+        t0 = time.perf_counter()
+        n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        for b in batches:
+            hidden = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+            loss = fused_linear_cross_entropy(hidden, weight, b["labels"], num_items_in_batch=n_items)
+            loss.backward()
+        if precision == "bf16":
+            for m, p in zip(masters, params):
+                m.grad = p.grad.float()
+                p.grad = None
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if precision == "bf16":
+            with torch.no_grad():
+                for m, p in zip(masters, params):
+                    p.copy_(m)
+        if i > 0:  # step 0 warms up allocators and kernels
+            secs += time.perf_counter() - t0
+            trained += n_items
+            flops += sum(batch_flops(model.config, n_params, *b["input_ids"].shape,
+                                     int((b["labels"][:, 1:] != -100).sum())) for b in batches)
+    return {"seconds": secs, "trained_tokens": trained, "tokens_per_s": trained / secs if secs else float("nan"),
+            "gflops": flops / secs / 1e9 if secs else float("nan")}
+
+
+def precision_suite(args) -> dict:
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    model_path = resolve_path(args.model)
+    data = resolve_path(args.data or "data/demo_sft.json")
+    tok = load_tokenizer(model_path, args.model_max_length)
+    arrays, stats = sft_data.build_features(data, tok, args.model_max_length, "right", 5, "assistant")
+    dataset = sft_data.ConversationDataset(arrays)
+    collator = sft_data.PadToLongestCollator.for_tokenizer(tok)
+    per_step = args.batch_size * args.grad_accum
+    order = list(LengthGroupedSampler(per_step, lengths=dataset.lengths, generator=torch.Generator().manual_seed(args.seed)))
+    steps = [[order[s * per_step + m * args.batch_size:s * per_step + (m + 1) * args.batch_size]
+              for m in range(args.grad_accum)] for s in range(args.steps)]
+    print(f"data: {data} -> {sft_data.format_stats(stats)}; {args.steps} optimizer steps of {args.grad_accum} x "
+          f"{args.batch_size} at most {args.model_max_length} tokens (the first untimed), "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+    from cpu_precision import describe
+
+    print(f"CPU: {describe('auto')}")
+    results = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peak = matmul_peak_gflops(dtype)
+        torch.manual_seed(args.seed)
+        r = train_precision(load_model(model_path, args.layers), dataset, collator, steps, precision)
+        r.update(peak_gflops=peak, fraction_of_peak=r["gflops"] / peak, load_average=os.getloadavg()[0])
+        results[precision] = r
+        print(f"{precision}: {r['trained_tokens']} trained tokens in {r['seconds']:.1f}s = {r['tokens_per_s']:.1f} tok/s, "
+              f"{r['gflops']:.1f} GFLOP/s = {r['fraction_of_peak']:.2f} of the {precision} matmul peak "
+              f"{peak:.1f} GFLOP/s (2048^3, best of 5); load average {r['load_average']:.2f}", flush=True)
+    f, b = results["fp32"], results["bf16"]
+    print(f"bf16 vs fp32: {b['tokens_per_s'] / f['tokens_per_s']:.2f}x the trained tokens/s "
+          f"(matmul peak {b['peak_gflops'] / f['peak_gflops']:.2f}x); bf16 at {b['fraction_of_peak']:.2f} of its peak, "
+          f"fp32 at {f['fraction_of_peak']:.2f} [{args.layers or model_path} layers, {torch.get_num_threads()} threads]")
+    return results
+
+
+# ------------------------------------------------------------------- batching suite
+def batching_suite(args) -> dict:
     data = Path(args.data) if args.data else Path(os.environ.get("SHARED_DIR") or REPO_ROOT.parent / "shared") / "ifeval" / "gpt4_responses.jsonl"
     if not data.is_file():
         sys.exit(f"{data}: not found (pass --data or set SHARED_DIR)")
@@ -101,7 +228,7 @@ def main(argv=None) -> None:
     from transformers import AutoConfig, LlamaForCausalLM
 
     cfg = AutoConfig.from_pretrained(model_path)
-    cfg.num_hidden_layers = args.layers
+    cfg.num_hidden_layers = args.layers or 4
     torch.manual_seed(args.seed)
     init = LlamaForCausalLM(cfg).state_dict()
     results = {}
@@ -123,8 +250,41 @@ def main(argv=None) -> None:
               f"({r['trained_tokens'] / max(r['positions'], 1):.1%} of computed positions trained)")
     ratio = results["default_batching"]["tokens_per_s"] / results["pad_to_max_length"]["tokens_per_s"]
     print(f"speedup (trained tokens/s, default batching vs pad to {args.model_max_length}): {ratio:.2f}x "
-          f"[{args.layers} layers, batch {args.batch_size}, {args.steps - 1} timed steps each, "
+          f"[{args.layers or 4} layers, batch {args.batch_size}, {args.steps - 1} timed steps each, "
           f"{torch.get_num_threads()} threads]")
+    return results
+
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=["precision", "batching"], default="precision",
+                    help="precision (default): fp32 vs bf16 on the demo data; batching: length-grouped vs padded")
+    ap.add_argument("--data", help="precision: chat data (default data/demo_sft.json); batching: gpt4_responses.jsonl "
+                                   "(default SHARED_DIR/ifeval/gpt4_responses.jsonl)")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="folder with the tokenizer and config.json (and, for the "
+                                                           "precision suite, the pretrained weights)")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="decoder layers (precision: the first N pretrained ones, default all 30; batching: a "
+                         "randomly initialised model of N layers, default 4)")
+    ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--grad_accum", type=int, default=2, help="precision: micro-batches per optimizer step")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="steps per variant, the first one untimed (precision: optimizer steps, default 3; "
+                         "batching: default 4)")
+    ap.add_argument("--model_max_length", type=int, default=None, help="default 512 (precision), 2048 (batching)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.suite == "precision":
+        args.steps = args.steps or 3
+        args.model_max_length = args.model_max_length or 512
+        return precision_suite(args)
+    args.steps = args.steps or 4
+    args.model_max_length = args.model_max_length or 2048
+    return batching_suite(args)
 
 
 if __name__ == "__main__":

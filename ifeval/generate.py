@@ -8,9 +8,11 @@ prompts' order: ``{"response": str, "num_tokens": int, "finish_reason": "stop"|"
 Nothing else is read from the checkpoint's generation_config (a checkpoint that asks for
 sampling or 2 new tokens does not change the answers).
 
-Precision: fp32 on the CPU (the two backends then give the same greedy answers), bf16 on
-CUDA GPUs of compute capability 8.0 and newer (Ampere, Ada, Hopper, Blackwell), fp16 on
-older ones (T4, V100, 2080 Ti: no bf16 arithmetic).
+Precision (:func:`pick_dtype`, ``--precision``): on the CPU ``auto`` is bf16 where the
+processor has bf16 arithmetic in hardware (``cpu_precision.py``: AVX512-BF16, AMX), else
+fp32 (in fp32 the two backends give the same greedy answers; in bf16 most, see
+docs/performance_cpu.md); bf16 on CUDA GPUs of compute capability 8.0 and newer (Ampere,
+Ada, Hopper, Blackwell), fp16 on older ones (T4, V100, 2080 Ti: no bf16 arithmetic).
 
 The vLLM CPU engine is configured for the machine it runs on (:func:`cpu_engine_env`,
 :func:`kv_cache_bytes`) and runs eager or compiled (:func:`choose_enforce_eager`); the
@@ -154,11 +156,16 @@ def pick_backend(requested: str) -> str:
     return "vllm" if vllm_available() else "hf"
 
 
-def pick_dtype(device: str) -> str:
-    """``"float32"`` on the CPU; on a CUDA GPU ``"bfloat16"`` from compute capability 8.0
-    (Ampere) on, ``"float16"`` below (Turing T4/2080 Ti, Volta V100)."""
-    if not device.startswith("cuda"):
-        return "float32"
+def pick_dtype(device: str, precision: str = "auto") -> str:
+    """The torch dtype name to generate in. ``precision`` ``"fp32"`` or ``"bf16"`` forces
+    ``"float32"`` / ``"bfloat16"``; ``"auto"``: on the CPU ``"bfloat16"`` where it has bf16
+    arithmetic in hardware (``cpu_precision.resolve_precision``), else ``"float32"``; on a
+    CUDA GPU ``"bfloat16"`` from compute capability 8.0 (Ampere) on, ``"float16"`` below
+    (Turing T4/2080 Ti, Volta V100). Raises ValueError for another ``precision``."""
+    from cpu_precision import resolve_precision
+
+    if precision != "auto" or not device.startswith("cuda"):
+        return {"fp32": "float32", "bf16": "bfloat16"}[resolve_precision(precision)]
     import torch
 
     major, _ = torch.cuda.get_device_capability(torch.device(device))

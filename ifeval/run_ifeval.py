@@ -20,7 +20,10 @@ Generation (``ifeval/generate.py``)
     generation_config says (``tokenization.end_of_turn_ids``): a model fine-tuned from a base
     checkpoint keeps the base's eos (``<|endoftext|>``) and would otherwise write invented
     user turns until ``--max_tokens``. Answers are decoded without special tokens and stripped.
-  * fp32 on the CPU, bf16 on Ampere and newer GPUs, fp16 on older ones (T4, V100, 2080 Ti).
+  * ``--precision auto`` (default): on the CPU bf16 where the processor has bf16 arithmetic
+    (AVX512-BF16, AMX; ``cpu_precision.py``), else fp32; bf16 on Ampere and newer GPUs, fp16
+    on older ones (T4, V100, 2080 Ti). ``fp32`` / ``bf16`` force one. The dtype is recorded
+    in the settings sidecar, so a resume in another precision is refused.
   * vLLM on the CPU binds its threads to every core of a small machine, sizes its KV cache
     from the free memory, and runs eager for small runs and compiled for large ones
     (``--vllm_mode``, ``--cpu_threads_bind``, ``--kv_cache_gib`` override).
@@ -102,7 +105,7 @@ def generation_settings(args, model_path: str, backend: str, device: str) -> dic
     return {"model_path": model_path, "max_tokens": args.max_tokens, "temperature": args.temperature,
             "top_p": args.top_p, "system_message": args.system_message, "seed": args.seed,
             "benchmark": args.benchmark, "model_fingerprint": checkpoint_fingerprint(model_path),
-            "engine": backend, "engine_version": engine_version(backend), "dtype": pick_dtype(device),
+            "engine": backend, "engine_version": engine_version(backend), "dtype": pick_dtype(device, getattr(args, "precision", "auto")),
             "too_long": args.too_long}
 
 
@@ -340,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max_model_len", type=int, default=None,
                     help="model length in tokens for that rule (default: the checkpoint config's "
                          "max_position_embeddings)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="auto (default): bf16 on a CPU with bf16 arithmetic (AVX512-BF16, AMX) and on Ampere+ "
+                         "GPUs, fp16 on older GPUs, else fp32; fp32 or bf16 force one (both backends)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
     ap.add_argument("--batch_size", type=int, default=None,
                     help=f"transformers: prompts per batch (default {DEFAULT_HF_BATCH}); vLLM: prompts per "

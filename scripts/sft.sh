@@ -26,12 +26,14 @@
 #   NUM_GPUS                   use this many GPUs instead of all that nvidia-smi lists
 #   LAUNCHER [auto]            deepspeed, or torchrun (DDP without DeepSpeed); auto: DeepSpeed when it imports
 #   CPU_RANKS [2 when 2+ cores]  processes on a machine without GPU (each gets cores/CPU_RANKS threads)
+#   PRECISION [auto]           without GPU: auto = bf16 where the CPU has bf16 arithmetic (AVX512-BF16,
+#                              AMX), else fp32; fp32 or bf16 force one (train_hw_parallel.py --precision)
 #   SFT_DRY_RUN=1              print the decision line and the launch command and exit
 #
 # Hardware (python hardware.py --sft-plan, rules in docs/gpu.md), printed as the first line:
 # bf16 where every GPU is compute capability 8.0+ (Ampere and newer), fp16 on 7.x (T4, 2080 Ti,
 # V100), fp32 on Pascal; flash-attention where every GPU is 8.0+ and flash_attn imports, else
-# sdpa; without GPU, fp32 on DeepSpeed's CPU accelerator (gloo). When DeepSpeed is not installed
+# sdpa; without GPU, bf16 or fp32 (PRECISION) on DeepSpeed's CPU accelerator (gloo). When DeepSpeed is not installed
 # (or LAUNCHER=torchrun), the same training runs through torchrun (DDP, one process per device,
 # no --deepspeed); an installed DeepSpeed that fails to import stops it with the fix (accelerate
 # imports it under DDP too); optimizer offload and HOSTFILE need DeepSpeed. When nvidia-smi lists GPUs that
@@ -119,7 +121,11 @@ else
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES / CPU_RANKS > 0 ? CORES / CPU_RANKS : 1 ))}"
     BSZPERDEV="${BSZPERDEV:-4}"
     NDEV="$CPU_RANKS"
-    DEVICE="CPU, $CPU_RANKS rank(s) x $OMP_NUM_THREADS thread(s), fp32, sdpa"
+    # -- CPU precision (issue 24): resolved here once, so the launch line names what trains.
+    PREC="$(cd "$REPO" && "$PYTHON" -m cpu_precision "${PRECISION:-auto}")"
+    HW_ARGS+=(--precision "$PREC")
+    # --
+    DEVICE="CPU, $CPU_RANKS rank(s) x $OMP_NUM_THREADS thread(s), $PREC, sdpa"
     HW_ARGS+=(--dataloader_pin_memory False)
     LAUNCH=(--num_gpus "$CPU_RANKS")
     HW_BSZ_NOTE="${BSZ_GIVEN:-CPU default}"

@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+import cpu_precision
+
 from ifeval import generate as g
 from test_run_ifeval import (EOT, HELLO, IM_END_ID, IM_START_ID, LOOP_CHAIN, NL, PROMPTS, WORLD, chain_model,
                              first_prompts, read_jsonl)
@@ -80,7 +82,7 @@ def test_batched_generate_equals_one_at_a_time(model_dir, one_thread):
     from transformers import GenerationConfig
 
     tok = load_tokenizer(str(model_dir), padding_side="left")
-    model = g.load_hf_model(str(model_dir), "cpu")
+    model = g.load_hf_model(str(model_dir), "cpu", "float32")
     assert model.dtype == torch.float32
     prompts = g.render_prompts(tok, [read_jsonl(PROMPTS)[i] for i in (0, 3, 9, 15)], None)
     stops = [IM_END_ID, EOT]
@@ -114,7 +116,12 @@ def test_pick_backend_and_dtype(monkeypatch):
     assert g.pick_backend("auto") == "hf"
     monkeypatch.setattr(g, "vllm_available", lambda: True)
     assert g.pick_backend("auto") == "vllm"
+    assert g.pick_dtype("cpu", "fp32") == "float32" and g.pick_dtype("cpu", "bf16") == "bfloat16"
+    assert g.pick_dtype("cuda", "fp32") == "float32"
+    monkeypatch.setattr(cpu_precision, "cpu_bf16_support", lambda: (False, "test"))
     assert g.pick_dtype("cpu") == "float32"
+    monkeypatch.setattr(cpu_precision, "cpu_bf16_support", lambda: (True, "test"))
+    assert g.pick_dtype("cpu") == "bfloat16"
     for cap, dtype in (((7, 5), "float16"), ((7, 0), "float16"), ((8, 0), "bfloat16"), ((8, 9), "bfloat16"),
                        ((9, 0), "bfloat16")):  # T4, V100, A100, L4, H100
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=cap: c)

@@ -46,7 +46,7 @@ def flag(argv, name):
 
 def test_cpu_defaults_and_extra_args_last(tmp_path):
     env = {k: v for k, v in fake_bin(tmp_path).items() if k != "OMP_NUM_THREADS"}  # the derived default
-    r = dry_run(env, "--max_steps", "3", "--learning_rate", "1e-4", CPU_RANKS="2")
+    r = dry_run(env, "--max_steps", "3", "--learning_rate", "1e-4", CPU_RANKS="2", PRECISION="fp32")
     assert r.returncode == 0, r.stderr
     argv = launch_args(r)
     assert argv[argv.index("--num_gpus") + 1] == "2"
@@ -58,7 +58,27 @@ def test_cpu_defaults_and_extra_args_last(tmp_path):
     assert flag(argv, "--output_dir") == "ckpt/HW2" and flag(argv, "--model_max_length") == "2048"
     assert flag(argv, "--report_to") == "none" and "W&B not configured" in r.stdout
     threads = max(1, len(os.sched_getaffinity(0)) // 2)  # the cores shared out over the 2 ranks
-    assert f"CPU, 2 rank(s) x {threads} thread(s), fp32" in r.stdout
+    assert f"CPU, 2 rank(s) x {threads} thread(s), fp32" in r.stdout and flag(argv, "--precision") == "fp32"
+
+
+@pytest.mark.parametrize("asked", ["bf16", "fp32", "auto", None])
+def test_cpu_precision_reaches_the_launch_line(tmp_path, asked):
+    """PRECISION goes to train_hw_parallel.py resolved; auto follows this CPU's own flags
+    (read here from /proc/cpuinfo, independently of cpu_precision's torch probe)."""
+    from cpu_precision import cpuinfo_bf16_flags
+
+    r = dry_run(fake_bin(tmp_path), **({"PRECISION": asked} if asked else {}))
+    assert r.returncode == 0, r.stderr
+    argv = launch_args(r)
+    if asked in ("auto", None):
+        info = Path("/proc/cpuinfo")
+        if not info.is_file():
+            pytest.skip("no /proc/cpuinfo to check auto against")
+        expected = "bf16" if cpuinfo_bf16_flags(info.read_text()) else "fp32"
+    else:
+        expected = asked
+    assert flag(argv, "--precision") == expected and f"thread(s), {expected}, sdpa" in r.stdout
+    assert "--bf16" not in argv  # train_hw_parallel.py turns --precision into the Trainer's flags
 
 
 def test_wandb_only_when_configured(tmp_path):
@@ -119,7 +139,8 @@ def test_tiny_end_to_end_with_deepspeed_and_resume(tmp_path, tiny_llama_dir):
     chats = CHATS * 2 + [[("user", "A question nobody answers.")]]  # last one is dropped (counted)
     data = write_chats(tmp_path / "chats.jsonl", chats)
     env = script_env(MODELPATH=str(model), DATAPATH=str(data), OUTPUTPATH=str(tmp_path / "out"),
-                     TOTALBSZ="4", BSZPERDEV="1", CPU_RANKS="2", OMP_NUM_THREADS="1", SAVESTEPS="2")  # no WANDB_*
+                     TOTALBSZ="4", BSZPERDEV="1", CPU_RANKS="2", OMP_NUM_THREADS="1", SAVESTEPS="2",
+                     PRECISION="fp32")  # no WANDB_*; resumed vs straight compared to fp32 tolerance
     # A constant LR: with cosine the schedule itself depends on --max_steps, so a 4-then-6
     # run could not match a straight 6-step run.
     common = ["--model_max_length", "256", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",

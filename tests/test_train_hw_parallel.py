@@ -71,7 +71,8 @@ def common_args(model, data, out, cache):
             "--data_cache_dir", str(cache), "--model_max_length", "256", "--max_steps", "1",
             "--optim", "sgd", "--learning_rate", str(LR), "--lr_scheduler_type", "constant",
             "--max_grad_norm", "0", "--weight_decay", "0", "--logging_steps", "1", "--save_strategy", "no",
-            "--report_to", "none", "--dataloader_pin_memory", "False", "--seed", "1"]
+            "--report_to", "none", "--dataloader_pin_memory", "False", "--seed", "1",
+            "--precision", "fp32"]  # the exactness reference: fp32 whatever the CPU has
 
 
 def reference_step(model_dir: Path, tokenizer, data: Path):

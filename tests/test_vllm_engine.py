@@ -33,7 +33,7 @@ IM_END_ID, EOT = 2, 0
 def cli(out, *extra):
     return [sys.executable, str(REPO_ROOT / "ifeval" / "run_ifeval.py"), "--model_path", "SmolLM2-135M",
             "--output_dir", str(out), "--mode", "inference", "--backend", "vllm", "--vllm_mode", "eager",
-            "--limit", str(N), "--batch_size", "1", *extra]
+            "--limit", str(N), "--batch_size", "1", "--precision", "fp32", *extra]  # fp32: compared with a fp32 reference
 
 
 @pytest.fixture(scope="module")
