@@ -121,7 +121,7 @@ else
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES / CPU_RANKS > 0 ? CORES / CPU_RANKS : 1 ))}"
     BSZPERDEV="${BSZPERDEV:-4}"
     NDEV="$CPU_RANKS"
-    # -- CPU precision (issue 24): resolved here once, so the launch line names what trains.
+    # CPU precision, resolved here once so that the launch line names what trains.
     PREC="$(cd "$REPO" && "$PYTHON" -m cpu_precision "${PRECISION:-auto}")"
     HW_ARGS+=(--precision "$PREC")
     # --
