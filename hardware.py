@@ -60,7 +60,7 @@ VLLM_INDEX = "https://wheels.vllm.ai/{version}/{tag}"
 # installed with torch, or pip takes PyPI's CUDA 13 builds for vLLM's dependencies.
 TORCH_COMPANIONS = {"torchvision": "0.28.0", "torchaudio": "2.11.0"}
 
-# ------------------------------------------------------------------ memory model (README "Training memory")
+# ------------------------------------------------------------------ memory model (docs/performance.md "Training memory")
 MIB = 2 ** 20
 N_PARAMS = 134_515_008  # SmolLM2-135M (tied embeddings)
 # Bytes autograd saves per 2,048-token sample, measured by benchmarks/train_memory.py on the CPU:
@@ -69,9 +69,9 @@ N_PARAMS = 134_515_008  # SmolLM2-135M (tied embeddings)
 ACT_MIB_PER_2048 = {2: 1450.0, 4: 2623.0}
 LOGITS_MIB_PER_2048 = {2: 384.0, 4: 768.0}
 DS_BUCKET_ELEMENTS = 2 * 2e8  # allgather + reduce buckets of ds_configs/zero2_*.json
-CUDA_CONTEXT_MIB = 500.0      # CUDA context, cuBLAS/cuDNN workspaces (README estimate)
+CUDA_CONTEXT_MIB = 500.0      # CUDA context, cuBLAS/cuDNN workspaces (docs/performance.md estimate)
 # Share of nvidia-smi's memory.total the estimate plans to fill: the rest absorbs allocator
-# fragmentation and what the estimate leaves out (README's 11 GB card: 11e9 bytes of 11,264 MiB).
+# fragmentation and what the estimate leaves out (docs/performance.md 11 GB card: 11e9 bytes of 11,264 MiB).
 MEMORY_HEADROOM = 0.9
 
 
@@ -450,7 +450,7 @@ def training_fixed_mib(precision: str, world: int, launcher_name: str, offload: 
     with offload), two 2e8-element communication buckets. fp32 training: 4-byte weights,
     gradients and buckets. torchrun (DDP, autocast): fp32 weights, gradients, AdamW moments,
     DDP's gradient buckets (a copy of the gradients) and autocast's 2-byte weight copies.
-    Plus :data:`CUDA_CONTEXT_MIB`. Formula: README "Training memory"."""
+    Plus :data:`CUDA_CONTEXT_MIB`. Formula: docs/performance.md "Training memory"."""
     n = N_PARAMS / MIB
     b = 4 if precision == "fp32" else 2
     if launcher_name == "deepspeed":

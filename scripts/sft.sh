@@ -15,7 +15,7 @@
 #   BSZPERDEV [from GPU memory, 4 on CPU]  samples per device per micro-step
 #                              gradient accumulation = TOTALBSZ / devices / BSZPERDEV
 #                              on a GPU the default is the largest that fits the smallest GPU's memory at
-#                              MAXLEN, precision and --loss (hardware.py: README "Training memory"'s bytes,
+#                              MAXLEN, precision and --loss (hardware.py: docs/performance.md "Training memory"'s bytes,
 #                              measured on the CPU, not on a GPU) and divides TOTALBSZ / devices; printed
 #                              with its estimate. 11 GB (2080 Ti, fp16) at MAXLEN 2048: 4 (2 with --loss logits)
 #   EPOCHS [3], LR [2e-5], WARMUP [0.1], MAXLEN [2048], MAXROUNDS [5], SAVESTEPS [200]

@@ -3,7 +3,7 @@ a fake ``nvidia-smi`` on PATH prints chosen GPUs (name, compute capability, memo
 and setup.sh's print-only mode and sft.sh's SFT_DRY_RUN=1 show what they would install and
 launch. No GPU and no model are needed; torch here is the CPU build.
 
-Expected batch sizes are worked out by hand in the comments from README "Training memory"'s
+Expected batch sizes are worked out by hand in the comments from docs/performance.md "Training memory"'s
 figures (MiB): fixed part for one GPU with 2-byte training 257 + 257 (weights, gradients) +
 1539 / ranks (fp32 master weights + AdamW) + 763 (buckets) + 500 (CUDA context); 1450 per
 2,048-token sample (+384 with --loss logits); 90% of memory.total usable."""
@@ -217,8 +217,8 @@ def test_precision_attention_and_engine_rules():
 
 
 @pytest.mark.parametrize("mem,prec,loss,ndev,expected", [
-    # 2080 Ti: 0.9 x 11264 = 10138 usable; fixed 3316; fused 6822 / 1450 = 4.7 -> 4 (README: 4);
-    # logits 6822 / 1834 = 3.7 -> 3, not a divisor of 128 -> 2 (README: 2)
+    # 2080 Ti: 0.9 x 11264 = 10138 usable; fixed 3316; fused 6822 / 1450 = 4.7 -> 4 (docs/performance.md: 4);
+    # logits 6822 / 1834 = 3.7 -> 3, not a divisor of 128 -> 2 (docs/performance.md: 2)
     (11264, "fp16", "fused", 1, 4),
     (11264, "fp16", "logits", 1, 2),
     # T4: 13824 - 3316 = 10508; / 1450 = 7.2 -> 4; / 1834 = 5.7 -> 4
