@@ -35,6 +35,7 @@ TRAIN_ARGS = [  # scripts/sft.sh's arguments, except the run's size and the lear
     "--learning_rate", "1e-3", "--warmup_steps", "0.1", "--lr_scheduler_type", "cosine", "--weight_decay", "0.0",
     "--train_sampling_strategy", "group_by_length", "--logging_steps", "1", "--save_strategy", "no",
     "--dataloader_num_workers", "0", "--dataloader_pin_memory", "False", "--report_to", "none", "--seed", "42",
+    "--precision", "fp32",  # the exactness reference: both paths in fp32
 ]
 
 BROKEN_DEEPSPEED = '''import os
