@@ -174,7 +174,7 @@ def test_gpu_check_bundle_plumbing_on_cpu(bundle, gpu_machine_python, tmp_path):
     summary = r.stdout[r.stdout.index("==== gpu_check --bundle summary"):]
     assert re.search(r"installed \d+ wheels into .*lm_eval", (out / "install.log").read_text())
     assert "engine         torchrun (GPU_CHECK_ENGINE=torchrun)" in summary
-    assert re.search(r"training       2 steps, fp32, loss \d+\.\d{4} -> \d+\.\d{4}", summary), summary
+    assert re.search(r"training       2 steps, (fp32|bf16), loss \d+\.\d{4} -> \d+\.\d{4}", summary), summary
     assert re.search(r"loss 1x64 .* fused/logits time \d", summary), summary
     assert "IFEval         2 prompts x 8 tokens" in summary and "metrics        prompt strict" in summary
     assert re.search(r"stages         install ok \d+s, model ok \d+s, train ok \d+s, loss_benchmark ok \d+s, "

@@ -50,7 +50,7 @@ def test_tiny_model_runs_on_vllm_with_a_clipped_and_two_skipped_prompts(runs, to
     assert r.returncode == 0, r.stderr[-4000:]
     p = first_prompts(3)
     assert [prompt_tokens(tokenizer, x) for x in p] == [50, 57, 109]
-    line = next(x for x in r.stderr.splitlines() if x.startswith("[ifeval] vLLM CPU engine"))
+    line = next(x for x in r.stderr.splitlines() if x.startswith("[ifeval] engine: vllm"))
     assert "KV cache 0.1 MiB" in line  # two 128-token blocks of 512 bytes a token
     assert f"prompt key {p[0]['key']}: 50 prompt tokens + --max_tokens 9 > 52 (model length): clipped to 2" in r.stderr
     for x, n in ((p[1], 57), (p[2], 109)):
