@@ -57,7 +57,7 @@ LIMIT_SCALE=${GPU_CHECK_LIMIT_SCALE:-1}; [[ $NGPU == 0 ]] && LIMIT_SCALE=${GPU_C
 LIMIT_ARGS=(); [[ -n "${GPU_CHECK_LIMIT:-}" ]] && LIMIT_ARGS=(--limit "$GPU_CHECK_LIMIT")
 [[ $NGPU == 0 && -z "${GPU_CHECK_LIMIT:-}" ]] && LIMIT_ARGS=(--limit 2)
 
-TARGET=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_site.XXXXXX")
+TARGET=$(mktemp -d)  # under $TMPDIR or /tmp
 trap 'rm -rf "$TARGET"' EXIT
 if [[ $DRY == 0 ]]; then
   rm -rf "$OUT"; mkdir -p "$OUT"; STAGES="$OUT/stages.tsv"; : > "$STAGES"

@@ -197,7 +197,7 @@ if [[ -n "${SFT_DRY_RUN:-}" ]]; then
     exit 0
 fi
 # Run, keeping the output to name BSZPERDEV and the value to try when a rank runs out of memory.
-LOG="$(mktemp "${TMPDIR:-/tmp}/sft_sh.XXXXXX")"
+LOG="$(mktemp)"  # under $TMPDIR or /tmp
 trap 'rm -f "$LOG"' EXIT
 set +e
 "${CMD[@]}" 2>&1 | tee "$LOG"
