@@ -73,6 +73,7 @@ from ifeval.responses import (
     FolderBusyError, ResponseFileError, ResponseWriter, check_settings, checkpoint_fingerprint, default_responses_path,
     folder_lock, model_label, read_answered, read_settings, write_settings,
 )
+from cpu_precision import PRECISIONS
 from fileio import resolve_path
 from ifeval.metrics import BENCHMARKS as BENCHMARK_NAMES
 from tokenization import load_tokenizer
@@ -343,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max_model_len", type=int, default=None,
                     help="model length in tokens for that rule (default: the checkpoint config's "
                          "max_position_embeddings)")
-    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    ap.add_argument("--precision", choices=PRECISIONS, default="auto",
                     help="auto (default): bf16 on a CPU with bf16 arithmetic (AVX512-BF16, AMX) and on Ampere+ "
                          "GPUs, fp16 on older GPUs, else fp32; fp32 or bf16 force one (both backends)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
