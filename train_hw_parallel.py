@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import os
 import sys
 from dataclasses import dataclass, field
@@ -310,8 +309,31 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
         # One writer per output folder: rank 0 holds the lock for the whole run (the other
         # ranks write only their own shards, inside checkpoints rank 0 names).
         lock = FolderLock(training_args.output_dir, "training output folder", log) if writer else contextlib.nullcontext()
-        with lock:
-            return _train(model_args, data_args, run_args, training_args, writer, log)
+        try:
+            with lock:
+                return _train(model_args, data_args, run_args, training_args, writer, log)
+        finally:
+            if training_args.deepspeed and not torch.cuda.is_available():
+                remove_shm_allreduce_buffer()
+
+
+def remove_shm_allreduce_buffer(environ: Optional[dict] = None, shm_dir: str = "/dev/shm") -> Optional[str]:
+    """Unlink this rank's DeepSpeed CPU all-reduce buffer, if there is one; returns its path.
+
+    DeepSpeed's CPU accelerator (0.19.8, ``ops/csrc/cpu/comm/shm.cpp``) gives every rank a
+    shared-memory file ``deepspeed_allreduce_buffer_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{RANK}``
+    (66 MB) and never unlinks it, so each CPU run left 66 MB per rank in RAM until reboot.
+    Called when the rank is done: the other ranks mapped it at start, and an unlinked
+    file stays mapped until they exit."""
+    env = os.environ if environ is None else environ
+    if not all(k in env for k in ("MASTER_ADDR", "MASTER_PORT", "RANK")):
+        return None
+    path = os.path.join(shm_dir, f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_"
+                                 f"{env['MASTER_PORT']}_{env['RANK']}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+        return path
+    return None
 
 
 def _train(model_args, data_args, run_args, training_args, writer: bool, log) -> Optional[Trainer]:

@@ -14,6 +14,36 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per usable core, at most 4 (more would
+    run several two-rank trainings at once for little gain)."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, each worker (and every process it starts) gets its own share of
+    the cores. Two workers whose engines each spin two OpenMP threads on the same two cores
+    run several times slower than one after the other; on separate cores they do not meet.
+    Tests that follow the machine read the affinity, so they see the worker's share."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0))
+    if worker and 1 < count <= len(cores):
+        os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % count::count])
+
+
+# The longest files first (measured, docs/testing.md), so that with --dist loadfile no
+# long file starts last while the other worker sits idle.
+LONGEST_FIRST = ["test_demo_sh", "test_run_faults", "test_gpu_bundle", "test_vllm_engine", "test_sft_sh",
+                 "test_bf16_training", "test_sweep", "test_lm_eval_check", "test_ddp_fallback", "test_hardware",
+                 "test_train_hw_parallel", "test_vllm_tiny", "test_simulator_demo", "test_run_sh",
+                 "test_masking_checker", "test_loss_functions_checker", "test_gpu_check_sh"]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))  # stable: file order kept otherwise
+
+
 def shared_dir() -> Optional[Path]:
     """The shared course material: ``$SHARED_DIR``, else ``../shared`` beside the
     repository, else ``None``. Only tests read it; the product never needs it."""

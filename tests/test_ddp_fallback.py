@@ -27,6 +27,8 @@ from safetensors.torch import load_file
 from test_train_hw_parallel import _free_port, logged_losses, tiny_llama
 from fileio import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # two training launches
+
 STEPS = 4
 ATOL = 1e-5  # weights after the run; Adam moves each by up to ~lr = 1e-3 per step
 TRAIN_ARGS = [  # scripts/sft.sh's arguments, except the run's size and the learning rate

@@ -42,6 +42,7 @@ def pinned_deepspeed() -> str:
     return re.search(r"^deepspeed==(\S+)$", text, re.M).group(1)
 
 
+@pytest.mark.slow
 def test_pinned_deepspeed_imports_on_cuda_machine_without_toolkit():
     pin = pinned_deepspeed()
     try:

@@ -85,6 +85,7 @@ def bundle(tmp_path_factory) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_bundle_is_small_and_complete(bundle):
     man = json.loads((bundle / "MANIFEST.json").read_text())
     files = [p for p in bundle.rglob("*") if p.is_file()]
@@ -113,6 +114,7 @@ print(json.dumps({"files": files, "sentences": nltk.sent_tokenize("One here. Two
 """
 
 
+@pytest.mark.slow
 def test_wheels_install_into_fresh_target_and_import(bundle, gpu_machine_python, tmp_path):
     target = tmp_path / "target"
     wheels = sorted(str(p) for p in (bundle / "wheels").glob("*.whl"))
@@ -132,6 +134,7 @@ def test_wheels_install_into_fresh_target_and_import(bundle, gpu_machine_python,
     assert not res["datasets_imported"] and res["ids"] > 20
 
 
+@pytest.mark.slow
 def test_install_checks_and_skips(bundle, gpu_machine_python, tmp_path):
     """gpu_bundle.py install: installs what the machine lacks; a damaged wheel is refused by name."""
     target = tmp_path / "t"
@@ -161,6 +164,7 @@ def test_make_refuses_existing_or_tracked_folder(tmp_path):
     assert not (REPO_ROOT / "docs_bundle_not_ignored").exists()
 
 
+@pytest.mark.slow
 def test_gpu_check_bundle_plumbing_on_cpu(bundle, gpu_machine_python, tmp_path):
     """--bundle --allow_cpu end to end on the simulated machine: install, model, 2 training
     steps (torchrun), the loss benchmark, 2 IFEval prompts, and the summary block."""
@@ -190,6 +194,7 @@ torch.cuda.get_device_capability = lambda *a: ({major}, {minor})
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n,cap,prec,ga", [(1, (9, 0), "--bf16 True", 8), (2, (7, 5), "--fp16 True", 4)])
 def test_bundle_dry_run_on_a_simulated_gpu(tmp_path, n, cap, prec, ga):
     """The GPU branch's plan (no bundle needed for a dry run beyond its manifest): torch is made

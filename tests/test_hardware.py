@@ -159,6 +159,7 @@ def test_probe_reads_the_fake_nvidia_smi_and_names_a_bad_line(tmp_path):
     assert none == [] and "exited 9" in note and "NVIDIA driver" in note
 
 
+@pytest.mark.slow
 def test_cli_help_json_and_one_line(tmp_path):
     env = sim_env(tmp_path, [T4_550])
     h = subprocess.run([sys.executable, str(REPO_ROOT / "hardware.py"), "--help"], capture_output=True, text=True)
@@ -192,6 +193,7 @@ def test_torch_gpu_problem_says_why_and_what_to_do():
     assert hardware.torch_gpu_problem("2.13.0", "12.6", ["sm_70"], t4, True, "no kernel image") is not None
 
 
+@pytest.mark.slow
 def test_check_torch_fails_on_a_cpu_torch_beside_a_gpu(tmp_path):
     r = subprocess.run([sys.executable, str(REPO_ROOT / "hardware.py"), "--check-torch"],
                        env=sim_env(tmp_path, [T4_580]), capture_output=True, text=True, timeout=120)
@@ -323,6 +325,7 @@ def test_matrix_setup_dry_run(tmp_path, case):
         assert "no vLLM here (it needs compute capability 7.5+)" in r.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(MATRIX))
 def test_matrix_sft_dry_run(tmp_path, case):
     gpus, _, prec, flash, bsz, ga, engine = MATRIX[case]
@@ -342,6 +345,7 @@ def test_matrix_sft_dry_run(tmp_path, case):
     assert "torch cannot use the GPU(s): torch 2.13.0+cpu is a CPU build" in r.stderr
 
 
+@pytest.mark.slow
 def test_logits_loss_and_short_maxlen_change_the_batch(tmp_path):
     env = sim_env(tmp_path, [RTX2080TI_535])
     argv = launch_argv(sft_dry(env, "--loss", "logits"))
@@ -383,6 +387,7 @@ def test_setup_installs_a_matching_flash_attn_wheel_only(tmp_path):
 
 
 # ------------------------------------------------------------------ without DeepSpeed, out of memory
+@pytest.mark.slow
 def test_torchrun_when_asked_and_errors_where_deepspeed_is_needed(tmp_path):
     env = sim_env(tmp_path, [A100_535, A100_535])
     r = sft_dry(env, LAUNCHER="torchrun")
@@ -401,6 +406,7 @@ def test_torchrun_when_asked_and_errors_where_deepspeed_is_needed(tmp_path):
     assert r.returncode == 2 and "HOSTFILE (several nodes) needs DeepSpeed" in r.stderr
 
 
+@pytest.mark.slow
 def test_broken_deepspeed_stops_with_the_fix(tmp_path):
     r = sft_dry(sim_env(tmp_path, [T4_550], deepspeed="broken"))
     assert r.returncode == 2
@@ -408,6 +414,7 @@ def test_broken_deepspeed_stops_with_the_fix(tmp_path):
     assert "pip uninstall -y deepspeed" in r.stderr and not r.stdout.strip()
 
 
+@pytest.mark.slow
 def test_real_run_stops_when_torch_cannot_use_the_gpu(tmp_path):
     env = {**sim_env(tmp_path, [T4_580]), "PYTHON": sys.executable, "MASTER_PORT": "29999"}
     r = subprocess.run(["bash", str(SFT), "--max_steps", "1"], env=env, capture_output=True, text=True, timeout=180)
@@ -415,6 +422,7 @@ def test_real_run_stops_when_torch_cannot_use_the_gpu(tmp_path):
     assert "CUDA_VISIBLE_DEVICES= bash scripts/sft.sh" in r.stderr and not r.stdout.strip()
 
 
+@pytest.mark.slow
 def test_out_of_memory_names_bszperdev_and_the_value_to_try(tmp_path):
     """The launch is a stand-in interpreter that fails like a rank out of memory; everything
     else (the probe, the plan) runs on the real one."""
@@ -452,6 +460,7 @@ def test_ifeval_auto_backend_uses_hf_below_capability_7_5(monkeypatch, capsys):
     assert ri.resolve_backend("auto", "cuda") == "vllm"
 
 
+@pytest.mark.slow
 def test_dry_run_switches_and_gpu_selection(tmp_path):
     env = sim_env(tmp_path, [A100_535, V100_535])
     r = subprocess.run(["bash", str(SETUP)], env={**env, "PYTHON": sys.executable, "SETUP_DRY_RUN": "1"},

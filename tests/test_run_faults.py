@@ -298,6 +298,7 @@ def test_sft_sh_checks_its_variables_before_launching(tmp_path, env, shown):
     assert "division by 0" not in r.stderr and "unbound variable" not in r.stderr and "deepspeed" not in r.stdout
 
 
+@pytest.mark.slow
 def test_sweep_checks_every_value_before_the_first_configuration(tmp_path):
     sweep = load_script("scripts/sweep.py")
     out = tmp_path / "sw"

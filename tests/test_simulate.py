@@ -40,6 +40,7 @@ def read(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_dialogues_resume_and_settings(setup, tmp_path):
     full = tmp_path / "full"
     summary = run(setup, full)

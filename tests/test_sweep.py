@@ -155,6 +155,7 @@ def test_rerun_with_other_shared_settings_does_not_reuse_results(tmp_path, capsy
     assert "does not record the settings" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_second_sweep_in_a_folder_is_refused(tmp_path):
     """While a sweep holds OUT, a second sweep into it stops at once (nothing trains),
     naming the first."""

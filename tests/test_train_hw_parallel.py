@@ -149,24 +149,29 @@ def test_accumulation_exact_with_deepspeed(setup, reference):
     default --loss fused); all land on the reference step."""
     root, model, data = setup
     ds = str(REPO_ROOT / "ds_configs" / "zero2_no_offload.json")
-    procs = {}
+    procs, ports = {}, []
     for bsz, ga, loss in [(4, 1, "logits"), (1, 4, "fused")]:
         out = root / f"ds_{bsz}x{ga}_{loss}"
         cmd = [sys.executable, str(REPO_ROOT / "train_hw_parallel.py"), "--deepspeed", ds,
                *common_args(model, data, out, root / "cache"),
                "--per_device_train_batch_size", str(bsz), "--gradient_accumulation_steps", str(ga), "--loss", loss]
-        procs[out] = subprocess.Popen(cmd, env=_single_rank_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True)
+        env = _single_rank_env()
+        ports.append(env["MASTER_PORT"])
+        procs[out] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for out, p in procs.items():
         log = p.communicate(timeout=300)[0]
         assert p.returncode == 0, log[-3000:]
     out2 = root / "ds_2ranks"
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(_free_port()),
+    ports.append(str(_free_port()))
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", ports[-1],
            str(REPO_ROOT / "train_hw_parallel.py"), "--deepspeed", ds,
            *common_args(model, data, out2, root / "cache"),
            "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"]
     r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    # No rank leaves its 66 MB shared-memory all-reduce buffer behind (RAM until reboot).
+    left = [p.name for port in ports for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")]
+    assert not left, left
     ref_loss, ref_after = reference
     for out, what in [*((o, o.name) for o in procs), (out2, "2 ranks x 1 x GA 2")]:
         assert logged_losses(out)[0] == pytest.approx(ref_loss, abs=1e-4), what
@@ -325,3 +330,16 @@ def test_rerun_with_another_plan_is_refused_same_plan_resumes(setup, tmp_path, c
     assert trainer.state.global_step == 1
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
     assert json.loads((out / "run_plan.json").read_text())["plan"]["learning_rate"] == 0.5
+
+
+def test_remove_shm_allreduce_buffer_unlinks_only_this_ranks_file(tmp_path):
+    uid = os.getuid()
+    mine = tmp_path / f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29611_1"
+    other = tmp_path / f"deepspeed_allreduce_buffer_{uid}_127.0.0.1_29611_0"
+    for f in (mine, other):
+        f.write_bytes(b"x")
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29611", "RANK": "1"}
+    assert train_hw_parallel.remove_shm_allreduce_buffer(env, str(tmp_path)) == str(mine)
+    assert not mine.exists() and other.exists()
+    assert train_hw_parallel.remove_shm_allreduce_buffer(env, str(tmp_path)) is None  # already gone
+    assert train_hw_parallel.remove_shm_allreduce_buffer({}, str(tmp_path)) is None  # not a distributed run
