@@ -59,10 +59,11 @@ def test_bf16_zero2_two_ranks_follows_fp32_loss_curve(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_in_another_precision_is_refused(model_dir, tmp_path):
-    """A run folder trained in fp32 does not continue in bf16: the run plan names it."""
+def test_resume_in_another_precision_is_refused(tiny_llama_dir, tmp_path):
+    """A run folder trained in fp32 does not continue in bf16: the run plan names it (the
+    session's tiny Llama: the plan check does not depend on the model's size)."""
     out = tmp_path / "run"
-    base = demo_args(model_dir, out, tmp_path / "cache") + ["--per_device_train_batch_size", "1", "--max_steps", "1",
+    base = demo_args(tiny_llama_dir, out, tmp_path / "cache") + ["--per_device_train_batch_size", "1", "--max_steps", "1",
                                                             "--model_max_length", "64"]
     train_hw_parallel.main(base + ["--precision", "fp32"])
     with pytest.raises(SystemExit, match=r'--precision: "fp32" -> "bf16"'):
