@@ -330,10 +330,11 @@ def remove_shm_allreduce_buffer(environ: Optional[dict] = None, shm_dir: str = "
         return None
     path = os.path.join(shm_dir, f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_"
                                  f"{env['MASTER_PORT']}_{env['RANK']}")
-    with contextlib.suppress(FileNotFoundError):
+    try:
         os.unlink(path)
-        return path
-    return None
+    except FileNotFoundError:
+        return None
+    return path
 
 
 def _train(model_args, data_args, run_args, training_args, writer: bool, log) -> Optional[Trainer]:
