@@ -7,6 +7,7 @@ device and the IFEval engine. The sources of each rule are listed in docs/gpu.md
     python hardware.py --setup-plan         # what setup.sh installs here (--format sh: shell assignments)
     python hardware.py --sft-plan --maxlen 2048 --loss fused --total_bsz 128   # what sft.sh launches
     python hardware.py --check-torch        # exit 1, saying why, when torch cannot use the GPUs listed
+    python hardware.py --build_cpu_ops      # compile DeepSpeed's CPU all-reduce op now (setup.sh, CPU)
 
 Only the standard library is imported at module level (setup.sh runs this before torch is
 installed); torch is imported inside the functions that need it. The probe reads:
@@ -713,6 +714,36 @@ def decision_line(p: Probe, plan: SetupPlan) -> str:
             f"install: {plan.kind}; training {prec}, {attn}; IFEval engine {plan.engine}{torch_state}; why: {plan.why}")
 
 
+def build_deepspeed_cpu_ops() -> str:
+    """Compile DeepSpeed's CPU shared-memory all-reduce op (``deepspeed_shm_comm``) into the
+    torch extensions cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
+    DeepSpeed builds it with ninja on its first CPU run otherwise, about a minute on 2 cores
+    (docs/performance_cpu.md), inside the user's first training. Returns one line saying
+    what was done; raises ``HardwareError`` when DeepSpeed is missing or the build fails
+    (the run would then build it again, or fail the same way)."""
+    import contextlib
+    import io
+    import time
+
+    t0 = time.perf_counter()
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            import deepspeed
+            from deepspeed.accelerator import get_accelerator
+
+            if get_accelerator()._name != "cpu":
+                return f"DeepSpeed's accelerator here is {get_accelerator()._name}: no CPU op to build"
+            builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+            if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+                return "DeepSpeed has no shared-memory CPU op for this machine: it all-reduces through gloo"
+            builder.load(verbose=False)
+    except Exception as e:  # DeepSpeed's build raises plain RuntimeErrors with the compiler's output
+        tail = log.getvalue().strip().splitlines()[-1:] or [""]
+        raise HardwareError(f"building DeepSpeed's CPU op failed: {type(e).__name__}: {e} {tail[0]}".strip()) from e
+    return f"DeepSpeed's CPU all-reduce op ({builder.NAME}) is built ({time.perf_counter() - t0:.0f}s)"
+
+
 def _setup_plan_here(p: Probe) -> SetupPlan:
     """setup_plan with this repository's pins and FLASH_ATTN_WHEEL."""
     return setup_plan(p.gpus, read_pin(REPO_ROOT / "requirements.txt", "torch"),
@@ -729,6 +760,8 @@ def main(argv: Optional[list] = None) -> int:
     mode.add_argument("--sft-plan", "--sft_plan", action="store_true", help="what scripts/sft.sh launches here")
     mode.add_argument("--check-torch", "--check_torch", action="store_true",
                       help="exit 1 (saying why and what to do) when torch cannot use the GPUs nvidia-smi lists")
+    mode.add_argument("--build_cpu_ops", action="store_true",
+                      help="compile DeepSpeed's CPU all-reduce op into the torch extensions cache (exit 1 if it fails)")
     ap.add_argument("--json", action="store_true", help="print the probe and the decisions as JSON")
     ap.add_argument("--format", choices=["text", "json", "sh"], default=None,
                     help="sh: KEY=value lines (shell-quoted) for the bash scripts")
@@ -769,6 +802,9 @@ def main(argv: Optional[list] = None) -> int:
                 print(f"[hardware] {plan['device'] or 'CPU'}; {plan['precision']}, {plan['attention']}, "
                       f"{plan['launcher']}; BSZPERDEV {plan['bszperdev']} ({plan['bsz_note']}); "
                       f"IFEval engine {plan['engine']}; why: {plan['why']}")
+            return 0
+        if args.build_cpu_ops:
+            print(f"[hardware] {build_deepspeed_cpu_ops()}")
             return 0
         if args.check_torch:
             p = probe(flash_attn=False, deepspeed=False)

@@ -83,6 +83,11 @@ if [[ "${SKIP_PIP:-0}" != 1 ]]; then
   run $PY -m pip install --no-deps -r requirements-nodeps.txt
   # This repository itself, editable (pyproject.toml): its modules import by name from any folder.
   run $PY -m pip install --quiet --no-deps --no-build-isolation -e .
+  if [[ "$HW_KIND" == cpu ]]; then
+    # DeepSpeed compiles its CPU all-reduce op on first use (about a minute): once here, not in the first training.
+    if [[ $DRY == 1 ]]; then echo "+ $PY hardware.py --build_cpu_ops"
+    else $PY hardware.py --build_cpu_ops || echo "[setup] the first CPU training run builds it instead"; fi
+  fi
   if [[ "$HW_KIND" != cpu ]]; then
     # Installed is not usable: torch must run a kernel on the GPU (driver vs CUDA build, kernels).
     if [[ $DRY == 1 ]]; then echo "+ $PY hardware.py --check-torch"

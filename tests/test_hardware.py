@@ -372,6 +372,9 @@ def test_setup_refusals_and_cpu_override(tmp_path):
                 f"{sys.executable} -m pip install --quiet --no-deps --no-build-isolation -e ."]
     assert pip_lines(cpu) == expected and pip_lines(forced) == expected
     assert "no GPU (nvidia-smi sees none)" in cpu.stdout
+    # DeepSpeed's CPU op is compiled at setup on the CPU path only
+    build = f"+ {sys.executable} hardware.py --build_cpu_ops"
+    assert build in cpu.stdout and build in forced.stdout and build not in r.stdout
     assert subprocess.run(["bash", str(SETUP), "--bogus"], capture_output=True, text=True).returncode == 2
 
 
@@ -474,3 +477,24 @@ def test_dry_run_switches_and_gpu_selection(tmp_path):
     assert flag(argv, "--per_device_train_batch_size") == "32"
     r = sft_dry(env, NUM_GPUS="3")
     assert r.returncode == 2 and "NUM_GPUS=3 but 2 GPU(s) are visible" in r.stderr
+
+
+def test_build_cpu_ops_is_cached_and_a_failed_build_is_one_line(monkeypatch, capsys):
+    """setup.sh has compiled the op (CPU path), so this finds it in the extensions cache; a
+    failing build ends on one line naming the op's build, exit 2, no traceback."""
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    assert hardware.main(["--build_cpu_ops"]) == 0
+    # (the last line: DeepSpeed's logger, made before this call, may write its accelerator line first)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("[hardware] DeepSpeed's CPU all-reduce op (deepspeed_shm_comm) is built")
+
+    def broken(self, verbose=False):
+        print("ninja: build stopped: subcommand failed.")
+        raise RuntimeError("Error building extension 'deepspeed_shm_comm'")
+
+    monkeypatch.setattr(ShareMemCommBuilder, "load", broken)
+    assert hardware.main(["--build_cpu_ops"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("[hardware] error: building DeepSpeed's CPU op failed: RuntimeError: ")
+    assert "deepspeed_shm_comm" in err[0] and "subcommand failed" in err[0]
