@@ -376,8 +376,9 @@ def simulator_report(out: str, assistant: str, full: bool = False, n_dialogues: 
              f"{B['pairs']} pairs |", "",
              "## Role confusion (reads as an assistant answer)", "",
              f"Judge: the base model; a text reads as an assistant answer when the judge finds it more likely as "
-             f"the assistant's turn than as the user's after the same history (last {R['history_messages'] or 'all'} "
-             f"messages). Validated when real assistant and real user turns differ by at least "
+             f"the assistant's turn than as the user's "
+             f"({'on its own' if not R['history_messages'] else 'after the same last %d history messages' % R['history_messages']}"
+             f", {R.get('dtype', 'float32')}). Validated when real assistant and real user turns differ by at least "
              f"{R['min_gap']:.0%}: {'yes' if R['validated'] else 'NO (no rate is reported for generated turns)'}.", "",
              "| turns | n | reads as assistant |", "|---|---|---|",
              f"| real user (held out) | {R['real_user']['n']} | {_num(R['real_user']['rate'], '.0%')} |",

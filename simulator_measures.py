@@ -9,14 +9,13 @@ sources as in UserLM, arXiv 2510.06552, and instruction back-translation, Li et 
   project's training loss (``fused_loss``); perplexity = exp(loss);
 - :func:`chrf`: back-translation fidelity, sacrebleu's corpus chrF (0-100) of generated
   requests against the real ones;
-- :func:`role_scores` / :func:`reads_as_assistant`: role confusion. A text ``x`` said
-  after a history ``h`` that ends where a user turn is due (``[]``, a system message, or
-  an assistant turn) *reads as an assistant answer* when a judge model finds it more
-  likely as the assistant's turn than as the user's there:
-  ``log p(x <|im_end|> | h, <|im_start|>assistant\\n) > log p(x <|im_end|> | h, <|im_start|>user\\n)``.
-  The history is the same for both roles, so only the text decides; real assistant
-  answers are scored in the user's slot too (after the history their request followed),
-  which is what validates the measure (:func:`role_confusion_on_real_turns`);
+- :func:`role_scores` / :func:`reads_as_assistant`: role confusion. A text ``x`` *reads
+  as an assistant answer* when a judge model finds it more likely as the assistant's turn
+  than as the user's:
+  ``log p(x <|im_end|> | h, <|im_start|>assistant\\n) > log p(x <|im_end|> | h, <|im_start|>user\\n)``,
+  with the same ``h`` for both roles (by default no history, only a newline), so only the
+  text decides. It is validated on real turns first (:func:`real_turn_items`): real user
+  turns must rarely, real answers mostly, read as answers;
 - :func:`distinct_n` and :func:`repeats_previous`: diversity of generated user turns.
 
 Torch and the model are needed only by the loss and role functions; the rest is
@@ -29,7 +28,7 @@ import math
 import re
 from typing import Iterable, Optional, Sequence
 
-from chat_format import IM_END, IM_START, is_single_turn_conversation, render_chat
+from chat_format import IM_END, IM_START, is_single_turn_conversation
 
 WORD_RE = re.compile(r"\w+|[^\w\s]")
 
@@ -121,16 +120,20 @@ def user_turn_loss(model, tokenizer, conversations: list[list[dict]], max_length
 
 def role_scores(model, tokenizer, items: list[tuple[list[dict], str]], batch_size: int = 8,
                 progress: Optional[str] = None, history_messages: int = 0) -> list[float]:
-    """For each ``(history, text)``: ``log p(text <|im_end|> | history, assistant header)
-    - log p(text <|im_end|> | history, user header)`` in nats (> 0: reads as an assistant
-    answer). The history is rendered with the chat template as is (no simulator system
-    prompt: the judge sees a plain conversation); ``history_messages > 0`` keeps only its
-    last that many messages (shorter sequences; still the same history for both roles)."""
+    """For each ``(history, text)``: ``log p(text <|im_end|> | h, assistant header)
+    - log p(text <|im_end|> | h, user header)`` in nats (> 0: reads as an assistant answer).
+    ``h`` is a newline, then the last ``history_messages`` messages of the history as plain
+    ChatML turns (no system prompt added); the default 0 scores the text on its own, which
+    separates real user turns from real answers best (docs/simulator.md: a history, or the
+    chat template's default system prompt, lets the judge expect the next role from the
+    turn order and narrows the gap). Raises ``ValueError`` for a negative
+    ``history_messages``."""
+    if history_messages < 0:
+        raise ValueError(f"history_messages must be >= 0, got {history_messages}")
     rows = []
     for history, text in items:
-        if history_messages > 0:
-            history = history[-history_messages:]
-        base = render_chat(tokenizer, history) if history else "\n"
+        shown = history[-history_messages:] if history_messages else []
+        base = "\n" + "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in shown)
         target = tokenizer(text + IM_END, add_special_tokens=False)["input_ids"]
         for role in ("assistant", "user"):
             prefix = tokenizer(base + IM_START + role + "\n", add_special_tokens=False)["input_ids"]

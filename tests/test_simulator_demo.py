@@ -71,3 +71,52 @@ def test_text_measures_on_known_inputs():
     assert sm.chrf(["hello world"], ["hello world"]) == pytest.approx(100.0)
     assert sm.chrf(["zzzz"], ["hello world"]) < 5
     assert sm.reads_as_assistant([0.5, -1.0, 2.0, -0.1]) == 0.5
+
+
+def test_role_judge_sees_the_text_alone_or_a_plain_chatml_history(monkeypatch, tokenizer):
+    """The two rows of an item: a newline, the last N history messages as ChatML (none by
+    default; no system prompt added, not even the template's default one), the assistant
+    or the user header, then the text; only the text and its <|im_end|> are scored."""
+    seen = []
+
+    def fake_sums(model, rows, pad_id, batch_size=8, progress=None):
+        seen.extend(rows)
+        return [(float(i), 1) for i in range(len(rows))]
+
+    monkeypatch.setattr(sm, "_forward_sums", fake_sums)
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    items = [(history, "Tell me more."), ([], "Why?")]
+    assert sm.role_scores(None, tokenizer, items) == [1.0, 1.0]  # loss(user row) - loss(assistant row)
+    sm.role_scores(None, tokenizer, items, history_messages=1)
+    texts = [tokenizer.decode(ids) for ids, _ in seen]
+    last = "<|im_start|>assistant\nHello!<|im_end|>\n"
+    assert texts == ["\n<|im_start|>assistant\nTell me more.<|im_end|>", "\n<|im_start|>user\nTell me more.<|im_end|>",
+                     "\n<|im_start|>assistant\nWhy?<|im_end|>", "\n<|im_start|>user\nWhy?<|im_end|>",
+                     "\n" + last + "<|im_start|>assistant\nTell me more.<|im_end|>",
+                     "\n" + last + "<|im_start|>user\nTell me more.<|im_end|>",
+                     "\n<|im_start|>assistant\nWhy?<|im_end|>", "\n<|im_start|>user\nWhy?<|im_end|>"]
+    for ids, labels in seen:
+        target = [t for t, y in zip(ids, labels) if y != -100]
+        assert tokenizer.decode(target) in ("Tell me more.<|im_end|>", "Why?<|im_end|>")
+    with pytest.raises(ValueError, match="history_messages"):
+        sm.role_scores(None, tokenizer, items, history_messages=-1)
+
+
+@pytest.mark.slow
+def test_role_measure_separates_real_turns_with_the_base_judge(tokenizer):
+    """The validation the measure needs before it is reported for generated turns, on the
+    embedded model and data as the measure stage loads them: over the first 48 real (user
+    turn, answer) pairs of data/demo_sft.json, real user turns rarely read as assistant
+    answers and real answers mostly do (docs/simulator.md gives the measured rates)."""
+    from chat_format import normalize_conversation
+    from conftest import load_script
+    from tokenization import DEFAULT_MODEL
+
+    model = load_script("scripts/simulator_eval.py").load_model(str(DEFAULT_MODEL))
+    data = json.loads((REPO / "data" / "demo_sft.json").read_text())
+    users, answers = sm.real_turn_items([normalize_conversation(r["conversations"]) for r in data])
+    users, answers = users[:48], answers[:48]
+    rate_u = sm.reads_as_assistant(sm.role_scores(model, tokenizer, users))
+    rate_a = sm.reads_as_assistant(sm.role_scores(model, tokenizer, answers))
+    print(f"real user turns {rate_u:.3f}, real answers {rate_a:.3f} (dtype {next(model.parameters()).dtype})")
+    assert rate_u <= 0.15 and rate_a >= 0.65 and rate_a - rate_u >= 0.5, (rate_u, rate_a)
