@@ -55,9 +55,9 @@ def cmd_split(args) -> dict:
 
 
 def load_model(path: str):
-    """The checkpoint in float32 whatever the machine: the role measure compares sums of
-    token log-probabilities that differ by about 0.1 nats per token, about what bf16
-    rounding moves them (docs/simulator.md: the real-turn gap falls from 77 to 48 points)."""
+    """The checkpoint in float32 whatever the machine, so that the measures of one run
+    compare with another's on a CPU without bf16 or a GPU (bf16 moves them a little:
+    docs/simulator.md)."""
     from ifeval.generate import load_hf_model
 
     return load_hf_model(path, "cpu" if not _cuda() else "cuda", dtype="float32")
