@@ -122,12 +122,11 @@ def role_scores(model, tokenizer, items: list[tuple[list[dict], str]], batch_siz
                 progress: Optional[str] = None, history_messages: int = 0) -> list[float]:
     """For each ``(history, text)``: ``log p(text <|im_end|> | h, assistant header)
     - log p(text <|im_end|> | h, user header)`` in nats (> 0: reads as an assistant answer).
-    ``h`` is a newline, then the last ``history_messages`` messages of the history as plain
-    ChatML turns (no system prompt added); the default 0 scores the text on its own, which
-    separates real user turns from real answers best (docs/simulator.md: a history, or the
-    chat template's default system prompt, lets the judge expect the next role from the
-    turn order and narrows the gap). Raises ``ValueError`` for a negative
-    ``history_messages``."""
+    ``h`` is the project's ChatML rendering (``chat_format.CHATML_TEMPLATE``: a leading
+    newline, no system prompt added) of the last ``history_messages`` messages; the default
+    0 scores the text on its own after the newline, which separates real user turns from
+    real answers best (docs/simulator.md: a history or a system prompt narrows the gap).
+    Raises ``ValueError`` for a negative ``history_messages``."""
     if history_messages < 0:
         raise ValueError(f"history_messages must be >= 0, got {history_messages}")
     rows = []

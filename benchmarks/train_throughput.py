@@ -19,6 +19,19 @@ model_max_length, fp32.
     python benchmarks/train_throughput.py --suite batching         # ../shared/ifeval/gpt4_responses.jsonl
     python benchmarks/train_throughput.py --suite batching --layers 2 --steps 2 --batch_size 4
 
+``--suite trl``: this project's ``train_hw_parallel.py`` (one process, no DeepSpeed) against
+TRL's ``SFTTrainer`` (``assistant_only_loss`` with the project's ChatML template carrying
+``{% generation %}`` tags, sdpa) on the same work: the first ``--records`` demo records,
+``--steps`` optimizer steps of ``--batch_size`` (no accumulation), ``--model_max_length``
+tokens, cosine schedule, lr 5e-5, fp32, the Trainer's random sampler with the same seed
+(the same batches). Each trainer runs in its own process; printed side by side: the
+Trainer's ``train_runtime``, the process's wall time, and its peak resident memory (the
+kernel's ``ru_maxrss`` of that process alone). TRL is an optional install (``pip install
+--no-deps trl==1.16.0``, its other dependencies are here); without it only this project's
+trainer runs, and the script says so.
+
+    python benchmarks/train_throughput.py --suite trl                # 64 records, 16 steps of 4, 512 tokens
+
 Batching suite. Data: IFEval prompts with GPT-4's answers as single-turn chats (realistic lengths). Model:
 the SmolLM2-135M architecture (config.json of --model) with fewer layers, randomly
 initialised, fp32 on CPU. One training step = forward, the Part 5 loss, backward, AdamW.
@@ -30,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -255,11 +269,122 @@ def batching_suite(args) -> dict:
     return results
 
 
+# ------------------------------------------------------------------------ trl suite
+# The project's ChatML (chat_format.CHATML_TEMPLATE) with TRL's generation tags around what
+# the assistant-only loss trains: each assistant message's content and its <|im_end|>.
+TRL_TEMPLATE = (
+    "{{ '\\n' }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Runs argv[1:] and prints the peak resident memory of that child alone (KiB, ru_maxrss).
+_PEAK_WRAPPER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+                 "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+                 "sys.exit(r.returncode)")
+
+
+def _measured(cmd: list, log: Path, env: dict) -> dict:
+    """Run ``cmd`` under the peak wrapper, output into ``log``; ``{wall_s, peak_gib}``.
+    Raises ``RuntimeError`` naming the log when the command fails."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *cmd], stdout=f, stderr=subprocess.STDOUT, env=env)
+    wall = time.perf_counter() - t0
+    text = log.read_text()
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[1]} failed (exit {r.returncode}): see {log}")
+    kib = int(text.rsplit("PEAK_KIB", 1)[1].split()[0])
+    return {"wall_s": wall, "peak_gib": kib / 2 ** 20}
+
+
+def trl_child(args) -> None:
+    """One TRL SFTTrainer run (the ``--suite trl`` child); writes its metrics as JSON."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    messages = json.loads(Path(args.data).read_text())
+    tok = load_tokenizer(args.model, args.model_max_length)
+    tok.chat_template = TRL_TEMPLATE
+    cfg = SFTConfig(output_dir=args.trl_child, per_device_train_batch_size=args.batch_size,
+                    gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=5e-5,
+                    lr_scheduler_type="cosine", max_length=args.model_max_length, assistant_only_loss=True,
+                    logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+                    dataloader_pin_memory=False, seed=args.seed,
+                    model_init_kwargs={"dtype": torch.float32, "attn_implementation": "sdpa"})
+    trainer = SFTTrainer(model=str(args.model), args=cfg, train_dataset=Dataset.from_list(messages),
+                         processing_class=tok)
+    metrics = trainer.train().metrics
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    Path(args.trl_child, "metrics.json").write_text(json.dumps({**metrics, "losses": losses}))
+
+
+def trl_suite(args) -> dict:
+    import importlib.util
+
+    from chat_format import normalize_conversation
+
+    model = resolve_path(args.model)
+    records = json.loads(Path(resolve_path(args.data or "data/demo_sft.json")).read_text())[:args.records]
+    work = Path(tempfile.mkdtemp(prefix="trl_suite_"))
+    data = work / "records.json"
+    data.write_text(json.dumps([{"messages": normalize_conversation(r.get("conversations") or r.get("messages"))}
+                                for r in records]))
+    threads = str(args.threads or len(os.sched_getaffinity(0)))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    print(f"work: {len(records)} records, {args.steps} steps of {args.batch_size}, {args.model_max_length} tokens, "
+          f"cosine, lr 5e-5, fp32, {threads} threads, random sampler seed {args.seed}; load {os.getloadavg()[0]:.2f}")
+    results = {}
+    ours = [sys.executable, str(REPO_ROOT / "train_hw_parallel.py"), "--model_name_or_path", str(model),
+            "--data_path", str(data), "--output_dir", str(work / "ours"), "--data_cache_dir", str(work / "cache"),
+            "--model_max_length", str(args.model_max_length), "--per_device_train_batch_size", str(args.batch_size),
+            "--gradient_accumulation_steps", "1", "--max_steps", str(args.steps), "--learning_rate", "5e-5",
+            "--lr_scheduler_type", "cosine", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+            "--dataloader_pin_memory", "False", "--precision", "fp32", "--seed", str(args.seed),
+            "--train_sampling_strategy", "random"]
+    r = _measured(ours, work / "ours.log", env)
+    state = json.loads((work / "ours" / "trainer_state.json").read_text())
+    r["train_runtime"] = next(h["train_runtime"] for h in state["log_history"] if "train_runtime" in h)
+    r["losses"] = [h["loss"] for h in state["log_history"] if "loss" in h]
+    results["ours"] = r
+    if importlib.util.find_spec("trl") is None:
+        print("TRL is not installed (pip install --no-deps trl==1.16.0): only this project's trainer was measured")
+    else:
+        from importlib.metadata import version
+
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--suite", "trl", "--trl_child", str(work / "trl"),
+               "--model", str(model), "--data", str(data), "--steps", str(args.steps),
+               "--batch_size", str(args.batch_size), "--model_max_length", str(args.model_max_length),
+               "--seed", str(args.seed)]
+        r = _measured(cmd, work / "trl.log", env)
+        m = json.loads((work / "trl" / "metrics.json").read_text())
+        r.update(train_runtime=m["train_runtime"], losses=m["losses"], version=version("trl"))
+        results["trl"] = r
+    print("| trainer | train_runtime s | process wall s | peak resident GiB | first / last loss |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        label = "this project (train_hw_parallel.py)" if name == "ours" else f"TRL {r['version']} SFTTrainer"
+        print(f"| {label} | {r['train_runtime']:.1f} | {r['wall_s']:.1f} | {r['peak_gib']:.2f} | "
+              f"{r['losses'][0]:.4f} / {r['losses'][-1]:.4f} |")
+    if "trl" in results:
+        o, t = results["ours"], results["trl"]
+        print(f"this project vs TRL: {t['train_runtime'] / o['train_runtime']:.2f}x faster (train_runtime), "
+              f"{t['wall_s'] / o['wall_s']:.2f}x (process), peak memory {o['peak_gib']:.2f} vs {t['peak_gib']:.2f} GiB "
+              f"({o['peak_gib'] / t['peak_gib']:.2f}x); load {os.getloadavg()[0]:.2f}")
+    print(f"logs: {work}")
+    return results
+
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", choices=["precision", "batching"], default="precision",
-                    help="precision (default): fp32 vs bf16 on the demo data; batching: length-grouped vs padded")
+    ap.add_argument("--suite", choices=["precision", "batching", "trl"], default="precision",
+                    help="precision (default): fp32 vs bf16 on the demo data; batching: length-grouped vs padded; "
+                         "trl: this project's trainer vs TRL's SFTTrainer, time and peak memory")
     ap.add_argument("--data", help="precision: chat data (default data/demo_sft.json); batching: gpt4_responses.jsonl "
                                    "(default SHARED_DIR/ifeval/gpt4_responses.jsonl)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="folder with the tokenizer and config.json (and, for the "
@@ -275,9 +400,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--model_max_length", type=int, default=None, help="default 512 (precision), 2048 (batching)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--records", type=int, default=64, help="trl: the first N records of the data (default 64)")
+    ap.add_argument("--trl_child", help=argparse.SUPPRESS)  # the trl suite's TRL process: its output folder
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.suite == "trl":
+        args.steps = args.steps or 16
+        args.model_max_length = args.model_max_length or 512
+        if args.trl_child:
+            return trl_child(args)
+        return trl_suite(args)
     if args.suite == "precision":
         args.steps = args.steps or 3
         args.model_max_length = args.model_max_length or 512

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import simulator_measures as sm
+from conftest import load_script
 from test_train_hw_parallel import tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,3 +121,15 @@ def test_role_measure_separates_real_turns_with_the_base_judge(tokenizer):
     rate_a = sm.reads_as_assistant(sm.role_scores(model, tokenizer, answers))
     print(f"real user turns {rate_u:.3f}, real answers {rate_a:.3f} (dtype {next(model.parameters()).dtype})")
     assert rate_u <= 0.15 and rate_a >= 0.65 and rate_a - rate_u >= 0.5, (rate_u, rate_a)
+
+
+def test_role_judge_benchmark_runs_small(tiny_llama_dir, capsys):
+    bench = load_script("benchmarks/role_judge.py")
+    assert bench.auc([2.0, 3.0], [1.0, 2.0]) == pytest.approx((1 + 1 + 0.5 + 1) / 4)
+    out = bench.main(["--model", str(tiny_llama_dir), "--pairs", "3", "--framings", "newline,nothing"])
+    assert set(out) == {"newline", "nothing"}
+    for r in out.values():
+        assert 0 <= r["real_user"] <= 1 and 0 <= r["real_answers"] <= 1 and 0 <= r["auc"] <= 1
+    assert "[role_judge] widest gap: " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--framings", "bogus"])
