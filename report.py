@@ -304,7 +304,9 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
     was not part of the demo). The other arguments are the demo's settings, quoted in the
     text. The JSON keeps IFEval's numbers at the top level (``base``, ``sft``,
     ``per_type_strict``) and IFBench's under ``ifbench``, with the verdict of
-    :func:`carried_over` under ``carried_over`` (both ``None`` without IFBench). Raises
+    :func:`carried_over` under ``carried_over`` (both ``None`` without IFBench), and under
+    ``precision`` the training precision (``ckpt/RUN/run_plan.json``) and the generation
+    dtype (the base summary's), ``None`` where a file does not say. Raises
     :class:`ResultError` for a missing or invalid summary or a run of the wrong benchmark."""
     base, sft, ifeval_lines, ifeval_obj = _side(out, "ifeval", prompt_set, prompts)
     ifbench_obj = carried = None
@@ -321,9 +323,13 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
     reports = sorted(glob.glob(f"{out}/report/*.md"))
     benches = ("ifeval", "ifbench") if ifbench_prompts else ("ifeval",)
     summaries = [f"{out}/{b}_{side}/summary.json" for b in benches for side in ("base", "sft")]
+    plan = Path(out, "ckpt", run, "run_plan.json")
+    precision = {"training": json.loads(plan.read_text())["plan"].get("precision") if plan.is_file() else None,
+                 "generation": base.get("dtype")}
     lines = ["# Demo summary", "",
              f"Mode: {'full (course configuration)' if full else 'CPU demo'}; max_tokens {max_tokens}; "
-             f"training data `{data}`; benchmarks: IFEval{', IFBench' if ifbench_prompts else ''}."]
+             f"training data `{data}`; benchmarks: IFEval{', IFBench' if ifbench_prompts else ''}; "
+             f"precision: training {precision['training'] or 'unknown'}, generation {precision['generation'] or 'unknown'}."]
     lines += ifeval_lines + ifbench_lines
     lines += ["", "## Training and time", "",
               "Training: " + (f"{len(losses)} logged losses, first {losses[0]:.4f}, last {losses[-1]:.4f}"
@@ -335,7 +341,7 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
               f"- fine-tuned checkpoint: {out}/ckpt/{run}"]
     obj = {**ifeval_obj, "ifbench": ifbench_obj, "carried_over": carried,
            "stage_seconds": {k: int(v) for k, v in times}, "losses": losses,
-           "report": reports, "loss_curve": pngs}
+           "report": reports, "loss_curve": pngs, "precision": precision}
     return "\n".join(lines) + "\n", obj
 
 

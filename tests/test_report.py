@@ -57,8 +57,9 @@ def demo_folder(out, ifbench=False):
         runs += [("ifbench_base", dict(IFBENCH_BASE, prompt_set="IFBench_test.jsonl")), ("ifbench_sft", IFBENCH_SFT)]
     for name, s in runs:
         (out / name).mkdir(parents=True)
-        (out / name / "summary.json").write_text(json.dumps(s))
+        (out / name / "summary.json").write_text(json.dumps({**s, "dtype": "bfloat16"}))
     write_state(out / "ckpt" / "demo")
+    (out / "ckpt" / "demo" / "run_plan.json").write_text(json.dumps({"plan": {"precision": "bf16"}, "data_path": "d.json"}))
     (out / "ckpt" / "demo" / "loss_curve.png").write_bytes(b"png")
     (out / "report").mkdir()
     (out / "report" / "ifeval_compare.md").write_text("# r\n")
@@ -113,7 +114,7 @@ def test_demo_summary_cli(tmp_path):
     o = str(out)
     want = f"""# Demo summary
 
-Mode: CPU demo; max_tokens 16; training data `d.json`; benchmarks: IFEval.
+Mode: CPU demo; max_tokens 16; training data `d.json`; benchmarks: IFEval; precision: training bf16, generation bfloat16.
 
 {IFEVAL_PART}
 {TRAINING_PART}
@@ -133,6 +134,7 @@ Files:
     assert got["stage_seconds"] == {"checks": 3, "ifeval_base": 10, "train": 20, "total": 33}
     assert got["losses"] == [2.5, 2.25, 2.0]
     assert got["report"] == [f"{o}/report/ifeval_compare.md"] and got["loss_curve"] == [f"{o}/ckpt/demo/loss_curve.png"]
+    assert got["precision"] == {"training": "bf16", "generation": "bfloat16"}
 
 
 @pytest.mark.slow
@@ -144,7 +146,7 @@ def test_demo_summary_both_benchmarks_side_by_side(tmp_path):
     # IFEval 1 -> 3 of 4 prompts (+2, +50.0 points); IFBench 1 -> 4 of 10 (+3, +30.0 points): both rose.
     want = f"""# Demo summary
 
-Mode: CPU demo; max_tokens 16; training data `d.json`; benchmarks: IFEval, IFBench.
+Mode: CPU demo; max_tokens 16; training data `d.json`; benchmarks: IFEval, IFBench; precision: training bf16, generation bfloat16.
 
 {IFEVAL_PART}
 ## IFBench
