@@ -118,28 +118,42 @@ def user_turn_loss(model, tokenizer, conversations: list[list[dict]], max_length
             "conversations": sum(1 for _, n in sums if n > 0)}
 
 
-def role_scores(model, tokenizer, items: list[tuple[list[dict], str]], batch_size: int = 8,
-                progress: Optional[str] = None, history_messages: int = 0) -> list[float]:
-    """For each ``(history, text)``: ``log p(text <|im_end|> | h, assistant header)
-    - log p(text <|im_end|> | h, user header)`` in nats (> 0: reads as an assistant answer).
-    ``h`` is the project's ChatML rendering (``chat_format.CHATML_TEMPLATE``: a leading
-    newline, no system prompt added) of the last ``history_messages`` messages; the default
-    0 scores the text on its own after the newline, which separates real user turns from
-    real answers best (docs/simulator.md: a history or a system prompt narrows the gap).
-    Raises ``ValueError`` for a negative ``history_messages``."""
-    if history_messages < 0:
-        raise ValueError(f"history_messages must be >= 0, got {history_messages}")
+def chatml_turns(messages: Sequence[dict]) -> str:
+    """``messages`` as the project's ChatML turns, ``<|im_start|>{role}\\n{content}<|im_end|>\\n``
+    each (``chat_format.CHATML_TEMPLATE`` without its leading newline)."""
+    return "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
+
+
+def framed_role_scores(model, tokenizer, items: list[tuple[list[dict], str]], before, batch_size: int = 8,
+                       progress: Optional[str] = None) -> list[float]:
+    """For each ``(history, text)``: ``log p(text <|im_end|> | before(history), assistant header)
+    - log p(text <|im_end|> | before(history), user header)`` in nats; ``before`` maps the
+    history to the text that precedes the role header (the framing; benchmarks/role_judge.py
+    compares several)."""
     rows = []
     for history, text in items:
-        shown = history[-history_messages:] if history_messages else []
-        base = "\n" + "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in shown)
         target = tokenizer(text + IM_END, add_special_tokens=False)["input_ids"]
         for role in ("assistant", "user"):
-            prefix = tokenizer(base + IM_START + role + "\n", add_special_tokens=False)["input_ids"]
+            prefix = tokenizer(before(history) + IM_START + role + "\n", add_special_tokens=False)["input_ids"]
             rows.append((prefix + target, [-100] * len(prefix) + target))
     sums = _forward_sums(model, rows, tokenizer.pad_token_id or 0, batch_size, progress)
     # Losses are negative log-likelihoods: lp(assistant) - lp(user) = loss(user) - loss(assistant).
     return [sums[2 * k + 1][0] - sums[2 * k][0] for k in range(len(items))]
+
+
+def role_scores(model, tokenizer, items: list[tuple[list[dict], str]], batch_size: int = 8,
+                progress: Optional[str] = None, history_messages: int = 0) -> list[float]:
+    """:func:`framed_role_scores` (> 0: reads as an assistant answer) with the text before
+    the role header a newline, then the last ``history_messages`` messages of the history
+    as :func:`chatml_turns` (no system prompt added): the project's ChatML rendering. The
+    default 0 scores the text on its own, which separates real user turns from real
+    answers best (docs/simulator.md: a history or a system prompt narrows the gap).
+    Raises ``ValueError`` for a negative ``history_messages``."""
+    if history_messages < 0:
+        raise ValueError(f"history_messages must be >= 0, got {history_messages}")
+    return framed_role_scores(model, tokenizer, items,
+                              lambda h: "\n" + chatml_turns(h[-history_messages:] if history_messages else []),
+                              batch_size, progress)
 
 
 def reads_as_assistant(scores: Sequence[float]) -> float:

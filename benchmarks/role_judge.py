@@ -1,7 +1,7 @@
 """How well each way of framing the role-confusion judge separates real turns.
 
-The judge (``simulator_measures.role_scores``) calls a text an assistant answer when the
-base model finds ``log p(text <|im_end|> | h, <|im_start|>assistant\\n)`` above
+The judge (``simulator_measures.role_scores``, through ``framed_role_scores``) calls a text
+an assistant answer when the base model finds ``log p(text <|im_end|> | h, <|im_start|>assistant\\n)`` above
 ``log p(text <|im_end|> | h, <|im_start|>user\\n)``. This script scores the first ``--pairs``
 real (user turn, answer) pairs of the data (``simulator_measures.real_turn_items``) under
 several ``h`` and prints, per framing: the share of real user turns and of real answers
@@ -17,38 +17,22 @@ import argparse
 import json
 import time
 
-from chat_format import IM_END, IM_START, normalize_conversation
+from chat_format import normalize_conversation
 from fileio import REPO_ROOT
 import simulator_measures as sm
 from tokenization import DEFAULT_MODEL, load_tokenizer
 
 
-def _chatml(messages: list[dict]) -> str:
-    return "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
-
-
 # framing name -> (what it is, function of the history giving the text before the role header)
 FRAMINGS = {
     "newline": ("a newline, no history (the measure's default)", lambda h: "\n"),
-    "newline_hist2": ("the newline and the last 2 messages", lambda h: "\n" + _chatml(h[-2:])),
-    "hist2": ("the last 2 messages without the newline", lambda h: _chatml(h[-2:])),
+    "newline_hist2": ("the newline and the last 2 messages", lambda h: "\n" + sm.chatml_turns(h[-2:])),
+    "hist2": ("the last 2 messages without the newline", lambda h: sm.chatml_turns(h[-2:])),
     "endoftext": ("<|endoftext|>, no history", lambda h: "<|endoftext|>"),
-    "system": ("the newline and a system message", lambda h: "\n" + _chatml(
+    "system": ("the newline and a system message", lambda h: "\n" + sm.chatml_turns(
         [{"role": "system", "content": "You are a helpful AI assistant."}])),
     "nothing": ("nothing: the role header opens the sequence", lambda h: ""),
 }
-
-
-def framed_scores(model, tok, items: list, before, batch_size: int, progress: str = "") -> list[float]:
-    """``role_scores`` with the text before the role header given by ``before(history)``."""
-    rows = []
-    for history, text in items:
-        target = tok(text + IM_END, add_special_tokens=False)["input_ids"]
-        for role in ("assistant", "user"):
-            prefix = tok(before(history) + IM_START + role + "\n", add_special_tokens=False)["input_ids"]
-            rows.append((prefix + target, [-100] * len(prefix) + target))
-    sums = sm._forward_sums(model, rows, tok.pad_token_id or 0, batch_size, progress or None)
-    return [sums[2 * k + 1][0] - sums[2 * k][0] for k in range(len(items))]
 
 
 def auc(pos: list[float], neg: list[float]) -> float:
@@ -86,8 +70,8 @@ def main(argv=None) -> dict:
     for name in names:
         t0 = time.perf_counter()
         before = FRAMINGS[name][1]
-        su = framed_scores(model, tok, users, before, args.batch_size, f"{name}: real user turns")
-        sa = framed_scores(model, tok, answers, before, args.batch_size, f"{name}: real answers")
+        su = sm.framed_role_scores(model, tok, users, before, args.batch_size, f"{name}: real user turns")
+        sa = sm.framed_role_scores(model, tok, answers, before, args.batch_size, f"{name}: real answers")
         ru, ra = sm.reads_as_assistant(su), sm.reads_as_assistant(sa)
         slices = [sm.reads_as_assistant(sa[i:i + 16]) - sm.reads_as_assistant(su[i:i + 16])
                   for i in range(0, len(su) - 15, 16)]
