@@ -761,7 +761,7 @@ def main(argv: Optional[list] = None) -> int:
     mode.add_argument("--check-torch", "--check_torch", action="store_true",
                       help="exit 1 (saying why and what to do) when torch cannot use the GPUs nvidia-smi lists")
     mode.add_argument("--build_cpu_ops", action="store_true",
-                      help="compile DeepSpeed's CPU all-reduce op into the torch extensions cache (exit 1 if it fails)")
+                      help="compile DeepSpeed's CPU all-reduce op into the torch extensions cache (exit 2 if it fails)")
     ap.add_argument("--json", action="store_true", help="print the probe and the decisions as JSON")
     ap.add_argument("--format", choices=["text", "json", "sh"], default=None,
                     help="sh: KEY=value lines (shell-quoted) for the bash scripts")
