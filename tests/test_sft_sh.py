@@ -81,6 +81,23 @@ def test_cpu_precision_reaches_the_launch_line(tmp_path, asked):
     assert "--bf16" not in argv  # train_hw_parallel.py turns --precision into the Trainer's flags
 
 
+@pytest.mark.parametrize("prec", ["fp32", "bf16"])
+def test_cpu_rank_layout_follows_the_precision(tmp_path, prec):
+    """Without CPU_RANKS: fp32 trains as one rank with every core (faster there, measured in
+    docs/performance_cpu.md), bf16 as two ranks sharing the cores; CPU_RANKS still wins."""
+    env = {k: v for k, v in fake_bin(tmp_path).items() if k not in ("OMP_NUM_THREADS", "CPU_RANKS")}
+    cores = len(os.sched_getaffinity(0))
+    ranks = 1 if prec == "fp32" or cores < 2 else 2
+    r = dry_run(env, PRECISION=prec)
+    assert r.returncode == 0, r.stderr
+    argv = launch_args(r)
+    assert argv[argv.index("--num_gpus") + 1] == str(ranks)
+    assert f"CPU, {ranks} rank(s) x {max(1, cores // ranks)} thread(s), {prec}" in r.stdout
+    r = dry_run(env, PRECISION=prec, CPU_RANKS="4", OMP_NUM_THREADS="1")
+    assert r.returncode == 0, r.stderr
+    assert launch_args(r)[launch_args(r).index("--num_gpus") + 1] == "4"
+
+
 def test_wandb_only_when_configured(tmp_path):
     r = dry_run(fake_bin(tmp_path), WANDB_MODE="offline")
     assert flag(launch_args(r), "--report_to") == "wandb" and "W&B not configured" not in r.stdout
