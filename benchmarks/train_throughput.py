@@ -151,7 +151,9 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
     fp32: AdamW on the model's parameters. bf16: the model cast to bf16 for forward and
     backward; fp32 master copies of the parameters hold AdamW's state and step, the bf16
     gradients (summed over the micro-batches in bf16, as DeepSpeed ZeRO-2 does) are
-    converted to fp32 before it, and the updated masters are copied back in bf16."""
+    converted to fp32 before it, and the updated masters are copied back in bf16.
+    ``phase_seconds`` splits the timed steps' seconds by phase (forward+loss, backward,
+    grads to fp32, optimizer, masters to bf16); the rest (token counting) is the remainder."""
     params = [p for p in model.parameters() if p.requires_grad]
     if precision == "bf16":
         masters = [p.detach().clone() for p in params]
@@ -161,33 +163,46 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
         masters = params
         opt = torch.optim.AdamW(params, lr=lr)
     weight = model.get_output_embeddings().weight
-    secs, trained, flops = 0.0, 0, 0.0
+    secs, trained, flops, phases = 0.0, 0, 0.0, {}
     n_params = sum(p.numel() for p in params)
     for i, micro in enumerate(tqdm(steps, desc=precision, unit="step")):
         batches = [collator([dataset[j] for j in idx]) for idx in micro]
         t0 = time.perf_counter()
         n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        marks = {}
         for b in batches:
+            t = time.perf_counter()
             hidden = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
             loss = fused_linear_cross_entropy(hidden, weight, b["labels"], num_items_in_batch=n_items)
+            marks["forward+loss"] = marks.get("forward+loss", 0.0) + time.perf_counter() - t
+            t = time.perf_counter()
             loss.backward()
+            marks["backward"] = marks.get("backward", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
         if precision == "bf16":
             for m, p in zip(masters, params):
                 m.grad = p.grad.float()
                 p.grad = None
+        marks["grads to fp32"] = time.perf_counter() - t
+        t = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        marks["optimizer"] = time.perf_counter() - t
+        t = time.perf_counter()
         if precision == "bf16":
             with torch.no_grad():
                 for m, p in zip(masters, params):
                     p.copy_(m)
+        marks["masters to bf16"] = time.perf_counter() - t
         if i > 0:  # step 0 warms up allocators and kernels
             secs += time.perf_counter() - t0
+            for k, v in marks.items():
+                phases[k] = phases.get(k, 0.0) + v
             trained += n_items
             flops += sum(batch_flops(model.config, n_params, *b["input_ids"].shape,
                                      int((b["labels"][:, 1:] != -100).sum())) for b in batches)
     return {"seconds": secs, "trained_tokens": trained, "tokens_per_s": trained / secs if secs else float("nan"),
-            "gflops": flops / secs / 1e9 if secs else float("nan")}
+            "gflops": flops / secs / 1e9 if secs else float("nan"), "phase_seconds": phases}
 
 
 def precision_suite(args) -> dict:
@@ -219,6 +234,8 @@ def precision_suite(args) -> dict:
         print(f"{precision}: {r['trained_tokens']} trained tokens in {r['seconds']:.1f}s = {r['tokens_per_s']:.1f} tok/s, "
               f"{r['gflops']:.1f} GFLOP/s = {r['fraction_of_peak']:.2f} of the {precision} matmul peak "
               f"{peak:.1f} GFLOP/s (2048^3, best of 5); load average {r['load_average']:.2f}", flush=True)
+        print(f"{precision} step phases (timed steps, s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["phase_seconds"].items())
+              + f"; other {r['seconds'] - sum(r['phase_seconds'].values()):.2f}", flush=True)
     f, b = results["fp32"], results["bf16"]
     print(f"bf16 vs fp32: {b['tokens_per_s'] / f['tokens_per_s']:.2f}x the trained tokens/s "
           f"(matmul peak {b['peak_gflops'] / f['peak_gflops']:.2f}x); bf16 at {b['fraction_of_peak']:.2f} of its peak, "
