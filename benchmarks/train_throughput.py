@@ -41,6 +41,8 @@ labelled targets (after the causal shift) in the timed batches.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import os
 import subprocess
@@ -163,46 +165,46 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
         masters = params
         opt = torch.optim.AdamW(params, lr=lr)
     weight = model.get_output_embeddings().weight
-    secs, trained, flops, phases = 0.0, 0, 0.0, {}
+    secs, trained, flops, phases = 0.0, 0, 0.0, collections.Counter()
     n_params = sum(p.numel() for p in params)
     for i, micro in enumerate(tqdm(steps, desc=precision, unit="step")):
         batches = [collator([dataset[j] for j in idx]) for idx in micro]
         t0 = time.perf_counter()
         n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-        marks = {}
+        marks = collections.Counter()
+
+        @contextlib.contextmanager
+        def phase(name):
+            t = time.perf_counter()
+            yield
+            marks[name] += time.perf_counter() - t
+
         for b in batches:
-            t = time.perf_counter()
-            hidden = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
-            loss = fused_linear_cross_entropy(hidden, weight, b["labels"], num_items_in_batch=n_items)
-            marks["forward+loss"] = marks.get("forward+loss", 0.0) + time.perf_counter() - t
-            t = time.perf_counter()
-            loss.backward()
-            marks["backward"] = marks.get("backward", 0.0) + time.perf_counter() - t
-        t = time.perf_counter()
-        if precision == "bf16":
-            for m, p in zip(masters, params):
-                m.grad = p.grad.float()
-                p.grad = None
-        marks["grads to fp32"] = time.perf_counter() - t
-        t = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        marks["optimizer"] = time.perf_counter() - t
-        t = time.perf_counter()
-        if precision == "bf16":
-            with torch.no_grad():
+            with phase("forward+loss"):
+                hidden = model.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+                loss = fused_linear_cross_entropy(hidden, weight, b["labels"], num_items_in_batch=n_items)
+            with phase("backward"):
+                loss.backward()
+        with phase("grads to fp32"):
+            if precision == "bf16":
+                for m, p in zip(masters, params):
+                    m.grad = p.grad.float()
+                    p.grad = None
+        with phase("optimizer"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        with phase("masters to bf16"), torch.no_grad():
+            if precision == "bf16":
                 for m, p in zip(masters, params):
                     p.copy_(m)
-        marks["masters to bf16"] = time.perf_counter() - t
         if i > 0:  # step 0 warms up allocators and kernels
             secs += time.perf_counter() - t0
-            for k, v in marks.items():
-                phases[k] = phases.get(k, 0.0) + v
+            phases.update(marks)
             trained += n_items
             flops += sum(batch_flops(model.config, n_params, *b["input_ids"].shape,
                                      int((b["labels"][:, 1:] != -100).sum())) for b in batches)
     return {"seconds": secs, "trained_tokens": trained, "tokens_per_s": trained / secs if secs else float("nan"),
-            "gflops": flops / secs / 1e9 if secs else float("nan"), "phase_seconds": phases}
+            "gflops": flops / secs / 1e9 if secs else float("nan"), "phase_seconds": dict(phases)}
 
 
 def precision_suite(args) -> dict:
