@@ -29,10 +29,8 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, model_max_length: int = 20
     - SmolLM2 tokenizers get the project's ChatML template (:data:`CHATML_TEMPLATE`);
       other tokenizers keep their own template, or get ChatML when they have none.
     """
-    from transformers import AutoTokenizer
-
     path = resolve_path(name_or_path)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = _tokenizer_class(path).from_pretrained(path)
     tok.padding_side = padding_side
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -40,6 +38,31 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, model_max_length: int = 20
     if is_smollm2_tokenizer(tok) or not getattr(tok, "chat_template", None):
         tok.chat_template = CHATML_TEMPLATE
     return tok
+
+
+def _tokenizer_class(path: str):
+    """``TokenizersBackend`` for a local Llama-family folder whose tokenizer_config.json
+    names that class (SmolLM2's): what ``AutoTokenizer`` returns for it, without importing
+    every model's auto classes (seconds per process; tests/test_tokenization.py checks the
+    two agree). ``AutoTokenizer`` for anything else (a hub id, custom code, another class)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+            tok_cfg = json.load(f)
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        tok_cfg, model_type = {}, None
+    if (isinstance(tok_cfg, dict) and tok_cfg.get("tokenizer_class") == "TokenizersBackend"
+            and "auto_map" not in tok_cfg and model_type == "llama"):
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+        return TokenizersBackend
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
 
 
 # An assistant answer no template rewrites (no whitespace to trim, no think tags).

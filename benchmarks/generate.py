@@ -7,6 +7,7 @@ left padding, batch 16), for each workload.
     python benchmarks/generate.py --workloads 100x1024 --engines vllm
     python benchmarks/generate.py --workloads 16x64 --vllm_mode compiled
     python benchmarks/generate.py --workloads 100x256 --engines vllm --precisions fp32,bf16   # vLLM bf16 vs fp32
+    python benchmarks/generate.py --workloads 100x256 --engines vllm,vllm_mp                   # engine in this process or not
 
 Per engine and workload: startup (vLLM: the engine start, a fresh engine each time, as in
 a real run; transformers: loading the model), generation time and generated tokens/s
@@ -16,6 +17,9 @@ Both stop at the same ids (``checkpoint_stop_ids``) and run in each of ``--preci
 (default fp32 only; bf16 pays off on CPUs with bf16 arithmetic, ``cpu_precision.py``);
 with two precisions each engine's bf16 run is also compared with its fp32 run (speed and
 identical answers: greedy bf16 answers part from fp32's where rounding flips a near-tie).
+Engine ``vllm_mp`` is vLLM with its own process layout (``VLLM_ENABLE_V1_MULTIPROCESSING=1``:
+an engine-core process and a worker process), the baseline for ``generate_vllm``'s choice
+on machines with few cores (the engine inside the calling process, ``cpu_engine_env``).
 The machine's load average is printed before and after: timings on a shared machine are noisy.
 """
 from __future__ import annotations
@@ -46,12 +50,24 @@ def parse_workload(text: str) -> tuple[int, int]:
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+ENGINES = ("vllm", "vllm_mp", "hf")
+MP_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+NAMES = {"vllm": "vLLM", "vllm_mp": "vLLM, own processes", "hf": "transformers generate()"}
 
 
-def run_vllm(path, tok, prompts, max_tokens, stop_ids, enforce_eager, precision="fp32"):
+def run_vllm(path, tok, prompts, max_tokens, stop_ids, enforce_eager, precision="fp32", processes=None):
+    """``processes="1"``: vLLM's own engine-core and worker processes; None: the product's choice."""
     t = {}
-    answers = generate_vllm(path, tok, prompts, max_new_tokens=max_tokens, stop_ids=stop_ids,
-                            enforce_eager=enforce_eager, timings=t, dtype=DTYPES[precision])
+    saved = os.environ.get(MP_ENV)
+    if processes is not None:
+        os.environ[MP_ENV] = processes
+    try:
+        answers = generate_vllm(path, tok, prompts, max_new_tokens=max_tokens, stop_ids=stop_ids,
+                                enforce_eager=enforce_eager, timings=t, dtype=DTYPES[precision])
+    finally:  # the next engine chooses afresh
+        os.environ.pop(MP_ENV, None)
+        if saved is not None:
+            os.environ[MP_ENV] = saved
     return answers, t["startup_s"], t["generate_s"]
 
 
@@ -69,7 +85,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompts", default=DEFAULT_INPUT, help="IFEval prompt file; each workload takes its first N")
     ap.add_argument("--workloads", type=lambda s: [parse_workload(w) for w in s.split(",")],
                     default=[(16, 64), (100, 256)], help="comma-separated PROMPTSxTOKENS (default 16x64,100x256)")
-    ap.add_argument("--engines", default="vllm,hf", help="comma-separated, from vllm,hf (default both)")
+    ap.add_argument("--engines", default="vllm,hf", help="comma-separated, from vllm,vllm_mp,hf (default vllm,hf)")
     ap.add_argument("--precisions", default="fp32", help="comma-separated, from fp32,bf16 (default fp32)")
     ap.add_argument("--vllm_mode", choices=["auto", "eager", "compiled"], default="auto",
                     help="as run_ifeval.py's flag (default auto: eager on the CPU)")
@@ -77,8 +93,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", help="also write the measurements to this file")
     args = ap.parse_args(argv)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    if not engines or set(engines) - {"vllm", "hf"}:
-        ap.error(f"--engines {args.engines!r}: choose from vllm, hf")
+    if not engines or set(engines) - set(ENGINES):
+        ap.error(f"--engines {args.engines!r}: choose from {', '.join(ENGINES)}")
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     if not precisions or set(precisions) - set(DTYPES):
         ap.error(f"--precisions {args.precisions!r}: choose from fp32, bf16")
@@ -98,8 +114,9 @@ def main(argv=None) -> dict:
         for precision in precisions:
             for engine in engines:
                 print(f"[bench] {len(prompts)} x {max_tokens}: {engine} {precision}", file=sys.stderr)
-                if engine == "vllm":
-                    answers, start, gen = run_vllm(path, tok, prompts, max_tokens, stop_ids, eager, precision)
+                if engine in ("vllm", "vllm_mp"):
+                    answers, start, gen = run_vllm(path, tok, prompts, max_tokens, stop_ids, eager, precision,
+                                                   processes="1" if engine == "vllm_mp" else None)
                 else:
                     answers, start, gen = run_hf(path, tok, prompts, max_tokens, stop_ids, args.batch_size, precision)
                 tokens = sum(a["num_tokens"] for a in answers)
@@ -114,7 +131,7 @@ def main(argv=None) -> dict:
                       f"average {res['load_average_1min']:.2f}", file=sys.stderr, flush=True)
         mine = results[-len(engines) * len(precisions):]
         for res in mine:
-            other = got.get(("hf" if res["engine"] == "vllm" else "vllm", res["precision"]))
+            other = got.get(("hf" if res["engine"] == "vllm" else "vllm", res["precision"]))  # vllm_mp: vs vllm
             res["identical_answers"] = (None if other is None else
                                         sum(a == b for a, b in zip(got[res["engine"], res["precision"]], other)))
             if res["precision"] == "bf16" and (res["engine"], "fp32") in got:
@@ -122,15 +139,16 @@ def main(argv=None) -> dict:
                 fp32 = next(r for r in mine if r["engine"] == res["engine"] and r["precision"] == "fp32")
                 rows.append(("precision", n, max_tokens, fp32, res, res["identical_to_fp32"]))
         for precision in precisions:
-            pair = [r for r in mine if r["precision"] == precision]
-            if len(pair) == 2:
-                v, h = sorted(pair, key=lambda r: r["engine"] != "vllm")
-                rows.append(("engine", n, max_tokens, v, h, v["identical_answers"]))
+            by = {r["engine"]: r for r in mine if r["precision"] == precision}
+            if "vllm" in by and "hf" in by:
+                rows.append(("engine", n, max_tokens, by["vllm"], by["hf"], by["vllm"]["identical_answers"]))
+            if "vllm" in by and "vllm_mp" in by:
+                rows.append(("layout", n, max_tokens, by["vllm"], by["vllm_mp"], by["vllm_mp"]["identical_answers"]))
     print()
     print("| workload | engine | precision | startup s | generation s | tokens | tokens/s | end to end s | identical |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['prompts']} x {r['max_tokens']} | {'vLLM' if r['engine'] == 'vllm' else 'transformers generate()'}"
+        print(f"| {r['prompts']} x {r['max_tokens']} | {NAMES[r['engine']]}"
               f" | {r['precision']} | {r['startup_s']:.1f} | {r['generate_s']:.1f} | {r['tokens']} | {r['tokens_per_s']:.1f} | "
               f"{r['end_to_end_s']:.1f} | "
               + (f"{r['identical_answers']}/{r['prompts']}" if r["identical_answers"] is not None else "-") + " |")
@@ -142,6 +160,13 @@ def main(argv=None) -> dict:
             print(f"[bench] {n} x {max_tokens} {v['precision']}: vLLM end to end {h['end_to_end_s'] / v['end_to_end_s']:.2f}x "
                   f"faster than transformers generate() batched ({v['end_to_end_s']:.0f}s vs {h['end_to_end_s']:.0f}s), "
                   f"generation {v['tokens_per_s'] / h['tokens_per_s']:.2f}x the tokens/s; identical answers {same}/{n}")
+        elif kind == "layout":
+            v, mp = a, b
+            print(f"[bench] {n} x {max_tokens} {v['precision']}: vLLM in this process end to end "
+                  f"{mp['end_to_end_s'] / v['end_to_end_s']:.2f}x faster than with its own processes "
+                  f"({v['end_to_end_s']:.0f}s vs {mp['end_to_end_s']:.0f}s; start {v['startup_s']:.1f}s vs "
+                  f"{mp['startup_s']:.1f}s), generation {v['tokens_per_s'] / mp['tokens_per_s']:.2f}x the tokens/s; "
+                  f"identical answers {same}/{n}")
         else:
             f, b16 = a, b
             print(f"[bench] {n} x {max_tokens} {f['engine']}: bf16 end to end {f['end_to_end_s'] / b16['end_to_end_s']:.2f}x "

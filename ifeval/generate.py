@@ -40,6 +40,9 @@ DEFAULT_VLLM_CHUNK = 256
 # A machine with at most this many cores gives vLLM all of them (no core kept for the
 # engine's scheduler process): on 2 cores, keeping one halves the decode threads.
 FEW_CORES = 4
+# Up to this many tokens of budget (prompts x max new tokens) the CPU engine runs in the
+# calling process: it starts ~20 s sooner, and generates ~7% slower (docs/performance_cpu.md).
+IN_PROCESS_MAX_BUDGET = 100_000
 # Share of the currently available memory the CPU KV cache may take at most when sized
 # automatically (the machine may be shared; the model and activations need the rest).
 KV_CACHE_MEMORY_SHARE = 0.5
@@ -240,14 +243,19 @@ def _cpu_id_list(cpus: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def cpu_engine_env(threads_bind: Optional[str] = None, environ: Optional[dict] = None) -> dict[str, str]:
+def cpu_engine_env(threads_bind: Optional[str] = None, environ: Optional[dict] = None,
+                   token_budget: Optional[int] = None) -> dict[str, str]:
     """The environment variables that bind vLLM's CPU threads on this machine.
 
     vLLM 0.32 on its own keeps one core per rank for its scheduler process and binds one
     thread per physical core of the rest: on a 2-core machine that is one decode thread.
     Here, with at most :data:`FEW_CORES` cores available to this process, the threads are
     bound to all of them (``VLLM_CPU_OMP_THREADS_BIND=0-1``, ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``);
-    with more, to all but the last (kept for the scheduler). ``threads_bind`` (the
+    with more, to all but the last (kept for the scheduler). With few cores and a
+    ``token_budget`` (the sum of the prompts' max new tokens; None: unknown, a short run)
+    of at most :data:`IN_PROCESS_MAX_BUDGET`, the engine also runs inside the calling
+    process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): no engine-core and worker processes,
+    each of which imports vLLM again before the first answer; the same answers. ``threads_bind`` (the
     ``--cpu_threads_bind`` flag: a vLLM core list such as ``0-7``, or ``auto``/``nobind``)
     wins; a variable already set in ``environ`` (default ``os.environ``) is left alone.
     Returns only the variables to set."""
@@ -261,6 +269,9 @@ def cpu_engine_env(threads_bind: Optional[str] = None, environ: Optional[dict] =
         out["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_id_list(cores if few else cores[:-1])
     if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ:
         out["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0" if few else "1"
+    short = token_budget is None or token_budget <= IN_PROCESS_MAX_BUDGET
+    if few and short and "VLLM_ENABLE_V1_MULTIPROCESSING" not in environ:
+        out["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return out
 
 
@@ -351,7 +362,7 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
                   log_level=level, use_tqdm_on_load=verbose)
     mode = "eager" if enforce_eager else "compiled"
     if device == "cpu":
-        env = cpu_engine_env(threads_bind)
+        env = cpu_engine_env(threads_bind, token_budget=sum(budgets))
         os.environ.update(env)  # read by vLLM when the engine starts; its workers inherit them
         if kv_cache_gib is not None:
             kv = int(kv_cache_gib * (1 << 30))

@@ -130,7 +130,12 @@ def test_pick_backend_and_dtype(monkeypatch):
 
 def test_cpu_engine_env(monkeypatch):
     monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: {0, 1})
-    assert g.cpu_engine_env(environ={}) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert g.cpu_engine_env(environ={}) == {"VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+                                            "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # in this process
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in g.cpu_engine_env(environ={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+    # A long run keeps vLLM's own processes (they generate a little faster).
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in g.cpu_engine_env(environ={}, token_budget=g.IN_PROCESS_MAX_BUDGET + 1)
+    assert g.cpu_engine_env(environ={}, token_budget=g.IN_PROCESS_MAX_BUDGET)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 8, 9, 10, 11, 12})
     assert g.cpu_engine_env(environ={}) == {"VLLM_CPU_OMP_THREADS_BIND": "0-3,8-11",
                                             "VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}
