@@ -350,10 +350,11 @@ def probe_torch(gpus: Sequence[GPU]) -> TorchInfo:
 def probe(torch_check: bool = True, flash_attn: Optional[bool] = None, deepspeed: bool = True,
           env: Optional[dict] = None) -> Probe:
     """Everything the decisions need. ``flash_attn=None``: check it only where every GPU is
-    capability 8.0+ (elsewhere it could not be used)."""
+    capability 8.0+ (elsewhere it could not be used). torch is probed only where nvidia-smi
+    lists GPUs: no CPU decision reads it, and importing it costs seconds per script."""
     gpus, note = query_gpus(env)
     p = Probe(gpus, note, cuda_toolkit=cuda_toolkit(env))
-    if torch_check:
+    if torch_check and gpus:
         p.torch = probe_torch(gpus)
     if flash_attn or (flash_attn is None and gpus and min_cap(gpus) >= FLASH_ATTN_MIN_CAP):
         p.flash_attn = check_import("flash_attn", "flash-attn")

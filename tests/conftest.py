@@ -32,12 +32,14 @@ def pytest_configure(config) -> None:
 
 
 # The longest files first (measured, docs/testing.md), so that with --dist loadfile no
-# long file starts last while the other worker sits idle.
-LONGEST_FIRST = ["test_sft_sh", "test_vllm_engine", "test_gpu_bundle", "test_run_faults", "test_bf16_training",
-                 "test_sweep", "test_demo_sh", "test_train_hw_parallel", "test_hardware", "test_ddp_fallback",
-                 "test_lm_eval_check", "test_vllm_tiny", "test_masking_checker", "test_simulator_demo",
-                 "test_loss_functions_checker", "test_run_sh", "test_make_demo_data", "test_generate",
-                 "test_ifeval_scoring", "test_gpu_check_sh"]
+# long file starts last while the other worker sits idle (each worker has one core of its
+# own, above). pyproject's --no-loadscope-reorder keeps this order: xdist would otherwise
+# hand out the files with the most tests first.
+LONGEST_FIRST = ["test_sft_sh", "test_gpu_bundle", "test_bf16_training", "test_simulator_demo", "test_sweep",
+                 "test_run_faults", "test_demo_sh", "test_vllm_engine", "test_ddp_fallback", "test_train_hw_parallel",
+                 "test_hardware", "test_vllm_tiny", "test_lm_eval_check", "test_run_sh", "test_masking_checker",
+                 "test_gpu_check_sh", "test_make_demo_data", "test_generate", "test_ifeval_scoring",
+                 "test_loss_functions"]
 
 
 def pytest_collection_modifyitems(config, items) -> None:

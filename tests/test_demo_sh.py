@@ -114,8 +114,9 @@ def test_reduced_demo_end_to_end(tmp_path, tiny_llama_dir):
     out = tmp_path / "demo"
     # Generation through transformers: four vLLM starts would cost minutes, and vLLM itself
     # runs the same CLI in tests/test_vllm_engine.py. The session's tiny Llama stands in for
-    # SmolLM2-135M: what is checked here is the pipeline, not the scores.
-    env = script_env(DEMO_OUT=str(out), DEMO_PROMPTS="2", DEMO_MAX_TOKENS="16", DEMO_STEPS="2",
+    # SmolLM2-135M: what is checked here is the pipeline, not the scores; one training rank
+    # (ZeRO-2 over two ranks is tests/test_sft_sh.py's).
+    env = script_env(DEMO_OUT=str(out), DEMO_PROMPTS="2", DEMO_MAX_TOKENS="16", DEMO_STEPS="2", CPU_RANKS="1",
                      DEMO_MAXLEN="256", DEMO_TOTALBSZ="2", DEMO_BSZPERDEV="1", DEMO_IFBENCH_PROMPTS="2",
                      DEMO_MODEL=str(tiny_llama_dir), IFEVAL_BACKEND="hf")
     r = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)

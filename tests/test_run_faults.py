@@ -427,7 +427,7 @@ def test_failed_sweep_configuration_ends_on_one_error_line(setup, tmp_path):
     r = subprocess.run([sys.executable, "scripts/sweep.py", "--model", str(model), "--max_steps", "1", "--total_bsz",
                         "2", "--bsz_per_dev", "1", "--out", str(tmp_path / "sw"), "--train_args", "--no_such_flag",
                         "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "CPU_RANKS": "1"})
     assert r.returncode == 1, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("[sweep] error: training lr5e-05_") and "failed (exit" in last and "run.log" in last

@@ -30,8 +30,9 @@ def _sweep(out, model):
            "--max_tokens", "8", "--out", str(out)]
     # sweep.py runs bash scripts (sft.sh, ifeval/run.sh): they get this interpreter. Generation
     # through transformers: vLLM runs the same CLI in tests/test_vllm_engine.py.
+    # One training rank: what is checked is the sweep; ZeRO-2 over two ranks is tests/test_sft_sh.py's.
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
-                       env=script_env(IFEVAL_BACKEND="hf"))
+                       env=script_env(IFEVAL_BACKEND="hf", CPU_RANKS="1"))
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     return r.stdout + r.stderr
 
