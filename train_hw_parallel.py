@@ -427,8 +427,9 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
                        trainer.state.global_step, resume)
         png = plot_loss_curve(out)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        print(f"[done] {trainer.state.global_step} steps, first/last logged loss "
-              f"{losses[0] if losses else float('nan'):.4f}/{losses[-1] if losses else float('nan'):.4f}, "
+        logged = (f"first/last logged loss {losses[0]:.4f}/{losses[-1]:.4f}" if losses else
+                  f"no loss logged (--logging_steps {training_args.logging_steps:g}), mean {result.training_loss:.4f}")
+        print(f"[done] {trainer.state.global_step} steps, {logged}, "
               f"{result.metrics.get('train_runtime', 0):.0f}s; model, manifest and {os.path.basename(png)} in {out}")
     return trainer
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import logging
 import os
 import sys
 import time
@@ -321,6 +322,24 @@ def choose_enforce_eager(mode: str, device: str) -> bool:
 
 
 # --------------------------------------------------------------------------- vLLM
+# vLLM's CPU worker refuses torch.set_num_threads once its threads are bound, with this
+# warning each time; in one process its own start-up calls hit it several times, harmlessly.
+_BOUND_THREADS_WARNING = "after the thread binding, skip it"
+
+
+class _DropBoundThreadsWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _BOUND_THREADS_WARNING not in record.getMessage()
+
+
+def _quiet_in_process_warning() -> None:
+    """Drop :data:`_BOUND_THREADS_WARNING` at the logger of vLLM's CPU worker module; nothing
+    else vLLM logs is touched."""
+    worker_log = logging.getLogger("vllm.v1.worker.cpu_worker")
+    if not any(isinstance(f, _DropBoundThreadsWarning) for f in worker_log.filters):
+        worker_log.addFilter(_DropBoundThreadsWarning())
+
+
 class EngineStartError(RuntimeError):
     """The inference engine did not start (its own log above says why)."""
 
@@ -391,6 +410,9 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
     os.environ["VLLM_LOGGING_LEVEL"] = level
     try:
         from vllm import LLM, SamplingParams  # imported here: engine settings above must be in place first
+
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+            _quiet_in_process_warning()
 
         t0 = time.perf_counter()
         try:

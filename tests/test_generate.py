@@ -219,3 +219,19 @@ def test_engine_line():
         "KV cache 0.02 GiB (195 tokens), started in 61.2s")
     assert g.engine_line("transformers 5.0.0", "cuda", "bfloat16", 2.0) == (
         "[ifeval] engine: transformers 5.0.0 on cuda, bfloat16, started in 2.0s")
+
+
+def test_in_process_filter_drops_only_the_bound_threads_warning():
+    import logging
+
+    g._quiet_in_process_warning()
+    g._quiet_in_process_warning()  # once is enough: no second filter
+    log = logging.getLogger("vllm.v1.worker.cpu_worker")
+    assert sum(isinstance(f, g._DropBoundThreadsWarning) for f in log.filters) == 1
+
+    def passes(msg):
+        rec = log.makeRecord(log.name, logging.WARNING, __file__, 1, msg, (), None)
+        return all(f.filter(rec) for f in log.filters)
+
+    assert not passes("CPU backend doesn't allow to use `torch.set_num_threads` after the thread binding, skip it.")
+    assert passes("libtcmalloc is not found in LD_PRELOAD.")

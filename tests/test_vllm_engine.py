@@ -72,8 +72,9 @@ def vllm_runs(model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(model_dir):
     """Transformers' greedy generate(), one prompt at a time, fp32, stopping at
-    <|im_end|> and <|endoftext|>; and, as a control, stopping at <|endoftext|> only
-    (the embedded checkpoint's own generation_config eos)."""
+    <|endoftext|> only (the embedded checkpoint's own generation_config eos: the control),
+    and that answer cut after its first <|im_end|> or <|endoftext|>: greedy tokens do not
+    depend on the stop ids, so this is what generate() stopping at both ids returns."""
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     tok = load_tokenizer(str(model_dir))
@@ -85,13 +86,12 @@ def reference(model_dir):
         text = tok.apply_chat_template([{"role": "user", "content": rec["prompt"]}], tokenize=False,
                                        add_generation_prompt=True)
         ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
-        got = {}
-        for name, eos in (("stops", [IM_END_ID, EOT]), ("eos_only", [EOT])):
-            cfg = GenerationConfig(max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=eos, pad_token_id=EOT)
-            with torch.inference_mode():
-                new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
-            got[name] = new[0, ids.shape[1]:].tolist()
-        out[rec["key"]] = got
+        cfg = GenerationConfig(max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=[EOT], pad_token_id=EOT)
+        with torch.inference_mode():
+            eos_only = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+        eos_only = eos_only[0, ids.shape[1]:].tolist()
+        end = next((i + 1 for i, t in enumerate(eos_only) if t in (IM_END_ID, EOT)), len(eos_only))
+        out[rec["key"]] = {"stops": eos_only[:end], "eos_only": eos_only}
     torch.set_num_threads(threads)
     return tok, out
 
