@@ -42,7 +42,8 @@ DEFAULT_VLLM_CHUNK = 256
 # engine's scheduler process): on 2 cores, keeping one halves the decode threads.
 FEW_CORES = 4
 # Up to this many tokens of budget (prompts x max new tokens) the CPU engine runs in the
-# calling process: it starts ~20 s sooner, and generates ~7% slower (docs/performance_cpu.md).
+# calling process: a faster start outweighs a slightly slower generation there (measured in
+# docs/performance_cpu.md, "vLLM in one process").
 IN_PROCESS_MAX_BUDGET = 100_000
 # Share of the currently available memory the CPU KV cache may take at most when sized
 # automatically (the machine may be shared; the model and activations need the rest).
