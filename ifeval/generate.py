@@ -277,6 +277,18 @@ def cpu_engine_env(threads_bind: Optional[str] = None, environ: Optional[dict] =
     return out
 
 
+def apply_cpu_engine_env(threads_bind: Optional[str] = None, token_budget: Optional[int] = None) -> dict[str, str]:
+    """Set :func:`cpu_engine_env`'s variables in ``os.environ`` (vLLM reads them when an
+    engine starts; its processes inherit them) and, when the engine runs in this process,
+    drop vLLM's repeated bound-threads warning (:func:`_quiet_in_process_warning`).
+    Every caller that starts a CPU engine goes through here. Returns the variables set."""
+    env = cpu_engine_env(threads_bind, token_budget=token_budget)
+    os.environ.update(env)
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+        _quiet_in_process_warning()
+    return env
+
+
 def kv_bytes_per_token(model_path: str, dtype: str) -> int:
     """Bytes of KV cache per token: keys and values of every layer,
     ``2 * num_hidden_layers * num_key_value_heads * head_dim * bytes(dtype)``
@@ -382,8 +394,7 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
                   log_level=level, use_tqdm_on_load=verbose)
     mode = "eager" if enforce_eager else "compiled"
     if device == "cpu":
-        env = cpu_engine_env(threads_bind, token_budget=sum(budgets))
-        os.environ.update(env)  # read by vLLM when the engine starts; its workers inherit them
+        apply_cpu_engine_env(threads_bind, token_budget=sum(budgets))
         if kv_cache_gib is not None:
             kv = int(kv_cache_gib * (1 << 30))
         elif os.environ.get("VLLM_CPU_KVCACHE_SPACE"):  # vLLM's own variable (GiB) wins over our sizing
@@ -411,9 +422,6 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
     os.environ["VLLM_LOGGING_LEVEL"] = level
     try:
         from vllm import LLM, SamplingParams  # imported here: engine settings above must be in place first
-
-        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
-            _quiet_in_process_warning()
 
         t0 = time.perf_counter()
         try:

@@ -106,10 +106,10 @@ def run_lm_eval(view: Path, task: str, max_tokens: int, limit: Optional[int], ba
     if backend == "vllm":
         import psutil
 
-        from ifeval.generate import cpu_engine_env, kv_bytes_per_token, kv_cache_bytes, model_max_length
+        from ifeval.generate import apply_cpu_engine_env, kv_bytes_per_token, kv_cache_bytes, model_max_length
 
         import_lm_eval_vllm()
-        os.environ.update(cpu_engine_env())
+        apply_cpu_engine_env()
         max_len = min(model_max_length(str(view)) or 4096, 4096)
         model_args = {"pretrained": str(view), "dtype": "float32", "enforce_eager": True, "max_model_len": max_len,
                       "kv_cache_memory_bytes": kv_cache_bytes(kv_bytes_per_token(str(view), "float32"), 4, max_len,

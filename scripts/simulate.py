@@ -40,7 +40,7 @@ from typing import Optional
 from chat_format import ConversationFormatError, render_chat
 from fileio import resolve_path
 from ifeval.generate import (
-    checkpoint_stop_ids, choose_enforce_eager, cpu_engine_env, engine_version, finish_answer, kv_bytes_per_token,
+    apply_cpu_engine_env, checkpoint_stop_ids, choose_enforce_eager, engine_version, finish_answer, kv_bytes_per_token,
     kv_cache_bytes, pick_backend, pick_dtype,
 )
 from ifeval.responses import ResponseWriter, check_settings, checkpoint_fingerprint, read_answered
@@ -103,7 +103,7 @@ class Engine:
                           enforce_eager=choose_enforce_eager("auto", device), max_model_len=max_model_len,
                           generation_config="vllm")
             if device == "cpu":
-                os.environ.update(cpu_engine_env())
+                apply_cpu_engine_env()
                 if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
                     import psutil
 

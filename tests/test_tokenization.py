@@ -43,6 +43,7 @@ def test_other_folders_go_through_autotokenizer(model_dir, tmp_path):
     (qwen / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen2"}))
     assert _tokenizer_class(str(qwen)) is AutoTokenizer
 
+
 def test_load_tokenizer_configures_the_same_either_way(model_dir, monkeypatch):
     from transformers import AutoTokenizer
 
