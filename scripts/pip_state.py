@@ -90,6 +90,14 @@ def editable_here(root: Path) -> Optional[str]:
     return None
 
 
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def problems(root: Path = REPO_ROOT) -> list:
     """Every reason pip must run here; empty when all setup.sh's CPU packages are in place."""
     stamp_path = root / STAMP
@@ -108,14 +116,6 @@ def problems(root: Path = REPO_ROOT) -> list:
     out += [f"{name} is installed (setup.sh removes it)" for name in REMOVED if _installed(name)]
     why = editable_here(root)
     return out + ([why] if why else [])
-
-
-def _installed(name: str) -> bool:
-    try:
-        metadata.version(name)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
 
 
 def write_stamp(root: Path = REPO_ROOT) -> Path:
