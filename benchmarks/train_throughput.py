@@ -1,4 +1,4 @@
-"""Trained tokens per second, two comparisons, each in one run on the same model and data.
+"""Trained tokens per second: comparisons, each in one run on the same model and data, and a profile.
 
 ``--suite precision`` (default): fp32 against bf16 mixed precision on the CPU, on the demo's
 data (data/demo_sft.json, length-grouped batches of 4 at 512 tokens, an optimizer step every
@@ -12,6 +12,13 @@ also a fraction of the limit.
     python benchmarks/train_throughput.py                          # fp32 vs bf16, demo data
     python benchmarks/train_throughput.py --steps 2 --layers 8     # quicker, fewer layers
 
+``--suite profile``: one optimizer step of the precision suite (after an untimed one) in each
+of ``--precisions`` under ``torch.profiler``: seconds per phase, the ops' self time per
+operator group (matmul, attention, casts and copies, elementwise, optimizer, ...) and the
+top operators, so the time outside the matmuls is named.
+
+    python benchmarks/train_throughput.py --suite profile          # bf16 and fp32, 2 x 4 x 512
+
 ``--suite batching``: the project's batching (unpadded samples, length-grouped, each batch
 padded to its longest member rounded to 8) against the course's pad-every-sample-to-
 model_max_length, fp32.
@@ -24,11 +31,15 @@ TRL's ``SFTTrainer`` (``assistant_only_loss`` with the project's ChatML template
 ``{% generation %}`` tags, sdpa) on the same work: the first ``--records`` demo records,
 ``--steps`` optimizer steps of ``--batch_size`` (no accumulation), ``--model_max_length``
 tokens, cosine schedule, lr 5e-5, fp32, the Trainer's random sampler with the same seed
-(the same batches). Each trainer runs in its own process; printed side by side: the
-Trainer's ``train_runtime``, the process's wall time, and its peak resident memory (the
-kernel's ``ru_maxrss`` of that process alone). TRL is an optional install (``pip install
---no-deps trl==1.16.0``, its other dependencies are here); without it only this project's
-trainer runs, and the script says so.
+(the same batches). TRL's config defaults differ from ``TrainingArguments`` in two ways
+that change the work: ``bf16`` (on unless fp16 is set, so a CPU run trains under bf16
+autocast) and ``gradient_checkpointing`` (on: every layer's forward runs twice). Here
+``bf16=False`` is set explicitly, and each ``--checkpointing`` setting (default ``off,on``)
+runs both trainers with the same setting, so each pair does the same arithmetic. Each
+trainer runs in its own process; printed side by side: the Trainer's ``train_runtime``, the
+process's wall time, and its peak resident memory (the kernel's ``ru_maxrss`` of that
+process alone). TRL is an optional install (``pip install --no-deps trl==1.16.0``, its other
+dependencies are here); without it only this project's trainer runs, and the script says so.
 
     python benchmarks/train_throughput.py --suite trl                # 64 records, 16 steps of 4, 512 tokens
 
@@ -146,7 +157,8 @@ def load_model(model_path: str, layers: Optional[int]):
     return model
 
 
-def train_precision(model, dataset, collator, steps: list[list[list[int]]], precision: str, lr: float = 5e-5) -> dict:
+def train_precision(model, dataset, collator, steps: list[list[list[int]]], precision: str, lr: float = 5e-5,
+                    profile: bool = False) -> dict:
     """Train on ``steps`` (optimizer steps, each a list of micro-batches of dataset
     indices) in ``precision``; the first optimizer step is a warm-up and not timed.
 
@@ -155,7 +167,9 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
     gradients (summed over the micro-batches in bf16, as DeepSpeed ZeRO-2 does) are
     converted to fp32 before it, and the updated masters are copied back in bf16.
     ``phase_seconds`` splits the timed steps' seconds by phase (forward+loss, backward,
-    grads to fp32, optimizer, masters to bf16); the rest (token counting) is the remainder."""
+    grads to fp32, optimizer, masters to bf16); the rest (token counting) is the remainder.
+    ``profile``: the last step also runs under ``torch.profiler`` (CPU), returned as
+    ``"profile"`` (its ``key_averages()``), each phase a ``record_function`` range."""
     params = [p for p in model.parameters() if p.requires_grad]
     if precision == "bf16":
         masters = [p.detach().clone() for p in params]
@@ -167,8 +181,12 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
     weight = model.get_output_embeddings().weight
     secs, trained, flops, phases = 0.0, 0, 0.0, collections.Counter()
     n_params = sum(p.numel() for p in params)
+    prof = None
     for i, micro in enumerate(tqdm(steps, desc=precision, unit="step")):
         batches = [collator([dataset[j] for j in idx]) for idx in micro]
+        if profile and i == len(steps) - 1:
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            prof.__enter__()
         t0 = time.perf_counter()
         n_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         marks = collections.Counter()
@@ -176,7 +194,8 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
         @contextlib.contextmanager
         def phase(name):
             t = time.perf_counter()
-            yield
+            with torch.profiler.record_function(f"phase: {name}"):
+                yield
             marks[name] += time.perf_counter() - t
 
         for b in batches:
@@ -197,6 +216,8 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
             if precision == "bf16":
                 for m, p in zip(masters, params):
                     p.copy_(m)
+        if prof is not None:
+            prof.__exit__(None, None, None)
         if i > 0:  # step 0 warms up allocators and kernels
             secs += time.perf_counter() - t0
             phases.update(marks)
@@ -204,7 +225,8 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
             flops += sum(batch_flops(model.config, n_params, *b["input_ids"].shape,
                                      int((b["labels"][:, 1:] != -100).sum())) for b in batches)
     return {"seconds": secs, "trained_tokens": trained, "tokens_per_s": trained / secs if secs else float("nan"),
-            "gflops": flops / secs / 1e9 if secs else float("nan"), "phase_seconds": dict(phases)}
+            "gflops": flops / secs / 1e9 if secs else float("nan"), "phase_seconds": dict(phases),
+            "profile": prof.key_averages() if prof is not None else None}
 
 
 def precision_suite(args) -> dict:
@@ -242,6 +264,71 @@ def precision_suite(args) -> dict:
     print(f"bf16 vs fp32: {b['tokens_per_s'] / f['tokens_per_s']:.2f}x the trained tokens/s "
           f"(matmul peak {b['peak_gflops'] / f['peak_gflops']:.2f}x); bf16 at {b['fraction_of_peak']:.2f} of its peak, "
           f"fp32 at {f['fraction_of_peak']:.2f} [{args.layers or model_path} layers, {torch.get_num_threads()} threads]")
+    return results
+
+
+# ------------------------------------------------------------------- profile suite
+# Operator groups of a training step, by the name of the op that spends the time (self time):
+# first match wins; anything else is counted as "other" and still listed in the top ops.
+OP_GROUPS = (
+    ("matmul (mm/addmm/bmm)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+    ("attention (sdpa kernels)", ("flash_attention", "scaled_dot_product", "_efficient_attention")),
+    ("dtype casts and copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
+    ("optimizer (foreach/fused AdamW)", ("_foreach", "_fused_adam")),
+    ("elementwise (norm, activation, rotary, residual)",
+     ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::pow", "aten::rsqrt", "aten::silu", "aten::neg",
+      "aten::exp", "aten::log", "aten::where", "aten::fill_", "aten::zero_", "aten::cat", "aten::masked_fill",
+      "silu_backward", "aten::mean", "aten::sum", "aten::amax", "aten::sqrt")),
+    ("embedding and indexing", ("embedding", "index", "aten::gather", "aten::scatter")),
+)
+
+
+def op_group(name: str) -> str:
+    for group, keys in OP_GROUPS:
+        if any(k in name for k in keys):
+            return group
+    return "other"
+
+
+def profile_suite(args) -> dict:
+    """One optimizer step per precision under ``torch.profiler`` after a warm-up step, on
+    the precision suite's data and model: seconds per phase, per operator group (self CPU
+    time of the ops, so nothing is counted twice) and the top operators."""
+    model_path = resolve_path(args.model)
+    data = resolve_path(args.data or "data/demo_sft.json")
+    tok = load_tokenizer(model_path, args.model_max_length)
+    arrays, _ = sft_data.build_features(data, tok, args.model_max_length, "right", 5, "assistant")
+    dataset = sft_data.ConversationDataset(arrays)
+    collator = sft_data.PadToLongestCollator.for_tokenizer(tok)
+    per_step = args.batch_size * args.grad_accum
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    order = list(LengthGroupedSampler(per_step, lengths=dataset.lengths, generator=torch.Generator().manual_seed(args.seed)))
+    steps = [[order[s * per_step + m * args.batch_size:s * per_step + (m + 1) * args.batch_size]
+              for m in range(args.grad_accum)] for s in range(2)]
+    shapes = [tuple(collator([dataset[j] for j in idx])["input_ids"].shape) for idx in steps[1]]
+    print(f"profiled step: micro-batches {shapes}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
+    results = {}
+    for precision in args.precisions:
+        torch.manual_seed(args.seed)
+        r = train_precision(load_model(model_path, args.layers), dataset, collator, steps, precision, profile=True)
+        events = [e for e in r.pop("profile") if not e.key.startswith("ProfilerStep")]
+        phases = {e.key[len("phase: "):]: e.cpu_time_total / 1e6 for e in events if e.key.startswith("phase: ")}
+        ops = [e for e in events if not e.key.startswith("phase: ")]
+        total = sum(e.self_cpu_time_total for e in ops) / 1e6
+        groups = collections.Counter()
+        for e in ops:
+            groups[op_group(e.key)] += e.self_cpu_time_total / 1e6
+        print(f"\n{precision}: profiled step {total:.2f} s of op self time; phases (s): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
+        print("| operator group | s | share |\n|---|---|---|")
+        for g, v in groups.most_common():
+            print(f"| {g} | {v:.2f} | {v / total:.1%} |")
+        print("| top operators (self time) | calls | s | share |\n|---|---|---|---|")
+        for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+            print(f"| {e.key} | {e.count} | {e.self_cpu_time_total / 1e6:.2f} | "
+                  f"{e.self_cpu_time_total / 1e6 / total:.1%} |")
+        results[precision] = {"phases": phases, "groups": dict(groups), "total_s": total}
     return results
 
 
@@ -335,12 +422,18 @@ def trl_child(args) -> None:
                     lr_scheduler_type="cosine", max_length=args.model_max_length, assistant_only_loss=True,
                     logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
                     dataloader_pin_memory=False, seed=args.seed,
+                    # TRL's own defaults are bf16 autocast and gradient checkpointing; both set here.
+                    bf16=False, fp16=False, gradient_checkpointing=args.trl_checkpointing == "on",
                     model_init_kwargs={"dtype": torch.float32, "attn_implementation": "sdpa"})
     trainer = SFTTrainer(model=str(args.model), args=cfg, train_dataset=Dataset.from_list(messages),
                          processing_class=tok)
+    assert not (trainer.args.bf16 or trainer.args.fp16), "the TRL run must train in fp32"
+    assert trainer.model.dtype == torch.float32, trainer.model.dtype
     metrics = trainer.train().metrics
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    Path(args.trl_child, "metrics.json").write_text(json.dumps({**metrics, "losses": losses}))
+    Path(args.trl_child, "metrics.json").write_text(json.dumps({**metrics, "losses": losses,
+                                                                "bf16": trainer.args.bf16,
+                                                                "gradient_checkpointing": trainer.args.gradient_checkpointing}))
 
 
 def trl_suite(args) -> dict:
@@ -358,52 +451,65 @@ def trl_suite(args) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
     print(f"work: {len(records)} records, {args.steps} steps of {args.batch_size}, {args.model_max_length} tokens, "
           f"cosine, lr 5e-5, fp32, {threads} threads, random sampler seed {args.seed}; load {os.getloadavg()[0]:.2f}")
+    have_trl = importlib.util.find_spec("trl") is not None
+    if not have_trl:
+        print("TRL is not installed (pip install --no-deps trl==1.16.0): only this project's trainer is measured")
     results = {}
-    ours = [sys.executable, str(REPO_ROOT / "train_hw_parallel.py"), "--model_name_or_path", str(model),
-            "--data_path", str(data), "--output_dir", str(work / "ours"), "--data_cache_dir", str(work / "cache"),
-            "--model_max_length", str(args.model_max_length), "--per_device_train_batch_size", str(args.batch_size),
-            "--gradient_accumulation_steps", "1", "--max_steps", str(args.steps), "--learning_rate", "5e-5",
-            "--lr_scheduler_type", "cosine", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
-            "--dataloader_pin_memory", "False", "--precision", "fp32", "--seed", str(args.seed),
-            "--train_sampling_strategy", "random"]
-    r = _measured(ours, work / "ours.log", env)
-    state = json.loads((work / "ours" / "trainer_state.json").read_text())
-    r["train_runtime"] = next(h["train_runtime"] for h in state["log_history"] if "train_runtime" in h)
-    r["losses"] = [h["loss"] for h in state["log_history"] if "loss" in h]
-    results["ours"] = r
-    if importlib.util.find_spec("trl") is None:
-        print("TRL is not installed (pip install --no-deps trl==1.16.0): only this project's trainer was measured")
-    else:
-        from importlib.metadata import version
+    for ckpt in args.checkpointing:
+        tag = f"checkpointing {ckpt}"
+        ours = [sys.executable, str(REPO_ROOT / "train_hw_parallel.py"), "--model_name_or_path", str(model),
+                "--data_path", str(data), "--output_dir", str(work / f"ours_{ckpt}"),
+                "--data_cache_dir", str(work / "cache"),
+                "--model_max_length", str(args.model_max_length), "--per_device_train_batch_size", str(args.batch_size),
+                "--gradient_accumulation_steps", "1", "--max_steps", str(args.steps), "--learning_rate", "5e-5",
+                "--lr_scheduler_type", "cosine", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+                "--dataloader_pin_memory", "False", "--precision", "fp32", "--seed", str(args.seed),
+                "--train_sampling_strategy", "random", "--gradient_checkpointing", str(ckpt == "on")]
+        r = _measured(ours, work / f"ours_{ckpt}.log", env)
+        state = json.loads((work / f"ours_{ckpt}" / "trainer_state.json").read_text())
+        r["train_runtime"] = next(h["train_runtime"] for h in state["log_history"] if "train_runtime" in h)
+        r["losses"] = [h["loss"] for h in state["log_history"] if "loss" in h]
+        r["label"] = f"this project (train_hw_parallel.py), {tag}"
+        results[f"ours_{ckpt}"] = r
+        if have_trl:
+            from importlib.metadata import version
 
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--suite", "trl", "--trl_child", str(work / "trl"),
-               "--model", str(model), "--data", str(data), "--steps", str(args.steps),
-               "--batch_size", str(args.batch_size), "--model_max_length", str(args.model_max_length),
-               "--seed", str(args.seed)]
-        r = _measured(cmd, work / "trl.log", env)
-        m = json.loads((work / "trl" / "metrics.json").read_text())
-        r.update(train_runtime=m["train_runtime"], losses=m["losses"], version=version("trl"))
-        results["trl"] = r
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--suite", "trl",
+                   "--trl_child", str(work / f"trl_{ckpt}"), "--trl_checkpointing", ckpt,
+                   "--model", str(model), "--data", str(data), "--steps", str(args.steps),
+                   "--batch_size", str(args.batch_size), "--model_max_length", str(args.model_max_length),
+                   "--seed", str(args.seed)]
+            r = _measured(cmd, work / f"trl_{ckpt}.log", env)
+            m = json.loads((work / f"trl_{ckpt}" / "metrics.json").read_text())
+            r.update(train_runtime=m["train_runtime"], losses=m["losses"],
+                     label=f"TRL {version('trl')} SFTTrainer, {tag}" + (" (TRL's default)" if ckpt == "on" else ""))
+            results[f"trl_{ckpt}"] = r
+        print(f"[{tag}] done; load {os.getloadavg()[0]:.2f}", flush=True)
     print("| trainer | train_runtime s | process wall s | peak resident GiB | first / last loss |")
     print("|---|---|---|---|---|")
-    for name, r in results.items():
-        label = "this project (train_hw_parallel.py)" if name == "ours" else f"TRL {r['version']} SFTTrainer"
-        print(f"| {label} | {r['train_runtime']:.1f} | {r['wall_s']:.1f} | {r['peak_gib']:.2f} | "
+    for r in results.values():
+        print(f"| {r['label']} | {r['train_runtime']:.1f} | {r['wall_s']:.1f} | {r['peak_gib']:.2f} | "
               f"{r['losses'][0]:.4f} / {r['losses'][-1]:.4f} |")
-    if "trl" in results:
-        o, t = results["ours"], results["trl"]
-        print(f"this project vs TRL: {t['train_runtime'] / o['train_runtime']:.2f}x faster (train_runtime), "
-              f"{t['wall_s'] / o['wall_s']:.2f}x (process), peak memory {o['peak_gib']:.2f} vs {t['peak_gib']:.2f} GiB "
-              f"({o['peak_gib'] / t['peak_gib']:.2f}x); load {os.getloadavg()[0]:.2f}")
+    for ckpt in args.checkpointing:
+        if f"trl_{ckpt}" in results:
+            o, t = results[f"ours_{ckpt}"], results[f"trl_{ckpt}"]
+            print(f"checkpointing {ckpt}, fp32: this project vs TRL {t['train_runtime'] / o['train_runtime']:.2f}x "
+                  f"faster (train_runtime), {t['wall_s'] / o['wall_s']:.2f}x (process), peak memory "
+                  f"{o['peak_gib']:.2f} vs {t['peak_gib']:.2f} GiB ({o['peak_gib'] / t['peak_gib']:.2f}x)")
+    print(f"load {os.getloadavg()[0]:.2f}")
     print(f"logs: {work}")
     return results
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", choices=["precision", "batching", "trl"], default="precision",
+    ap.add_argument("--suite", choices=["precision", "batching", "trl", "profile"], default="precision",
                     help="precision (default): fp32 vs bf16 on the demo data; batching: length-grouped vs padded; "
-                         "trl: this project's trainer vs TRL's SFTTrainer, time and peak memory")
+                         "trl: this project's trainer vs TRL's SFTTrainer, time and peak memory; profile: one "
+                         "step of the precision suite under torch.profiler, by phase and operator")
+    ap.add_argument("--precisions", type=lambda v: v.split(","), default=["bf16", "fp32"],
+                    help="profile: the precisions to profile (default bf16,fp32)")
+    ap.add_argument("--top", type=int, default=15, help="profile: how many operators to list")
     ap.add_argument("--data", help="precision: chat data (default data/demo_sft.json); batching: gpt4_responses.jsonl "
                                    "(default SHARED_DIR/ifeval/gpt4_responses.jsonl)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="folder with the tokenizer and config.json (and, for the "
@@ -420,7 +526,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--records", type=int, default=64, help="trl: the first N records of the data (default 64)")
+    ap.add_argument("--checkpointing", type=lambda v: v.split(","), default=["off", "on"],
+                    help="trl: gradient checkpointing settings to run, each for both trainers (default off,on)")
     ap.add_argument("--trl_child", help=argparse.SUPPRESS)  # the trl suite's TRL process: its output folder
+    ap.add_argument("--trl_checkpointing", default="off", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -430,6 +539,9 @@ def main(argv=None) -> dict:
         if args.trl_child:
             return trl_child(args)
         return trl_suite(args)
+    if args.suite == "profile":
+        args.model_max_length = args.model_max_length or 512
+        return profile_suite(args)
     if args.suite == "precision":
         args.steps = args.steps or 3
         args.model_max_length = args.model_max_length or 512
