@@ -27,6 +27,7 @@
 #   DEMO_MAXLEN       model_max_length                      [512 / sft.sh default 2048]
 #   DEMO_MODEL        starting checkpoint                   [SmolLM2-135M]
 #   DEMO_SKIP_CHECKS  1 = skip stage 1 (exercise checks)    [0]
+#   PRECISION         auto, bf16 or fp32: training (sft.sh) and generation (run_ifeval.py --precision) [auto]
 # Everything lands in $DEMO_OUT: ifeval_base/, ifbench_base/, ckpt/demo/, ifeval_sft/, ifbench_sft/, report/,
 # summary.md, summary.json.
 set -euo pipefail
@@ -37,7 +38,7 @@ FULL=${DEMO_FULL:-0}
 for arg in "$@"; do
   case "$arg" in
     --full) FULL=1 ;;
-    -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -78,12 +79,14 @@ checks() {
 }
 
 LIMIT_ARGS=(); [[ "$PROMPTS" != 0 ]] && LIMIT_ARGS=(--limit "$PROMPTS")
+# PRECISION reaches sft.sh through the environment; generation gets it as a flag.
+PREC_ARGS=(); [[ -n "${PRECISION:-}" ]] && PREC_ARGS=(--precision "$PRECISION")
 ifeval() {  # ifeval MODEL OUTDIR
-  bash ifeval/run.sh "$1" "$2" --input_data "$PROMPT_SET" --max_tokens "$MAXTOK" "${LIMIT_ARGS[@]}"
+  bash ifeval/run.sh "$1" "$2" --input_data "$PROMPT_SET" --max_tokens "$MAXTOK" "${LIMIT_ARGS[@]}" "${PREC_ARGS[@]}"
 }
 
 ifbench() {  # ifbench MODEL OUTDIR: the first $IFB_PROMPTS prompts of IFBench's own set
-  bash ifeval/run.sh "$1" "$2" --benchmark ifbench --max_tokens "$MAXTOK" --limit "$IFB_PROMPTS"
+  bash ifeval/run.sh "$1" "$2" --benchmark ifbench --max_tokens "$MAXTOK" --limit "$IFB_PROMPTS" "${PREC_ARGS[@]}"
 }
 
 RUN=demo

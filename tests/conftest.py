@@ -85,9 +85,9 @@ def script_env(**overrides: str) -> dict:
     (the scripts' ``${PYTHON:-python}``) and its folder first on ``PATH`` (for a bare
     ``python`` or ``deepspeed``), so a script runs with the test's interpreter whether or
     not its virtualenv is activated; no ``WANDB_*`` (a test run must not log to W&B) and
-    no ``SFT_VERBOSE``/``IFEVAL_BACKEND`` from outside; then ``overrides``."""
+    no ``SFT_VERBOSE``/``IFEVAL_BACKEND``/``PRECISION`` from outside; then ``overrides``."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("WANDB_") and k not in ("SFT_VERBOSE", "IFEVAL_BACKEND")}
+           if not k.startswith("WANDB_") and k not in ("SFT_VERBOSE", "IFEVAL_BACKEND", "PRECISION")}
     env["PYTHON"] = sys.executable
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     env.update(overrides)

@@ -94,6 +94,16 @@ def test_demo_scores_ifbench_too(stub_repo, tmp_path):
     assert (out / "report" / "ifeval_compare.md").read_text().startswith("# IFEval comparison")
 
 
+def test_precision_reaches_generation_and_training(stub_repo, tmp_path):
+    """PRECISION governs the whole demo: every run.sh call gets --precision, and sft.sh
+    sees the variable (the stand-in records it)."""
+    (stub_repo / "scripts" / "sft.sh").write_text(STUB_SFT + 'echo "sft.sh PRECISION=$PRECISION" >> "$CALLS"\n')
+    out, calls = stub_demo(stub_repo, tmp_path, PRECISION="fp32")
+    runs = [c for c in calls if not c.startswith("sft.sh")]
+    assert len(runs) == 4 and all(c.endswith(" --precision fp32") for c in runs), runs
+    assert "sft.sh PRECISION=fp32" in calls
+
+
 def test_demo_full_scores_all_of_ifbench(stub_repo, tmp_path):
     data = tmp_path / "smoltalk.json"
     data.write_text("[]")
