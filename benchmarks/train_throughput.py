@@ -229,7 +229,10 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
             "profile": prof.key_averages() if prof is not None else None}
 
 
-def precision_suite(args) -> dict:
+def demo_steps(args, n_steps: int):
+    """(model folder, data file, dataset, collator, masking stats, steps): the demo data
+    masked as training masks it, and the first ``n_steps`` optimizer steps of the
+    length-grouped order, each a list of ``--grad_accum`` micro-batches of dataset indices."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     model_path = resolve_path(args.model)
@@ -241,7 +244,12 @@ def precision_suite(args) -> dict:
     per_step = args.batch_size * args.grad_accum
     order = list(LengthGroupedSampler(per_step, lengths=dataset.lengths, generator=torch.Generator().manual_seed(args.seed)))
     steps = [[order[s * per_step + m * args.batch_size:s * per_step + (m + 1) * args.batch_size]
-              for m in range(args.grad_accum)] for s in range(args.steps)]
+              for m in range(args.grad_accum)] for s in range(n_steps)]
+    return model_path, data, dataset, collator, stats, steps
+
+
+def precision_suite(args) -> dict:
+    model_path, data, dataset, collator, stats, steps = demo_steps(args, args.steps)
     print(f"data: {data} -> {sft_data.format_stats(stats)}; {args.steps} optimizer steps of {args.grad_accum} x "
           f"{args.batch_size} at most {args.model_max_length} tokens (the first untimed), "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
@@ -294,18 +302,7 @@ def profile_suite(args) -> dict:
     """One optimizer step per precision under ``torch.profiler`` after a warm-up step, on
     the precision suite's data and model: seconds per phase, per operator group (self CPU
     time of the ops, so nothing is counted twice) and the top operators."""
-    model_path = resolve_path(args.model)
-    data = resolve_path(args.data or "data/demo_sft.json")
-    tok = load_tokenizer(model_path, args.model_max_length)
-    arrays, _ = sft_data.build_features(data, tok, args.model_max_length, "right", 5, "assistant")
-    dataset = sft_data.ConversationDataset(arrays)
-    collator = sft_data.PadToLongestCollator.for_tokenizer(tok)
-    per_step = args.batch_size * args.grad_accum
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    order = list(LengthGroupedSampler(per_step, lengths=dataset.lengths, generator=torch.Generator().manual_seed(args.seed)))
-    steps = [[order[s * per_step + m * args.batch_size:s * per_step + (m + 1) * args.batch_size]
-              for m in range(args.grad_accum)] for s in range(2)]
+    model_path, _, dataset, collator, _, steps = demo_steps(args, 2)
     shapes = [tuple(collator([dataset[j] for j in idx])["input_ids"].shape) for idx in steps[1]]
     print(f"profiled step: micro-batches {shapes}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
     results = {}

@@ -1,0 +1,40 @@
+"""benchmarks/train_throughput.py: the profile suite's operator groups and a tiny profiled
+step (no timing asserted: the figures are the benchmark's, docs/performance_cpu.md)."""
+import pytest
+
+from conftest import load_script
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_script("benchmarks/train_throughput.py")
+
+
+@pytest.mark.parametrize("op, group", [
+    ("aten::mm", "matmul (mm/addmm/bmm)"),
+    ("aten::addmm_", "matmul (mm/addmm/bmm)"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention (sdpa kernels)"),
+    ("aten::copy_", "dtype casts and copies"),
+    ("aten::_fused_adamw_", "optimizer (foreach/fused AdamW)"),
+    ("aten::silu_backward", "elementwise (norm, activation, rotary, residual)"),
+    ("aten::embedding_dense_backward", "embedding and indexing"),
+    ("FusedLinearCrossEntropyBackward", "other"),
+])
+def test_operator_groups(bench, op, group):
+    assert bench.op_group(op) == group
+
+
+@pytest.mark.slow  # trains a step
+def test_profile_suite_splits_a_step_without_double_counting(bench, tiny_llama_dir, capsys):
+    """One profiled step of the tiny Llama in each precision: every phase is timed, the
+    groups add up to the ops' self time, and the products are among them."""
+    results = bench.main(["--suite", "profile", "--model", str(tiny_llama_dir), "--batch_size", "2",
+                          "--grad_accum", "1", "--model_max_length", "64", "--top", "3"])
+    out = capsys.readouterr().out
+    assert set(results) == {"bf16", "fp32"}
+    for precision, r in results.items():
+        assert {"forward+loss", "backward", "optimizer"} <= set(r["phases"]), r["phases"]
+        assert sum(r["groups"].values()) == pytest.approx(r["total_s"], rel=1e-6)
+        assert r["groups"]["matmul (mm/addmm/bmm)"] > 0
+        assert f"{precision}: profiled step" in out
+    assert "| top operators (self time) | calls | s | share |" in out
