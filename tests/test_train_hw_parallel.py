@@ -90,7 +90,7 @@ def reference_step(model_dir: Path, tokenizer, data: Path):
     loss.backward()
     with torch.no_grad():
         after = {n: (p - LR * p.grad).clone() for n, p in model.named_parameters()}
-    return float(loss), after
+    return float(loss.detach()), after
 
 
 @pytest.fixture(scope="module")
