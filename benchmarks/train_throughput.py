@@ -169,7 +169,7 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
     ``phase_seconds`` splits the timed steps' seconds by phase (forward+loss, backward,
     grads to fp32, optimizer, masters to bf16); the rest (token counting) is the remainder.
     ``profile``: the last step also runs under ``torch.profiler`` (CPU), returned as
-    ``"profile"`` (its ``key_averages()``), each phase a ``record_function`` range."""
+    ``"profile"`` (its events, parents linked), each phase a ``record_function`` range."""
     params = [p for p in model.parameters() if p.requires_grad]
     if precision == "bf16":
         masters = [p.detach().clone() for p in params]
@@ -226,7 +226,7 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
                                      int((b["labels"][:, 1:] != -100).sum())) for b in batches)
     return {"seconds": secs, "trained_tokens": trained, "tokens_per_s": trained / secs if secs else float("nan"),
             "gflops": flops / secs / 1e9 if secs else float("nan"), "phase_seconds": dict(phases),
-            "profile": prof.key_averages() if prof is not None else None}
+            "profile": prof.events() if prof is not None else None}
 
 
 def demo_steps(args, n_steps: int):
@@ -278,11 +278,14 @@ def precision_suite(args) -> dict:
 # ------------------------------------------------------------------- profile suite
 # Operator groups of a training step, by the name of the op that spends the time (self time):
 # first match wins; anything else is counted as "other" and still listed in the top ops.
+# Ops inside the optimizer phases are one group whatever their names (AdamW on the CPU runs
+# plain elementwise ops, one tensor at a time).
+OPTIMIZER_GROUP = "optimizer step and master copies (its phases)"
+OPTIMIZER_PHASES = ("grads to fp32", "optimizer", "masters to bf16")
 OP_GROUPS = (
     ("matmul (mm/addmm/bmm)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
     ("attention (sdpa kernels)", ("flash_attention", "scaled_dot_product", "_efficient_attention")),
     ("dtype casts and copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
-    ("optimizer (foreach/fused AdamW)", ("_foreach", "_fused_adam")),
     ("elementwise (norm, activation, rotary, residual)",
      ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::pow", "aten::rsqrt", "aten::silu", "aten::neg",
       "aten::exp", "aten::log", "aten::where", "aten::fill_", "aten::zero_", "aten::cat", "aten::masked_fill",
@@ -291,11 +294,24 @@ OP_GROUPS = (
 )
 
 
-def op_group(name: str) -> str:
+def op_group(name: str, phase: Optional[str] = None) -> str:
+    """The group of an op named ``name`` that ran inside phase ``phase`` (None: outside all)."""
+    if phase in OPTIMIZER_PHASES:
+        return OPTIMIZER_GROUP
     for group, keys in OP_GROUPS:
         if any(k in name for k in keys):
             return group
     return "other"
+
+
+def phase_of(event) -> Optional[str]:
+    """The name of the ``phase: ...`` range an profiler event ran in, or None."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("phase: "):
+            return parent.name[len("phase: "):]
+        parent = parent.cpu_parent
+    return None
 
 
 def profile_suite(args) -> dict:
@@ -309,23 +325,30 @@ def profile_suite(args) -> dict:
     for precision in args.precisions:
         torch.manual_seed(args.seed)
         r = train_precision(load_model(model_path, args.layers), dataset, collator, steps, precision, profile=True)
-        events = [e for e in r.pop("profile") if not e.key.startswith("ProfilerStep")]
-        phases = {e.key[len("phase: "):]: e.cpu_time_total / 1e6 for e in events if e.key.startswith("phase: ")}
-        ops = [e for e in events if not e.key.startswith("phase: ")]
-        total = sum(e.self_cpu_time_total for e in ops) / 1e6
-        groups = collections.Counter()
+        events = [e for e in r.pop("profile") if not e.name.startswith("ProfilerStep")]
+        phases = collections.Counter()
+        for e in events:
+            if e.name.startswith("phase: "):
+                phases[e.name[len("phase: "):]] += e.cpu_time_total / 1e6
+        ops = [e for e in events if not e.name.startswith("phase: ")]
+        groups, by_op, calls = collections.Counter(), collections.Counter(), collections.Counter()
+        inside = 0.0  # self time of the ops that ran inside a phase: cannot exceed the phases' time
         for e in ops:
-            groups[op_group(e.key)] += e.self_cpu_time_total / 1e6
+            phase, t = phase_of(e), e.self_cpu_time_total / 1e6
+            groups[op_group(e.name, phase)] += t
+            by_op[e.name] += t
+            calls[e.name] += 1
+            inside += t if phase is not None else 0.0
+        total = sum(groups.values())
         print(f"\n{precision}: profiled step {total:.2f} s of op self time; phases (s): "
               + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
         print("| operator group | s | share |\n|---|---|---|")
         for g, v in groups.most_common():
             print(f"| {g} | {v:.2f} | {v / total:.1%} |")
         print("| top operators (self time) | calls | s | share |\n|---|---|---|---|")
-        for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:args.top]:
-            print(f"| {e.key} | {e.count} | {e.self_cpu_time_total / 1e6:.2f} | "
-                  f"{e.self_cpu_time_total / 1e6 / total:.1%} |")
-        results[precision] = {"phases": phases, "groups": dict(groups), "total_s": total}
+        for name, t in by_op.most_common(args.top):
+            print(f"| {name} | {calls[name]} | {t:.2f} | {t / total:.1%} |")
+        results[precision] = {"phases": dict(phases), "groups": dict(groups), "total_s": total, "inside_s": inside}
     return results
 
 
@@ -478,6 +501,9 @@ def trl_suite(args) -> dict:
                    "--seed", str(args.seed)]
             r = _measured(cmd, work / f"trl_{ckpt}.log", env)
             m = json.loads((work / f"trl_{ckpt}" / "metrics.json").read_text())
+            if m["bf16"] or m["gradient_checkpointing"] != (ckpt == "on"):
+                raise RuntimeError(f"the TRL run did not train as asked ({tag}, fp32): bf16={m['bf16']}, "
+                                   f"gradient_checkpointing={m['gradient_checkpointing']}; see {work}")
             r.update(train_runtime=m["train_runtime"], losses=m["losses"],
                      label=f"TRL {version('trl')} SFTTrainer, {tag}" + (" (TRL's default)" if ckpt == "on" else ""))
             results[f"trl_{ckpt}"] = r
@@ -498,13 +524,24 @@ def trl_suite(args) -> dict:
     return results
 
 
+def _choices(*allowed: str):
+    """An argparse type: a comma-separated list of ``allowed`` values (else a usage error)."""
+    def parse(value: str) -> list:
+        items = value.split(",")
+        bad = [v for v in items if v not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{','.join(bad)} not in {', '.join(allowed)}")
+        return items
+    return parse
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=["precision", "batching", "trl", "profile"], default="precision",
                     help="precision (default): fp32 vs bf16 on the demo data; batching: length-grouped vs padded; "
                          "trl: this project's trainer vs TRL's SFTTrainer, time and peak memory; profile: one "
                          "step of the precision suite under torch.profiler, by phase and operator")
-    ap.add_argument("--precisions", type=lambda v: v.split(","), default=["bf16", "fp32"],
+    ap.add_argument("--precisions", type=_choices("bf16", "fp32"), default=["bf16", "fp32"],
                     help="profile: the precisions to profile (default bf16,fp32)")
     ap.add_argument("--top", type=int, default=15, help="profile: how many operators to list")
     ap.add_argument("--data", help="precision: chat data (default data/demo_sft.json); batching: gpt4_responses.jsonl "
@@ -523,7 +560,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--records", type=int, default=64, help="trl: the first N records of the data (default 64)")
-    ap.add_argument("--checkpointing", type=lambda v: v.split(","), default=["off", "on"],
+    ap.add_argument("--checkpointing", type=_choices("off", "on"), default=["off", "on"],
                     help="trl: gradient checkpointing settings to run, each for both trainers (default off,on)")
     ap.add_argument("--trl_child", help=argparse.SUPPRESS)  # the trl suite's TRL process: its output folder
     ap.add_argument("--trl_checkpointing", default="off", help=argparse.SUPPRESS)

@@ -27,7 +27,8 @@
 #   DEMO_MAXLEN       model_max_length                      [512 / sft.sh default 2048]
 #   DEMO_MODEL        starting checkpoint                   [SmolLM2-135M]
 #   DEMO_SKIP_CHECKS  1 = skip stage 1 (exercise checks)    [0]
-#   PRECISION         auto, bf16 or fp32: training (sft.sh) and generation (run_ifeval.py --precision) [auto]
+#   PRECISION         auto, bf16 or fp32: generation (run_ifeval.py --precision) and, on a CPU, training [auto]
+#                     (on a GPU sft.sh takes the precision from the card)
 # Everything lands in $DEMO_OUT: ifeval_base/, ifbench_base/, ckpt/demo/, ifeval_sft/, ifbench_sft/, report/,
 # summary.md, summary.json.
 set -euo pipefail
@@ -38,7 +39,7 @@ FULL=${DEMO_FULL:-0}
 for arg in "$@"; do
   case "$arg" in
     --full) FULL=1 ;;
-    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
