@@ -447,13 +447,13 @@ def trl_child(args) -> None:
                     model_init_kwargs={"dtype": torch.float32, "attn_implementation": "sdpa"})
     trainer = SFTTrainer(model=str(args.model), args=cfg, train_dataset=Dataset.from_list(messages),
                          processing_class=tok)
+    # A failed check ends the child, and the parent's _measured names its log.
     assert not (trainer.args.bf16 or trainer.args.fp16), "the TRL run must train in fp32"
     assert trainer.model.dtype == torch.float32, trainer.model.dtype
+    assert trainer.args.gradient_checkpointing == (args.trl_checkpointing == "on"), trainer.args.gradient_checkpointing
     metrics = trainer.train().metrics
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    Path(args.trl_child, "metrics.json").write_text(json.dumps({**metrics, "losses": losses,
-                                                                "bf16": trainer.args.bf16,
-                                                                "gradient_checkpointing": trainer.args.gradient_checkpointing}))
+    Path(args.trl_child, "metrics.json").write_text(json.dumps({**metrics, "losses": losses}))
 
 
 def trl_suite(args) -> dict:
@@ -501,9 +501,6 @@ def trl_suite(args) -> dict:
                    "--seed", str(args.seed)]
             r = _measured(cmd, work / f"trl_{ckpt}.log", env)
             m = json.loads((work / f"trl_{ckpt}" / "metrics.json").read_text())
-            if m["bf16"] or m["gradient_checkpointing"] != (ckpt == "on"):
-                raise RuntimeError(f"the TRL run did not train as asked ({tag}, fp32): bf16={m['bf16']}, "
-                                   f"gradient_checkpointing={m['gradient_checkpointing']}; see {work}")
             r.update(train_runtime=m["train_runtime"], losses=m["losses"],
                      label=f"TRL {version('trl')} SFTTrainer, {tag}" + (" (TRL's default)" if ckpt == "on" else ""))
             results[f"trl_{ckpt}"] = r
