@@ -40,6 +40,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, TrainingArguments
 
+import cpu_attention
 import sft_data
 from cpu_precision import PRECISIONS, describe
 from fused_loss import FusedLossTrainer
@@ -60,7 +61,14 @@ class ModelArguments:
     flash_attn: bool = field(
         default=False,
         metadata={"help": "Use flash_attention_2 (needs the flash-attn package, an Ampere+ GPU and bf16/fp16); "
-                          "otherwise PyTorch sdpa."},
+                          "otherwise PyTorch sdpa, or cpu_bmm (see --cpu_attention)."},
+    )
+    cpu_attention: str = field(
+        default="auto",
+        metadata={"help": "Attention without --flash_attn: auto (default) is cpu_bmm for bf16 training on the CPU "
+                          "(cpu_attention.py: batched products, 2.1-2.3x PyTorch's CPU flash kernel in bf16) and "
+                          "sdpa otherwise; sdpa or cpu_bmm force one (cpu_bmm only on the CPU).",
+                  "choices": list(cpu_attention.CHOICES)},
     )
     loss: str = field(
         default="fused",
@@ -306,6 +314,13 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
             raise SystemExit(f"[train] error: --precision fp32 contradicts --{training_precision(training_args)} True")
         if precision_line:
             log(precision_line)
+        if not model_args.flash_attn:
+            try:
+                model_args.cpu_attention, why = cpu_attention.choose(
+                    model_args.cpu_attention, torch.cuda.is_available(), training_precision(training_args))
+            except ValueError as e:
+                raise SystemExit(f"[train] error: {e}")
+            log(f"[attention] {model_args.cpu_attention} ({why})")
         # One writer per output folder: rank 0 holds the lock for the whole run (the other
         # ranks write only their own shards, inside checkpoints rank 0 names).
         lock = FolderLock(training_args.output_dir, "training output folder", log) if writer else contextlib.nullcontext()
@@ -391,7 +406,9 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
         return None
     dataset = sft_data.ConversationDataset(arrays)
 
-    attn = "flash_attention_2" if model_args.flash_attn else "sdpa"
+    attn = "flash_attention_2" if model_args.flash_attn else model_args.cpu_attention  # resolved in main()
+    if attn == cpu_attention.NAME:
+        cpu_attention.register()
     collator = make_collator(data_args, attn, tokenizer)
     # fp32 master weights; the Trainer/DeepSpeed casts for bf16/fp16 compute.
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)

@@ -66,6 +66,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
+import cpu_attention
 import sft_data
 from fused_loss import fused_linear_cross_entropy
 from loss_functions import compute_loss_from_logits
@@ -145,10 +146,14 @@ def batch_flops(cfg, n_params: int, rows: int, seq: int, targets: int) -> float:
             + 6 * n_emb * targets)
 
 
-def load_model(model_path: str, layers: Optional[int]):
+def load_model(model_path: str, layers: Optional[int], attention: str = "sdpa"):
+    """The pretrained model in fp32 for training, first ``layers`` decoder layers only if
+    given, with ``attention`` (``sdpa`` or ``cpu_attention.NAME``)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
+    if attention == cpu_attention.NAME:
+        cpu_attention.register()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attention)
     if layers:  # the first N pretrained layers: a quicker run with the same layer shapes
         model.model.layers = model.model.layers[:layers]
         model.config.num_hidden_layers = layers
@@ -174,10 +179,10 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
     if precision == "bf16":
         masters = [p.detach().clone() for p in params]
         model.to(torch.bfloat16)
-        opt = torch.optim.AdamW(masters, lr=lr)
     else:
         masters = params
-        opt = torch.optim.AdamW(params, lr=lr)
+    # fused: the Trainer's default optimizer (adamw_torch_fused), which DeepSpeed's ZeRO-2 wraps.
+    opt = torch.optim.AdamW(masters, lr=lr, fused=True)
     weight = model.get_output_embeddings().weight
     secs, trained, flops, phases = 0.0, 0, 0.0, collections.Counter()
     n_params = sum(p.numel() for p in params)
@@ -257,18 +262,30 @@ def precision_suite(args) -> dict:
 
     print(f"CPU: {describe('auto')}")
     results = {}
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peak = matmul_peak_gflops(dtype)
+    # fp32 and bf16 with the trainer's attention for each (cpu_attention.choose), and bf16
+    # with PyTorch's sdpa beside it: the library kernel against this project's.
+    variants = (("fp32", torch.float32, "sdpa"), ("bf16 sdpa", torch.bfloat16, "sdpa"),
+                ("bf16", torch.bfloat16, cpu_attention.NAME))
+    peaks = {}
+    for name, dtype, attention in variants:
+        precision = name.split()[0]
+        if precision not in peaks:
+            peaks[precision] = matmul_peak_gflops(dtype)
+        peak = peaks[precision]
         torch.manual_seed(args.seed)
-        r = train_precision(load_model(model_path, args.layers), dataset, collator, steps, precision)
-        r.update(peak_gflops=peak, fraction_of_peak=r["gflops"] / peak, load_average=os.getloadavg()[0])
-        results[precision] = r
-        print(f"{precision}: {r['trained_tokens']} trained tokens in {r['seconds']:.1f}s = {r['tokens_per_s']:.1f} tok/s, "
-              f"{r['gflops']:.1f} GFLOP/s = {r['fraction_of_peak']:.2f} of the {precision} matmul peak "
-              f"{peak:.1f} GFLOP/s (2048^3, best of 5); load average {r['load_average']:.2f}", flush=True)
-        print(f"{precision} step phases (timed steps, s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["phase_seconds"].items())
+        r = train_precision(load_model(model_path, args.layers, attention), dataset, collator, steps, precision)
+        r.update(peak_gflops=peak, fraction_of_peak=r["gflops"] / peak, load_average=os.getloadavg()[0],
+                 attention=attention)
+        results[name] = r
+        print(f"{name} ({attention}): {r['trained_tokens']} trained tokens in {r['seconds']:.1f}s = "
+              f"{r['tokens_per_s']:.1f} tok/s, {r['gflops']:.1f} GFLOP/s = {r['fraction_of_peak']:.2f} of the "
+              f"{precision} matmul peak {peak:.1f} GFLOP/s (2048^3, best of 5); load average {r['load_average']:.2f}",
+              flush=True)
+        print(f"{name} step phases (timed steps, s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["phase_seconds"].items())
               + f"; other {r['seconds'] - sum(r['phase_seconds'].values()):.2f}", flush=True)
-    f, b = results["fp32"], results["bf16"]
+    f, b, bs = results["fp32"], results["bf16"], results["bf16 sdpa"]
+    print(f"bf16 attention: {cpu_attention.NAME} {bs['seconds'] / b['seconds']:.2f}x faster steps than sdpa "
+          f"({b['seconds']:.1f}s vs {bs['seconds']:.1f}s)")
     print(f"bf16 vs fp32: {b['tokens_per_s'] / f['tokens_per_s']:.2f}x the trained tokens/s "
           f"(matmul peak {b['peak_gflops'] / f['peak_gflops']:.2f}x); bf16 at {b['fraction_of_peak']:.2f} of its peak, "
           f"fp32 at {f['fraction_of_peak']:.2f} [{args.layers or model_path} layers, {torch.get_num_threads()} threads]")
@@ -282,9 +299,10 @@ def precision_suite(args) -> dict:
 # plain elementwise ops, one tensor at a time).
 OPTIMIZER_GROUP = "optimizer step and master copies (its phases)"
 OPTIMIZER_PHASES = ("grads to fp32", "optimizer", "masters to bf16")
+ATTENTION_GROUP = "attention (sdpa kernels; cpu_bmm's ops)"
 OP_GROUPS = (
     ("matmul (mm/addmm/bmm)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
-    ("attention (sdpa kernels)", ("flash_attention", "scaled_dot_product", "_efficient_attention")),
+    (ATTENTION_GROUP, ("flash_attention", "scaled_dot_product", "_efficient_attention")),
     ("dtype casts and copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
     ("elementwise (norm, activation, rotary, residual)",
      ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::pow", "aten::rsqrt", "aten::silu", "aten::neg",
@@ -294,24 +312,30 @@ OP_GROUPS = (
 )
 
 
-def op_group(name: str, phase: Optional[str] = None) -> str:
-    """The group of an op named ``name`` that ran inside phase ``phase`` (None: outside all)."""
+def op_group(name: str, phase: Optional[str] = None, in_attention: bool = False) -> str:
+    """The group of an op named ``name`` that ran inside phase ``phase`` (None: outside all)
+    and, ``in_attention``, inside cpu_attention's profiler range (its products and softmax)."""
     if phase in OPTIMIZER_PHASES:
         return OPTIMIZER_GROUP
+    if in_attention:
+        return ATTENTION_GROUP
     for group, keys in OP_GROUPS:
         if any(k in name for k in keys):
             return group
     return "other"
 
 
-def phase_of(event) -> Optional[str]:
-    """The name of the ``phase: ...`` range an profiler event ran in, or None."""
+def ranges_of(event) -> tuple[Optional[str], bool]:
+    """(the name of the ``phase: ...`` range a profiler event ran in or None, whether it
+    ran inside cpu_attention's range)."""
+    phase, in_attention = None, False
     parent = event.cpu_parent
     while parent is not None:
-        if parent.name.startswith("phase: "):
-            return parent.name[len("phase: "):]
+        if parent.name.startswith("phase: ") and phase is None:
+            phase = parent.name[len("phase: "):]
+        in_attention = in_attention or parent.name == cpu_attention.PROFILE_RANGE
         parent = parent.cpu_parent
-    return None
+    return phase, in_attention
 
 
 def profile_suite(args) -> dict:
@@ -324,8 +348,11 @@ def profile_suite(args) -> dict:
     results = {}
     for precision in args.precisions:
         torch.manual_seed(args.seed)
-        r = train_precision(load_model(model_path, args.layers), dataset, collator, steps, precision, profile=True)
-        events = [e for e in r.pop("profile") if not e.name.startswith("ProfilerStep")]
+        attention = cpu_attention.choose("auto", False, precision)[0]  # the trainer's own, on the CPU
+        r = train_precision(load_model(model_path, args.layers, attention), dataset, collator, steps, precision,
+                            profile=True)
+        events = [e for e in r.pop("profile")
+                  if not e.name.startswith("ProfilerStep") and e.name != cpu_attention.PROFILE_RANGE]
         phases = collections.Counter()
         for e in events:
             if e.name.startswith("phase: "):
@@ -334,13 +361,13 @@ def profile_suite(args) -> dict:
         groups, by_op, calls = collections.Counter(), collections.Counter(), collections.Counter()
         inside = 0.0  # self time of the ops that ran inside a phase: cannot exceed the phases' time
         for e in ops:
-            phase, t = phase_of(e), e.self_cpu_time_total / 1e6
-            groups[op_group(e.name, phase)] += t
+            (phase, in_attention), t = ranges_of(e), e.self_cpu_time_total / 1e6
+            groups[op_group(e.name, phase, in_attention)] += t
             by_op[e.name] += t
             calls[e.name] += 1
             inside += t if phase is not None else 0.0
         total = sum(groups.values())
-        print(f"\n{precision}: profiled step {total:.2f} s of op self time; phases (s): "
+        print(f"\n{precision} ({attention}): profiled step {total:.2f} s of op self time; phases (s): "
               + ", ".join(f"{k} {v:.2f}" for k, v in phases.items()))
         print("| operator group | s | share |\n|---|---|---|")
         for g, v in groups.most_common():

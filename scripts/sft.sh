@@ -129,7 +129,9 @@ else
     BSZPERDEV="${BSZPERDEV:-4}"
     NDEV="$CPU_RANKS"
     # --
-    DEVICE="CPU, $CPU_RANKS rank(s) x $OMP_NUM_THREADS thread(s), $PREC, sdpa"
+    # train_hw_parallel.py's --cpu_attention auto: batched products (cpu_attention.py) in bf16, sdpa in fp32.
+    if [[ "$PREC" == bf16 ]]; then CPU_ATTN=cpu_bmm; else CPU_ATTN=sdpa; fi
+    DEVICE="CPU, $CPU_RANKS rank(s) x $OMP_NUM_THREADS thread(s), $PREC, $CPU_ATTN"
     HW_ARGS+=(--dataloader_pin_memory False)
     LAUNCH=(--num_gpus "$CPU_RANKS")
     HW_BSZ_NOTE="${BSZ_GIVEN:-CPU default}"

@@ -77,7 +77,8 @@ def test_cpu_precision_reaches_the_launch_line(tmp_path, asked):
         expected = "bf16" if cpuinfo_bf16_flags(info.read_text()) else "fp32"
     else:
         expected = asked
-    assert flag(argv, "--precision") == expected and f"thread(s), {expected}, sdpa" in r.stdout
+    attention = "cpu_bmm" if expected == "bf16" else "sdpa"  # train_hw_parallel.py's --cpu_attention auto
+    assert flag(argv, "--precision") == expected and f"thread(s), {expected}, {attention}" in r.stdout
     assert "--bf16" not in argv  # train_hw_parallel.py turns --precision into the Trainer's flags
 
 

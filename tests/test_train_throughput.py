@@ -13,7 +13,7 @@ def bench():
 @pytest.mark.parametrize("op, group", [
     ("aten::mm", "matmul (mm/addmm/bmm)"),
     ("aten::addmm_", "matmul (mm/addmm/bmm)"),
-    ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention (sdpa kernels)"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu_backward", "attention (sdpa kernels; cpu_bmm's ops)"),
     ("aten::copy_", "dtype casts and copies"),
     ("aten::silu_backward", "elementwise (norm, activation, rotary, residual)"),
     ("aten::embedding_dense_backward", "embedding and indexing"),
@@ -22,6 +22,13 @@ def bench():
 def test_operator_groups(bench, op, group):
     assert bench.op_group(op) == group
     assert bench.op_group(op, "backward") == group
+
+
+@pytest.mark.parametrize("op", ["aten::mm", "aten::_softmax", "aten::copy_"])
+def test_ops_inside_cpu_attention_are_attention(bench, op):
+    """cpu_bmm's products and softmax count as attention (its profiler range), not as matmul."""
+    assert bench.op_group(op, "backward", in_attention=True) == bench.ATTENTION_GROUP
+    assert bench.op_group(op, "optimizer", in_attention=True) == bench.OPTIMIZER_GROUP
 
 
 @pytest.mark.parametrize("op", ["aten::addcdiv_", "aten::lerp_", "aten::copy_", "aten::mm"])
@@ -45,5 +52,7 @@ def test_profile_suite_splits_a_step_without_double_counting(bench, tiny_llama_d
         assert 0 < r["inside_s"] <= 1.02 * sum(r["phases"].values()) + 1e-3, (r["inside_s"], r["phases"])
         assert r["inside_s"] <= r["total_s"] + 1e-9
         assert r["groups"]["matmul (mm/addmm/bmm)"] > 0 and r["groups"][bench.OPTIMIZER_GROUP] > 0
-        assert f"{precision}: profiled step" in out
+        assert r["groups"][bench.ATTENTION_GROUP] > 0  # bf16: cpu_bmm's range; fp32: the sdpa kernel
+        attention = "cpu_bmm" if precision == "bf16" else "sdpa"
+        assert f"{precision} ({attention}): profiled step" in out
     assert "| top operators (self time) | calls | s | share |" in out

@@ -1,0 +1,187 @@
+"""Causal self-attention for training on the CPU, as batched matrix products one
+(sample, key/value head) at a time.
+
+    import cpu_attention
+    cpu_attention.register()                       # once; then
+    AutoModelForCausalLM.from_pretrained(path, attn_implementation=cpu_attention.NAME)
+
+Why
+---
+PyTorch's CPU flash-attention kernel (what ``sdpa`` runs on the CPU) computes its small
+blocks with its own loops; in bf16 it is no faster than in fp32, and in a bf16 training
+step of SmolLM2-135M it was 27 % of the time (docs/performance_cpu.md). The same attention
+written as ``bmm`` calls reaches the CPU's bf16 matrix throughput, and working on one
+(sample, key/value head) at a time keeps each score matrix (``group x seq x seq`` fp32,
+2 MB at 3 x 408 x 408) in the core's cache for the softmax around the products.
+
+What is computed
+----------------
+For a query/key/value head group of sample ``b`` (``G`` query heads share one key/value
+head: grouped-query attention without copying the keys and values), with
+``S = scaling * Q K^T`` and the additive mask ``M`` (0 where attended, -inf elsewhere):
+``O = softmax(S + M) V``. Forward keeps ``P = softmax(S + M)`` in the inputs' dtype for
+backward: ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - rowsum(dO * O))``,
+``dQ = scaling dS K``, ``dK = scaling dS^T Q`` (the softmax gradient, e.g. Dao et al. 2022,
+FlashAttention, appendix B). The products run in the inputs' dtype; in bf16 the scores come
+out of them in bf16, as in transformers' ``eager`` attention, while the mask, softmax and
+``dS`` are computed in fp32 (fp64 for fp64 inputs).
+
+Memory: ``P`` is ``B x heads x L x L`` per layer (bf16: 19 MB at 4 x 9 x 512 x 512), where
+the flash kernel keeps one log-sum-exp per row; recomputing ``P`` in backward from it made
+this code as slow as the flash kernel, so ``P`` is kept. In fp32 the flash kernel is the
+faster one (0.93x here), hence :func:`choose` picks this only for bf16.
+
+Limits (``ValueError`` where met): no attention dropout, no sliding window, no logit
+soft-capping, query and key lengths equal (training, no KV cache), and every query row
+must attend to at least one key (true for causal masks with right or no padding).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+NAME = "cpu_bmm"
+PROFILE_RANGE = f"{NAME} attention"  # torch.profiler range around forward and backward
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _causal_bias(n: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[n, n]`` additive causal mask: 0 on and below the diagonal, -inf above."""
+    return torch.full((n, n), float("-inf"), dtype=dtype).triu_(1)
+
+
+class GroupedAttention(torch.autograd.Function):
+    """``softmax(scaling * q k^T + bias) v`` per (sample, key/value head).
+
+    ``q`` ``[B, KV, G*L, D]`` (the ``G`` query heads of key/value head ``kv`` stacked along
+    rows, head-major), ``k``/``v`` ``[B, KV, L, D]``, all one dtype; ``bias`` ``[B or 1, L, L]``
+    fp32/fp64 additive mask. Returns ``[B, KV, G*L, D]`` in ``q``'s dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scaling: float):
+        out = torch.empty_like(q)
+        probs = torch.empty(*q.shape[:3], k.shape[2], dtype=q.dtype)
+        with torch.profiler.record_function(PROFILE_RANGE):
+            GroupedAttention._forward(q, k, v, bias, scaling, out, probs)
+        if torch.isnan(out).any():
+            raise ValueError(f"{NAME} attention: a query row attends to no key (left padding or an empty mask row); "
+                             "use attn_implementation='sdpa'")
+        ctx.save_for_backward(q, k, v, out, probs)
+        ctx.scaling = scaling
+        return out
+
+    @staticmethod
+    def _forward(q, k, v, bias, scaling, out, probs):
+        B, KV, GL, D = q.shape
+        L = k.shape[2]
+        G = GL // L
+        cdt = bias.dtype
+        for b in range(B):
+            m = bias[b if bias.shape[0] > 1 else 0]
+            for h in range(KV):
+                s = torch.mm(q[b, h], k[b, h].t()).to(cdt).mul_(scaling).view(G, L, L).add_(m).view(GL, L)
+                p = torch.softmax(s, -1)
+                probs[b, h] = p
+                torch.mm(probs[b, h], v[b, h], out=out[b, h])
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, probs = ctx.saved_tensors
+        with torch.profiler.record_function(PROFILE_RANGE):
+            return GroupedAttention._backward(q, k, v, out, probs, dout, ctx.scaling)
+
+    @staticmethod
+    def _backward(q, k, v, out, probs, dout, scaling):
+        B, KV, GL, D = q.shape
+        L = k.shape[2]
+        cdt = _compute_dtype(q.dtype)
+        dout = dout.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        delta = (dout.to(cdt) * out.to(cdt)).sum(-1)  # rowsum(dO * O) = rowsum(P * dP)
+        for b in range(B):
+            for h in range(KV):
+                pb = probs[b, h]
+                torch.mm(pb.t(), dout[b, h], out=dv[b, h])
+                dp = torch.mm(dout[b, h], v[b, h].t()).to(cdt)
+                ds = pb.to(cdt).mul_(dp.sub_(delta[b, h, :, None])).mul_(scaling).to(q.dtype)
+                torch.mm(ds, k[b, h], out=dq[b, h])
+                torch.mm(ds.t(), q[b, h], out=dk[b, h])
+        return dq, dk, dv, None, None
+
+
+def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: Optional[torch.Tensor], dropout: float = 0.0,
+                      scaling: Optional[float] = None, sliding_window: Optional[int] = None,
+                      softcap: Optional[float] = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' attention interface: ``query`` ``[B, H, L, D]``, ``key``/``value``
+    ``[B, KV, L, D]`` (``H`` a multiple of ``KV``), ``attention_mask`` the boolean
+    ``[B or 1, 1, L, L]`` mask of the ``sdpa`` interface (True = attend) or None (causal,
+    no padding). Returns ``([B, L, H, D], None)``. Raises ValueError for what the module
+    docstring lists as limits."""
+    if dropout and module.training:
+        raise ValueError(f"{NAME} attention has no dropout (got {dropout}); use attn_implementation='sdpa'")
+    if sliding_window is not None or softcap is not None:
+        raise ValueError(f"{NAME} attention: no sliding window or soft-capping; use attn_implementation='sdpa'")
+    B, H, L, D = query.shape
+    KV = key.shape[1]
+    if key.shape[2] != L or H % KV:
+        raise ValueError(f"{NAME} attention: query {tuple(query.shape)} and key {tuple(key.shape)} are not "
+                         "self-attention over one sequence (training only)")
+    if torch.is_autocast_enabled("cpu"):
+        # Under autocast the rotary embedding leaves q, k in fp32 and v in bf16: one dtype for the products.
+        dt = torch.get_autocast_dtype("cpu")
+        query, key, value = query.to(dt), key.to(dt), value.to(dt)
+    elif not query.dtype == key.dtype == value.dtype:
+        raise ValueError(f"{NAME} attention: query, key and value dtypes differ ({query.dtype}, {key.dtype}, "
+                         f"{value.dtype})")
+    cdt = _compute_dtype(query.dtype)
+    if attention_mask is None:
+        bias = _causal_bias(L, cdt)[None]
+    else:
+        if attention_mask.dtype != torch.bool or attention_mask.shape[1] != 1:
+            raise ValueError(f"{NAME} attention: expected a boolean [B, 1, L, L] mask, got "
+                             f"{attention_mask.dtype} {tuple(attention_mask.shape)}")
+        bias = torch.zeros(attention_mask.shape[0], L, L, dtype=cdt).masked_fill_(
+            ~attention_mask[:, 0, :, :L], float("-inf"))
+    scaling = D ** -0.5 if scaling is None else scaling
+    # [B, H, L, D] -> [B, KV, G*L, D]: the G query heads of one key/value head share its products.
+    q = query.reshape(B, KV, (H // KV) * L, D)
+    with torch.autocast("cpu", enabled=False):
+        out = GroupedAttention.apply(q, key.contiguous(), value.contiguous(), bias, scaling)
+    return out.view(B, H, L, D).transpose(1, 2), None
+
+
+CHOICES = ("auto", "sdpa", NAME)
+
+
+def choose(requested: str, on_gpu: bool, precision: str) -> tuple[str, str]:
+    """(attention implementation for training, why). ``requested`` is one of
+    :data:`CHOICES`; ``auto`` is :data:`NAME` for bf16 training on the CPU (where it is
+    2.1-2.3x PyTorch's CPU flash kernel, docs/performance_cpu.md) and ``sdpa`` otherwise (in
+    fp32 the flash kernel is the faster one). Raises ValueError for an unknown name or
+    :data:`NAME` on a GPU."""
+    if requested not in CHOICES:
+        raise ValueError(f"--cpu_attention {requested}: expected one of {', '.join(CHOICES)}")
+    if requested == NAME and on_gpu:
+        raise ValueError(f"--cpu_attention {NAME} is for training on the CPU; this run has a GPU")
+    if requested != "auto":
+        return requested, "as asked"
+    if not on_gpu and precision == "bf16":
+        return NAME, "auto: bf16 on the CPU"
+    return "sdpa", "auto: " + ("GPU" if on_gpu else f"{precision} on the CPU")
+
+
+def register() -> str:
+    """Registers :data:`NAME` with transformers' attention and mask interfaces (the mask is
+    the ``sdpa`` one); returns :data:`NAME`. Safe to call more than once."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, attention_forward)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+    return NAME
