@@ -12,11 +12,13 @@ gradient: at 2,048 tokens x 49,152 vocab that is 400 MB each in fp32 per sample.
 model stops at its last hidden states ``h`` ``[batch, seq, hidden]``; only positions whose
 shifted label is a target are kept (chat data masks prompts, system turns and padding), and
 ``logsumexp(h W^T) - (h W^T)[target]`` is computed over those rows in chunks of
-``chunk_size`` rows. Backward recomputes each chunk's logits ``h_c W^T`` and turns their
-gradient into the gradients of ``h_c`` and of ``W`` (the output weight) right away. Extra
-memory: one ``[chunk_size, vocab]`` fp32 working buffer (96 MiB at 512 x 49,152), plus one
-``[chunk_size, vocab]`` copy in the weight's dtype for bf16/fp16 weights, plus an fp32
-accumulator of ``W``'s gradient for bf16/fp16 weights.
+``chunk_size`` rows. While a chunk's logits ``h_c W^T`` exist, forward also turns their
+gradient into the gradients of ``h_c`` and of ``W`` (the output weight), so backward only
+rescales them (for fp16 weights backward recomputes the chunk logits instead:
+:class:`FusedLinearCrossEntropy` says why). Extra memory: one ``[chunk_size, vocab]`` fp32
+working buffer (96 MiB at 512 x 49,152), plus one ``[chunk_size, vocab]`` copy in the
+weight's dtype for bf16/fp16 weights, plus ``W``'s gradient in fp32 (113 MB in SmolLM2),
+held from forward to backward.
 
 What is computed
 ----------------
@@ -56,8 +58,8 @@ from typing import Any, Optional, Union
 import torch
 from transformers import Trainer
 
-from loss_functions import (DEFAULT_CHUNK_SIZE, _check_labels, _compute_dtype, _normalize, _shifted_targets,
-                            grad_shift, row_grad, row_lse)
+from loss_functions import (DEFAULT_CHUNK_SIZE, _check_labels, _compute_dtype, _normalize, _num_items, _shifted_targets,
+                            grad_shift, row_grad)
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -65,8 +67,20 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
     ``hidden`` ``[n, d]`` are the hidden states of the target positions only, ``weight``
     ``[vocab, d]`` the output layer's weight (same dtype), ``targets`` ``[n]`` int64 ids.
-    Returns a 0-d tensor in the compute dtype (fp32, fp64 for fp64). Saved for backward:
-    ``hidden``, ``weight`` (no copies), ``targets`` and one log-sum-exp per row.
+    Returns a 0-d tensor in the compute dtype (fp32, fp64 for fp64).
+
+    ``grad_scale`` (a 0-d tensor in the compute dtype, or None when no gradient is wanted):
+    for fp32 and bf16 weights, forward also computes the gradients of ``grad_scale * sum``
+    with respect to ``hidden`` (if ``want_h``) and ``weight`` (if ``want_w``) while each
+    chunk's logits are at hand, so backward does not compute the logits again; backward
+    multiplies them by ``grad_total / grad_scale`` unless that is exactly 1 (the caller
+    passes the ``1 / num_items_in_batch`` it divides by, which is what reaches backward).
+    Saved for backward: those gradients (the weight's in fp32: 113 MB in SmolLM2) and
+    ``grad_scale``. fp16 weights: the logits' gradient is rounded to fp16 before the
+    products, and without the loss scale (which only backward receives) its small entries
+    would underflow, so forward saves ``hidden``, ``weight``, ``targets`` and one
+    log-sum-exp per row and backward recomputes each chunk's logits with the incoming
+    gradient folded in first.
     """
 
     @staticmethod
@@ -78,11 +92,23 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return x.copy_(hidden[i0:i1] @ weight.t())
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int,
+                grad_scale: Optional[torch.Tensor], want_h: bool, want_w: bool):
         n = hidden.shape[0]
         cdt = _compute_dtype(weight.dtype)
-        lse = torch.empty(n, dtype=cdt, device=hidden.device)
+        # fp16: a logits' gradient of p / num_items rounded to fp16 before the loss scale
+        # is applied would underflow (that is what loss scaling is for): backward computes it.
+        early = grad_scale is not None and weight.dtype != torch.float16
+        want_h, want_w = early and want_h, early and want_w
+        if not early:
+            lse_all = torch.empty(n, dtype=cdt, device=hidden.device)
         total = torch.zeros((), dtype=cdt, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if want_h else None
+        # The weight's gradient summed over chunks in the compute dtype; the first chunk
+        # writes it (no zero-fill pass over vocab x hidden).
+        grad_w = torch.empty(weight.shape, dtype=cdt, device=weight.device) if want_w else None
+        if want_w and n == 0:
+            grad_w.zero_()
         buf = torch.empty(min(chunk_size, max(n, 1)), weight.shape[0], dtype=cdt, device=hidden.device)
         # Under the Trainer's autocast (--bf16 without DeepSpeed) mm would recast to bf16 and
         # refuse the fp32 buffer; the dtypes here are chosen explicitly instead.
@@ -90,42 +116,82 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             for i0 in range(0, n, chunk_size):
                 i1 = min(i0 + chunk_size, n)
                 x = FusedLinearCrossEntropy._logits(hidden, weight, i0, i1, buf)
-                target_logit = x[torch.arange(i1 - i0, device=x.device), targets[i0:i1]]  # a copy (advanced indexing)
-                lse[i0:i1] = row_lse(x, buf)
-                total += (lse[i0:i1] - target_logit).sum()
-        ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk_size = chunk_size
+                local = torch.arange(i1 - i0, device=x.device)
+                target_logit = x[local, targets[i0:i1]]  # a copy (advanced indexing)
+                m = x.amax(dim=1, keepdim=True)
+                m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # an all -inf row: no NaN shift
+                e = torch.sub(x, m, out=x).exp_()  # exp(logit - row max), in place
+                sums = e.sum(dim=1)
+                lse = sums.log().add_(m.squeeze(1))
+                total += (lse - target_logit).sum()
+                if not early:
+                    lse_all[i0:i1] = lse
+                    continue
+                # d/dx (lse - x[y]) = softmax(x) - onehot(y), times grad_scale; the target entry
+                # from the unrounded target logit (p - 1 loses everything if p ~ 1 is rounded first).
+                g = e.mul_((grad_scale / sums).unsqueeze(1))
+                g[local, targets[i0:i1]] = ((target_logit - lse).exp() - 1) * grad_scale
+                if weight.dtype != cdt:
+                    g = g.to(weight.dtype)  # the logits' gradient in the layer's dtype, as autograd would
+                if want_h:
+                    torch.mm(g, weight, out=grad_h[i0:i1])
+                if want_w:
+                    if g.dtype == cdt:  # beta=0: the first chunk overwrites the uninitialised memory
+                        grad_w.addmm_(g.t(), hidden[i0:i1], beta=0 if i0 == 0 else 1)
+                    elif i0 == 0:
+                        grad_w.copy_(g.t() @ hidden[i0:i1])
+                    else:
+                        grad_w += g.t() @ hidden[i0:i1]
+        ctx.early, ctx.chunk_size, ctx.weight_dtype = early, chunk_size, weight.dtype
+        if early:
+            ctx.save_for_backward(grad_h, grad_w, grad_scale)
+        else:
+            ctx.save_for_backward(hidden, weight, targets, lse_all)
         return total
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total: torch.Tensor):
+        if not ctx.early:
+            return FusedLinearCrossEntropy._late_backward(ctx, grad_total)
+        grad_h, grad_w, grad_scale = ctx.saved_tensors
+        ratio = grad_total.detach().to(grad_scale.dtype) / grad_scale
+        if not bool(ratio == 1):  # e.g. a loss multiplied by the number of processes
+            grad_h = None if grad_h is None else grad_h * ratio.to(grad_h.dtype)
+            grad_w = None if grad_w is None else grad_w.mul_(ratio)
+        grad_w = None if grad_w is None else grad_w.to(ctx.weight_dtype)
+        return grad_h, grad_w, None, None, None, None, None
+
+    @staticmethod
+    def _late_backward(ctx, grad_total: torch.Tensor):
+        """fp16 weights: recompute each chunk's logits and take their gradient with the
+        incoming (loss-scaled) gradient folded in before any rounding to fp16."""
         hidden, weight, targets, lse = ctx.saved_tensors
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n, chunk_size = hidden.shape[0], ctx.chunk_size
         grad_h = torch.empty_like(hidden) if want_h else None
-        # fp32 accumulation over chunks; for an fp32 weight it is the returned gradient itself.
-        grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if want_w else None
+        grad_w = torch.empty(weight.shape, dtype=lse.dtype, device=weight.device) if want_w else None
         if n == 0:  # no target: grad_h is [0, d], grad_w zeros (grad_shift needs a row)
-            return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None
+            return grad_h, None if grad_w is None else grad_w.zero_().to(weight.dtype), None, None, None, None, None
         cdt = lse.dtype
         buf = torch.empty(min(chunk_size, n), weight.shape[0], dtype=cdt, device=hidden.device)
         coef, shift, fused = grad_shift(lse, grad_total)
-        for i0 in range(0, n, chunk_size):
-            i1 = min(i0 + chunk_size, n)
-            x = FusedLinearCrossEntropy._logits(hidden, weight, i0, i1, buf)
-            local = torch.arange(i1 - i0, device=x.device)
-            g = row_grad(x, shift[i0:i1].unsqueeze(1), local, targets[i0:i1], coef, fused, buf)
-            if weight.dtype != cdt:
-                g = g.to(weight.dtype)  # the logits' gradient in the layer's dtype, as autograd would
-            if want_h:
-                torch.mm(g, weight, out=grad_h[i0:i1])
-            if want_w:
-                if g.dtype == cdt:
-                    grad_w.addmm_(g.t(), hidden[i0:i1])
-                else:
-                    grad_w += g.t() @ hidden[i0:i1]
-        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for i0 in range(0, n, chunk_size):
+                i1 = min(i0 + chunk_size, n)
+                x = FusedLinearCrossEntropy._logits(hidden, weight, i0, i1, buf)
+                local = torch.arange(i1 - i0, device=x.device)
+                g = row_grad(x, shift[i0:i1].unsqueeze(1), local, targets[i0:i1], coef, fused, buf)
+                if weight.dtype != cdt:
+                    g = g.to(weight.dtype)
+                if want_h:
+                    torch.mm(g, weight, out=grad_h[i0:i1])
+                if want_w:
+                    if i0 == 0:
+                        grad_w.copy_(g.t() @ hidden[i0:i1])
+                    else:
+                        grad_w += g.t() @ hidden[i0:i1]
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -147,7 +213,15 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     rows, targets = _shifted_targets(labels.to(hidden.device), weight.shape[0])
     # Only the target rows go through the output layer (a copy of n x d, small).
     picked = hidden.reshape(-1, hidden.shape[2]).index_select(0, rows).to(weight.dtype)
-    total = FusedLinearCrossEntropy.apply(picked, weight, targets, chunk_size)
+    want_h = picked.requires_grad and torch.is_grad_enabled()
+    want_w = weight.requires_grad and torch.is_grad_enabled()
+    grad_scale = None
+    if want_h or want_w:
+        # What backward will receive from the division below: 1 / num_items_in_batch.
+        denom = _num_items(num_items_in_batch, rows.numel(), hidden.device).to(_compute_dtype(weight.dtype))
+        one = torch.ones((), dtype=denom.dtype, device=denom.device)
+        grad_scale = torch.where(denom > 0, one / torch.where(denom > 0, denom, one), one)
+    total = FusedLinearCrossEntropy.apply(picked, weight, targets, chunk_size, grad_scale, want_h, want_w)
     return _normalize(total, num_items_in_batch, rows.numel())
 
 

@@ -46,6 +46,7 @@ from cpu_precision import PRECISIONS, describe
 from fused_loss import FusedLossTrainer
 from loss_functions import compute_loss_from_logits
 from report import plot_loss_curve
+from rms_norm import fuse_rms_norms
 from chat_format import TRAIN_TURNS
 from folder_lock import FolderLock, FolderLockedError
 from run_records import (RUN_TARGET_KEY, check_run_plan, checkpoint_problems, export_complete, export_from_checkpoint,
@@ -412,6 +413,8 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
     collator = make_collator(data_args, attn, tokenizer)
     # fp32 master weights; the Trainer/DeepSpeed casts for bf16/fp16 compute.
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
+    if not torch.cuda.is_available():  # measured on the CPU only (rms_norm.py)
+        log(f"[model] {fuse_rms_norms(model)} RMSNorm modules run PyTorch's fused rms_norm kernel")
     model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
     model.generation_config.pad_token_id = pad_token_id(tokenizer)
     if training_args.gradient_checkpointing:

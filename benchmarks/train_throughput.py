@@ -70,6 +70,7 @@ import cpu_attention
 import sft_data
 from fused_loss import fused_linear_cross_entropy
 from loss_functions import compute_loss_from_logits
+from rms_norm import fuse_rms_norms
 from fileio import REPO_ROOT, iter_jsonl, resolve_path
 from tokenization import DEFAULT_MODEL, load_tokenizer
 
@@ -158,6 +159,7 @@ def load_model(model_path: str, layers: Optional[int], attention: str = "sdpa"):
         model.model.layers = model.model.layers[:layers]
         model.config.num_hidden_layers = layers
     model.config.use_cache = False
+    fuse_rms_norms(model)  # as train_hw_parallel.py does on the CPU
     model.train()
     return model
 

@@ -104,6 +104,100 @@ def test_bf16_weights_match_logits_path(tiny_dir):
     assert_same(got, want, bf16=True)
 
 
+@pytest.mark.parametrize("factor", [3.0, 0.5, 0.0])
+def test_scaled_loss_matches_logits_path(tiny_dir, factor):
+    """Gradients are computed in forward for ``1 / num_items_in_batch``; a loss scaled
+    afterwards (the Trainer's multiplication by the number of processes, fp16 loss scaling)
+    still gets the logits path's gradients."""
+    model = load(tiny_dir)
+    ids, labels = batch(6)
+    results = []
+    for fused in (True, False):
+        model.zero_grad(set_to_none=True)
+        hidden = model.model(input_ids=ids).last_hidden_state
+        hidden.retain_grad()
+        loss = (fused_linear_cross_entropy(hidden, model.lm_head.weight, labels, 50) if fused
+                else cross_entropy_loss(model.lm_head(hidden), labels, 50))
+        (loss * factor).backward()
+        results.append((loss.detach(), hidden.grad, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert_same(*results)
+
+
+def test_backward_runs_no_product(tiny_dir):
+    """The logits' gradients are turned into the hidden states' and the weight's in forward,
+    while each chunk's logits exist: backward only rescales (no matrix product)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountProducts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.products = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.products += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_, torch.ops.aten.matmul)
+            return func(*args, **(kwargs or {}))
+
+    model = load(tiny_dir)
+    ids, labels = batch(7)
+    hidden = model.model(input_ids=ids).last_hidden_state.detach().requires_grad_()
+    weight = model.lm_head.weight.detach().clone().requires_grad_()
+    forward, backward = CountProducts(), CountProducts()
+    with forward:
+        loss = fused_linear_cross_entropy(hidden, weight, labels, chunk_size=16)
+    with backward:
+        (loss * 2).backward()
+    assert forward.products > 0 and backward.products == 0
+    assert hidden.grad.abs().sum() > 0 and weight.grad.abs().sum() > 0
+
+
+def test_fp16_recomputes_in_backward_with_the_loss_scale(tiny_dir):
+    """fp16 weights: under a loss scale of 2**16 (DeepSpeed's initial one) the gradients
+    match the logits path at fp16 precision, and backward computes them (products in
+    backward), so no p / num_items underflows in fp16 before the scale is applied."""
+    model = load(tiny_dir, torch.float16)
+    ids, labels = batch(9)
+    results = []
+    for fused in (True, False):
+        model.zero_grad(set_to_none=True)
+        hidden = model.model(input_ids=ids).last_hidden_state
+        hidden.retain_grad()
+        w = model.lm_head.weight
+        loss = (fused_linear_cross_entropy(hidden, w, labels, 2000) if fused
+                else cross_entropy_loss(model.lm_head(hidden), labels, 2000))
+        (loss * 2.0 ** 16).backward()
+        results.append((loss.detach(), hidden.grad.float(), w.grad.float()))
+    (loss, gh, gw), (ref_loss, ref_gh, ref_gw) = results
+    torch.testing.assert_close(loss, ref_loss, atol=1e-3, rtol=1e-3)
+    for g, ref in ((gh, ref_gh), (gw, ref_gw)):
+        assert ref.abs().max() > 0 and torch.isfinite(g).all()
+        torch.testing.assert_close(g, ref, atol=2.0 ** -7 * float(ref.abs().max()), rtol=2.0 ** -6)
+    assert (gw != 0).sum() >= 0.9 * (ref_gw != 0).sum()  # nothing flushed to zero
+
+
+def test_only_what_needs_a_gradient(tiny_dir):
+    """No gradient under no_grad (same loss); a frozen weight or detached hidden states get
+    none, and the other side still matches the logits path."""
+    model = load(tiny_dir)
+    ids, labels = batch(8)
+    hidden = model.model(input_ids=ids).last_hidden_state.detach()
+    weight = model.lm_head.weight.detach()
+    want_loss = cross_entropy_loss(hidden @ weight.t(), labels)
+    with torch.no_grad():
+        loss = fused_linear_cross_entropy(hidden, weight, labels)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, want_loss, atol=1e-6, rtol=1e-5)
+    for frozen in ("weight", "hidden"):
+        h = hidden.clone().requires_grad_(frozen != "hidden")
+        w = weight.clone().requires_grad_(frozen != "weight")
+        h_ref, w_ref = h.detach().clone().requires_grad_(h.requires_grad), w.detach().clone().requires_grad_(w.requires_grad)
+        fused_linear_cross_entropy(h, w, labels).backward()
+        cross_entropy_loss(h_ref @ w_ref.t(), labels).backward()
+        live, ref = (h, h_ref) if frozen == "weight" else (w, w_ref)
+        dead = w if frozen == "weight" else h
+        assert dead.grad is None
+        torch.testing.assert_close(live.grad, ref.grad, atol=1e-5 * float(ref.grad.abs().max()), rtol=1e-4)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 64, 10_000])
 def test_chunk_boundaries_not_aligned_with_targets(tiny_dir, chunk_size):
     """Chunk sizes that do not divide the number of targets (nor the spans) give the
