@@ -8,11 +8,11 @@
 Why
 ---
 PyTorch's CPU flash-attention kernel (what ``sdpa`` runs on the CPU) computes its small
-blocks with its own loops; in bf16 it is no faster than in fp32, and in a bf16 training
-step of SmolLM2-135M it was 27 % of the time (docs/performance_cpu.md). The same attention
-written as ``bmm`` calls reaches the CPU's bf16 matrix throughput, and working on one
+blocks with its own loops and runs no faster in bf16 than in fp32. The same attention
+written as matrix products reaches the CPU's bf16 matrix throughput, and working on one
 (sample, key/value head) at a time keeps each score matrix (``group x seq x seq`` fp32,
 2 MB at 3 x 408 x 408) in the core's cache for the softmax around the products.
+Measurements: docs/performance_cpu.md.
 
 What is computed
 ----------------
@@ -27,9 +27,13 @@ out of them in bf16, as in transformers' ``eager`` attention, while the mask, so
 ``dS`` are computed in fp32 (fp64 for fp64 inputs).
 
 Memory: ``P`` is ``B x heads x L x L`` per layer (bf16: 19 MB at 4 x 9 x 512 x 512), where
-the flash kernel keeps one log-sum-exp per row; recomputing ``P`` in backward from it made
-this code as slow as the flash kernel, so ``P`` is kept. In fp32 the flash kernel is the
-faster one (0.93x here), hence :func:`choose` picks this only for bf16.
+the flash kernel keeps one log-sum-exp per row; recomputing ``P`` in backward from it cost
+as much time as it saved, so ``P`` is kept. In fp32 the flash kernel is the faster one,
+hence :func:`choose` picks this only for bf16.
+
+Where the score matrix of one (sample, key/value head) exceeds :data:`MAX_SCORE_BLOCK_BYTES`
+in fp32 (longer sequences) or ``P`` of one layer :data:`MAX_PROBS_BYTES`, the call goes
+to transformers' ``sdpa`` attention instead, which was faster there.
 
 Limits (``ValueError`` where met): no attention dropout, no sliding window, no logit
 soft-capping, query and key lengths equal (training, no KV cache), and every query row
@@ -43,6 +47,10 @@ import torch
 
 NAME = "cpu_bmm"
 PROFILE_RANGE = f"{NAME} attention"  # torch.profiler range around forward and backward
+# Beyond these, sdpa runs instead: scores that leave the core's cache made this code slower
+# than the flash kernel (docs/performance_cpu.md), and P's memory grows with the batch.
+MAX_SCORE_BLOCK_BYTES = 6 << 20
+MAX_PROBS_BYTES = 64 << 20
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -149,6 +157,11 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         bias = torch.zeros(attention_mask.shape[0], L, L, dtype=cdt).masked_fill_(
             ~attention_mask[:, 0, :, :L], float("-inf"))
     scaling = D ** -0.5 if scaling is None else scaling
+    if (H // KV) * L * L * 4 > MAX_SCORE_BLOCK_BYTES or B * H * L * L * query.element_size() > MAX_PROBS_BYTES:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     # [B, H, L, D] -> [B, KV, G*L, D]: the G query heads of one key/value head share its products.
     q = query.reshape(B, KV, (H // KV) * L, D)
     with torch.autocast("cpu", enabled=False):
@@ -161,9 +174,8 @@ CHOICES = ("auto", "sdpa", NAME)
 
 def choose(requested: str, on_gpu: bool, precision: str) -> tuple[str, str]:
     """(attention implementation for training, why). ``requested`` is one of
-    :data:`CHOICES`; ``auto`` is :data:`NAME` for bf16 training on the CPU (where it is
-    2.1-2.3x PyTorch's CPU flash kernel, docs/performance_cpu.md) and ``sdpa`` otherwise (in
-    fp32 the flash kernel is the faster one). Raises ValueError for an unknown name or
+    :data:`CHOICES`; ``auto`` is :data:`NAME` for bf16 training on the CPU and ``sdpa``
+    otherwise (in fp32 the flash kernel is the faster one). Raises ValueError for an unknown name or
     :data:`NAME` on a GPU."""
     if requested not in CHOICES:
         raise ValueError(f"--cpu_attention {requested}: expected one of {', '.join(CHOICES)}")

@@ -71,10 +71,12 @@ if [[ ! -e "$DATAPATH" && -e "$REPO/$DATAPATH" ]]; then DATAPATH="$REPO/$DATAPAT
 # ---------------------------------------------------------------- hardware
 # One probe decides (hardware.py --sft-plan): GPUs, precision, attention, launcher, BSZPERDEV.
 # MAXLEN and --loss as the training will see them (extra arguments win).
-EFF_MAXLEN="$MAXLEN"; LOSS=fused
+EFF_MAXLEN="$MAXLEN"; LOSS=fused; CPU_ATTN_ASKED=auto
 ARGS=("$@")
 for ((i = 0; i < ${#ARGS[@]}; i++)); do
     case "${ARGS[i]}" in
+        --cpu_attention) CPU_ATTN_ASKED="${ARGS[i+1]:-auto}" ;;
+        --cpu_attention=*) CPU_ATTN_ASKED="${ARGS[i]#*=}" ;;
         --model_max_length) EFF_MAXLEN="${ARGS[i+1]:-$MAXLEN}" ;;
         --model_max_length=*) EFF_MAXLEN="${ARGS[i]#*=}" ;;
         --loss) LOSS="${ARGS[i+1]:-fused}" ;;
@@ -130,7 +132,10 @@ else
     NDEV="$CPU_RANKS"
     # --
     # train_hw_parallel.py's --cpu_attention auto: batched products (cpu_attention.py) in bf16, sdpa in fp32.
-    if [[ "$PREC" == bf16 ]]; then CPU_ATTN=cpu_bmm; else CPU_ATTN=sdpa; fi
+    CPU_ATTN="$CPU_ATTN_ASKED"
+    if [[ "$CPU_ATTN" == auto ]]; then
+        if [[ "$PREC" == bf16 ]]; then CPU_ATTN=cpu_bmm; else CPU_ATTN=sdpa; fi
+    fi
     DEVICE="CPU, $CPU_RANKS rank(s) x $OMP_NUM_THREADS thread(s), $PREC, $CPU_ATTN"
     HW_ARGS+=(--dataloader_pin_memory False)
     LAUNCH=(--num_gpus "$CPU_RANKS")

@@ -132,6 +132,29 @@ def test_refusals():
         attention_forward(MODULE, q, k, v, left)
 
 
+def test_long_sequences_go_to_sdpa(monkeypatch):
+    """Past the score-block or probability limits the call is transformers' sdpa attention
+    (same result; the batched-product function is not entered)."""
+    q, k, v = qkv(torch.float32)
+    B, _, L, _ = q.shape
+    mask = padded_mask(B, L, [L, 20, 5])
+    module = _Module()
+    module.num_key_value_groups = q.shape[1] // k.shape[1]  # what transformers' sdpa reads off Llama's attention
+    want = attention_forward(module, q, k, v, mask)[0]
+
+    def refuse(*args):
+        raise AssertionError("GroupedAttention ran past the limit")
+
+    monkeypatch.setattr(cpu_attention.GroupedAttention, "apply", refuse)
+    for limit in ("MAX_SCORE_BLOCK_BYTES", "MAX_PROBS_BYTES"):
+        with monkeypatch.context() as m:
+            m.setattr(cpu_attention, limit, 0)
+            got = attention_forward(module, q, k, v, mask)[0]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(AssertionError, match="past the limit"):  # within the limits it does run
+        attention_forward(module, q, k, v, mask)
+
+
 def test_choose():
     assert choose("auto", on_gpu=False, precision="bf16") == (NAME, "auto: bf16 on the CPU")
     assert choose("auto", on_gpu=False, precision="fp32")[0] == "sdpa"

@@ -82,6 +82,16 @@ def test_cpu_precision_reaches_the_launch_line(tmp_path, asked):
     assert "--bf16" not in argv  # train_hw_parallel.py turns --precision into the Trainer's flags
 
 
+@pytest.mark.parametrize("asked, expected", [(None, "cpu_bmm"), ("sdpa", "sdpa"), ("cpu_bmm", "cpu_bmm")])
+def test_cpu_attention_in_the_launch_line(tmp_path, asked, expected):
+    """bf16 on the CPU: the launch line names the attention train_hw_parallel.py will use,
+    --cpu_attention included (both spellings)."""
+    for extra in ([] if asked is None else [["--cpu_attention", asked], [f"--cpu_attention={asked}"]]) or [[]]:
+        r = dry_run(fake_bin(tmp_path), *extra, PRECISION="bf16")
+        assert r.returncode == 0, r.stderr
+        assert f"thread(s), bf16, {expected};" in r.stdout, r.stdout
+
+
 @pytest.mark.parametrize("prec", ["fp32", "bf16"])
 def test_cpu_rank_layout_follows_the_precision(tmp_path, prec):
     """Without CPU_RANKS: fp32 trains as one rank with every core (faster there, measured in
