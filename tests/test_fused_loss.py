@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 
 from fused_loss import FusedLossTrainer, fused_linear_cross_entropy, output_weight
@@ -42,8 +43,9 @@ def batch(seed, bsz=3, seq=40, spans=True):
     return ids, labels
 
 
-def grads(model, ids, labels, fused, num_items=None, chunk_size=512, **model_kwargs):
-    """(loss, d loss / d last hidden states, {name: d loss / d parameter})."""
+def grads(model, ids, labels, fused, num_items=None, chunk_size=512, factor=None, **model_kwargs):
+    """(loss, d loss / d last hidden states, {name: d loss / d parameter}); with ``factor``
+    the backward starts from ``loss * factor`` (a loss scaled after the loss function)."""
     model.zero_grad(set_to_none=True)
     hidden = model.model(input_ids=ids, **model_kwargs).last_hidden_state
     hidden.retain_grad()
@@ -51,8 +53,21 @@ def grads(model, ids, labels, fused, num_items=None, chunk_size=512, **model_kwa
         loss = fused_linear_cross_entropy(hidden, model.lm_head.weight, labels, num_items, chunk_size=chunk_size)
     else:
         loss = cross_entropy_loss(model.lm_head(hidden), labels, num_items)
-    loss.backward()
+    (loss if factor is None else loss * factor).backward()
     return loss.detach(), hidden.grad, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+class CountProducts(TorchDispatchMode):
+    """Counts the matrix products run inside the ``with`` block."""
+
+    def __init__(self):
+        super().__init__()
+        self.products = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.products += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_,
+                                                 torch.ops.aten.matmul)
+        return func(*args, **(kwargs or {}))
 
 
 def assert_same(got, want, bf16=False):
@@ -111,32 +126,12 @@ def test_scaled_loss_matches_logits_path(tiny_dir, factor):
     still gets the logits path's gradients."""
     model = load(tiny_dir)
     ids, labels = batch(6)
-    results = []
-    for fused in (True, False):
-        model.zero_grad(set_to_none=True)
-        hidden = model.model(input_ids=ids).last_hidden_state
-        hidden.retain_grad()
-        loss = (fused_linear_cross_entropy(hidden, model.lm_head.weight, labels, 50) if fused
-                else cross_entropy_loss(model.lm_head(hidden), labels, 50))
-        (loss * factor).backward()
-        results.append((loss.detach(), hidden.grad, {n: p.grad.clone() for n, p in model.named_parameters()}))
-    assert_same(*results)
+    assert_same(grads(model, ids, labels, True, 50, factor=factor), grads(model, ids, labels, False, 50, factor=factor))
 
 
 def test_backward_runs_no_product(tiny_dir):
     """The logits' gradients are turned into the hidden states' and the weight's in forward,
     while each chunk's logits exist: backward only rescales (no matrix product)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class CountProducts(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.products = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.products += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_, torch.ops.aten.matmul)
-            return func(*args, **(kwargs or {}))
-
     model = load(tiny_dir)
     ids, labels = batch(7)
     hidden = model.model(input_ids=ids).last_hidden_state.detach().requires_grad_()
@@ -156,22 +151,20 @@ def test_fp16_recomputes_in_backward_with_the_loss_scale(tiny_dir):
     backward), so no p / num_items underflows in fp16 before the scale is applied."""
     model = load(tiny_dir, torch.float16)
     ids, labels = batch(9)
-    results = []
-    for fused in (True, False):
-        model.zero_grad(set_to_none=True)
-        hidden = model.model(input_ids=ids).last_hidden_state
-        hidden.retain_grad()
-        w = model.lm_head.weight
-        loss = (fused_linear_cross_entropy(hidden, w, labels, 2000) if fused
-                else cross_entropy_loss(model.lm_head(hidden), labels, 2000))
-        (loss * 2.0 ** 16).backward()
-        results.append((loss.detach(), hidden.grad.float(), w.grad.float()))
-    (loss, gh, gw), (ref_loss, ref_gh, ref_gw) = results
+    loss, gh, gp = grads(model, ids, labels, True, 2000, factor=2.0 ** 16)
+    ref_loss, ref_gh, ref_gp = grads(model, ids, labels, False, 2000, factor=2.0 ** 16)
     torch.testing.assert_close(loss, ref_loss, atol=1e-3, rtol=1e-3)
-    for g, ref in ((gh, ref_gh), (gw, ref_gw)):
+    gw, ref_gw = gp["model.embed_tokens.weight"].float(), ref_gp["model.embed_tokens.weight"].float()
+    for g, ref in ((gh.float(), ref_gh.float()), (gw, ref_gw)):
         assert ref.abs().max() > 0 and torch.isfinite(g).all()
         torch.testing.assert_close(g, ref, atol=2.0 ** -7 * float(ref.abs().max()), rtol=2.0 ** -6)
     assert (gw != 0).sum() >= 0.9 * (ref_gw != 0).sum()  # nothing flushed to zero
+    hidden = model.model(input_ids=ids).last_hidden_state.detach().requires_grad_()
+    loss = fused_linear_cross_entropy(hidden, model.lm_head.weight.detach().clone().requires_grad_(), labels, 2000)
+    backward = CountProducts()
+    with backward:
+        (loss * 2.0 ** 16).backward()
+    assert backward.products > 0  # the fp16 path computes the gradients in backward
 
 
 def test_only_what_needs_a_gradient(tiny_dir):
