@@ -35,9 +35,10 @@ Where the score matrix of one (sample, key/value head) exceeds :data:`MAX_SCORE_
 in fp32 (longer sequences) or ``P`` of one layer :data:`MAX_PROBS_BYTES`, the call goes
 to transformers' ``sdpa`` attention instead, which was faster there.
 
-Limits (``ValueError`` where met): no attention dropout, no sliding window, no logit
-soft-capping, query and key lengths equal (training, no KV cache), and every query row
-must attend to at least one key (true for causal masks with right or no padding).
+Limits (``ValueError`` where met): CPU tensors, causal attention without dropout, sliding
+window, logit soft-capping, attention sinks or position bias, query and key lengths equal
+(training, no KV cache), and every query row attends to at least one key (true for causal
+masks with right or no padding). The backward runs once per forward (no double backward).
 """
 from __future__ import annotations
 
@@ -76,9 +77,6 @@ class GroupedAttention(torch.autograd.Function):
         probs = torch.empty(*q.shape[:3], k.shape[2], dtype=q.dtype)
         with torch.profiler.record_function(PROFILE_RANGE):
             GroupedAttention._forward(q, k, v, bias, scaling, out, probs)
-        if torch.isnan(out).any():
-            raise ValueError(f"{NAME} attention: a query row attends to no key (left padding or an empty mask row); "
-                             "use attn_implementation='sdpa'")
         ctx.save_for_backward(q, k, v, out, probs)
         ctx.scaling = scaling
         return out
@@ -98,6 +96,7 @@ class GroupedAttention(torch.autograd.Function):
                 torch.mm(probs[b, h], v[b, h], out=out[b, h])
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         q, k, v, out, probs = ctx.saved_tensors
         with torch.profiler.record_function(PROFILE_RANGE):
@@ -116,7 +115,8 @@ class GroupedAttention(torch.autograd.Function):
                 pb = probs[b, h]
                 torch.mm(pb.t(), dout[b, h], out=dv[b, h])
                 dp = torch.mm(dout[b, h], v[b, h].t()).to(cdt)
-                ds = pb.to(cdt).mul_(dp.sub_(delta[b, h, :, None])).mul_(scaling).to(q.dtype)
+                # dS into dP's fresh buffer: P is saved and must stay intact for another backward.
+                ds = dp.sub_(delta[b, h, :, None]).mul_(pb.to(cdt)).mul_(scaling).to(q.dtype)
                 torch.mm(ds, k[b, h], out=dq[b, h])
                 torch.mm(ds.t(), q[b, h], out=dk[b, h])
         return dq, dk, dv, None, None
@@ -135,6 +135,12 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         raise ValueError(f"{NAME} attention has no dropout (got {dropout}); use attn_implementation='sdpa'")
     if sliding_window is not None or softcap is not None:
         raise ValueError(f"{NAME} attention: no sliding window or soft-capping; use attn_implementation='sdpa'")
+    if kwargs.get("is_causal") is False or getattr(module, "is_causal", True) is False:
+        raise ValueError(f"{NAME} attention is causal only; use attn_implementation='sdpa'")
+    if kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:
+        raise ValueError(f"{NAME} attention: no attention sinks or position bias; use attn_implementation='sdpa'")
+    if query.device.type != "cpu":
+        raise ValueError(f"{NAME} attention runs on the CPU; the inputs are on {query.device}")
     B, H, L, D = query.shape
     KV = key.shape[1]
     if key.shape[2] != L or H % KV:
@@ -148,20 +154,24 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         raise ValueError(f"{NAME} attention: query, key and value dtypes differ ({query.dtype}, {key.dtype}, "
                          f"{value.dtype})")
     cdt = _compute_dtype(query.dtype)
+    scaling = D ** -0.5 if scaling is None else scaling
+    score_block = (H // KV) * L * L * torch.finfo(cdt).bits // 8
+    if score_block > MAX_SCORE_BLOCK_BYTES or B * H * L * L * query.element_size() > MAX_PROBS_BYTES:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     if attention_mask is None:
         bias = _causal_bias(L, cdt)[None]
     else:
         if attention_mask.dtype != torch.bool or attention_mask.shape[1] != 1:
             raise ValueError(f"{NAME} attention: expected a boolean [B, 1, L, L] mask, got "
                              f"{attention_mask.dtype} {tuple(attention_mask.shape)}")
-        bias = torch.zeros(attention_mask.shape[0], L, L, dtype=cdt).masked_fill_(
-            ~attention_mask[:, 0, :, :L], float("-inf"))
-    scaling = D ** -0.5 if scaling is None else scaling
-    if (H // KV) * L * L * 4 > MAX_SCORE_BLOCK_BYTES or B * H * L * L * query.element_size() > MAX_PROBS_BYTES:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        mask = attention_mask[:, 0, :, :L]
+        if not mask.any(-1).all():  # softmax over no key is 0/0
+            raise ValueError(f"{NAME} attention: a query row attends to no key (left padding or an empty mask "
+                             "row); use attn_implementation='sdpa'")
+        bias = torch.zeros(mask.shape[0], L, L, dtype=cdt).masked_fill_(~mask, float("-inf"))
     # [B, H, L, D] -> [B, KV, G*L, D]: the G query heads of one key/value head share its products.
     q = query.reshape(B, KV, (H // KV) * L, D)
     with torch.autocast("cpu", enabled=False):
@@ -172,20 +182,21 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 CHOICES = ("auto", "sdpa", NAME)
 
 
-def choose(requested: str, on_gpu: bool, precision: str) -> tuple[str, str]:
+def choose(requested: str, device_type: str, precision: str) -> tuple[str, str]:
     """(attention implementation for training, why). ``requested`` is one of
-    :data:`CHOICES`; ``auto`` is :data:`NAME` for bf16 training on the CPU and ``sdpa``
-    otherwise (in fp32 the flash kernel is the faster one). Raises ValueError for an unknown name or
-    :data:`NAME` on a GPU."""
+    :data:`CHOICES`, ``device_type`` the training device's (``"cpu"``, ``"cuda"``, ...);
+    ``auto`` is :data:`NAME` for bf16 training on the CPU and ``sdpa`` otherwise (in fp32
+    the flash kernel is the faster one). Raises ValueError for an unknown name or
+    :data:`NAME` off the CPU."""
     if requested not in CHOICES:
         raise ValueError(f"--cpu_attention {requested}: expected one of {', '.join(CHOICES)}")
-    if requested == NAME and on_gpu:
-        raise ValueError(f"--cpu_attention {NAME} is for training on the CPU; this run has a GPU")
+    if requested == NAME and device_type != "cpu":
+        raise ValueError(f"--cpu_attention {NAME} is for training on the CPU; this run trains on {device_type}")
     if requested != "auto":
         return requested, "as asked"
-    if not on_gpu and precision == "bf16":
+    if device_type == "cpu" and precision == "bf16":
         return NAME, "auto: bf16 on the CPU"
-    return "sdpa", "auto: " + ("GPU" if on_gpu else f"{precision} on the CPU")
+    return "sdpa", f"auto: {precision} on {device_type}"
 
 
 def register() -> str:

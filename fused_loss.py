@@ -25,8 +25,10 @@ What is computed
 Exactly what ``loss_functions.cross_entropy_loss`` computes on ``logits = h W^T`` with the
 same labels (same causal shift, -100 ignored, sum over targets divided by
 ``num_items_in_batch``, or by the number of targets when None; a finite 0 with zero
-gradients when there is no target), using the same helpers (``row_lse``, ``grad_shift``,
-``row_grad``, ``_shifted_targets``, ``_normalize``). The chunk logits ``h_c W^T`` are
+gradients when there is no target), with the same target selection and normalisation
+(``_shifted_targets``, ``_normalize``), the log-sum-exp by ``row_lse``'s formula (row
+maximum, shifted exp, sum), and for fp16 weights ``grad_shift`` and ``row_grad`` in
+backward. The chunk logits ``h_c W^T`` are
 computed in the weight's dtype, as the model's output layer computes them, then the
 log-sum-exp and the logits' gradient in fp32 (fp64 for fp64); the gradient of ``h`` comes
 back in ``h``'s dtype, the gradient of ``W`` is summed over chunks in fp32 and returned in
@@ -157,8 +159,10 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w, grad_scale = ctx.saved_tensors
         ratio = grad_total.detach().to(grad_scale.dtype) / grad_scale
         if not bool(ratio == 1):  # e.g. a loss multiplied by the number of processes
-            grad_h = None if grad_h is None else grad_h * ratio.to(grad_h.dtype)
-            grad_w = None if grad_w is None else grad_w.mul_(ratio)
+            # Out of place (the saved gradients serve a second backward) and in the compute
+            # dtype (a ratio of 1/3 rounded to bf16 would bias the gradient by 0.2 %).
+            grad_h = None if grad_h is None else (grad_h.to(ratio.dtype) * ratio).to(grad_h.dtype)
+            grad_w = None if grad_w is None else grad_w * ratio
         grad_w = None if grad_w is None else grad_w.to(ctx.weight_dtype)
         return grad_h, grad_w, None, None, None, None, None
 

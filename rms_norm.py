@@ -6,9 +6,8 @@ transformers' op-by-op Llama version.
 
 Why: transformers' ``LlamaRMSNorm.forward`` (SmolLM2's, and every model that copies it)
 runs six ops (cast, square, mean, rsqrt, two products), each a pass over the activations,
-forward and backward; PyTorch's ``rms_norm`` does it in one kernel. On 2 CPU cores, a
-4 x 408 x 576 input, forward + backward: fp32 6.7 -> 2.4 ms, bf16 3.8 -> 3.1 ms, with 61
-norms per forward of SmolLM2-135M (docs/performance_cpu.md).
+forward and backward; PyTorch's ``rms_norm`` does it in one kernel (timings:
+docs/performance_cpu.md).
 
 What is computed: ``weight * x / sqrt(mean(x^2, last dim) + eps)``, the formula of
 ``LlamaRMSNorm`` (Zhang & Sennrich 2019), in fp32 inside the kernel for fp32 and bf16
@@ -19,11 +18,13 @@ kernel once, so the two differ by at most one bf16 rounding step.
 Which modules: those whose class's ``forward`` has the same bytecode, constants and names
 as ``LlamaRMSNorm.forward`` (transformers copies it into Mistral, Qwen2 and others), so a
 norm with another formula (Gemma's ``1 + weight``) is never switched. A module whose input
-dtype differs from its weight's (bf16 autocast) runs its own forward.
+dtype differs from its weight's (bf16 weights given an fp32 input) runs its own forward.
+The switched forward is a ``functools.partial`` (not a bound method), so the module still
+pickles and deep-copies.
 """
 from __future__ import annotations
 
-import types
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,6 @@ def fuse_rms_norms(model: torch.nn.Module) -> int:
     for module in model.modules():
         code = getattr(getattr(type(module), "forward", None), "__code__", None)
         if code is not None and _same_code(code, reference) and "forward" not in vars(module):
-            module.forward = types.MethodType(_fused_forward, module)
+            module.forward = functools.partial(_fused_forward, module)
             switched += 1
     return switched

@@ -350,7 +350,7 @@ def profile_suite(args) -> dict:
     results = {}
     for precision in args.precisions:
         torch.manual_seed(args.seed)
-        attention = cpu_attention.choose("auto", False, precision)[0]  # the trainer's own, on the CPU
+        attention = cpu_attention.choose("auto", "cpu", precision)[0]  # the trainer's own, on the CPU
         r = train_precision(load_model(model_path, args.layers, attention), dataset, collator, steps, precision,
                             profile=True)
         events = [e for e in r.pop("profile")

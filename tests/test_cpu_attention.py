@@ -107,10 +107,38 @@ def test_autocast_inputs_of_mixed_dtypes():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = attention_forward(MODULE, q, k, vb, None)[0]
     assert out.dtype == torch.bfloat16
-    ref = reference(q.detach().double(), k.detach().double(), v.detach().double(), None)
-    assert (out.double() - ref).abs().max().item() < 0.05
-    out.float().sum().backward()
-    assert q.grad is not None and k.grad is not None and vb.grad is not None
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    ref_out, ref_grads = grads(lambda a, b, c: reference(a, b, c, None),
+                               [t.detach().double().requires_grad_() for t in (q, k, v)], dout.double())
+    assert (out.double() - ref_out).abs().max().item() < 0.05
+    out.backward(dout.bfloat16())
+    for name, g, r in zip("qkv", (q.grad, k.grad, vb.grad), ref_grads):
+        scale = r.abs().max().item()
+        assert (g.double() - r).abs().max().item() < 0.05 * scale, f"d{name}"
+
+
+def test_float64_gradcheck_and_a_second_backward():
+    """torch.autograd.gradcheck in float64 (finite differences, independent of the formulas
+    above), and backward(retain_graph=True) twice gives the same gradients."""
+    for heads, L in (((2, 1), 5), ((4, 2), 6), ((3, 3), 1)):
+        q, k, v = qkv(torch.float64, B=2, H=heads[0], KV=heads[1], L=L, D=3, seed=L)
+        mask = padded_mask(2, L, [L, max(1, L - 2)])
+        assert torch.autograd.gradcheck(lambda a, b, c: attention_forward(MODULE, a, b, c, mask)[0], (q, k, v))
+    q, k, v = qkv(torch.float32)
+    out = attention_forward(MODULE, q, k, v, None)[0].square().sum()
+    firsts = torch.autograd.grad(out, (q, k, v), retain_graph=True)
+    for a, b in zip(firsts, torch.autograd.grad(out, (q, k, v))):
+        assert torch.equal(a, b)
+
+
+def test_nan_inputs_pass_through():
+    """A NaN in the inputs (a diverging run) comes out as NaN, as from sdpa, not as an error
+    about the mask."""
+    q, k, v = qkv(torch.float32)
+    with torch.no_grad():
+        q[0, 0, 3, 0] = float("nan")
+    out = attention_forward(MODULE, q, k, v, None)[0]
+    assert torch.isnan(out[0, 3, 0]).any() and torch.isfinite(out[1]).all()
 
 
 def test_refusals():
@@ -122,6 +150,10 @@ def test_refusals():
     attention_forward(_Module().eval(), q, k, v, None, dropout=0.1)  # evaluation: dropout is off anyway
     with pytest.raises(ValueError, match="sliding window"):
         attention_forward(MODULE, q, k, v, None, sliding_window=8)
+    with pytest.raises(ValueError, match="causal only"):
+        attention_forward(MODULE, q, k, v, None, is_causal=False)
+    with pytest.raises(ValueError, match="attention sinks"):
+        attention_forward(MODULE, q, k, v, None, s_aux=torch.zeros(q.shape[1]))
     with pytest.raises(ValueError, match="not self-attention"):
         attention_forward(MODULE, q, k[:, :, :-1], v[:, :, :-1], None)
     with pytest.raises(ValueError, match="dtypes differ"):
@@ -156,15 +188,16 @@ def test_long_sequences_go_to_sdpa(monkeypatch):
 
 
 def test_choose():
-    assert choose("auto", on_gpu=False, precision="bf16") == (NAME, "auto: bf16 on the CPU")
-    assert choose("auto", on_gpu=False, precision="fp32")[0] == "sdpa"
-    assert choose("auto", on_gpu=True, precision="bf16")[0] == "sdpa"
-    assert choose("sdpa", on_gpu=False, precision="bf16") == ("sdpa", "as asked")
-    assert choose(NAME, on_gpu=False, precision="fp32") == (NAME, "as asked")
+    assert choose("auto", "cpu", "bf16") == (NAME, "auto: bf16 on the CPU")
+    assert choose("auto", "cpu", "fp32")[0] == "sdpa"
+    assert choose("auto", "cuda", "bf16")[0] == "sdpa"
+    assert choose("auto", "mps", "bf16")[0] == "sdpa"
+    assert choose("sdpa", "cpu", "bf16") == ("sdpa", "as asked")
+    assert choose(NAME, "cpu", "fp32") == (NAME, "as asked")
     with pytest.raises(ValueError, match="on the CPU"):
-        choose(NAME, on_gpu=True, precision="bf16")
+        choose(NAME, "cuda", "bf16")
     with pytest.raises(ValueError, match="expected one of"):
-        choose("eager", on_gpu=False, precision="fp32")
+        choose("eager", "cpu", "fp32")
 
 
 def test_model_matches_sdpa(tiny_llama_dir, tmp_path):

@@ -167,6 +167,20 @@ def test_fp16_recomputes_in_backward_with_the_loss_scale(tiny_dir):
     assert backward.products > 0  # the fp16 path computes the gradients in backward
 
 
+@pytest.mark.parametrize("factor", [1.0, 3.0])
+def test_a_second_backward_gives_the_same_gradients(tiny_dir, factor):
+    """backward(retain_graph=True) twice: the saved gradients are not rescaled in place."""
+    model = load(tiny_dir)
+    ids, labels = batch(10)
+    hidden = model.model(input_ids=ids).last_hidden_state.detach().requires_grad_()
+    weight = model.lm_head.weight.detach().clone().requires_grad_()
+    loss = fused_linear_cross_entropy(hidden, weight, labels, 40) * factor
+    firsts = torch.autograd.grad(loss, (hidden, weight), retain_graph=True)
+    seconds = torch.autograd.grad(loss, (hidden, weight))
+    for a, b in zip(firsts, seconds):
+        assert torch.equal(a, b)
+
+
 def test_only_what_needs_a_gradient(tiny_dir):
     """No gradient under no_grad (same loss); a frozen weight or detached hidden states get
     none, and the other side still matches the logits path."""

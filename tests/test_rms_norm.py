@@ -51,8 +51,8 @@ def test_matches_transformers(dtype):
 
 
 def test_mixed_dtypes_run_the_modules_own_forward():
-    """Under bf16 autocast the fp32 norm gets its input in another dtype: transformers'
-    forward runs, so its result is unchanged."""
+    """An input in another dtype than the weight's: transformers' forward runs, so its
+    result is unchanged."""
     ref, x = norm_and_input(torch.float32)
     fused = copy.deepcopy(ref)
     fuse_rms_norms(fused)
@@ -89,3 +89,22 @@ def test_model_count_and_saved_files(tiny_llama_dir, tmp_path):
     model.save_pretrained(tmp_path / "a")
     ref.save_pretrained(tmp_path / "b")
     assert (tmp_path / "a" / "config.json").read_text() == (tmp_path / "b" / "config.json").read_text()
+
+
+def test_switched_module_pickles_and_copies():
+    """torch.save of a whole model pickles its modules: the switched forward survives a
+    round trip and a deep copy, bound to the new module, not the old one."""
+    import io
+    import pickle
+
+    ref, x = norm_and_input(torch.float32)
+    fuse_rms_norms(ref)
+    for copied in (pickle.loads(pickle.dumps(ref)), copy.deepcopy(ref)):
+        assert "forward" in vars(copied)
+        with torch.no_grad():
+            copied.weight.mul_(2)
+        torch.testing.assert_close(copied(x), 2 * ref(x))
+    buf = io.BytesIO()
+    torch.save(ref, buf)
+    buf.seek(0)
+    torch.testing.assert_close(torch.load(buf, weights_only=False)(x), ref(x))
