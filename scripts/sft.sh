@@ -25,8 +25,7 @@
 #   HOSTFILE                   DeepSpeed hostfile for several nodes ("host slots=N" lines)
 #   NUM_GPUS                   use this many GPUs instead of all that nvidia-smi lists
 #   LAUNCHER [auto]            deepspeed, or torchrun (DDP without DeepSpeed); auto: DeepSpeed when it imports
-#   CPU_RANKS [1 in fp32; in bf16 2 when 2+ cores]  processes on a machine without GPU (each gets
-#                              cores/CPU_RANKS threads)
+#   CPU_RANKS [1]              processes on a machine without GPU (each gets cores/CPU_RANKS threads)
 #   PRECISION [auto]           without GPU: auto = bf16 where the CPU has bf16 arithmetic (AVX512-BF16,
 #                              AMX), else fp32; fp32 or bf16 force one (train_hw_parallel.py --precision)
 #   SFT_DRY_RUN=1              print the decision line and the launch command and exit
@@ -123,10 +122,8 @@ else
     # CPU precision, resolved here once so that the launch line names what trains.
     PREC="$(cd "$REPO" && "$PYTHON" -m cpu_precision "${PRECISION:-auto}")"
     HW_ARGS+=(--precision "$PREC")
-    # The faster layout, measured (docs/performance_cpu.md): in fp32 one rank with all the
-    # cores; in bf16 two ranks and one rank were equal, and two keep ZeRO-2's sharding.
-    if [[ "$PREC" == fp32 ]]; then RANKS_DEFAULT=1; else RANKS_DEFAULT=$(( CORES >= 2 ? 2 : 1 )); fi
-    CPU_RANKS="${CPU_RANKS:-$RANKS_DEFAULT}"
+    # The faster layout, measured in both precisions (docs/performance_cpu.md): one rank with all the cores.
+    CPU_RANKS="${CPU_RANKS:-1}"
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( CORES / CPU_RANKS > 0 ? CORES / CPU_RANKS : 1 ))}"
     BSZPERDEV="${BSZPERDEV:-4}"
     NDEV="$CPU_RANKS"

@@ -93,12 +93,12 @@ def test_cpu_attention_in_the_launch_line(tmp_path, asked, expected):
 
 
 @pytest.mark.parametrize("prec", ["fp32", "bf16"])
-def test_cpu_rank_layout_follows_the_precision(tmp_path, prec):
-    """Without CPU_RANKS: fp32 trains as one rank with every core (faster there, measured in
-    docs/performance_cpu.md), bf16 as two ranks sharing the cores; CPU_RANKS still wins."""
+def test_cpu_rank_layout_is_one_rank_with_every_core(tmp_path, prec):
+    """Without CPU_RANKS: one rank with every core in either precision (faster, measured in
+    docs/performance_cpu.md); CPU_RANKS still wins."""
     env = {k: v for k, v in fake_bin(tmp_path).items() if k not in ("OMP_NUM_THREADS", "CPU_RANKS")}
     cores = len(os.sched_getaffinity(0))
-    ranks = 1 if prec == "fp32" or cores < 2 else 2
+    ranks = 1
     r = dry_run(env, PRECISION=prec)
     assert r.returncode == 0, r.stderr
     argv = launch_args(r)
