@@ -29,7 +29,7 @@ out of them in bf16, as in transformers' ``eager`` attention, while the mask, so
 Memory: ``P`` is ``B x heads x L x L`` per layer (bf16: 19 MB at 4 x 9 x 512 x 512), where
 the flash kernel keeps one log-sum-exp per row; recomputing ``P`` in backward from it cost
 as much time as it saved, so ``P`` is kept. In fp32 the flash kernel is the faster one,
-hence :func:`choose` picks this only for bf16.
+hence ``cpu_precision.training_attention`` picks this only for bf16.
 
 Where the score matrix of one (sample, key/value head) exceeds :data:`MAX_SCORE_BLOCK_BYTES`
 in fp32 (longer sequences) or ``P`` of one layer :data:`MAX_PROBS_BYTES`, the call goes
@@ -46,7 +46,7 @@ from typing import Optional
 
 import torch
 
-NAME = "cpu_bmm"
+from cpu_precision import CPU_ATTENTION as NAME
 PROFILE_RANGE = f"{NAME} attention"  # torch.profiler range around forward and backward
 # Beyond these, sdpa runs instead: scores that leave the core's cache made this code slower
 # than the flash kernel (docs/performance_cpu.md), and P's memory grows with the batch.
@@ -177,26 +177,6 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     with torch.autocast("cpu", enabled=False):
         out = GroupedAttention.apply(q, key.contiguous(), value.contiguous(), bias, scaling)
     return out.view(B, H, L, D).transpose(1, 2), None
-
-
-CHOICES = ("auto", "sdpa", NAME)
-
-
-def choose(requested: str, device_type: str, precision: str) -> tuple[str, str]:
-    """(attention implementation for training, why). ``requested`` is one of
-    :data:`CHOICES`, ``device_type`` the training device's (``"cpu"``, ``"cuda"``, ...);
-    ``auto`` is :data:`NAME` for bf16 training on the CPU and ``sdpa`` otherwise (in fp32
-    the flash kernel is the faster one). Raises ValueError for an unknown name or
-    :data:`NAME` off the CPU."""
-    if requested not in CHOICES:
-        raise ValueError(f"--cpu_attention {requested}: expected one of {', '.join(CHOICES)}")
-    if requested == NAME and device_type != "cpu":
-        raise ValueError(f"--cpu_attention {NAME} is for training on the CPU; this run trains on {device_type}")
-    if requested != "auto":
-        return requested, "as asked"
-    if device_type == "cpu" and precision == "bf16":
-        return NAME, "auto: bf16 on the CPU"
-    return "sdpa", f"auto: {precision} on {device_type}"
 
 
 def register() -> str:

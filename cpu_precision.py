@@ -1,9 +1,10 @@
 """Which number format training and generation use on the CPU: bf16 where the processor
-does bf16 arithmetic in hardware, fp32 elsewhere.
+does bf16 arithmetic in hardware, fp32 elsewhere; and the attention training uses with it.
 
     from cpu_precision import resolve_precision
     resolve_precision("auto")          # "bf16" on a CPU with AVX512-BF16 or AMX, else "fp32"
-    python -m cpu_precision auto       # prints the resolved name (scripts/sft.sh uses this)
+    python -m cpu_precision auto       # prints the resolved name
+    python -m cpu_precision auto --attention auto   # "bf16 cpu_bmm": both (scripts/sft.sh uses this)
 
 Hardware bf16 is AVX512-BF16 (AMD Zen 4 and newer, Intel Cooper Lake, Sapphire Rapids and
 newer), AMX (Intel Sapphire Rapids and newer) or the Armv8.6 BF16 extension. Without it
@@ -21,6 +22,8 @@ import sys
 from typing import Optional
 
 PRECISIONS = ("auto", "fp32", "bf16")
+CPU_ATTENTION = "cpu_bmm"  # cpu_attention.py's kernel, as registered with transformers
+ATTENTIONS = ("auto", "sdpa", CPU_ATTENTION)
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -86,7 +89,34 @@ def describe(requested: str, support: Optional[tuple[bool, str]] = None) -> str:
     return f"{chosen} (requested)"
 
 
+def training_attention(requested: str, device_type: str, precision: str) -> tuple[str, str]:
+    """(attention implementation for training, why). ``requested`` is one of
+    :data:`ATTENTIONS`, ``device_type`` the training device's (``"cpu"``, ``"cuda"``, ...);
+    ``auto`` is :data:`CPU_ATTENTION` for bf16 training on the CPU and ``sdpa`` otherwise
+    (in fp32 PyTorch's flash kernel is the faster one). Raises ValueError for an unknown
+    name or :data:`CPU_ATTENTION` off the CPU."""
+    if requested not in ATTENTIONS:
+        raise ValueError(f"--cpu_attention {requested}: expected one of {', '.join(ATTENTIONS)}")
+    if requested == CPU_ATTENTION and device_type != "cpu":
+        raise ValueError(f"--cpu_attention {CPU_ATTENTION} is for training on the CPU; this run trains on {device_type}")
+    if requested != "auto":
+        return requested, "as asked"
+    if device_type == "cpu" and precision == "bf16":
+        return CPU_ATTENTION, "auto: bf16 on the CPU"
+    return "sdpa", f"auto: {precision} on {device_type}"
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in PRECISIONS:
-        sys.exit(f"usage: python -m cpu_precision {{{'|'.join(PRECISIONS)}}}  (prints fp32 or bf16 for this CPU)")
-    print(resolve_precision(sys.argv[1]))
+    args = sys.argv[1:]
+    usage = (f"usage: python -m cpu_precision {{{'|'.join(PRECISIONS)}}} [--attention {{{'|'.join(ATTENTIONS)}}}]"
+             "  (prints fp32 or bf16 for this CPU, then the training attention if asked)")
+    if len(args) not in (1, 3) or args[0] not in PRECISIONS or (len(args) == 3 and args[1] != "--attention"):
+        sys.exit(usage)
+    chosen = resolve_precision(args[0])
+    if len(args) == 1:
+        print(chosen)
+    else:
+        try:
+            print(chosen, training_attention(args[2], "cpu", chosen)[0])
+        except ValueError as e:
+            sys.exit(f"cpu_precision: {e}")

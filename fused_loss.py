@@ -26,9 +26,9 @@ Exactly what ``loss_functions.cross_entropy_loss`` computes on ``logits = h W^T`
 same labels (same causal shift, -100 ignored, sum over targets divided by
 ``num_items_in_batch``, or by the number of targets when None; a finite 0 with zero
 gradients when there is no target), with the same target selection and normalisation
-(``_shifted_targets``, ``_normalize``), the log-sum-exp by ``row_lse``'s formula (row
-maximum, shifted exp, sum), and for fp16 weights ``grad_shift`` and ``row_grad`` in
-backward. The chunk logits ``h_c W^T`` are
+(``_shifted_targets``, ``_normalize``), the log-sum-exp of ``row_lse`` (``row_lse_and_exp``,
+whose shifted exponentials forward turns into the softmax), and for fp16 weights
+``grad_shift`` and ``row_grad`` in backward. The chunk logits ``h_c W^T`` are
 computed in the weight's dtype, as the model's output layer computes them, then the
 log-sum-exp and the logits' gradient in fp32 (fp64 for fp64); the gradient of ``h`` comes
 back in ``h``'s dtype, the gradient of ``W`` is summed over chunks in fp32 and returned in
@@ -61,7 +61,7 @@ import torch
 from transformers import Trainer
 
 from loss_functions import (DEFAULT_CHUNK_SIZE, _check_labels, _compute_dtype, _normalize, _num_items, _shifted_targets,
-                            grad_shift, row_grad)
+                            grad_shift, row_grad, row_lse_and_exp)
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -120,11 +120,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 x = FusedLinearCrossEntropy._logits(hidden, weight, i0, i1, buf)
                 local = torch.arange(i1 - i0, device=x.device)
                 target_logit = x[local, targets[i0:i1]]  # a copy (advanced indexing)
-                m = x.amax(dim=1, keepdim=True)
-                m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # an all -inf row: no NaN shift
-                e = torch.sub(x, m, out=x).exp_()  # exp(logit - row max), in place
-                sums = e.sum(dim=1)
-                lse = sums.log().add_(m.squeeze(1))
+                lse, e, sums = row_lse_and_exp(x, buf)  # e = exp(logit - row max), in place of x
                 total += (lse - target_logit).sum()
                 if not early:
                     lse_all[i0:i1] = lse

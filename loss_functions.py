@@ -139,11 +139,19 @@ def row_lse(src: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
     rows are converted by a plain copy first, because CPU kernels that mix dtypes in one
     op run an unvectorised casting loop, several times slower than copy + op.
     """
+    return row_lse_and_exp(src, buf)[0]
+
+
+def row_lse_and_exp(src: torch.Tensor, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`row_lse` and what it leaves behind: ``(lse [rows], e [rows, vocab], sums [rows])``
+    with ``e = exp(src - row max)`` (the first ``rows`` rows of ``buf``) and ``sums`` its row
+    sums, so ``softmax = e / sums`` costs one more pass (the fused loss's gradient)."""
     m = src.amax(dim=1, keepdim=True).to(buf.dtype)  # exact in any dtype
     # A row of all -inf would give (-inf) - (-inf) = NaN; keep the shift finite.
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    x = _shift_into(src, m, buf)
-    return x.exp_().sum(dim=1).log_().add_(m.squeeze(1))
+    e = _shift_into(src, m, buf).exp_()
+    sums = e.sum(dim=1)
+    return sums.log().add_(m.squeeze(1)), e, sums
 
 
 def grad_shift(lse: torch.Tensor, grad_total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:

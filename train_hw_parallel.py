@@ -42,7 +42,7 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, Traini
 
 import cpu_attention
 import sft_data
-from cpu_precision import PRECISIONS, describe
+from cpu_precision import ATTENTIONS, PRECISIONS, describe, training_attention
 from fused_loss import FusedLossTrainer
 from loss_functions import compute_loss_from_logits
 from report import plot_loss_curve
@@ -70,7 +70,7 @@ class ModelArguments:
                           "(cpu_attention.py: matrix products, faster than PyTorch's CPU flash kernel in bf16 up to "
                           "about 720 tokens; the kernel takes over beyond) and sdpa otherwise; sdpa or cpu_bmm force "
                           "one (cpu_bmm only on the CPU).",
-                  "choices": list(cpu_attention.CHOICES)},
+                  "choices": list(ATTENTIONS)},
     )
     loss: str = field(
         default="fused",
@@ -318,7 +318,7 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
             log(precision_line)
         if not model_args.flash_attn:
             try:
-                model_args.cpu_attention, why = cpu_attention.choose(
+                model_args.cpu_attention, why = training_attention(
                     model_args.cpu_attention, training_args.device.type, training_precision(training_args))
             except ValueError as e:
                 raise SystemExit(f"[train] error: {e}")

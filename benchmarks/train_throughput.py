@@ -68,6 +68,7 @@ from tqdm import tqdm
 
 import cpu_attention
 import sft_data
+from cpu_precision import training_attention
 from fused_loss import fused_linear_cross_entropy
 from loss_functions import compute_loss_from_logits
 from rms_norm import fuse_rms_norms
@@ -264,7 +265,7 @@ def precision_suite(args) -> dict:
 
     print(f"CPU: {describe('auto')}")
     results = {}
-    # fp32 and bf16 with the trainer's attention for each (cpu_attention.choose), and bf16
+    # fp32 and bf16 with the trainer's attention for each (training_attention), and bf16
     # with PyTorch's sdpa beside it: the library kernel against this project's.
     variants = (("fp32", torch.float32, "sdpa"), ("bf16 sdpa", torch.bfloat16, "sdpa"),
                 ("bf16", torch.bfloat16, cpu_attention.NAME))
@@ -350,7 +351,7 @@ def profile_suite(args) -> dict:
     results = {}
     for precision in args.precisions:
         torch.manual_seed(args.seed)
-        attention = cpu_attention.choose("auto", "cpu", precision)[0]  # the trainer's own, on the CPU
+        attention = training_attention("auto", "cpu", precision)[0]  # the trainer's own, on the CPU
         r = train_precision(load_model(model_path, args.layers, attention), dataset, collator, steps, precision,
                             profile=True)
         events = [e for e in r.pop("profile")

@@ -120,7 +120,9 @@ else
     # sets the number of ranks; the cores are shared out so ranks do not oversubscribe.
     CORES=$("$PYTHON" -c "import os; print(len(os.sched_getaffinity(0)))")
     # CPU precision, resolved here once so that the launch line names what trains.
-    PREC="$(cd "$REPO" && "$PYTHON" -m cpu_precision "${PRECISION:-auto}")"
+    # The attention train_hw_parallel.py will pick for it (--cpu_attention), from the same rule.
+    read -r PREC CPU_ATTN < <(cd "$REPO" && "$PYTHON" -m cpu_precision "${PRECISION:-auto}" --attention "$CPU_ATTN_ASKED") \
+        || exit 2  # cpu_precision printed why
     HW_ARGS+=(--precision "$PREC")
     # The faster layout, measured in both precisions (docs/performance_cpu.md): one rank with all the cores.
     CPU_RANKS="${CPU_RANKS:-1}"
@@ -128,11 +130,6 @@ else
     BSZPERDEV="${BSZPERDEV:-4}"
     NDEV="$CPU_RANKS"
     # --
-    # train_hw_parallel.py's --cpu_attention auto: batched products (cpu_attention.py) in bf16, sdpa in fp32.
-    CPU_ATTN="$CPU_ATTN_ASKED"
-    if [[ "$CPU_ATTN" == auto ]]; then
-        if [[ "$PREC" == bf16 ]]; then CPU_ATTN=cpu_bmm; else CPU_ATTN=sdpa; fi
-    fi
     DEVICE="CPU, $CPU_RANKS rank(s) x $OMP_NUM_THREADS thread(s), $PREC, $CPU_ATTN"
     HW_ARGS+=(--dataloader_pin_memory False)
     LAUNCH=(--num_gpus "$CPU_RANKS")

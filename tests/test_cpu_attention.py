@@ -2,7 +2,8 @@
 (``scaled_dot_product_attention``, math kernel, in float64, keys and values repeated per
 query head) as the reference: outputs and the gradients of query, key and value, with
 grouped-query heads, right padding, no mask, autocast; its refusals; the automatic choice;
-and a whole model's logits and gradients against the same model under ``sdpa``."""
+and a whole model's logits and gradients against the same model under ``sdpa``. (The
+automatic choice of this attention: tests/test_cpu_precision.py.)"""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LlamaForCausalLM
 
 import cpu_attention
-from cpu_attention import NAME, attention_forward, choose
+from cpu_attention import NAME, attention_forward
 
 
 class _Module(torch.nn.Module):
@@ -185,19 +186,6 @@ def test_long_sequences_go_to_sdpa(monkeypatch):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with pytest.raises(AssertionError, match="past the limit"):  # within the limits it does run
         attention_forward(module, q, k, v, mask)
-
-
-def test_choose():
-    assert choose("auto", "cpu", "bf16") == (NAME, "auto: bf16 on the CPU")
-    assert choose("auto", "cpu", "fp32")[0] == "sdpa"
-    assert choose("auto", "cuda", "bf16")[0] == "sdpa"
-    assert choose("auto", "mps", "bf16")[0] == "sdpa"
-    assert choose("sdpa", "cpu", "bf16") == ("sdpa", "as asked")
-    assert choose(NAME, "cpu", "fp32") == (NAME, "as asked")
-    with pytest.raises(ValueError, match="on the CPU"):
-        choose(NAME, "cuda", "bf16")
-    with pytest.raises(ValueError, match="expected one of"):
-        choose("eager", "cpu", "fp32")
 
 
 def test_model_matches_sdpa(tiny_llama_dir, tmp_path):

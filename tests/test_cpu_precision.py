@@ -51,3 +51,31 @@ def test_this_machine_agrees_with_its_cpu_flags():
     """torch's answer (what its kernels dispatch to) and the kernel's CPU flags agree here."""
     flags = cp.cpuinfo_bf16_flags(Path("/proc/cpuinfo").read_text())
     assert cp.resolve_precision("auto") == ("bf16" if flags else "fp32")
+
+
+def test_training_attention():
+    assert cp.training_attention("auto", "cpu", "bf16") == (cp.CPU_ATTENTION, "auto: bf16 on the CPU")
+    assert cp.training_attention("auto", "cpu", "fp32")[0] == "sdpa"
+    assert cp.training_attention("auto", "cuda", "bf16")[0] == "sdpa"
+    assert cp.training_attention("auto", "mps", "bf16")[0] == "sdpa"
+    assert cp.training_attention("sdpa", "cpu", "bf16") == ("sdpa", "as asked")
+    assert cp.training_attention(cp.CPU_ATTENTION, "cpu", "fp32") == (cp.CPU_ATTENTION, "as asked")
+    with pytest.raises(ValueError, match="on the CPU"):
+        cp.training_attention(cp.CPU_ATTENTION, "cuda", "bf16")
+    with pytest.raises(ValueError, match="expected one of"):
+        cp.training_attention("eager", "cpu", "fp32")
+
+
+@pytest.mark.parametrize("argv, out", [(["fp32", "--attention", "auto"], "fp32 sdpa"),
+                                       (["bf16", "--attention", "auto"], "bf16 cpu_bmm"),
+                                       (["bf16", "--attention", "sdpa"], "bf16 sdpa"), (["fp32"], "fp32")])
+def test_command_line(argv, out):
+    """What scripts/sft.sh reads: the precision, then the attention when asked."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "cpu_precision", *argv], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == out, r.stderr
+    bad = subprocess.run([sys.executable, "-m", "cpu_precision", "bf16", "--attention", "eager"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "expected one of" in bad.stderr
