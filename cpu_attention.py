@@ -8,37 +8,42 @@
 Why
 ---
 PyTorch's CPU flash-attention kernel (what ``sdpa`` runs on the CPU) computes its small
-blocks with its own loops and runs no faster in bf16 than in fp32. The same attention
-written as matrix products reaches the CPU's bf16 matrix throughput, and working on one
-(sample, key/value head) at a time keeps each score matrix (``group x seq x seq`` fp32,
-2 MB at 3 x 408 x 408) in the core's cache for the softmax around the products.
-Measurements: docs/performance_cpu.md.
+blocks with its own loops, runs no faster in bf16 than in fp32, and at 512 tokens takes as
+long with ``is_causal`` as with a full mask: it works on the whole ``L x L`` square, the
+half above the diagonal and the padding included. Here each sample's real tokens (right padding, read off the mask) are split into
+blocks of :data:`BLOCK_ROWS` query positions, and block ``[r0, r1)`` is multiplied with keys
+``[0, r1)`` only, so the work is about half the square of the real length. The products
+reach the CPU's matrix throughput (fp32 and bf16), and one (sample, key/value head, block)
+at a time keeps each score block (``BLOCK_ROWS * G x r1`` fp32) in the core's cache for the
+softmax around the products. Measurements: docs/performance_cpu.md.
 
 What is computed
 ----------------
 For a query/key/value head group of sample ``b`` (``G`` query heads share one key/value
 head: grouped-query attention without copying the keys and values), with
-``S = scaling * Q K^T`` and the additive mask ``M`` (0 where attended, -inf elsewhere):
-``O = softmax(S + M) V``. Forward keeps ``P = softmax(S + M)`` in the inputs' dtype for
-backward: ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - rowsum(dO * O))``,
-``dQ = scaling dS K``, ``dK = scaling dS^T Q`` (the softmax gradient, e.g. Dao et al. 2022,
-FlashAttention, appendix B). The products run in the inputs' dtype; in bf16 the scores come
-out of them in bf16, as in transformers' ``eager`` attention, while the mask, softmax and
-``dS`` are computed in fp32 (fp64 for fp64 inputs).
+``S = scaling * Q K^T`` and the causal mask ``M`` (0 where ``j <= i``, -inf elsewhere):
+``O = softmax(S + M) V`` over the sample's ``n_b`` real tokens. Forward keeps
+``P = softmax(S + M)`` in the inputs' dtype for backward: ``dV = P^T dO``,
+``dP = dO V^T``, ``dS = P * (dP - rowsum(dO * O))``, ``dQ = scaling dS K``,
+``dK = scaling dS^T Q`` (the softmax gradient, e.g. Dao et al. 2022, FlashAttention,
+appendix B). The products run in the inputs' dtype; in bf16 the scores come out of them in
+bf16, as in transformers' ``eager`` attention, while the mask, softmax and ``dS`` are
+computed in fp32 (fp64 for fp64 inputs).
 
-Memory: ``P`` is ``B x heads x L x L`` per layer (bf16: 19 MB at 4 x 9 x 512 x 512), where
-the flash kernel keeps one log-sum-exp per row; recomputing ``P`` in backward from it cost
-as much time as it saved, so ``P`` is kept. In fp32 the flash kernel is the faster one,
-hence ``cpu_precision.training_attention`` picks this only for bf16.
+Padding rows (query positions ``>= n_b``) get a zero output and pass no gradient. With
+``sdpa`` they attend to the real keys instead; either way no real position attends to them
+(causal) and training gives them no target (label -100), so the real positions' outputs,
+the loss and every parameter's gradient are the same (tests/test_cpu_attention.py).
 
-Where the score matrix of one (sample, key/value head) exceeds :data:`MAX_SCORE_BLOCK_BYTES`
-in fp32 (longer sequences) or ``P`` of one layer :data:`MAX_PROBS_BYTES`, the call goes
-to transformers' ``sdpa`` attention instead, which was faster there.
+Memory: ``P`` is about ``heads x n_b^2 / 2`` per sample and layer (fp32: 19 MB at
+4 x 9 x 512 x 512 / 2), where the flash kernel keeps one log-sum-exp per row; recomputing
+``P`` in backward from it cost as much time as it saved, so ``P`` is kept. Where ``P`` of one
+layer would exceed :data:`MAX_PROBS_BYTES`, and for any mask other than causal with right
+or no padding (left padding, packed samples), the call goes to transformers' ``sdpa``.
 
 Limits (``ValueError`` where met): CPU tensors, causal attention without dropout, sliding
 window, logit soft-capping, attention sinks or position bias, query and key lengths equal
-(training, no KV cache), and every query row attends to at least one key (true for causal
-masks with right or no padding). The backward runs once per forward (no double backward).
+(training, no KV cache). The backward runs once per forward (no double backward).
 """
 from __future__ import annotations
 
@@ -48,9 +53,9 @@ import torch
 
 from cpu_precision import CPU_ATTENTION as NAME
 PROFILE_RANGE = f"{NAME} attention"  # torch.profiler range around forward and backward
-# Beyond these, sdpa runs instead: scores that leave the core's cache made this code slower
-# than the flash kernel (docs/performance_cpu.md), and P's memory grows with the batch.
-MAX_SCORE_BLOCK_BYTES = 6 << 20
+# Query rows per product: 128 measured faster than 64 and 256 (docs/performance_cpu.md).
+BLOCK_ROWS = 128
+# Beyond this much kept P per layer the call goes to sdpa, which keeps one number per row.
 MAX_PROBS_BYTES = 64 << 20
 
 
@@ -58,67 +63,120 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _causal_bias(n: int, dtype: torch.dtype) -> torch.Tensor:
-    """``[n, n]`` additive causal mask: 0 on and below the diagonal, -inf above."""
-    return torch.full((n, n), float("-inf"), dtype=dtype).triu_(1)
+def query_blocks(n: int) -> list[tuple[int, int]]:
+    """The ``(r0, r1)`` ranges of :data:`BLOCK_ROWS` query rows of a sample of ``n`` real
+    tokens; rows ``r0..r1-1`` attend to keys ``0..r1-1`` at most (causal)."""
+    return [(r0, min(r0 + BLOCK_ROWS, n)) for r0 in range(0, n, BLOCK_ROWS)]
+
+
+def probs_elements(lengths: list[int], heads: int) -> int:
+    """Elements of the kept probabilities ``P`` for one layer: ``heads`` query heads over
+    samples of ``lengths`` real tokens, one ``[rows, r1]`` block per query block."""
+    return heads * sum((r1 - r0) * r1 for n in lengths for r0, r1 in query_blocks(n))
+
+
+def right_padded_lengths(mask: Optional[torch.Tensor], B: int, L: int) -> Optional[list[int]]:
+    """Each sample's number of real tokens when ``mask`` (transformers' boolean sdpa mask
+    ``[B or 1, 1, L, L]``, True = attend, or None for no padding) is exactly causal with right
+    padding: query ``i`` attends key ``j`` iff ``j <= i`` and ``j < n_b``. None for any other
+    mask (left padding, packed samples, a float mask), which this kernel does not compute."""
+    if mask is None:
+        return [L] * B
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != L or mask.shape[3] < L:
+        return None
+    m = mask[:, 0, :, :L]
+    n = m[:, L - 1].sum(-1)  # the last row (the last token or padding) sees every real key
+    j = torch.arange(L)
+    want = (j[None, :] <= j[:, None])[None] & (j[None, None, :] < n[:, None, None])
+    if not torch.equal(m, want):
+        return None
+    return n.expand(B).tolist()
 
 
 class GroupedAttention(torch.autograd.Function):
-    """``softmax(scaling * q k^T + bias) v`` per (sample, key/value head).
+    """Causal ``softmax(scaling * q k^T) v`` per (sample, key/value head), over each
+    sample's real tokens only.
 
-    ``q`` ``[B, KV, G*L, D]`` (the ``G`` query heads of key/value head ``kv`` stacked along
-    rows, head-major), ``k``/``v`` ``[B, KV, L, D]``, all one dtype; ``bias`` ``[B or 1, L, L]``
-    fp32/fp64 additive mask. Returns ``[B, KV, G*L, D]`` in ``q``'s dtype.
+    ``q`` ``[B, KV, L, G, D]`` (the ``G`` query heads of key/value head ``kv`` next to each
+    other, so rows ``r0*G .. r1*G`` of ``q[b, kv].view(L*G, D)`` are query positions
+    ``r0..r1-1``), ``k``/``v`` ``[B, KV, L, D]``, one dtype; ``lengths`` the real tokens
+    per sample (right padding). Returns ``[B, KV, L, G, D]`` in ``q``'s dtype, zero at rows
+    ``>= lengths[b]``; gradients flow only through rows and keys ``< lengths[b]``.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, scaling: float):
+    def forward(ctx, q, k, v, lengths: list[int], scaling: float):
         out = torch.empty_like(q)
-        probs = torch.empty(*q.shape[:3], k.shape[2], dtype=q.dtype)
+        probs = torch.empty(probs_elements(lengths, q.shape[1] * q.shape[3]), dtype=q.dtype)
         with torch.profiler.record_function(PROFILE_RANGE):
-            GroupedAttention._forward(q, k, v, bias, scaling, out, probs)
+            GroupedAttention._forward(q, k, v, lengths, scaling, out, probs)
         ctx.save_for_backward(q, k, v, out, probs)
-        ctx.scaling = scaling
+        ctx.lengths, ctx.scaling = lengths, scaling
         return out
 
     @staticmethod
-    def _forward(q, k, v, bias, scaling, out, probs):
-        B, KV, GL, D = q.shape
-        L = k.shape[2]
-        G = GL // L
-        cdt = bias.dtype
+    def _forward(q, k, v, lengths, scaling, out, probs):
+        B, KV, L, G, D = q.shape
+        cdt = _compute_dtype(q.dtype)
+        # Scores above the diagonal, within a block on the diagonal: -inf (causal).
+        tri = torch.full((BLOCK_ROWS, BLOCK_ROWS), float("-inf"), dtype=cdt).triu_(1)
+        at = 0
         for b in range(B):
-            m = bias[b if bias.shape[0] > 1 else 0]
+            out[b, :, lengths[b]:] = 0  # padding rows: no attention output
             for h in range(KV):
-                s = torch.mm(q[b, h], k[b, h].t()).to(cdt).mul_(scaling).view(G, L, L).add_(m).view(GL, L)
-                p = torch.softmax(s, -1)
-                probs[b, h] = p
-                torch.mm(probs[b, h], v[b, h], out=out[b, h])
+                qf, of = q[b, h].view(L * G, D), out[b, h].view(L * G, D)
+                for r0, r1 in query_blocks(lengths[b]):
+                    t = r1 - r0
+                    s = torch.mm(qf[r0 * G:r1 * G], k[b, h, :r1].t()).to(cdt).mul_(scaling)
+                    s.view(t, G, r1)[:, :, r0:].add_(tri[:t, None, :t])
+                    p = probs[at:at + t * G * r1].view(t * G, r1)
+                    at += p.numel()
+                    if p.dtype == cdt:
+                        torch.softmax(s, -1, out=p)
+                    else:
+                        p.copy_(torch.softmax(s, -1))
+                    torch.mm(p, v[b, h, :r1], out=of[r0 * G:r1 * G])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         q, k, v, out, probs = ctx.saved_tensors
         with torch.profiler.record_function(PROFILE_RANGE):
-            return GroupedAttention._backward(q, k, v, out, probs, dout, ctx.scaling)
+            return GroupedAttention._backward(q, k, v, out, probs, dout, ctx.lengths, ctx.scaling)
 
     @staticmethod
-    def _backward(q, k, v, out, probs, dout, scaling):
-        B, KV, GL, D = q.shape
-        L = k.shape[2]
+    def _backward(q, k, v, out, probs, dout, lengths, scaling):
+        B, KV, L, G, D = q.shape
         cdt = _compute_dtype(q.dtype)
         dout = dout.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        delta = (dout.to(cdt) * out.to(cdt)).sum(-1)  # rowsum(dO * O) = rowsum(P * dP)
+        delta = (dout.to(cdt) * out.to(cdt)).sum(-1).view(B, KV, L * G)  # rowsum(dO * O) = rowsum(P * dP)
+        at = 0
         for b in range(B):
+            n = lengths[b]
+            dq[b, :, n:], dk[b, :, n:], dv[b, :, n:] = 0, 0, 0
+            blocks = query_blocks(n)
+            per_head = G * sum((r1 - r0) * r1 for r0, r1 in blocks)
             for h in range(KV):
-                pb = probs[b, h]
-                torch.mm(pb.t(), dout[b, h], out=dv[b, h])
-                dp = torch.mm(dout[b, h], v[b, h].t()).to(cdt)
-                # dS into dP's fresh buffer: P is saved and must stay intact for another backward.
-                ds = dp.sub_(delta[b, h, :, None]).mul_(pb.to(cdt)).mul_(scaling).to(q.dtype)
-                torch.mm(ds, k[b, h], out=dq[b, h])
-                torch.mm(ds.t(), q[b, h], out=dk[b, h])
+                qf, dof, dqf = q[b, h].view(L * G, D), dout[b, h].view(L * G, D), dq[b, h].view(L * G, D)
+                within = at + h * per_head
+                offsets = []
+                for r0, r1 in blocks:
+                    offsets.append(within)
+                    within += (r1 - r0) * G * r1
+                # The last block reaches every real key: it writes dK, dV (beta=0), the others add.
+                for (r0, r1), o in reversed(list(zip(blocks, offsets))):
+                    t = r1 - r0
+                    p = probs[o:o + t * G * r1].view(t * G, r1)
+                    do = dof[r0 * G:r1 * G]
+                    first = r1 == n
+                    dv[b, h, :r1].addmm_(p.t(), do, beta=0 if first else 1)
+                    dp = torch.mm(do, v[b, h, :r1].t()).to(cdt)
+                    # dS into dP's fresh buffer: P is saved and must stay intact for another backward.
+                    ds = dp.sub_(delta[b, h, r0 * G:r1 * G, None]).mul_(p.to(cdt)).mul_(scaling).to(q.dtype)
+                    torch.mm(ds, k[b, h, :r1], out=dqf[r0 * G:r1 * G])
+                    dk[b, h, :r1].addmm_(ds.t(), qf[r0 * G:r1 * G], beta=0 if first else 1)
+            at += KV * per_head
         return dq, dk, dv, None, None
 
 
@@ -129,8 +187,9 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     """transformers' attention interface: ``query`` ``[B, H, L, D]``, ``key``/``value``
     ``[B, KV, L, D]`` (``H`` a multiple of ``KV``), ``attention_mask`` the boolean
     ``[B or 1, 1, L, L]`` mask of the ``sdpa`` interface (True = attend) or None (causal,
-    no padding). Returns ``([B, L, H, D], None)``. Raises ValueError for what the module
-    docstring lists as limits."""
+    no padding). Returns ``([B, L, H, D], None)``, zero at padding rows. Raises ValueError
+    for what the module docstring lists as limits; other masks and a large ``P`` go to
+    transformers' ``sdpa`` attention."""
     if dropout and module.training:
         raise ValueError(f"{NAME} attention has no dropout (got {dropout}); use attn_implementation='sdpa'")
     if sliding_window is not None or softcap is not None:
@@ -153,30 +212,19 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     elif not query.dtype == key.dtype == value.dtype:
         raise ValueError(f"{NAME} attention: query, key and value dtypes differ ({query.dtype}, {key.dtype}, "
                          f"{value.dtype})")
-    cdt = _compute_dtype(query.dtype)
     scaling = D ** -0.5 if scaling is None else scaling
-    score_block = (H // KV) * L * L * torch.finfo(cdt).bits // 8
-    if score_block > MAX_SCORE_BLOCK_BYTES or B * H * L * L * query.element_size() > MAX_PROBS_BYTES:
+    lengths = right_padded_lengths(attention_mask, B, L)
+    if lengths is None or probs_elements(lengths, H) * query.element_size() > MAX_PROBS_BYTES:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    if attention_mask is None:
-        bias = _causal_bias(L, cdt)[None]
-    else:
-        if attention_mask.dtype != torch.bool or attention_mask.shape[1] != 1:
-            raise ValueError(f"{NAME} attention: expected a boolean [B, 1, L, L] mask, got "
-                             f"{attention_mask.dtype} {tuple(attention_mask.shape)}")
-        mask = attention_mask[:, 0, :, :L]
-        if not mask.any(-1).all():  # softmax over no key is 0/0
-            raise ValueError(f"{NAME} attention: a query row attends to no key (left padding or an empty mask "
-                             "row); use attn_implementation='sdpa'")
-        bias = torch.zeros(mask.shape[0], L, L, dtype=cdt).masked_fill_(~mask, float("-inf"))
-    # [B, H, L, D] -> [B, KV, G*L, D]: the G query heads of one key/value head share its products.
-    q = query.reshape(B, KV, (H // KV) * L, D)
+    G = H // KV
+    # [B, H, L, D] -> [B, KV, L, G, D]: a block of query positions is a block of rows for all G heads.
+    q = query.view(B, KV, G, L, D).transpose(2, 3).contiguous()
     with torch.autocast("cpu", enabled=False):
-        out = GroupedAttention.apply(q, key.contiguous(), value.contiguous(), bias, scaling)
-    return out.view(B, H, L, D).transpose(1, 2), None
+        out = GroupedAttention.apply(q, key.contiguous(), value.contiguous(), lengths, scaling)
+    return out.permute(0, 2, 1, 3, 4).reshape(B, L, H, D), None
 
 
 def register() -> str:

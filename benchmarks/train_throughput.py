@@ -4,10 +4,12 @@
 data (data/demo_sft.json, length-grouped batches of 4 at 512 tokens, an optimizer step every
 2 micro-batches: sft.sh's one-rank demo layout), the pretrained SmolLM2-135M, the project's
 fused loss and AdamW. bf16 is what DeepSpeed's bf16 mode does: the module in bf16, fp32
-master weights and Adam state, the bf16 gradients added into fp32 before the step. Printed
-per precision: trained tokens/s, achieved GFLOP/s, and the machine's own matmul peak in
-that precision measured in the same run (best of a few 2048^3 products), so each figure is
-also a fraction of the limit.
+master weights and Adam state, the bf16 gradients added into fp32 before the step. Each
+precision runs twice: with PyTorch's ``sdpa`` attention and with the trainer's own on the
+CPU (``cpu_bmm``, cpu_attention.py). Printed per run: trained tokens/s, achieved GFLOP/s
+(:func:`batch_flops`: attention counted as causal over real tokens), and the machine's own
+matmul peak in that precision measured in the same run (best of a few 2048^3 products), so
+each figure is also a fraction of the limit.
 
     python benchmarks/train_throughput.py                          # fp32 vs bf16, demo data
     python benchmarks/train_throughput.py --steps 2 --layers 8     # quicker, fewer layers
@@ -134,17 +136,19 @@ def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> floa
     return 2 * n ** 3 / best / 1e9
 
 
-def batch_flops(cfg, n_params: int, rows: int, seq: int, targets: int) -> float:
-    """Model FLOPs of one training micro-batch (forward + backward = 3 x forward), the
-    usual count (Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, appendix B):
-    6 x (parameters outside the embedding) per computed position, 12 x layers x hidden x
-    seq per position for attention (scores and weighted sum, the full square), and the
-    output layer (``vocab x hidden``, tied to the embedding) only for the trained
-    positions, which is all the fused loss computes it for. ``rows x seq`` is the padded
-    batch."""
+def batch_flops(cfg, n_params: int, rows: int, seq: int, targets: int, lengths: list[int]) -> float:
+    """FLOPs of one training micro-batch (forward + backward = 3 x forward), the usual
+    count (Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, appendix B) with attention
+    counted as causal attention needs it: 6 x (parameters outside the embedding) per
+    computed position (``rows x seq``, the padded batch: the layers compute padding too);
+    for attention (scores and weighted sum) 12 x layers x hidden per (query, key) pair that
+    causality allows within each sample's real tokens, ``n (n + 1) / 2`` for a sample of
+    ``n = lengths[b]``, so work a kernel spends above the diagonal or on padding is not
+    counted; and the output layer (``vocab x hidden``, tied to the embedding) only for the
+    trained positions, which is all the fused loss computes it for."""
     n_emb = cfg.vocab_size * cfg.hidden_size
-    positions = rows * seq
-    return (6 * (n_params - n_emb) * positions + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq * positions
+    pairs = sum(n * (n + 1) // 2 for n in lengths)
+    return (6 * (n_params - n_emb) * rows * seq + 12 * cfg.num_hidden_layers * cfg.hidden_size * pairs
             + 6 * n_emb * targets)
 
 
@@ -231,7 +235,8 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
             phases.update(marks)
             trained += n_items
             flops += sum(batch_flops(model.config, n_params, *b["input_ids"].shape,
-                                     int((b["labels"][:, 1:] != -100).sum())) for b in batches)
+                                     int((b["labels"][:, 1:] != -100).sum()), b["attention_mask"].sum(1).tolist())
+                         for b in batches)
     return {"seconds": secs, "trained_tokens": trained, "tokens_per_s": trained / secs if secs else float("nan"),
             "gflops": flops / secs / 1e9 if secs else float("nan"), "phase_seconds": dict(phases),
             "profile": prof.events() if prof is not None else None}
@@ -265,10 +270,10 @@ def precision_suite(args) -> dict:
 
     print(f"CPU: {describe('auto')}")
     results = {}
-    # fp32 and bf16 with the trainer's attention for each (training_attention), and bf16
-    # with PyTorch's sdpa beside it: the library kernel against this project's.
-    variants = (("fp32", torch.float32, "sdpa"), ("bf16 sdpa", torch.bfloat16, "sdpa"),
-                ("bf16", torch.bfloat16, cpu_attention.NAME))
+    # fp32 and bf16 with the trainer's attention (training_attention: cpu_bmm on the CPU),
+    # each after PyTorch's sdpa: the library kernel beside this project's.
+    variants = (("fp32 sdpa", torch.float32, "sdpa"), ("fp32", torch.float32, cpu_attention.NAME),
+                ("bf16 sdpa", torch.bfloat16, "sdpa"), ("bf16", torch.bfloat16, cpu_attention.NAME))
     peaks = {}
     for name, dtype, attention in variants:
         precision = name.split()[0]
@@ -286,9 +291,11 @@ def precision_suite(args) -> dict:
               flush=True)
         print(f"{name} step phases (timed steps, s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["phase_seconds"].items())
               + f"; other {r['seconds'] - sum(r['phase_seconds'].values()):.2f}", flush=True)
-    f, b, bs = results["fp32"], results["bf16"], results["bf16 sdpa"]
-    print(f"bf16 attention: {cpu_attention.NAME} {bs['seconds'] / b['seconds']:.2f}x faster steps than sdpa "
-          f"({b['seconds']:.1f}s vs {bs['seconds']:.1f}s)")
+    f, b = results["fp32"], results["bf16"]
+    for precision in ("fp32", "bf16"):
+        ours, lib = results[precision], results[f"{precision} sdpa"]
+        print(f"{precision} attention: {cpu_attention.NAME} {lib['seconds'] / ours['seconds']:.2f}x faster steps than "
+              f"sdpa ({ours['seconds']:.1f}s vs {lib['seconds']:.1f}s)")
     print(f"bf16 vs fp32: {b['tokens_per_s'] / f['tokens_per_s']:.2f}x the trained tokens/s "
           f"(matmul peak {b['peak_gflops'] / f['peak_gflops']:.2f}x); bf16 at {b['fraction_of_peak']:.2f} of its peak, "
           f"fp32 at {f['fraction_of_peak']:.2f} [{args.layers or model_path} layers, {torch.get_num_threads()} threads]")

@@ -1,9 +1,10 @@
-"""cpu_attention: the batched-product attention against PyTorch's own attention
+"""cpu_attention: the blocked causal attention against PyTorch's own attention
 (``scaled_dot_product_attention``, math kernel, in float64, keys and values repeated per
-query head) as the reference: outputs and the gradients of query, key and value, with
-grouped-query heads, right padding, no mask, autocast; its refusals; the automatic choice;
-and a whole model's logits and gradients against the same model under ``sdpa``. (The
-automatic choice of this attention: tests/test_cpu_precision.py.)"""
+query head) as the reference: outputs and the gradients of query, key and value on the real
+tokens, with grouped-query heads, right padding, no mask, one and several query blocks,
+autocast; which masks it computes and which go to ``sdpa``; its refusals; and a whole
+model's logits and gradients against the same model under ``sdpa``. (The automatic choice
+of this attention: tests/test_cpu_precision.py.)"""
 from __future__ import annotations
 
 import pytest
@@ -48,6 +49,19 @@ def reference(q, k, v, mask):
     return out.transpose(1, 2)
 
 
+@pytest.fixture(params=[128, 8], ids=["one_block", "blocks_of_8"])
+def block_rows(request, monkeypatch):
+    """The kernel's query block: the default (one block at these lengths) and 8 rows (several
+    blocks, the last one partial)."""
+    monkeypatch.setattr(cpu_attention, "BLOCK_ROWS", request.param)
+    return request.param
+
+
+def real_rows(B, L, lengths):
+    """``[B, L]`` True on real tokens (right padding)."""
+    return torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
+
+
 def grads(fn, tensors, dout):
     for t in tensors:
         t.grad = None
@@ -58,31 +72,36 @@ def grads(fn, tensors, dout):
 
 @pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("heads", [(6, 2), (4, 4), (3, 1)])
-def test_fp32_matches_float64_reference(masked, heads):
+def test_fp32_matches_float64_reference(masked, heads, block_rows):
+    """fp32 against the float64 reference: outputs on real rows, zero on padding rows; the
+    gradients with the incoming gradient zero on padding rows (no target there), as in training."""
     H, KV = heads
     q, k, v = qkv(torch.float32, H=H, KV=KV)
     B, _, L, _ = q.shape
-    mask = padded_mask(B, L, [L, 20, 5]) if masked else None
-    dout = torch.randn(B, L, H, q.shape[-1], generator=torch.Generator().manual_seed(1))
+    lengths = [L, 20, 5] if masked else [L] * B
+    mask = padded_mask(B, L, lengths) if masked else None
+    real = real_rows(B, L, lengths)[:, :, None, None]
+    dout = torch.randn(B, L, H, q.shape[-1], generator=torch.Generator().manual_seed(1)) * real
     ref_out, ref_grads = grads(lambda a, b, c: reference(a, b, c, mask),
                                [t.detach().double().requires_grad_() for t in (q, k, v)], dout.double())
     out, got = grads(lambda a, b, c: attention_forward(MODULE, a, b, c, mask)[0], [q, k, v], dout)
     assert out.shape == (B, L, H, q.shape[-1]) and out.dtype == torch.float32
-    keep = mask[:, 0].any(-1) if masked else torch.ones(B, L, dtype=torch.bool)  # every row attends somewhere
-    assert keep.all()
-    torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double() * real, ref_out * real, rtol=1e-5, atol=1e-5)
+    assert not out[~real.expand_as(out)].any()  # padding rows: zero
     for name, g, r in zip("qkv", got, ref_grads):
         torch.testing.assert_close(g.double(), r, rtol=1e-5, atol=1e-5, msg=lambda m: f"d{name}: {m}")
 
 
-def test_bf16_error_is_that_of_pytorchs_bf16_attention():
+def test_bf16_error_is_that_of_pytorchs_bf16_attention(block_rows):
     """In bf16 the scores come out of a bf16 product (as transformers' eager attention
-    computes them): the error against float64 stays within twice PyTorch's own bf16 sdpa
-    error, for the output and each gradient."""
+    computes them): the error against float64 on the real rows stays within twice PyTorch's
+    own bf16 sdpa error, for the output and each gradient."""
     q, k, v = qkv(torch.bfloat16, B=2, H=9, KV=3, L=96, D=64)
     B, H, L, D = q.shape
-    mask = padded_mask(B, L, [L, 60])
-    dout = torch.randn(B, L, H, D, generator=torch.Generator().manual_seed(2))
+    lengths = [L, 60]
+    mask = padded_mask(B, L, lengths)
+    real = real_rows(B, L, lengths)[:, :, None, None]
+    dout = torch.randn(B, L, H, D, generator=torch.Generator().manual_seed(2)) * real
     ref_out, ref_grads = grads(lambda a, b, c: reference(a, b, c, mask),
                                [t.detach().double().requires_grad_() for t in (q, k, v)], dout.double())
 
@@ -95,7 +114,7 @@ def test_bf16_error_is_that_of_pytorchs_bf16_attention():
     out, got = grads(lambda a, b, c: attention_forward(MODULE, a, b, c, mask)[0], [q, k, v], dout)
     assert out.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in got)
     err = lambda x, r: (x.double() - r).abs().max().item()  # noqa: E731
-    assert err(out, ref_out) <= 2 * err(base_out, ref_out)
+    assert err(out * real, ref_out * real) <= 2 * err(base_out * real, ref_out * real)
     for name, g, b, r in zip("qkv", got, base_grads, ref_grads):
         assert err(g, r) <= 2 * err(b, r), f"d{name}: {err(g, r):.3g} vs PyTorch bf16 {err(b, r):.3g}"
 
@@ -118,9 +137,11 @@ def test_autocast_inputs_of_mixed_dtypes():
         assert (g.double() - r).abs().max().item() < 0.05 * scale, f"d{name}"
 
 
-def test_float64_gradcheck_and_a_second_backward():
+def test_float64_gradcheck_and_a_second_backward(monkeypatch):
     """torch.autograd.gradcheck in float64 (finite differences, independent of the formulas
-    above), and backward(retain_graph=True) twice gives the same gradients."""
+    above; blocks of 2 query rows, so several blocks), and backward(retain_graph=True) twice
+    gives the same gradients."""
+    monkeypatch.setattr(cpu_attention, "BLOCK_ROWS", 2)
     for heads, L in (((2, 1), 5), ((4, 2), 6), ((3, 3), 1)):
         q, k, v = qkv(torch.float64, B=2, H=heads[0], KV=heads[1], L=L, D=3, seed=L)
         mask = padded_mask(2, L, [L, max(1, L - 2)])
@@ -159,33 +180,60 @@ def test_refusals():
         attention_forward(MODULE, q, k[:, :, :-1], v[:, :, :-1], None)
     with pytest.raises(ValueError, match="dtypes differ"):
         attention_forward(MODULE, q, k, v.detach().bfloat16(), None)
-    left = padded_mask(B, L, [L, L, L])
-    left[1, 0, :3] = False  # left padding: the first query rows attend to no key
-    with pytest.raises(ValueError, match="attends to no key"):
-        attention_forward(MODULE, q, k, v, left)
 
 
-def test_long_sequences_go_to_sdpa(monkeypatch):
-    """Past the score-block or probability limits the call is transformers' sdpa attention
-    (same result; the batched-product function is not entered)."""
+def test_right_padded_lengths():
+    """The real lengths are read only off a mask that is exactly causal with right padding
+    (or no mask); left padding, packed samples, a float mask or a broken causal pattern give None."""
+    B, L = 3, 12
+    lengths = [12, 7, 1]
+    assert cpu_attention.right_padded_lengths(None, B, L) == [L] * B
+    assert cpu_attention.right_padded_lengths(padded_mask(B, L, lengths), B, L) == lengths
+    assert cpu_attention.right_padded_lengths(padded_mask(1, L, [L]), B, L) == [L] * B  # broadcast over the batch
+    left = torch.ones(L, L, dtype=torch.bool).tril()[None, None].repeat(B, 1, 1, 1)
+    left[1, 0, :, :3] = False  # sample 1 left-padded by 3
+    packed = torch.ones(L, L, dtype=torch.bool).tril()
+    packed[5:, :5] = False  # two samples of 5 and 7 in one row
+    leaky = padded_mask(B, L, lengths)
+    leaky[0, 0, 2, 5] = True  # a query sees a later key
+    for mask in (left, packed[None, None], padded_mask(B, L, lengths).float(), leaky):
+        assert cpu_attention.right_padded_lengths(mask, B, L) is None
+
+
+def test_other_masks_and_large_probabilities_go_to_sdpa(monkeypatch):
+    """Left padding, or kept probabilities past MAX_PROBS_BYTES: the call is transformers'
+    sdpa attention (its result; the blocked function is not entered)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     q, k, v = qkv(torch.float32)
     B, _, L, _ = q.shape
-    mask = padded_mask(B, L, [L, 20, 5])
     module = _Module()
     module.num_key_value_groups = q.shape[1] // k.shape[1]  # what transformers' sdpa reads off Llama's attention
-    want = attention_forward(module, q, k, v, mask)[0]
+    right = padded_mask(B, L, [L, 20, 5])
+    left = torch.ones(L, L, dtype=torch.bool).tril()[None, None].repeat(B, 1, 1, 1)
+    left[1, 0, :, :3] = False
+    left[1, 0, :3, :] = torch.eye(3, L, dtype=torch.bool)  # as transformers unmasks the padding rows
 
     def refuse(*args):
-        raise AssertionError("GroupedAttention ran past the limit")
+        raise AssertionError("GroupedAttention ran")
 
     monkeypatch.setattr(cpu_attention.GroupedAttention, "apply", refuse)
-    for limit in ("MAX_SCORE_BLOCK_BYTES", "MAX_PROBS_BYTES"):
-        with monkeypatch.context() as m:
-            m.setattr(cpu_attention, limit, 0)
-            got = attention_forward(module, q, k, v, mask)[0]
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    with pytest.raises(AssertionError, match="past the limit"):  # within the limits it does run
-        attention_forward(module, q, k, v, mask)
+    got = attention_forward(module, q, k, v, left)[0]
+    torch.testing.assert_close(got, sdpa_attention_forward(module, q, k, v, left)[0])
+    with monkeypatch.context() as m:
+        m.setattr(cpu_attention, "MAX_PROBS_BYTES", 0)
+        got = attention_forward(module, q, k, v, right)[0]
+    torch.testing.assert_close(got, sdpa_attention_forward(module, q, k, v, right)[0])
+    with pytest.raises(AssertionError, match="GroupedAttention ran"):  # within the limit it does run
+        attention_forward(module, q, k, v, right)
+
+
+def test_probs_elements_counts_the_causal_blocks(monkeypatch):
+    """The kept P of one layer: for each sample, each block of query rows times the keys up
+    to the block's end, per query head (counted by hand for blocks of 4)."""
+    monkeypatch.setattr(cpu_attention, "BLOCK_ROWS", 4)
+    assert cpu_attention.query_blocks(10) == [(0, 4), (4, 8), (8, 10)]
+    assert cpu_attention.probs_elements([10, 3, 0], heads=2) == 2 * ((4 * 4 + 4 * 8 + 2 * 10) + 3 * 3)
 
 
 def test_model_matches_sdpa(tiny_llama_dir, tmp_path):
@@ -210,3 +258,20 @@ def test_model_matches_sdpa(tiny_llama_dir, tmp_path):
     torch.testing.assert_close(results[NAME][0], results["sdpa"][0], rtol=1e-5, atol=1e-5)
     for n, grad in results["sdpa"][1].items():
         torch.testing.assert_close(results[NAME][1][n], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+
+
+def test_the_benchmark_compares_the_same_results(capsys):
+    """benchmarks/attention.py on small shapes: both kernels' outputs on real rows and all
+    gradients agree to fp32 rounding (what its table's last column reports); a bad shape is
+    a usage error naming it."""
+    from conftest import load_script
+
+    bench = load_script("benchmarks/attention.py")
+    results = bench.main(["--shapes", "40:40,17,3", "24:24", "--dtypes", "fp32", "--reps", "1"])
+    assert set(results) == {("40:40,17,3", "fp32"), ("24:24", "fp32")}
+    for r in results.values():
+        assert max(r["errors"]) < 1e-5 and r["ratio"] > 0
+    assert "cpu_bmm vs sdpa:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--shapes", "8:9"])
+    assert "--shapes '8:9'" in capsys.readouterr().err

@@ -77,19 +77,20 @@ def test_cpu_precision_reaches_the_launch_line(tmp_path, asked):
         expected = "bf16" if cpuinfo_bf16_flags(info.read_text()) else "fp32"
     else:
         expected = asked
-    attention = "cpu_bmm" if expected == "bf16" else "sdpa"  # train_hw_parallel.py's --cpu_attention auto
-    assert flag(argv, "--precision") == expected and f"thread(s), {expected}, {attention}" in r.stdout
+    # train_hw_parallel.py's --cpu_attention auto: cpu_bmm on the CPU in either precision
+    assert flag(argv, "--precision") == expected and f"thread(s), {expected}, cpu_bmm" in r.stdout
     assert "--bf16" not in argv  # train_hw_parallel.py turns --precision into the Trainer's flags
 
 
+@pytest.mark.parametrize("prec", ["fp32", "bf16"])
 @pytest.mark.parametrize("asked, expected", [(None, "cpu_bmm"), ("sdpa", "sdpa"), ("cpu_bmm", "cpu_bmm")])
-def test_cpu_attention_in_the_launch_line(tmp_path, asked, expected):
-    """bf16 on the CPU: the launch line names the attention train_hw_parallel.py will use,
+def test_cpu_attention_in_the_launch_line(tmp_path, asked, expected, prec):
+    """On the CPU the launch line names the attention train_hw_parallel.py will use,
     --cpu_attention included (both spellings)."""
     for extra in ([] if asked is None else [["--cpu_attention", asked], [f"--cpu_attention={asked}"]]) or [[]]:
-        r = dry_run(fake_bin(tmp_path), *extra, PRECISION="bf16")
+        r = dry_run(fake_bin(tmp_path), *extra, PRECISION=prec)
         assert r.returncode == 0, r.stderr
-        assert f"thread(s), bf16, {expected};" in r.stdout, r.stdout
+        assert f"thread(s), {prec}, {expected};" in r.stdout, r.stdout
 
 
 @pytest.mark.parametrize("prec", ["fp32", "bf16"])
