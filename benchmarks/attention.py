@@ -16,7 +16,8 @@ zero on padding rows (no target there), so both compute the same gradients.
 Per shape and dtype: the median of ``--reps`` forward + backward calls after one untimed
 call, for each kernel, the ratio (``sdpa`` time / ``cpu_bmm`` time) measured in this run,
 and the largest difference of output (real rows) and of the gradients of q, k and v between
-the two. Ends with a summary line.
+the two. ``cpu_bmm`` hands a call to ``sdpa`` when the probabilities it keeps for backward
+would pass ``cpu_attention.MAX_PROBS_BYTES``; the table says where. Ends with a summary line.
 """
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ def compare(L: int, lengths: list[int], dtype: torch.dtype, reps: int, heads=(9,
     padded = not bool(real.all())
     mask = (torch.ones(L, L, dtype=torch.bool).tril()[None] & real[:, None, :])[:, None] if padded else None
     module = _Module()
+    module.num_key_value_groups = H // KV  # what transformers' sdpa reads when cpu_bmm hands a call over
+    kept = cpu_attention.probs_elements(lengths, H) * q.element_size()
 
     def run(fn):
         def call():
@@ -90,7 +93,8 @@ def compare(L: int, lengths: list[int], dtype: torch.dtype, reps: int, heads=(9,
     rows = real[:, :, None, None]
     errors = [(got[0].float() - ref[0].float()).mul(rows).abs().max().item()]
     errors += [(a.float() - b.float()).abs().max().item() for a, b in zip(got[1:], ref[1:])]
-    return {"sdpa_s": t_lib, "cpu_bmm_s": t_ours, "ratio": t_lib / t_ours, "errors": errors}
+    return {"sdpa_s": t_lib, "cpu_bmm_s": t_ours, "ratio": t_lib / t_ours, "errors": errors,
+            "handed_over": kept > cpu_attention.MAX_PROBS_BYTES, "probs_mib": kept / 2**20}
 
 
 def main(argv=None) -> dict:
@@ -110,14 +114,16 @@ def main(argv=None) -> dict:
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     print(f"one layer's attention, forward + backward, 9 query heads over 3 key/value heads of 64; "
           f"{torch.get_num_threads()} threads, median of {args.reps}; load average {os.getloadavg()[0]:.2f}")
-    print("| batch (L: real lengths) | dtype | sdpa ms | cpu_bmm ms | cpu_bmm faster | max diff out / dq / dk / dv |")
-    print("|---|---|---|---|---|---|")
+    print("| batch (L: real lengths) | dtype | kept P MiB | sdpa ms | cpu_bmm ms | cpu_bmm faster | "
+          "max diff out / dq / dk / dv |")
+    print("|---|---|---|---|---|---|---|")
     results = {}
     for (L, lengths), text in zip(shapes, args.shapes):
         for name in args.dtypes:
             r = compare(L, lengths, dtypes[name], args.reps)
             results[(text, name)] = r
-            print(f"| {text} | {name} | {r['sdpa_s'] * 1e3:.1f} | {r['cpu_bmm_s'] * 1e3:.1f} | {r['ratio']:.2f}x | "
+            kept = f"{r['probs_mib']:.0f}" + (" (> limit: sdpa runs)" if r["handed_over"] else "")
+            print(f"| {text} | {name} | {kept} | {r['sdpa_s'] * 1e3:.1f} | {r['cpu_bmm_s'] * 1e3:.1f} | {r['ratio']:.2f}x | "
                   + " / ".join(f"{e:.1e}" for e in r["errors"]) + " |", flush=True)
     ratios = [r["ratio"] for r in results.values()]
     print(f"cpu_bmm vs sdpa: {min(ratios):.2f}x to {max(ratios):.2f}x faster over {len(ratios)} runs; "

@@ -7,7 +7,8 @@ fused loss and AdamW. bf16 is what DeepSpeed's bf16 mode does: the module in bf1
 master weights and Adam state, the bf16 gradients added into fp32 before the step. Each
 precision runs twice: with PyTorch's ``sdpa`` attention and with the trainer's own on the
 CPU (``cpu_bmm``, cpu_attention.py). Printed per run: trained tokens/s, achieved GFLOP/s
-(:func:`batch_flops`: attention counted as causal over real tokens), and the machine's own
+(:func:`batch_flops`: model FLOPs, the padded square for attention whatever a kernel
+skips), and the machine's own
 matmul peak in that precision measured in the same run (best of a few 2048^3 products), so
 each figure is also a fraction of the limit.
 
@@ -136,19 +137,19 @@ def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> floa
     return 2 * n ** 3 / best / 1e9
 
 
-def batch_flops(cfg, n_params: int, rows: int, seq: int, targets: int, lengths: list[int]) -> float:
-    """FLOPs of one training micro-batch (forward + backward = 3 x forward), the usual
-    count (Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, appendix B) with attention
-    counted as causal attention needs it: 6 x (parameters outside the embedding) per
-    computed position (``rows x seq``, the padded batch: the layers compute padding too);
-    for attention (scores and weighted sum) 12 x layers x hidden per (query, key) pair that
-    causality allows within each sample's real tokens, ``n (n + 1) / 2`` for a sample of
-    ``n = lengths[b]``, so work a kernel spends above the diagonal or on padding is not
-    counted; and the output layer (``vocab x hidden``, tied to the embedding) only for the
-    trained positions, which is all the fused loss computes it for."""
+def batch_flops(cfg, n_params: int, rows: int, seq: int, targets: int) -> float:
+    """Model FLOPs of one training micro-batch (forward + backward = 3 x forward), the
+    usual count (Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, appendix B):
+    6 x (parameters outside the embedding) per computed position, 12 x layers x hidden x
+    seq per position for attention (scores and weighted sum, the full square), and the
+    output layer (``vocab x hidden``, tied to the embedding) only for the trained
+    positions, which is all the fused loss computes it for. ``rows x seq`` is the padded
+    batch. These are model FLOPs (as in model FLOPs utilisation): the attention term is
+    counted whole although cpu_attention computes about half of it, so the fraction of the
+    peak compares trainers, not kernels' arithmetic."""
     n_emb = cfg.vocab_size * cfg.hidden_size
-    pairs = sum(n * (n + 1) // 2 for n in lengths)
-    return (6 * (n_params - n_emb) * rows * seq + 12 * cfg.num_hidden_layers * cfg.hidden_size * pairs
+    positions = rows * seq
+    return (6 * (n_params - n_emb) * positions + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq * positions
             + 6 * n_emb * targets)
 
 
@@ -235,8 +236,7 @@ def train_precision(model, dataset, collator, steps: list[list[list[int]]], prec
             phases.update(marks)
             trained += n_items
             flops += sum(batch_flops(model.config, n_params, *b["input_ids"].shape,
-                                     int((b["labels"][:, 1:] != -100).sum()), b["attention_mask"].sum(1).tolist())
-                         for b in batches)
+                                     int((b["labels"][:, 1:] != -100).sum())) for b in batches)
     return {"seconds": secs, "trained_tokens": trained, "tokens_per_s": trained / secs if secs else float("nan"),
             "gflops": flops / secs / 1e9 if secs else float("nan"), "phase_seconds": dict(phases),
             "profile": prof.events() if prof is not None else None}

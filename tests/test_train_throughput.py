@@ -10,14 +10,15 @@ def bench():
     return load_script("benchmarks/train_throughput.py")
 
 
-def test_batch_flops_counts_causal_pairs_of_real_tokens(bench):
+def test_batch_flops_is_the_model_count(bench):
     """Counted by hand for 2 layers, hidden 4, vocab 10 (embedding 40 of 100 parameters), a
-    batch of 2 rows padded to 8 with 8 and 3 real tokens, 5 targets: the layers over all 16
-    positions, attention over 8*9/2 + 3*4/2 = 42 causal pairs, the output layer over 5 targets."""
+    batch of 2 rows padded to 8, 5 targets: the layers and attention's full square over all
+    16 positions (model FLOPs: what a causal kernel skips still counts), the output layer
+    over the 5 targets."""
     from types import SimpleNamespace
 
     cfg = SimpleNamespace(vocab_size=10, hidden_size=4, num_hidden_layers=2)
-    assert bench.batch_flops(cfg, 100, 2, 8, 5, [8, 3]) == 6 * 60 * 16 + 12 * 2 * 4 * 42 + 6 * 40 * 5
+    assert bench.batch_flops(cfg, 100, 2, 8, 5) == 6 * 60 * 16 + 12 * 2 * 4 * 8 * 16 + 6 * 40 * 5
 
 
 @pytest.mark.parametrize("op, group", [
