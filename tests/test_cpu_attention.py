@@ -196,8 +196,15 @@ def test_right_padded_lengths():
     packed[5:, :5] = False  # two samples of 5 and 7 in one row
     leaky = padded_mask(B, L, lengths)
     leaky[0, 0, 2, 5] = True  # a query sees a later key
-    for mask in (left, packed[None, None], padded_mask(B, L, lengths).float(), leaky):
+    for mask in (left, packed[None, None], padded_mask(B, L, lengths).float(), leaky, padded_mask(2, L, [L, 3])):
         assert cpu_attention.right_padded_lengths(mask, B, L) is None
+    # One mask serves every layer: read once, read again once changed in place.
+    mask = padded_mask(B, L, lengths)
+    assert cpu_attention.right_padded_lengths(mask, B, L) == lengths
+    mask[0, 0, 2, 5] = True
+    assert cpu_attention.right_padded_lengths(mask, B, L) is None
+    with torch.inference_mode():  # inference tensors have no version counter
+        assert cpu_attention.right_padded_lengths(padded_mask(B, L, lengths), B, L) == lengths
 
 
 def test_other_masks_and_large_probabilities_go_to_sdpa(monkeypatch):
