@@ -92,17 +92,17 @@ def describe(requested: str, support: Optional[tuple[bool, str]] = None) -> str:
 def training_attention(requested: str, device_type: str, precision: str) -> tuple[str, str]:
     """(attention implementation for training, why). ``requested`` is one of
     :data:`ATTENTIONS`, ``device_type`` the training device's (``"cpu"``, ``"cuda"``, ...);
-    ``auto`` is :data:`CPU_ATTENTION` for training on the CPU (faster than PyTorch's flash
-    kernel in fp32 and bf16: docs/performance_cpu.md) and ``sdpa`` elsewhere; ``precision``
-    (``fp32``, ``bf16``, ...) is named in the reason. Raises ValueError for an unknown name
-    or :data:`CPU_ATTENTION` off the CPU."""
+    ``auto`` is :data:`CPU_ATTENTION` for fp32 and bf16 training on the CPU (faster than
+    PyTorch's flash kernel in both: docs/performance_cpu.md) and ``sdpa`` otherwise (fp16,
+    whose unscaled products could overflow where sdpa's do not, and other devices). Raises
+    ValueError for an unknown name or :data:`CPU_ATTENTION` off the CPU."""
     if requested not in ATTENTIONS:
         raise ValueError(f"--cpu_attention {requested}: expected one of {', '.join(ATTENTIONS)}")
     if requested == CPU_ATTENTION and device_type != "cpu":
         raise ValueError(f"--cpu_attention {CPU_ATTENTION} is for training on the CPU; this run trains on {device_type}")
     if requested != "auto":
         return requested, "as asked"
-    if device_type == "cpu":
+    if device_type == "cpu" and precision in ("fp32", "bf16"):
         return CPU_ATTENTION, f"auto: {precision} on the CPU"
     return "sdpa", f"auto: {precision} on {device_type}"
 

@@ -66,7 +66,7 @@ class ModelArguments:
     )
     cpu_attention: str = field(
         default="auto",
-        metadata={"help": "Attention without --flash_attn: auto (default) is cpu_bmm for training on the CPU "
+        metadata={"help": "Attention without --flash_attn: auto (default) is cpu_bmm for fp32 and bf16 training on the CPU "
                           "(cpu_attention.py: causal blocks of matrix products over the real tokens, faster than "
                           "PyTorch's CPU flash kernel in fp32 and bf16; sdpa takes over for other masks and large "
                           "batches) and sdpa elsewhere; sdpa or cpu_bmm force one (cpu_bmm only on the CPU).",

@@ -56,6 +56,7 @@ def test_this_machine_agrees_with_its_cpu_flags():
 def test_training_attention():
     assert cp.training_attention("auto", "cpu", "bf16") == (cp.CPU_ATTENTION, "auto: bf16 on the CPU")
     assert cp.training_attention("auto", "cpu", "fp32")[0] == cp.CPU_ATTENTION
+    assert cp.training_attention("auto", "cpu", "fp16")[0] == "sdpa"  # unscaled fp16 products could overflow
     assert cp.training_attention("auto", "cuda", "bf16")[0] == "sdpa"
     assert cp.training_attention("auto", "mps", "bf16")[0] == "sdpa"
     assert cp.training_attention("sdpa", "cpu", "bf16") == ("sdpa", "as asked")
