@@ -54,7 +54,7 @@ import torch
 
 from cpu_precision import CPU_ATTENTION as NAME
 PROFILE_RANGE = f"{NAME} attention"  # torch.profiler range around forward and backward
-# Query rows per product: 128 measured faster than 64 and 256 (docs/performance_cpu.md).
+# Query rows per product: 128 beat 64 everywhere and 256 in fp32 (docs/performance_cpu.md).
 BLOCK_ROWS = 128
 # Beyond this much kept P per layer the call goes to sdpa, which keeps one number per row.
 MAX_PROBS_BYTES = 64 << 20
@@ -86,7 +86,8 @@ def right_padded_lengths(mask: Optional[torch.Tensor], B: int, L: int) -> Option
     ``[B or 1, 1, L, L]``, True = attend, or None for no padding) is exactly causal with right
     padding: query ``i`` attends key ``j`` iff ``j <= i`` and ``j < n_b``. None for any other
     mask (left padding, packed samples, a float mask), which this kernel does not compute.
-    The answer for the same, unmodified mask tensor is remembered."""
+    The answer for the same, unmodified mask tensor is remembered (an in-place change bumps
+    the tensor's version and is read again; one through ``.data`` would not be)."""
     global _last_mask
     if mask is None:
         return [L] * B
