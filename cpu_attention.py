@@ -70,135 +70,156 @@ def query_blocks(n: int) -> list[tuple[int, int]]:
     return [(r0, min(r0 + BLOCK_ROWS, n)) for r0 in range(0, n, BLOCK_ROWS)]
 
 
-def probs_elements(lengths: list[int], heads: int) -> int:
+def probs_elements(segments: list[list[tuple[int, int]]], heads: int) -> int:
     """Elements of the kept probabilities ``P`` for one layer: ``heads`` query heads over
-    samples of ``lengths`` real tokens, one ``[rows, r1]`` block per query block."""
-    return heads * sum((r1 - r0) * r1 for n in lengths for r0, r1 in query_blocks(n))
+    the ``(start, end)`` segments of each batch row (one causal sequence each), one
+    ``[rows, r1]`` block per query block."""
+    return heads * sum((r1 - r0) * r1 for row in segments for s, e in row for r0, r1 in query_blocks(e - s))
 
 
-# The last mask read (a weak reference, its version, B, L) and its lengths: transformers
+# The last mask read (a weak reference, its version, B, L) and its segments: transformers
 # passes one mask tensor to every layer, and checking it costs 1.4 ms at 4 x 512.
 _last_mask: tuple = (None, None, None, None, None)
 
 
-def right_padded_lengths(mask: Optional[torch.Tensor], B: int, L: int) -> Optional[list[int]]:
-    """Each sample's number of real tokens when ``mask`` (transformers' boolean sdpa mask
-    ``[B or 1, 1, L, L]``, True = attend, or None for no padding) is exactly causal with right
-    padding: query ``i`` attends key ``j`` iff ``j <= i`` and ``j < n_b``. None for any other
-    mask (left padding, packed samples, a float mask), which this kernel does not compute.
-    The answer for the same, unmodified mask tensor is remembered (an in-place change bumps
-    the tensor's version and is read again; one through ``.data`` would not be)."""
+def causal_segments(mask: Optional[torch.Tensor], B: int, L: int) -> Optional[list[list[tuple[int, int]]]]:
+    """The causal sequences of each batch row as ``(start, end)`` position ranges, when
+    ``mask`` (transformers' boolean sdpa mask ``[B or 1, 1, L, L]``, True = attend, or None
+    for no padding) is exactly block-causal over a prefix of real tokens: each real query
+    ``i`` (one that attends to itself) attends to keys ``start(i) .. i`` of its own sequence,
+    and the real tokens come first (right padding). That covers right-padded batches (one
+    sequence per row) and samples packed into one row (transformers builds that mask from
+    restarting position ids). What padding rows attend to is not read: this kernel gives
+    them no output. None for any other mask (left padding, a float mask), which this
+    kernel does not compute. The answer for the same, unmodified mask tensor is remembered
+    (an in-place change bumps the tensor's version and is read again; one through
+    ``.data`` would not be)."""
     global _last_mask
     if mask is None:
-        return [L] * B
+        return [[(0, L)] for _ in range(B)]
     if mask.is_inference():  # no version counter to tell a changed mask
-        return _read_lengths(mask, B, L)
-    ref, version, b, l, lengths = _last_mask
+        return _read_segments(mask, B, L)
+    ref, version, b, l, segments = _last_mask
     if ref is not None and ref() is mask and version == mask._version and (b, l) == (B, L):
-        return lengths
-    lengths = _read_lengths(mask, B, L)
-    _last_mask = (weakref.ref(mask), mask._version, B, L, lengths)
-    return lengths
+        return segments
+    segments = _read_segments(mask, B, L)
+    _last_mask = (weakref.ref(mask), mask._version, B, L, segments)
+    return segments
 
 
-def _read_lengths(mask: torch.Tensor, B: int, L: int) -> Optional[list[int]]:
+def _read_segments(mask: torch.Tensor, B: int, L: int) -> Optional[list[list[tuple[int, int]]]]:
     if (mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[0] not in (1, B) or mask.shape[1] != 1
             or mask.shape[2] != L or mask.shape[3] < L):
         return None
     m = mask[:, 0, :, :L]
-    n = m[:, L - 1].sum(-1)  # the last row (the last token or padding) sees every real key
     j = torch.arange(L)
-    want = (j[None, :] <= j[:, None])[None] & (j[None, None, :] < n[:, None, None])
-    if not torch.equal(m, want):
+    real = m.diagonal(dim1=-2, dim2=-1)  # [b, L]: a real query attends to itself
+    n = real.sum(-1)
+    if not torch.equal(real, j[None, :] < n[:, None]):  # real tokens first
         return None
-    return n.expand(B).tolist()
+    first = m.to(torch.uint8).argmax(-1)  # each row's first attended key
+    is_start = (first == j) & real
+    start = torch.where(is_start, j, 0).cummax(-1).values  # the start of each query's sequence
+    want = (j[None, None, :] <= j[None, :, None]) & (j[None, None, :] >= start[:, :, None])
+    rows = real[:, :, None]
+    if not torch.equal(m & rows, want & rows):
+        return None
+    segments = []
+    for starts, count in zip(is_start.tolist(), n.tolist()):
+        begins = [i for i in range(count) if starts[i]]
+        segments.append(list(zip(begins, begins[1:] + [count])))
+    return segments * B if len(segments) == 1 and B > 1 else segments
 
 
 class GroupedAttention(torch.autograd.Function):
-    """Causal ``softmax(scaling * q k^T) v`` per (sample, key/value head), over each
-    sample's real tokens only.
+    """Causal ``softmax(scaling * q k^T) v`` per (causal sequence, key/value head), over
+    real tokens only.
 
     ``q`` ``[B, KV, L, G, D]`` (the ``G`` query heads of key/value head ``kv`` next to each
     other, so rows ``r0*G .. r1*G`` of ``q[b, kv].view(L*G, D)`` are query positions
-    ``r0..r1-1``), ``k``/``v`` ``[B, KV, L, D]``, one dtype; ``lengths`` the real tokens
-    per sample (right padding). Returns ``[B, KV, L, G, D]`` in ``q``'s dtype, zero at rows
-    ``>= lengths[b]``; gradients flow only through rows and keys ``< lengths[b]``.
+    ``r0..r1-1``), ``k``/``v`` ``[B, KV, L, D]``, one dtype; ``segments`` the ``(start,
+    end)`` sequences of each batch row (:func:`causal_segments`). Returns ``[B, KV, L, G, D]``
+    in ``q``'s dtype, zero at rows in no sequence (padding); gradients flow only within
+    each sequence.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, lengths: list[int], scaling: float):
-        out = torch.empty_like(q)
-        probs = torch.empty(probs_elements(lengths, q.shape[1] * q.shape[3]), dtype=q.dtype)
+    def forward(ctx, q, k, v, segments: list[list[tuple[int, int]]], scaling: float):
+        out = torch.zeros_like(q)  # padding rows: no attention output
+        probs = torch.empty(probs_elements(segments, q.shape[1] * q.shape[3]), dtype=q.dtype)
         with torch.profiler.record_function(PROFILE_RANGE):
-            GroupedAttention._forward(q, k, v, lengths, scaling, out, probs)
+            GroupedAttention._forward(q, k, v, segments, scaling, out, probs)
         ctx.save_for_backward(q, k, v, out, probs)
-        ctx.lengths, ctx.scaling = lengths, scaling
+        ctx.segments, ctx.scaling = segments, scaling
         return out
 
     @staticmethod
-    def _forward(q, k, v, lengths, scaling, out, probs):
+    def _blocks(segments, KV):
+        """(b, h, s, r0, r1) in the order P is laid out: query rows ``s+r0 .. s+r1-1`` of
+        key/value head ``h`` of row ``b`` attend to keys ``s .. s+r1-1``."""
+        for b, row in enumerate(segments):
+            for h in range(KV):
+                for s, e in row:
+                    for r0, r1 in query_blocks(e - s):
+                        yield b, h, s, r0, r1
+
+    @staticmethod
+    def _forward(q, k, v, segments, scaling, out, probs):
         B, KV, L, G, D = q.shape
         cdt = _compute_dtype(q.dtype)
         # Scores above the diagonal, within a block on the diagonal: -inf (causal).
         tri = torch.full((BLOCK_ROWS, BLOCK_ROWS), float("-inf"), dtype=cdt).triu_(1)
         at = 0
-        for b in range(B):
-            out[b, :, lengths[b]:] = 0  # padding rows: no attention output
-            for h in range(KV):
-                qf, of = q[b, h].view(L * G, D), out[b, h].view(L * G, D)
-                for r0, r1 in query_blocks(lengths[b]):
-                    t = r1 - r0
-                    s = torch.mm(qf[r0 * G:r1 * G], k[b, h, :r1].t()).to(cdt).mul_(scaling)
-                    s.view(t, G, r1)[:, :, r0:].add_(tri[:t, None, :t])
-                    p = probs[at:at + t * G * r1].view(t * G, r1)
-                    at += p.numel()
-                    if p.dtype == cdt:
-                        torch.softmax(s, -1, out=p)
-                    else:
-                        p.copy_(torch.softmax(s, -1))
-                    torch.mm(p, v[b, h, :r1], out=of[r0 * G:r1 * G])
+        for b, h, s, r0, r1 in GroupedAttention._blocks(segments, KV):
+            t = r1 - r0
+            rows = slice((s + r0) * G, (s + r1) * G)
+            scores = torch.mm(q[b, h].view(L * G, D)[rows], k[b, h, s:s + r1].t()).to(cdt).mul_(scaling)
+            scores.view(t, G, r1)[:, :, r0:].add_(tri[:t, None, :t])
+            p = probs[at:at + t * G * r1].view(t * G, r1)
+            at += p.numel()
+            if p.dtype == cdt:
+                torch.softmax(scores, -1, out=p)
+            else:
+                p.copy_(torch.softmax(scores, -1))
+            torch.mm(p, v[b, h, s:s + r1], out=out[b, h].view(L * G, D)[rows])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         q, k, v, out, probs = ctx.saved_tensors
         with torch.profiler.record_function(PROFILE_RANGE):
-            return GroupedAttention._backward(q, k, v, out, probs, dout, ctx.lengths, ctx.scaling)
+            return GroupedAttention._backward(q, k, v, out, probs, dout, ctx.segments, ctx.scaling)
 
     @staticmethod
-    def _backward(q, k, v, out, probs, dout, lengths, scaling):
+    def _backward(q, k, v, out, probs, dout, segments, scaling):
         B, KV, L, G, D = q.shape
         cdt = _compute_dtype(q.dtype)
         dout = dout.contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dq = torch.zeros_like(q)
+        # dK and dV sum one product per query block: summed in fp32 (bf16 sums would round each time).
+        dk, dv = torch.zeros(k.shape, dtype=cdt), torch.zeros(v.shape, dtype=cdt)
+        same = q.dtype == cdt
         delta = (dout.to(cdt) * out.to(cdt)).sum(-1).view(B, KV, L * G)  # rowsum(dO * O) = rowsum(P * dP)
         at = 0
-        for b in range(B):
-            n = lengths[b]
-            dq[b, :, n:], dk[b, :, n:], dv[b, :, n:] = 0, 0, 0
-            blocks = query_blocks(n)
-            per_head = G * sum((r1 - r0) * r1 for r0, r1 in blocks)
-            for h in range(KV):
-                qf, dof, dqf = q[b, h].view(L * G, D), dout[b, h].view(L * G, D), dq[b, h].view(L * G, D)
-                within = at + h * per_head
-                offsets = []
-                for r0, r1 in blocks:
-                    offsets.append(within)
-                    within += (r1 - r0) * G * r1
-                # The last block reaches every real key: it writes dK, dV (beta=0), the others add.
-                for (r0, r1), o in reversed(list(zip(blocks, offsets))):
-                    t = r1 - r0
-                    p = probs[o:o + t * G * r1].view(t * G, r1)
-                    do = dof[r0 * G:r1 * G]
-                    first = r1 == n
-                    dv[b, h, :r1].addmm_(p.t(), do, beta=0 if first else 1)
-                    dp = torch.mm(do, v[b, h, :r1].t()).to(cdt)
-                    # dS into dP's fresh buffer: P is saved and must stay intact for another backward.
-                    ds = dp.sub_(delta[b, h, r0 * G:r1 * G, None]).mul_(p.to(cdt)).mul_(scaling).to(q.dtype)
-                    torch.mm(ds, k[b, h, :r1], out=dqf[r0 * G:r1 * G])
-                    dk[b, h, :r1].addmm_(ds.t(), qf[r0 * G:r1 * G], beta=0 if first else 1)
-            at += KV * per_head
-        return dq, dk, dv, None, None
+        for b, h, s, r0, r1 in GroupedAttention._blocks(segments, KV):
+            t = r1 - r0
+            rows = slice((s + r0) * G, (s + r1) * G)
+            p = probs[at:at + t * G * r1].view(t * G, r1)
+            at += p.numel()
+            do, qb = dout[b, h].view(L * G, D)[rows], q[b, h].view(L * G, D)[rows]
+            if same:
+                dv[b, h, s:s + r1].addmm_(p.t(), do)
+            else:
+                dv[b, h, s:s + r1] += p.t() @ do
+            dp = torch.mm(do, v[b, h, s:s + r1].t()).to(cdt)
+            # dS into dP's fresh buffer: P is saved and must stay intact for another backward.
+            ds = dp.sub_(delta[b, h, rows, None]).mul_(p.to(cdt)).mul_(scaling).to(q.dtype)
+            torch.mm(ds, k[b, h, s:s + r1], out=dq[b, h].view(L * G, D)[rows])
+            if same:
+                dk[b, h, s:s + r1].addmm_(ds.t(), qb)
+            else:
+                dk[b, h, s:s + r1] += ds.t() @ qb
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
 def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -234,8 +255,8 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         raise ValueError(f"{NAME} attention: query, key and value dtypes differ ({query.dtype}, {key.dtype}, "
                          f"{value.dtype})")
     scaling = D ** -0.5 if scaling is None else scaling
-    lengths = right_padded_lengths(attention_mask, B, L)
-    if lengths is None or probs_elements(lengths, H) * query.element_size() > MAX_PROBS_BYTES:
+    segments = causal_segments(attention_mask, B, L)
+    if segments is None or probs_elements(segments, H) * query.element_size() > MAX_PROBS_BYTES:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -244,7 +265,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     # [B, H, L, D] -> [B, KV, L, G, D]: a block of query positions is a block of rows for all G heads.
     q = query.view(B, KV, G, L, D).transpose(2, 3).contiguous()
     with torch.autocast("cpu", enabled=False):
-        out = GroupedAttention.apply(q, key.contiguous(), value.contiguous(), lengths, scaling)
+        out = GroupedAttention.apply(q, key.contiguous(), value.contiguous(), segments, scaling)
     return out.permute(0, 2, 1, 3, 4).reshape(B, L, H, D), None
 
 

@@ -240,19 +240,46 @@ def output_weight(model: torch.nn.Module) -> torch.nn.Parameter:
     return head.weight
 
 
+def pack_right_padded(inputs: dict) -> Optional[dict]:
+    """A right-padded batch (``input_ids``, ``labels``, ``attention_mask`` ``[B, L]``, each
+    sample's first label -100) as one row of its ``N`` real tokens: ``input_ids`` and
+    ``labels`` ``[1, N]``, ``position_ids`` ``[1, N]`` restarting at 0 for each sample, no
+    attention mask, ``use_cache=False`` (transformers then builds a mask that keeps the samples
+    apart from the restarting positions; with a cache it does not). The first-label rule
+    keeps a sample's last token from being trained on the next sample's first. None when
+    the batch is not of that form (position ids already given, left padding, a first label
+    that is a target), which then runs as it is."""
+    am, labels = inputs.get("attention_mask"), inputs.get("labels")
+    if am is None or labels is None or "position_ids" in inputs or set(inputs) - {"input_ids", "labels",
+                                                                                    "attention_mask"}:
+        return None
+    keep = am.bool()
+    lengths = keep.sum(1)
+    width = torch.arange(keep.shape[1], device=keep.device)
+    if not torch.equal(keep, width[None, :] < lengths[:, None]) or bool((labels[:, 0] != -100).any()):
+        return None
+    return {"input_ids": inputs["input_ids"][keep][None], "labels": labels[keep][None],
+            "position_ids": (width[None, :].expand_as(keep))[keep][None], "use_cache": False}
+
+
 class FusedLossTrainer(Trainer):
     """``Trainer`` whose training loss is :func:`fused_linear_cross_entropy` on the model's
     last hidden states and output weight (see the module docstring). Takes the Trainer's
-    arguments (not ``compute_loss_func``) and ``chunk_size``."""
+    arguments (not ``compute_loss_func``), ``chunk_size`` and ``pack_batches``: run each
+    right-padded training batch as one row of its real tokens (:func:`pack_right_padded`),
+    so no layer computes padding; only for an attention that keeps packed samples apart
+    and gains from it (``cpu_attention``: the same loss and gradients, tests/test_fused_loss.py)."""
 
-    def __init__(self, *args, chunk_size: int = DEFAULT_CHUNK_SIZE, **kwargs):
+    def __init__(self, *args, chunk_size: int = DEFAULT_CHUNK_SIZE, pack_batches: bool = False, **kwargs):
         if "compute_loss_func" in kwargs:
             raise TypeError("FusedLossTrainer computes its own loss; do not pass compute_loss_func")
         super().__init__(*args, compute_loss_func=self._loss_from_hidden, **kwargs)
-        self.chunk_size = chunk_size
+        self.chunk_size, self.pack_batches = chunk_size, pack_batches
         output_weight(self.model)  # refuse an unsupported output layer before training starts
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.pack_batches and model.training and not return_outputs:
+            inputs = pack_right_padded(inputs) or inputs
         device = inputs["input_ids"].device if "input_ids" in inputs else None
         # No position through the output layer; the final hidden states come back instead.
         inputs = {**inputs, "logits_to_keep": torch.zeros(0, dtype=torch.long, device=device),

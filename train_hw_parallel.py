@@ -423,7 +423,11 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
         model.config.use_cache = False
 
     if model_args.loss == "fused":
-        trainer_cls, loss_kwargs = FusedLossTrainer, {}
+        # cpu_bmm keeps packed samples apart and skips what is not computed: no layer sees padding.
+        pack = attn == cpu_attention.NAME
+        trainer_cls, loss_kwargs = FusedLossTrainer, {"pack_batches": pack}
+        if pack:
+            log("[batches] each right-padded batch trains as one row of its real tokens (no padding computed)")
     else:
         trainer_cls, loss_kwargs = Trainer, {"compute_loss_func": compute_loss_from_logits}
     trainer = with_tied_save(trainer_cls)(

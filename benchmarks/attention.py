@@ -73,7 +73,7 @@ def compare(L: int, lengths: list[int], dtype: torch.dtype, reps: int, heads=(9,
     mask = (torch.ones(L, L, dtype=torch.bool).tril()[None] & real[:, None, :])[:, None] if padded else None
     module = _Module()
     module.num_key_value_groups = H // KV  # what transformers' sdpa reads when cpu_bmm hands a call over
-    kept = cpu_attention.probs_elements(lengths, H) * q.element_size()
+    kept = cpu_attention.probs_elements([[(0, n)] for n in lengths], H) * q.element_size()
 
     def run(fn):
         def call():

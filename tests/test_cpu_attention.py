@@ -182,29 +182,65 @@ def test_refusals():
         attention_forward(MODULE, q, k, v.detach().bfloat16(), None)
 
 
-def test_right_padded_lengths():
-    """The real lengths are read only off a mask that is exactly causal with right padding
-    (or no mask); left padding, packed samples, a float mask or a broken causal pattern give None."""
+def packed_mask(L, lengths):
+    """transformers' sdpa mask for samples of ``lengths`` packed into one row of ``L``
+    (restarting position ids): causal within each sample, padding after them."""
+    seq = torch.full((L,), -1)
+    at = 0
+    for i, n in enumerate(lengths):
+        seq[at:at + n] = i
+        at += n
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    return (causal & (seq[:, None] == seq[None, :]) & (seq[None, :] >= 0))[None, None]
+
+
+def test_causal_segments():
+    """The sequences are read only off a mask that is exactly block-causal over a prefix of
+    real tokens (right padding, or samples packed in a row); left padding, a float mask, a
+    query seeing a later key, another sample's key or missing one of its own give None."""
     B, L = 3, 12
     lengths = [12, 7, 1]
-    assert cpu_attention.right_padded_lengths(None, B, L) == [L] * B
-    assert cpu_attention.right_padded_lengths(padded_mask(B, L, lengths), B, L) == lengths
-    assert cpu_attention.right_padded_lengths(padded_mask(1, L, [L]), B, L) == [L] * B  # broadcast over the batch
+    assert cpu_attention.causal_segments(None, B, L) == [[(0, L)]] * B
+    assert cpu_attention.causal_segments(padded_mask(B, L, lengths), B, L) == [[(0, 12)], [(0, 7)], [(0, 1)]]
+    assert cpu_attention.causal_segments(padded_mask(1, L, [L]), B, L) == [[(0, L)]] * B  # broadcast over the batch
+    assert cpu_attention.causal_segments(packed_mask(L, [5, 1, 4]), 1, L) == [[(0, 5), (5, 6), (6, 10)]]
     left = torch.ones(L, L, dtype=torch.bool).tril()[None, None].repeat(B, 1, 1, 1)
     left[1, 0, :, :3] = False  # sample 1 left-padded by 3
-    packed = torch.ones(L, L, dtype=torch.bool).tril()
-    packed[5:, :5] = False  # two samples of 5 and 7 in one row
     leaky = padded_mask(B, L, lengths)
     leaky[0, 0, 2, 5] = True  # a query sees a later key
-    for mask in (left, packed[None, None], padded_mask(B, L, lengths).float(), leaky, padded_mask(2, L, [L, 3])):
-        assert cpu_attention.right_padded_lengths(mask, B, L) is None
+    across = packed_mask(L, [5, 7])
+    across[0, 0, 7, 3] = True  # a query of the second sample sees one of the first
+    holed = packed_mask(L, [5, 7])
+    holed[0, 0, 9, 6] = False  # a query misses an earlier key of its own sample
+    for mask, b in ((left, B), (padded_mask(B, L, lengths).float(), B), (leaky, B), (padded_mask(2, L, [L, 3]), B),
+                    (across, 1), (holed, 1)):
+        assert cpu_attention.causal_segments(mask, b, L) is None
     # One mask serves every layer: read once, read again once changed in place.
     mask = padded_mask(B, L, lengths)
-    assert cpu_attention.right_padded_lengths(mask, B, L) == lengths
+    assert cpu_attention.causal_segments(mask, B, L) == [[(0, 12)], [(0, 7)], [(0, 1)]]
     mask[0, 0, 2, 5] = True
-    assert cpu_attention.right_padded_lengths(mask, B, L) is None
+    assert cpu_attention.causal_segments(mask, B, L) is None
     with torch.inference_mode():  # inference tensors have no version counter
-        assert cpu_attention.right_padded_lengths(padded_mask(B, L, lengths), B, L) == lengths
+        assert cpu_attention.causal_segments(padded_mask(B, L, lengths), B, L) == [[(0, 12)], [(0, 7)], [(0, 1)]]
+
+
+def test_packed_samples_match_the_reference(block_rows):
+    """Samples packed in one row (with padding after them): outputs and gradients equal the
+    float64 reference under the same block-causal mask, and each sample alone."""
+    L, lengths = 40, [17, 1, 9, 8]
+    q, k, v = qkv(torch.float32, B=1, H=6, KV=2, L=L)
+    mask = packed_mask(L, lengths)
+    real = (torch.arange(L) < sum(lengths))[None, :, None, None]
+    dout = torch.randn(1, L, 6, q.shape[-1], generator=torch.Generator().manual_seed(4)) * real
+    ref_out, ref_grads = grads(lambda a, b, c: reference(a, b, c, mask),
+                               [t.detach().double().requires_grad_() for t in (q, k, v)], dout.double())
+    out, got = grads(lambda a, b, c: attention_forward(MODULE, a, b, c, mask)[0], [q, k, v], dout)
+    torch.testing.assert_close(out.double() * real, ref_out * real, rtol=1e-5, atol=1e-5)
+    assert not out[~real.expand_as(out)].any()
+    for name, g, r in zip("qkv", got, ref_grads):
+        torch.testing.assert_close(g.double(), r, rtol=1e-5, atol=1e-5, msg=lambda m: f"d{name}: {m}")
+    alone = reference(q[:, :, :17].double(), k[:, :, :17].double(), v[:, :, :17].double(), None)
+    torch.testing.assert_close(out[:, :17].double(), alone, rtol=1e-5, atol=1e-5)
 
 
 def test_other_masks_and_large_probabilities_go_to_sdpa(monkeypatch):
@@ -218,8 +254,8 @@ def test_other_masks_and_large_probabilities_go_to_sdpa(monkeypatch):
     module.num_key_value_groups = q.shape[1] // k.shape[1]  # what transformers' sdpa reads off Llama's attention
     right = padded_mask(B, L, [L, 20, 5])
     left = torch.ones(L, L, dtype=torch.bool).tril()[None, None].repeat(B, 1, 1, 1)
-    left[1, 0, :, :3] = False
-    left[1, 0, :3, :] = torch.eye(3, L, dtype=torch.bool)  # as transformers unmasks the padding rows
+    left[1, 0, :, :3] = False  # sample 1 left-padded by 3
+    left[1, 0, :3, 3] = True  # its padding rows attend to the first real key (a later one)
 
     def refuse(*args):
         raise AssertionError("GroupedAttention ran")
@@ -236,11 +272,12 @@ def test_other_masks_and_large_probabilities_go_to_sdpa(monkeypatch):
 
 
 def test_probs_elements_counts_the_causal_blocks(monkeypatch):
-    """The kept P of one layer: for each sample, each block of query rows times the keys up
+    """The kept P of one layer: for each sequence, each block of query rows times the keys up
     to the block's end, per query head (counted by hand for blocks of 4)."""
     monkeypatch.setattr(cpu_attention, "BLOCK_ROWS", 4)
     assert cpu_attention.query_blocks(10) == [(0, 4), (4, 8), (8, 10)]
-    assert cpu_attention.probs_elements([10, 3, 0], heads=2) == 2 * ((4 * 4 + 4 * 8 + 2 * 10) + 3 * 3)
+    assert cpu_attention.probs_elements([[(0, 10)], [(0, 3)], []], heads=2) == 2 * ((4 * 4 + 4 * 8 + 2 * 10) + 3 * 3)
+    assert cpu_attention.probs_elements([[(0, 3), (3, 13)]], heads=1) == 3 * 3 + (4 * 4 + 4 * 8 + 2 * 10)
 
 
 def test_model_matches_sdpa(tiny_llama_dir, tmp_path):

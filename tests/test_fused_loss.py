@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 
-from fused_loss import FusedLossTrainer, fused_linear_cross_entropy, output_weight
+from fused_loss import FusedLossTrainer, fused_linear_cross_entropy, output_weight, pack_right_padded
 from loss_functions import compute_loss_from_logits, cross_entropy_loss
 from chat_format import IGNORE_TOKEN_ID as IGNORE
 
@@ -263,6 +263,62 @@ def test_trainer_compute_loss_matches_logits_trainer(tiny_dir, tmp_path):
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
     for name in ref_gp:
         torch.testing.assert_close(gp[name], ref_gp[name], atol=1e-7, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def right_padded(lengths, width, seed=8):
+    """A batch as the collator gives it: right padding, labels -100 on padding, on each
+    sample's first token and on a short prompt."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (len(lengths), width), generator=g)
+    am = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    labels = ids.masked_fill(am == 0, IGNORE)
+    labels[:, :3] = IGNORE
+    return {"input_ids": ids.masked_fill(am == 0, 2), "attention_mask": am, "labels": labels}
+
+
+def test_pack_right_padded():
+    """The real tokens of each row, in order, in one row; positions restart per sample;
+    batches of another form are left alone."""
+    inputs = right_padded([5, 2, 4], 6)
+    packed = pack_right_padded(inputs)
+    keep = inputs["attention_mask"].bool()
+    assert torch.equal(packed["input_ids"][0], torch.cat([inputs["input_ids"][i, :n] for i, n in enumerate([5, 2, 4])]))
+    assert torch.equal(packed["labels"][0], inputs["labels"][keep])
+    assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 0, 1, 0, 1, 2, 3]
+    assert packed["use_cache"] is False and "attention_mask" not in packed
+    left = dict(inputs, attention_mask=inputs["attention_mask"].flip(1))
+    target_first = dict(inputs, labels=inputs["labels"].clone())
+    target_first["labels"][1, 0] = 5  # the next sample's first token would be a target of the previous one
+    for other in (left, target_first, dict(inputs, position_ids=torch.zeros_like(inputs["input_ids"]))):
+        assert pack_right_padded(other) is None
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_batches_train_as_padded_ones(tiny_dir, tmp_path, checkpointing):
+    """FusedLossTrainer with pack_batches (cpu_bmm, one row of real tokens) gives the loss and
+    every parameter gradient of the same padded batch under sdpa, with gradient
+    checkpointing off and on."""
+    import cpu_attention
+
+    cpu_attention.register()
+    inputs = right_padded([40, 25, 9, 1], 40)
+    num_items = torch.tensor(int((inputs["labels"] != IGNORE).sum()))
+    results = []
+    for attn, pack in (("sdpa", False), (cpu_attention.NAME, True)):
+        model = LlamaForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, attn_implementation=attn)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        args = TrainingArguments(output_dir=str(tmp_path / attn), report_to="none", use_cpu=True)
+        trainer = FusedLossTrainer(model=model, args=args, pack_batches=pack)
+        loss = trainer.compute_loss(model, dict(inputs), num_items_in_batch=num_items)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (loss, gp), (ref_loss, ref_gp) = results[1], results[0]
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
+    for name in ref_gp:
+        scale = float(ref_gp[name].abs().max())
+        torch.testing.assert_close(gp[name], ref_gp[name], atol=1e-5 * scale, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
 def test_unsupported_output_layer_is_refused(tiny_dir):
