@@ -53,15 +53,13 @@ from typing import Optional
 import torch
 
 from cpu_precision import CPU_ATTENTION as NAME
+from loss_functions import _compute_dtype  # fp32 for fp32/bf16/fp16, fp64 for fp64
+
 PROFILE_RANGE = f"{NAME} attention"  # torch.profiler range around forward and backward
 # Query rows per product: 128 beat 64 everywhere and 256 in fp32 (docs/performance_cpu.md).
 BLOCK_ROWS = 128
 # Beyond this much kept P per layer the call goes to sdpa, which keeps one number per row.
 MAX_PROBS_BYTES = 64 << 20
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def query_blocks(n: int) -> list[tuple[int, int]]:
