@@ -118,6 +118,51 @@ def _weights_problems(folder: str) -> list[str]:
     return [f"{s} missing or cut short" for s in shards if not _safetensors_complete(os.path.join(folder, s))]
 
 
+# DeepSpeed's checkpoint file names (0.19: DeepSpeedEngine._get_ckpt_name, _get_zero_ckpt_prefix,
+# deepspeed/checkpoint/constants.py). The optimizer shard's prefix follows the precision
+# (bf16 runs write "bf16_zero_pp_rank_..."); ZeRO-3 writes the model states per rank too.
+# Offload changes no name. Every form is accepted, so no precision or stage is special.
+DS_OPTIM_PREFIXES = ("zero_pp_rank_", "bf16_zero_pp_rank_", "fp16_zero_pp_rank_")
+DS_MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+def _ds_optim_names(rank: int) -> list[str]:
+    return [f"{p}{rank}_mp_rank_00_optim_states.pt" for p in DS_OPTIM_PREFIXES]
+
+
+def deepspeed_owns_scheduler(config: dict) -> bool:
+    """Whether DeepSpeed saves the learning-rate scheduler inside its own shards, so the
+    Trainer writes no ``scheduler.pt``: when the DeepSpeed config names a ``scheduler``, or an
+    ``optimizer`` (transformers' ``deepspeed_optim_sched`` then wraps even the Trainer's
+    scheduler for DeepSpeed, and ``Trainer._save_optimizer_and_scheduler`` skips the file)."""
+    return bool(config.get("scheduler") or config.get("optimizer"))
+
+
+def deepspeed_shard_problems(tag_dir: str, tag: str, world_size: int) -> list[str]:
+    """What is missing or cut short in DeepSpeed's ``tag_dir`` (``checkpoint-N/global_stepN``)
+    for a run of ``world_size`` ranks, each as ``"<tag>/<file> missing or cut short"``;
+    ``[]`` when complete. Complete: the model states (one ``mp_rank_00_model_states.pt``, or
+    ZeRO-3's ``zero_pp_rank_R_mp_rank_00_model_states.pt`` for every rank R) and one ZeRO
+    optimizer shard per rank under any of DeepSpeed's precision prefixes (``DS_OPTIM_PREFIXES``),
+    each a torch.save file with its closing zip directory."""
+    def ok(name: str) -> bool:
+        p = os.path.join(tag_dir, name)
+        return os.path.exists(p) and _zip_complete(p)
+
+    problems = []
+    zero3 = [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)]
+    if not ok(DS_MODEL_STATES) and not all(ok(n) for n in zero3):
+        present = [n for n in zero3 if os.path.exists(os.path.join(tag_dir, n))]
+        missing = [n for n in zero3 if not ok(n)] if present else [DS_MODEL_STATES]
+        problems += [f"{tag}/{n} missing or cut short" for n in missing]
+    for r in range(world_size):
+        names = _ds_optim_names(r)
+        if not any(ok(n) for n in names):
+            found = [n for n in names if os.path.exists(os.path.join(tag_dir, n))]
+            problems.append(f"{tag}/{(found or names)[0]} missing or cut short")
+    return problems
+
+
 def checkpoint_problems(folder: str, world_size: int, deepspeed: bool, save_only_model: bool = False,
                         deepspeed_scheduler: bool = False) -> list[str]:
     """Why ``folder`` (a ``checkpoint-N`` of the Trainer) cannot be resumed from; ``[]``
@@ -160,11 +205,7 @@ def checkpoint_problems(folder: str, world_size: int, deepspeed: bool, save_only
             tag = None
             problems.append("no DeepSpeed 'latest' file")
         if tag is not None:
-            shards = [os.path.join(tag, "mp_rank_00_model_states.pt")] + [
-                os.path.join(tag, f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for r in range(world_size)]
-            bad = [s for s in shards if not os.path.exists(os.path.join(folder, s))
-                   or not _zip_complete(os.path.join(folder, s))]
-            problems += [f"DeepSpeed {s} missing or cut short" for s in bad]
+            problems += [f"DeepSpeed {s}" for s in deepspeed_shard_problems(os.path.join(folder, tag), tag, world_size)]
     # The Trainer saves its scheduler beside DeepSpeed's files unless DeepSpeed runs its own.
     for name in ([] if deepspeed else ["optimizer.pt"]) + ([] if deepspeed_scheduler else ["scheduler.pt"]):
         p = os.path.join(folder, name)
@@ -176,13 +217,30 @@ def checkpoint_problems(folder: str, world_size: int, deepspeed: bool, save_only
     return problems
 
 
+# Incomplete checkpoints are moved here, one level down: the Trainer's rotation
+# (``checkpoint-*`` directly in the output folder) and resume never see them.
+SET_ASIDE_DIR = "incomplete_checkpoints"
+
+
+def set_aside(output_dir: str, name: str) -> str:
+    """Move ``output_dir/name`` to ``output_dir/incomplete_checkpoints/name.<time>[-k]``
+    (a fresh name, never over an earlier one) and return the new path."""
+    dest_dir = os.path.join(output_dir, SET_ASIDE_DIR)
+    os.makedirs(dest_dir, exist_ok=True)
+    base = os.path.join(dest_dir, f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+    dest, k = base, 1
+    while os.path.exists(dest):
+        dest, k = f"{base}-{k}", k + 1
+    os.rename(os.path.join(output_dir, name), dest)
+    return dest
+
+
 def resumable_checkpoint(output_dir: str, world_size: int, deepspeed: bool, save_only_model: bool = False,
                          writer: bool = False, log=print, deepspeed_scheduler: bool = False) -> Optional[str]:
     """The newest complete ``checkpoint-N`` of ``output_dir`` (:func:`checkpoint_problems`),
     or None. Every rank computes the same answer from the folder's content. The
-    ``writer`` (rank 0, holding the folder's lock) renames each incomplete checkpoint to
-    ``checkpoint-N.partial-<time>`` (the Trainer's rotation and resume then ignore it;
-    nothing is deleted) and logs it with its problems."""
+    ``writer`` (rank 0, holding the folder's lock) moves each incomplete checkpoint to
+    :data:`SET_ASIDE_DIR` (:func:`set_aside`) and logs it with its problems."""
     if not os.path.isdir(output_dir):
         return None
     found = sorted(((int(m.group(1)), n) for n in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(n))
@@ -195,10 +253,10 @@ def resumable_checkpoint(output_dir: str, world_size: int, deepspeed: bool, save
             chosen = chosen or path
             continue
         if writer:
-            aside = f"{path}.partial-{time.strftime('%Y%m%d-%H%M%S')}"
-            os.rename(path, aside)
+            aside = set_aside(output_dir, name)
             log(f"[resume] {name} is incomplete ({'; '.join(problems)}), probably cut by a kill while it was "
-                f"written: set aside as {os.path.basename(aside)} (delete it once you no longer need it)")
+                f"written: set aside as {os.path.relpath(aside, output_dir)} (nothing deleted; delete it once "
+                f"you no longer need it)")
     return chosen
 
 

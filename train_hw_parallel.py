@@ -49,7 +49,7 @@ from report import plot_loss_curve
 from rms_norm import fuse_rms_norms
 from chat_format import TRAIN_TURNS
 from folder_lock import FolderLock, FolderLockedError
-from run_records import (RUN_TARGET_KEY, check_run_plan, checkpoint_problems, export_complete, export_from_checkpoint,
+from run_records import (RUN_TARGET_KEY, check_run_plan, checkpoint_problems, deepspeed_owns_scheduler, export_complete, export_from_checkpoint,
                          finished_step, resumable_checkpoint, run_plan, write_manifest)
 from training_settings import SettingsError, check_settings
 from fileio import resolve_path
@@ -363,7 +363,7 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
                    training_args.should_save, log)
     deepspeed = bool(training_args.deepspeed)
     ds_config = getattr(training_args, "hf_deepspeed_config", None)
-    ds_scheduler = bool(ds_config is not None and ds_config.config.get("scheduler"))
+    ds_scheduler = ds_config is not None and deepspeed_owns_scheduler(ds_config.config)
     resume = training_args.resume_from_checkpoint
     if resume is not None:
         problems = checkpoint_problems(resume, training_args.world_size, deepspeed, training_args.save_only_model,

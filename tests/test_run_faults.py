@@ -79,7 +79,7 @@ def test_rerun_sets_aside_a_cut_checkpoint_and_resumes_from_the_last_complete(se
     capsys.readouterr()
     trainer = train_hw_parallel.main(_args(setup, cut, 4))
     log = capsys.readouterr().out
-    aside = list(cut.glob("checkpoint-4.partial-*"))
+    aside = list((cut / "incomplete_checkpoints").glob("checkpoint-4.*"))
     assert len(aside) == 1 and (aside[0] / "model.safetensors").is_file()  # set aside, not deleted
     assert "checkpoint-4 is incomplete (no trainer_state.json" in log and aside[0].name in log
     assert "training_args.bin missing or empty" in log
