@@ -38,7 +38,7 @@ Public API
   labels are all -100 (e.g. its trained turns were cut by truncation) must be dropped.
 
 CLI: ``python conversation_func.py [--multi_turn] ...`` checks the masking against the
-golden files (``masking_checker.py`` holds the checker; exit 0 only when every sample matches).
+golden files (``smolsft/chat/masking_checker.py`` holds the checker; exit 0 only when every sample matches).
 """
 from __future__ import annotations
 
@@ -48,11 +48,10 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from chat_format import (
-    CHATML_TEMPLATE, IGNORE_TOKEN_ID, IM_START, TRAIN_TURNS, TRUNCATION_SIDES, ConversationFormatError,
+from utils import (
+    CHATML_TEMPLATE, IGNORE_TOKEN_ID, IM_START, TRAIN_TURNS, TRUNCATION_SIDES, ConversationFormatError, pad_token_id,
     validate_messages,
 )
-from tokenization import pad_token_id
 
 ASSISTANT_ROLES = frozenset({"assistant"})
 
@@ -354,7 +353,7 @@ def has_trained_tokens(features: Optional[dict]) -> bool:
 
 
 if __name__ == "__main__":
-    from masking_checker import run_checker
+    from smolsft.chat.masking_checker import run_checker
 
     sys.exit(run_checker(conversation_to_features,
                          "Parts 1-2: check assistant-only loss masking against golden files.",

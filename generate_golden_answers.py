@@ -22,9 +22,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from chat_format import IGNORE_TOKEN_ID, is_single_turn_conversation, validate_messages
-from fileio import REPO_ROOT
-from tokenization import DEFAULT_MODEL, load_tokenizer
+from utils import DEFAULT_MODEL, IGNORE_TOKEN_ID, is_single_turn_conversation, load_tokenizer, validate_messages
+
+REPO_ROOT = Path(__file__).resolve().parent
 
 SPLITS = ("single_turn", "multi_turn")
 # The course's Part 4 system message, written out here so this reference path shares no code with

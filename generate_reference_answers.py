@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from chat_format import IGNORE_TOKEN_ID
+from utils import IGNORE_TOKEN_ID
 
 FORMAT_VERSION = 1  # also what loss_functions_checker.py expects
 DEFAULT_OUT = Path(__file__).resolve().parent / "reference_answers.pkl"

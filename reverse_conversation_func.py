@@ -18,7 +18,7 @@ Public API (same shapes as the forward module):
   a user), rendered exactly as the training samples begin.
 
 CLI: ``python reverse_conversation_func.py [--multi_turn] ...`` checks against
-``reverse_exercise_solutions.json`` (``masking_checker.py``; same options as ``conversation_func.py``).
+``reverse_exercise_solutions.json`` (``smolsft/chat/masking_checker.py``; same options as ``conversation_func.py``).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import sys
 from typing import Optional
 
 from conversation_func import conversation_to_unpadded, conversations_to_unpadded, pad_features
-from chat_format import IM_START, ConversationFormatError, is_single_turn_conversation, render_chat, validate_messages
-from tokenization import pad_token_id
+from utils import (IM_START, ConversationFormatError, is_single_turn_conversation, pad_token_id, render_chat,
+                   validate_messages)
 
 USER_ROLES = frozenset({"user"})
 # Part 4's system message, the course's wording: it tells a simulator it predicts the next (user) state.
@@ -111,7 +111,7 @@ def reverse_conversation_to_features(messages, tokenizer, max_length: int, trunc
 
 
 if __name__ == "__main__":
-    from masking_checker import run_checker
+    from smolsft.chat.masking_checker import run_checker
 
     sys.exit(run_checker(reverse_conversation_to_features,
                          "Parts 3-4: check reverse (user-turn) loss masking against golden files.",

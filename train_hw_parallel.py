@@ -25,7 +25,7 @@ What it adds to a plain Trainer run:
 - rerunning the same command resumes from the last checkpoint in ``--output_dir``; the
   run's plan (data hash, model, masking, lengths, batch geometry, optimizer, schedule,
   seeds) is recorded there first (``run_plan.json``), and a rerun with another plan
-  stops before training instead of mixing two runs (``run_records.py``).
+  stops before training instead of mixing two runs (``smolsft/train/records.py``).
 """
 from __future__ import annotations
 
@@ -40,20 +40,20 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, TrainingArguments
 
-import cpu_attention
-import sft_data
-from cpu_precision import ATTENTIONS, PRECISIONS, describe, training_attention
-from fused_loss import FusedLossTrainer
+from smolsft.kernels import cpu_attention as cpu_attention
+from smolsft.data import sft as sft_data
+from smolsft.hardware.cpu import ATTENTIONS, PRECISIONS, describe, training_attention
+from smolsft.losses.fused import FusedLossTrainer
 from loss_functions import compute_loss_from_logits
-from report import plot_loss_curve
-from rms_norm import fuse_rms_norms
-from chat_format import TRAIN_TURNS
-from folder_lock import FolderLock, FolderLockedError
-from run_records import (RUN_TARGET_KEY, check_run_plan, checkpoint_problems, deepspeed_owns_scheduler, export_complete, export_from_checkpoint,
+from smolsft.report.reports import plot_loss_curve
+from smolsft.kernels.rms_norm import fuse_rms_norms
+from smolsft.chat.format import TRAIN_TURNS
+from smolsft.lock import FolderLock, FolderLockedError
+from smolsft.train.records import (RUN_TARGET_KEY, check_run_plan, checkpoint_problems, deepspeed_owns_scheduler, export_complete, export_from_checkpoint,
                          finished_step, resumable_checkpoint, run_plan, write_manifest)
-from training_settings import SettingsError, check_settings
-from fileio import resolve_path
-from tokenization import end_of_turn_ids, load_tokenizer, pad_token_id
+from smolsft.train.settings import SettingsError, check_settings
+from smolsft.files import resolve_path
+from smolsft.chat.tokenization import end_of_turn_ids, load_tokenizer, pad_token_id
 
 
 @dataclass
@@ -67,7 +67,7 @@ class ModelArguments:
     cpu_attention: str = field(
         default="auto",
         metadata={"help": "Attention without --flash_attn: auto (default) is cpu_bmm for fp32 and bf16 training on the CPU "
-                          "(cpu_attention.py: causal blocks of matrix products over the real tokens, faster than "
+                          "(smolsft/kernels/cpu_attention.py: causal blocks of matrix products over the real tokens, faster than "
                           "PyTorch's CPU flash kernel in fp32 and bf16; sdpa takes over for other masks and large "
                           "batches) and sdpa elsewhere; sdpa or cpu_bmm force one (cpu_bmm only on the CPU).",
                   "choices": list(ATTENTIONS)},
@@ -75,7 +75,7 @@ class ModelArguments:
     loss: str = field(
         default="fused",
         metadata={"help": "fused: output layer + cross-entropy in chunks over the trained positions, never "
-                          "building the logits (fused_loss.py); logits: the model's logits through Part 5's "
+                          "building the logits (smolsft/losses/fused.py); logits: the model's logits through Part 5's "
                           "compute_loss_from_logits. Same loss and gradients.",
                   "choices": ["fused", "logits"]},
     )
@@ -134,7 +134,7 @@ class RunArguments:
     precision: str = field(
         default="auto",
         metadata={"help": "On the CPU: auto (default) is bf16 mixed precision where the processor has bf16 "
-                          "arithmetic (AVX512-BF16, AMX), else fp32 (cpu_precision.py); bf16 or fp32 force one. "
+                          "arithmetic (AVX512-BF16, AMX), else fp32 (smolsft/hardware/cpu.py); bf16 or fp32 force one. "
                           "bf16 keeps fp32 master weights and optimizer state. On a GPU: auto leaves --bf16/--fp16 "
                           "as given (scripts/sft.sh picks them), bf16 adds --bf16 True, fp32 refuses them.",
                   "choices": list(PRECISIONS)},
@@ -414,7 +414,7 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
     collator = make_collator(data_args, attn, tokenizer)
     # fp32 master weights; the Trainer/DeepSpeed casts for bf16/fp16 compute.
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
-    if training_args.device.type == "cpu":  # measured on the CPU only (rms_norm.py)
+    if training_args.device.type == "cpu":  # measured on the CPU only (smolsft/kernels/rms_norm.py)
         switched = fuse_rms_norms(model)
         log(f"[model] {switched} RMSNorm modules run PyTorch's fused rms_norm kernel")
     model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)

@@ -1,5 +1,5 @@
 """Benchmark: one layer's training attention on the CPU, this project's ``cpu_bmm``
-(cpu_attention.py) against PyTorch's ``scaled_dot_product_attention`` (on the CPU its flash
+(smolsft/kernels/cpu_attention.py) against PyTorch's ``scaled_dot_product_attention`` (on the CPU its flash
 kernel), forward + backward, in fp32 and bf16.
 
     python benchmarks/attention.py                      # SmolLM2-135M's heads, the shapes below
@@ -29,8 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-import cpu_attention
-
+from smolsft.kernels import cpu_attention as cpu_attention
 DEFAULT_SHAPES = ["512:512,300,200,150", "512:512,500,480,470", "1024:1024,1024,1024,1024", "2048:2048,2048"]
 
 

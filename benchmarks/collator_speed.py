@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import sft_data
-from fileio import REPO_ROOT
-from tokenization import DEFAULT_MODEL, load_tokenizer
+from smolsft.data import sft as sft_data
+from smolsft.files import REPO_ROOT
+from smolsft.chat.tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """IFEval generation on the CPU, in one run, on the same prompts: vLLM (the product path,
-``ifeval.generate.generate_vllm`` with the engine settings ``run_ifeval.py`` uses) against
-transformers' ``generate()`` batched (``ifeval.generate.generate_hf``: sorted by length,
+``smolsft.generation.engines.generate_vllm`` with the engine settings ``run_ifeval.py`` uses) against
+transformers' ``generate()`` batched (``smolsft.generation.engines.generate_hf``: sorted by length,
 left padding, batch 16), for each workload.
 
     python benchmarks/generate.py                                # 16 x 64 and 100 x 256 tokens, greedy
@@ -14,7 +14,7 @@ a real run; transformers: loading the model), generation time and generated toke
 (the answers' tokens including the stop token, not the padding of finished rows), end
 to end (startup + generation), and how many answers are identical between the engines.
 Both stop at the same ids (``checkpoint_stop_ids``) and run in each of ``--precisions``
-(default fp32 only; bf16 pays off on CPUs with bf16 arithmetic, ``cpu_precision.py``);
+(default fp32 only; bf16 pays off on CPUs with bf16 arithmetic, ``smolsft/hardware/cpu.py``);
 with two precisions each engine's bf16 run is also compared with its fp32 run (speed and
 identical answers: greedy bf16 answers part from fp32's where rounding flips a near-tie).
 Engine ``vllm_mp`` is vLLM with its own process layout (``VLLM_ENABLE_V1_MULTIPROCESSING=1``:
@@ -31,12 +31,12 @@ import sys
 import time
 from pathlib import Path
 
-from ifeval.generate import (
+from smolsft.generation.engines import (
     checkpoint_stop_ids, choose_enforce_eager, generate_hf, generate_vllm, load_hf_model, render_prompts,
 )
 from ifeval.run_ifeval import DEFAULT_INPUT, load_prompt_set
-from fileio import resolve_path
-from tokenization import DEFAULT_MODEL, load_tokenizer
+from smolsft.files import resolve_path
+from smolsft.chat.tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 def parse_workload(text: str) -> tuple[int, int]:

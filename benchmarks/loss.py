@@ -150,7 +150,7 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from loss_functions import DEFAULT_CHUNK_SIZE
+    from smolsft.losses.chunked import DEFAULT_CHUNK_SIZE
 
     chunks = args.chunk_sizes or [DEFAULT_CHUNK_SIZE]
     jobs = []

@@ -40,9 +40,9 @@ from reverse_conversation_func import (
     reverse_conversations_to_unpadded,
     reverse_messages,
 )
-from chat_format import validate_messages
-from fileio import REPO_ROOT
-from tokenization import DEFAULT_MODEL, load_tokenizer, pad_token_id
+from smolsft.chat.format import validate_messages
+from smolsft.files import REPO_ROOT
+from smolsft.chat.tokenization import DEFAULT_MODEL, load_tokenizer, pad_token_id
 
 
 def prefix_features(messages, tokenizer, max_length: int, truncation: str, train_roles) -> dict:

@@ -17,10 +17,10 @@ import argparse
 import json
 import time
 
-from chat_format import normalize_conversation
-from fileio import REPO_ROOT
-import simulator_measures as sm
-from tokenization import DEFAULT_MODEL, load_tokenizer
+from smolsft.chat.format import normalize_conversation
+from smolsft.files import REPO_ROOT
+from smolsft.simulator import measures as sm
+from smolsft.chat.tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 # framing name -> (what it is, function of the history giving the text before the role header)

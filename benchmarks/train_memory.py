@@ -77,7 +77,7 @@ def setup(model_path: str, device: str, checkpointing: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from fused_loss import fused_linear_cross_entropy, output_weight
+    from smolsft.losses.fused import fused_linear_cross_entropy, output_weight
     from loss_functions import compute_loss_from_logits
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa")
@@ -145,7 +145,7 @@ def breakdown_worker(args, batch: int, length: int, masking: str) -> dict:
     """Saved-for-backward bytes of one forward at the shape (see the module docstring)."""
     import torch
 
-    from fused_loss import fused_linear_cross_entropy, output_weight
+    from smolsft.losses.fused import fused_linear_cross_entropy, output_weight
     from loss_functions import compute_loss_from_logits
 
     model, _ = setup(args.model, "cpu", args.gradient_checkpointing)

@@ -6,7 +6,7 @@ data (data/demo_sft.json, length-grouped batches of 4 at 512 tokens, an optimize
 fused loss and AdamW. bf16 is what DeepSpeed's bf16 mode does: the module in bf16, fp32
 master weights and Adam state, the bf16 gradients added into fp32 before the step. Each
 precision runs twice: with PyTorch's ``sdpa`` attention and with the trainer's own on the
-CPU (``cpu_bmm``, cpu_attention.py). Printed per run: trained tokens/s, achieved GFLOP/s
+CPU (``cpu_bmm``, smolsft/kernels/cpu_attention.py). Printed per run: trained tokens/s, achieved GFLOP/s
 (:func:`batch_flops`: model FLOPs, the padded square for attention whatever a kernel
 skips), and the machine's own
 matmul peak in that precision measured in the same run (best of a few 2048^3 products), so
@@ -69,14 +69,14 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-import cpu_attention
-import sft_data
-from cpu_precision import training_attention
-from fused_loss import fused_linear_cross_entropy
+from smolsft.kernels import cpu_attention as cpu_attention
+from smolsft.data import sft as sft_data
+from smolsft.hardware.cpu import training_attention
+from smolsft.losses.fused import fused_linear_cross_entropy
 from loss_functions import compute_loss_from_logits
-from rms_norm import fuse_rms_norms
-from fileio import REPO_ROOT, iter_jsonl, resolve_path
-from tokenization import DEFAULT_MODEL, load_tokenizer
+from smolsft.kernels.rms_norm import fuse_rms_norms
+from smolsft.files import REPO_ROOT, iter_jsonl, resolve_path
+from smolsft.chat.tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 def chats_file(responses: Path, out: Path) -> Path:
@@ -266,7 +266,7 @@ def precision_suite(args) -> dict:
     print(f"data: {data} -> {sft_data.format_stats(stats)}; {args.steps} optimizer steps of {args.grad_accum} x "
           f"{args.batch_size} at most {args.model_max_length} tokens (the first untimed), "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
-    from cpu_precision import describe
+    from smolsft.hardware.cpu import describe
 
     print(f"CPU: {describe('auto')}")
     results = {}
@@ -496,7 +496,7 @@ def trl_child(args) -> None:
 def trl_suite(args) -> dict:
     import importlib.util
 
-    from chat_format import normalize_conversation
+    from smolsft.chat.format import normalize_conversation
 
     model = resolve_path(args.model)
     records = json.loads(Path(resolve_path(args.data or "data/demo_sft.json")).read_text())[:args.records]

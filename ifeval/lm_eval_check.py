@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from fileio import REPO_ROOT, resolve_path
+from smolsft.files import REPO_ROOT, resolve_path
 
 TASK_DIR = REPO_ROOT / "ifeval" / "lm_eval_tasks"
 TASKS = {"ifeval_course100": "sampled_input_data.jsonl", "ifeval_course200": "sampled_200_input_data.jsonl",
@@ -76,8 +76,8 @@ def model_view(model_path: str, out: Path) -> Path:
     chat template, its generation_config's eos set to the project's stop ids."""
     from transformers import GenerationConfig
 
-    from ifeval.generate import checkpoint_stop_ids
-    from tokenization import load_tokenizer
+    from smolsft.generation.engines import checkpoint_stop_ids
+    from smolsft.chat.tokenization import load_tokenizer
 
     src, view = Path(model_path).resolve(), out / "model_view"
     view.mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def run_lm_eval(view: Path, task: str, max_tokens: int, limit: Optional[int], ba
     if backend == "vllm":
         import psutil
 
-        from ifeval.generate import apply_cpu_engine_env, kv_bytes_per_token, kv_cache_bytes, model_max_length
+        from smolsft.generation.engines import apply_cpu_engine_env, kv_bytes_per_token, kv_cache_bytes, model_max_length
 
         import_lm_eval_vllm()
         apply_cpu_engine_env()
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     ap.add_argument("--responses", default=None,
                     help="this project's response file for the same model and settings: answers are compared too")
     args = ap.parse_args(argv)
-    from ifeval.responses import FolderBusyError, folder_lock
+    from smolsft.lock import FolderLockedError, folder_lock
     from ifeval.scoring import IFEvalDataError, load_prompts, load_responses  # also puts nltk_data on the path
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
                 {"results": res["results"], "samples": samples}, indent=1, default=str) + "\n")
             cmp = compare(samples, prompt_file, ours)
             (out / "crosscheck.json").write_text(json.dumps(cmp, indent=1) + "\n")
-    except (IFEvalDataError, FolderBusyError) as e:
+    except (IFEvalDataError, FolderLockedError) as e:
         raise SystemExit(f"[lm_eval_check] error: {e}") from None
     n = cmp["num_prompts"]
     print(f"[lm_eval_check] {args.task}: {n} prompts; lm-eval's verdicts equal this project's on "

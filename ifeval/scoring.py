@@ -51,8 +51,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 
-from ifeval.metrics import BENCHMARKS, METRIC_NAMES, benchmark_of
-from fileio import iter_jsonl, setup_nltk_data
+from smolsft.evaluation.metrics import BENCHMARKS, METRIC_NAMES, benchmark_of
+from smolsft.files import iter_jsonl, setup_nltk_data
 
 # Order matters: punkt_tab must be findable before lm-eval's instructions_util is
 # imported, because that import calls nltk.download() when it cannot find it.

@@ -123,6 +123,6 @@ printf '%s\t%s\n' total $((SECONDS - T_ALL)) >> "$TIMES"
 # Summary: the four metrics before/after and per-type changes on each benchmark, whether the
 # IFEval gain carried over to IFBench, stage times, paths.
 FULL_ARGS=(); [[ "$FULL" == 1 ]] && FULL_ARGS=(--full)
-$PY report.py demo-summary "$OUT" --run "$RUN" "${FULL_ARGS[@]}" --prompt_set "$PROMPT_SET" \
+$PY -m smolsft.report.reports demo-summary "$OUT" --run "$RUN" "${FULL_ARGS[@]}" --prompt_set "$PROMPT_SET" \
     --prompts "$PROMPTS" --max_tokens "$MAXTOK" --data "$DATA" --ifbench_prompts "$IFB_PROMPTS"
 echo; echo "demo finished: summary in $OUT/summary.md and $OUT/summary.json"

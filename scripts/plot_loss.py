@@ -5,7 +5,7 @@
 
 RUN_DIR is a training output folder (or one of its checkpoint-N folders): the points
 come from its ``trainer_state.json`` (the Trainer's ``log_history``). The work is done by
-``report.py`` (``read_curve``, ``plot_loss_curve``), which ``train_hw_parallel.py`` also
+``smolsft/report/reports.py`` (``read_curve``, ``plot_loss_curve``), which ``train_hw_parallel.py`` also
 calls at the end of every run.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from report import LOSS_CURVE_PNG, plot_loss_curve, read_curve
+from smolsft.report.reports import LOSS_CURVE_PNG, plot_loss_curve, read_curve
 
 
 def main(argv=None) -> None:

@@ -19,8 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from fileio import resolve_path
-from tokenization import DEFAULT_MODEL
+from smolsft.files import resolve_path
+from smolsft.chat.tokenization import DEFAULT_MODEL
 
 SMOLLM2_135M_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,

@@ -15,7 +15,7 @@
 #   BSZPERDEV [from GPU memory, 4 on CPU]  samples per device per micro-step
 #                              gradient accumulation = TOTALBSZ / devices / BSZPERDEV
 #                              on a GPU the default is the largest that fits the smallest GPU's memory at
-#                              MAXLEN, precision and --loss (hardware.py: docs/performance.md "Training memory"'s bytes,
+#                              MAXLEN, precision and --loss (smolsft/hardware/plan.py: docs/performance.md "Training memory"'s bytes,
 #                              measured on the CPU, not on a GPU) and divides TOTALBSZ / devices; printed
 #                              with its estimate. 11 GB (2080 Ti, fp16) at MAXLEN 2048: 4 (2 with --loss logits)
 #   EPOCHS [3], LR [2e-5], WARMUP [0.1], MAXLEN [2048], MAXROUNDS [5], SAVESTEPS [200]
@@ -30,7 +30,7 @@
 #                              AMX), else fp32; fp32 or bf16 force one (train_hw_parallel.py --precision)
 #   SFT_DRY_RUN=1              print the decision line and the launch command and exit
 #
-# Hardware (python hardware.py --sft-plan, rules in docs/gpu.md), printed as the first line:
+# Hardware (python -m smolsft.hardware.plan --sft-plan, rules in docs/gpu.md), printed as the first line:
 # bf16 where every GPU is compute capability 8.0+ (Ampere and newer), fp16 on 7.x (T4, 2080 Ti,
 # V100), fp32 on Pascal; flash-attention where every GPU is 8.0+ and flash_attn imports, else
 # sdpa; without GPU, bf16 or fp32 (PRECISION) on DeepSpeed's CPU accelerator (gloo). When DeepSpeed is not installed
@@ -63,12 +63,12 @@ DS_CONFIG="${DS_CONFIG:-$REPO/ds_configs/zero2_no_offload.json}"
 if [[ ! -e "$DATAPATH" && -e "$REPO/$DATAPATH" ]]; then DATAPATH="$REPO/$DATAPATH"; fi
 
 # Every variable and the flags passed on, checked at once before anything is probed or launched
-# (training_settings.py; the batch against the devices below, once they are known).
-"$PYTHON" "$REPO/training_settings.py" TOTALBSZ="$TOTALBSZ" BSZPERDEV="${BSZPERDEV:-}" LR="$LR" EPOCHS="$EPOCHS" \
+# (smolsft/train/settings.py; the batch against the devices below, once they are known).
+"$PYTHON" -m smolsft.train.settings TOTALBSZ="$TOTALBSZ" BSZPERDEV="${BSZPERDEV:-}" LR="$LR" EPOCHS="$EPOCHS" \
     WARMUP="$WARMUP" MAXLEN="$MAXLEN" MAXROUNDS="$MAXROUNDS" SAVESTEPS="$SAVESTEPS" -- "$@" || exit 2
 
 # ---------------------------------------------------------------- hardware
-# One probe decides (hardware.py --sft-plan): GPUs, precision, attention, launcher, BSZPERDEV.
+# One probe decides (smolsft/hardware/plan.py --sft-plan): GPUs, precision, attention, launcher, BSZPERDEV.
 # MAXLEN and --loss as the training will see them (extra arguments win).
 EFF_MAXLEN="$MAXLEN"; LOSS=fused; CPU_ATTN_ASKED=auto
 ARGS=("$@")
@@ -92,7 +92,7 @@ if [[ -n "${HOSTFILE:-}" ]]; then
     PLAN_ARGS+=(--world "$HOST_NDEV")
 fi
 BSZ_GIVEN="${BSZPERDEV:+set}"
-PLAN="$("$PYTHON" "$REPO/hardware.py" "${PLAN_ARGS[@]}")" || exit 2
+PLAN="$("$PYTHON" -m smolsft.hardware.plan "${PLAN_ARGS[@]}")" || exit 2
 eval "$PLAN"
 NGPU="$HW_NGPU"
 HW_ARGS=()
@@ -121,7 +121,7 @@ else
     CORES=$("$PYTHON" -c "import os; print(len(os.sched_getaffinity(0)))")
     # CPU precision, resolved here once so that the launch line names what trains.
     # The attention train_hw_parallel.py will pick for it (--cpu_attention), from the same rule.
-    read -r PREC CPU_ATTN < <(cd "$REPO" && "$PYTHON" -m cpu_precision "${PRECISION:-auto}" --attention "$CPU_ATTN_ASKED") \
+    read -r PREC CPU_ATTN < <(cd "$REPO" && "$PYTHON" -m smolsft.hardware.cpu "${PRECISION:-auto}" --attention "$CPU_ATTN_ASKED") \
         || exit 2  # cpu_precision printed why
     HW_ARGS+=(--precision "$PREC")
     # The faster layout, measured in both precisions (docs/performance_cpu.md): one rank with all the cores.

@@ -13,13 +13,13 @@ An opening is a record's leading system message (if any) and its first user turn
 
 Engines: both models stay loaded in this one process (vLLM: two engines; ``--backend
 hf``: transformers' ``generate()``), and each step generates the next turn of every
-unfinished dialogue in one batch (``ifeval/generate.py``'s engine settings: CPU threads,
+unfinished dialogue in one batch (``smolsft/generation/engines.py``'s engine settings: CPU threads,
 KV cache size, dtype, stop ids).
 
 Outputs in ``--output_dir``:
 - ``turns.jsonl``: every generated turn as it is made (``{"key": dialogue * 1000 + turn,
   "dialogue", "turn", "role", "response", "num_tokens", "finish_reason"}``), appended and
-  fsynced: a killed run resumes where it stopped (``ifeval/responses.py``), and a rerun
+  fsynced: a killed run resumes where it stopped (``smolsft/generation/responses.py``), and a rerun
   with other settings (``turns.settings.json``: models and their weight fingerprints,
   openings, rounds, sampling, engine) stops with an error instead of mixing two runs;
 - ``dialogues.jsonl``: one dialogue per line, ``{"dialogue", "source", "messages": [{"role",
@@ -37,15 +37,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from chat_format import ConversationFormatError, render_chat
-from fileio import resolve_path
-from ifeval.generate import (
+from smolsft.chat.format import ConversationFormatError, render_chat
+from smolsft.files import resolve_path
+from smolsft.generation.engines import (
     apply_cpu_engine_env, checkpoint_stop_ids, choose_enforce_eager, engine_version, finish_answer, kv_bytes_per_token,
     kv_cache_bytes, pick_backend, pick_dtype,
 )
-from ifeval.responses import ResponseWriter, check_settings, checkpoint_fingerprint, read_answered
+from smolsft.generation.responses import ResponseWriter, check_settings, checkpoint_fingerprint, read_answered
 from reverse_conversation_func import simulator_prompt
-from tokenization import load_tokenizer
+from smolsft.chat.tokenization import load_tokenizer
 
 TURN_KEY = 1000  # key = dialogue * TURN_KEY + turn; a dialogue has fewer than 1000 turns
 SETTINGS_KEYS = ("assistant_path", "assistant_fingerprint", "simulator_path", "simulator_fingerprint",
@@ -64,8 +64,8 @@ def read_openings(path: str, limit: int = 0) -> list[tuple[str, list[dict]]]:
     """``(source, [system?, user])`` per record of a chat file (any format ``sft_data``
     reads), in file order; ``limit > 0`` keeps the first ones. A record that normalizes
     to nothing is skipped; a malformed one is an error naming it."""
-    import sft_data
-    from chat_format import normalize_conversation
+    from smolsft.data import sft as sft_data
+    from smolsft.chat.format import normalize_conversation
 
     out = []
     for where, rec in sft_data.read_records(path):
@@ -89,7 +89,7 @@ def read_openings(path: str, limit: int = 0) -> list[tuple[str, list[dict]]]:
 # -------------------------------------------------------------------------- engines
 class Engine:
     """One checkpoint kept loaded for the whole run: ``generate(prompts, ...)`` returns
-    ``ifeval.generate.finish_answer`` dicts in the prompts' order."""
+    ``smolsft.generation.engines.finish_answer`` dicts in the prompts' order."""
 
     def __init__(self, model_path: str, backend: str, device: str, max_model_len: int, n_seqs: int, name: str):
         self.path, self.backend, self.name = model_path, backend, name
@@ -116,7 +116,7 @@ class Engine:
 
             self.llm = LLM(**kwargs)
         else:
-            from ifeval.generate import load_hf_model
+            from smolsft.generation.engines import load_hf_model
 
             self.model = load_hf_model(model_path, device, self.dtype)
         log(f"[simulate] {name} {model_path} loaded ({backend}, {self.dtype}) in {time.perf_counter() - t0:.1f}s")
@@ -136,7 +136,7 @@ class Engine:
                                      seed=s if temperature > 0 else None, detokenize=False) for s in seeds]
             outs = self.llm.generate([{"prompt_token_ids": e} for e in enc], params, use_tqdm=False)
             return [finish_answer(self.tokenizer, o.outputs[0].token_ids, self.stop_ids) for o in outs]
-        from ifeval.generate import generate_hf
+        from smolsft.generation.engines import generate_hf
 
         return generate_hf(self.model, self.tokenizer, prompts, max_new_tokens=max_tokens, stop_ids=self.stop_ids,
                            temperature=temperature, top_p=top_p, seed=seeds[0] if seeds else 0,

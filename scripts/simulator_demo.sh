@@ -9,7 +9,7 @@
 # Stages: split (fixed held-out records, never trained on) -> train (sft.sh --mask_mode reverse
 # on the rest) -> simulate (scripts/simulate.py: assistant and simulator talk) -> measure
 # (scripts/simulator_eval.py: user-turn perplexity, back-translation chrF, role confusion
-# validated on real turns, diversity) -> report (report.py simulator: OUT/simulator.md).
+# validated on real turns, diversity) -> report (smolsft/report/reports.py simulator: OUT/simulator.md).
 #
 # Knobs (environment), defaults CPU / --full:
 #   SIMDEMO_OUT        output folder                          [simulator_out / simulator_out_full]
@@ -117,5 +117,5 @@ run_stage measure measure
 printf '%s\t%s\n' total $((SECONDS - T_ALL)) >> "$TIMES"
 echo "load_end	$(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/load.tsv"
 FULL_ARGS=(); [[ "$FULL" == 1 ]] && FULL_ARGS=(--full)
-$PY report.py simulator "$OUT" --assistant "$ASSISTANT" "${FULL_ARGS[@]}"
+$PY -m smolsft.report.reports simulator "$OUT" --assistant "$ASSISTANT" "${FULL_ARGS[@]}"
 echo; echo "simulator demo finished in $((SECONDS - T_ALL))s: $OUT/simulator.md"

@@ -1,5 +1,5 @@
 """The user simulator's held-out split and measures, base model vs simulator
-(``simulator_measures.py`` defines each measure).
+(``smolsft/simulator/measures.py`` defines each measure).
 
     python scripts/simulator_eval.py split --data data/demo_sft.json --heldout 40 --out_dir sim_out/split
     python scripts/simulator_eval.py measure --base SmolLM2-135M --simulator sim_out/ckpt/simulator \\
@@ -24,10 +24,10 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from chat_format import is_single_turn_conversation, normalize_conversation
-from fileio import file_sha256, resolve_path
+from smolsft.chat.format import is_single_turn_conversation, normalize_conversation
+from smolsft.files import file_sha256, resolve_path
 from reverse_conversation_func import simulator_prompt
-import simulator_measures as sm
+from smolsft.simulator import measures as sm
 
 SALT = "simulator-heldout"
 
@@ -37,8 +37,7 @@ def log(msg: str) -> None:
 
 
 def cmd_split(args) -> dict:
-    import sft_data
-
+    from smolsft.data import sft as sft_data
     records = [rec for _, rec in sft_data.read_records(args.data)]
     train, held = sm.heldout_split(records, args.heldout, SALT)
     out = Path(args.out_dir)
@@ -58,7 +57,7 @@ def load_model(path: str):
     """The checkpoint in float32 whatever the machine, so that the measures of one run
     compare with another's on a CPU without bf16 or a GPU (bf16 moves them a little:
     docs/simulator.md)."""
-    from ifeval.generate import load_hf_model
+    from smolsft.generation.engines import load_hf_model
 
     return load_hf_model(path, "cpu" if not _cuda() else "cuda", dtype="float32")
 
@@ -70,8 +69,8 @@ def _cuda() -> bool:
 
 
 def cmd_measure(args) -> dict:
-    from ifeval.generate import checkpoint_stop_ids, generate_hf
-    from tokenization import load_tokenizer
+    from smolsft.generation.engines import checkpoint_stop_ids, generate_hf
+    from smolsft.chat.tokenization import load_tokenizer
 
     t0 = time.perf_counter()
     held = json.loads(Path(args.heldout).read_text())

@@ -38,12 +38,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
-from report import BENCHMARKS, METRIC_NAMES, ResultError, load_summary, logged_losses, one_benchmark
-from sft_data import data_fingerprint
-from ifeval.responses import FolderBusyError, folder_lock
+from smolsft.report.reports import BENCHMARKS, METRIC_NAMES, ResultError, load_summary, logged_losses, one_benchmark
+from smolsft.data.sft import data_fingerprint
+from smolsft.lock import FolderLockedError, folder_lock
 from ifeval.run_ifeval import DEFAULT_INPUT
-from fileio import resolve_path
-from training_settings import settings_problems, value_problem
+from smolsft.files import resolve_path
+from smolsft.train.settings import settings_problems, value_problem
 
 # grid axis -> (flag of train_hw_parallel.py or sft.sh variable, parser)
 AXES = {
@@ -294,7 +294,7 @@ def main(argv=None):
     try:
         with folder_lock(out, "sweep"):
             _sweep(args, grid, swept, configs, out, earlier, shared)
-    except FolderBusyError as e:
+    except FolderLockedError as e:
         raise SystemExit(f"[sweep] error: {e}") from None
 
 

@@ -93,7 +93,7 @@ def script_env(**overrides: str) -> dict:
     env.update(overrides)
     return env
 
-from tokenization import DEFAULT_MODEL, load_tokenizer
+from smolsft.chat.tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 def _need(path: Path, what: str) -> Path:

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import train_hw_parallel
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 from test_train_hw_parallel import _free_port, logged_losses
 
 STEPS = 3

@@ -1,12 +1,12 @@
-"""chat_format.py, tokenization.py, fileio.py: conversation normalization (course semantics), tokenizer configuration, JSONL reading."""
+"""smolsft/chat/format.py, smolsft/chat/tokenization.py, smolsft/files.py: conversation normalization (course semantics), tokenizer configuration, JSONL reading."""
 import json
 from collections import Counter
 
 import pytest
 
-from chat_format import CHATML_TEMPLATE, ConversationFormatError, is_single_turn_conversation, normalize_conversation, validate_messages
-from fileio import iter_jsonl, resolve_path
-from tokenization import end_of_turn_ids, load_tokenizer, tokenizer_fingerprint
+from smolsft.chat.format import CHATML_TEMPLATE, ConversationFormatError, is_single_turn_conversation, normalize_conversation, validate_messages
+from smolsft.files import iter_jsonl, resolve_path
+from smolsft.chat.tokenization import end_of_turn_ids, load_tokenizer, tokenizer_fingerprint
 
 U = lambda c: {"role": "user", "content": c}  # noqa: E731
 A = lambda c: {"role": "assistant", "content": c}  # noqa: E731

@@ -15,8 +15,8 @@ import pytest
 from transformers import AutoTokenizer
 
 import conversation_func as cf
-from chat_format import IGNORE_TOKEN_ID
-from tokenization import end_of_turn_ids, load_tokenizer, template_turn_terminator
+from smolsft.chat.format import IGNORE_TOKEN_ID
+from smolsft.chat.tokenization import end_of_turn_ids, load_tokenizer, template_turn_terminator
 
 LLAMA3 = (
     "{{ bos_token }}{% for message in messages %}"

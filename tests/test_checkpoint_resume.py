@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import run_records
-from fileio import REPO_ROOT
+from smolsft.train import records as run_records
+from smolsft.files import REPO_ROOT
 from test_train_hw_parallel import _single_rank_env, common_args, tiny_llama, write_chats
 
 STEPS = 4

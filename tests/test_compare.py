@@ -8,7 +8,7 @@ import pytest
 
 from ifeval import compare
 from ifeval.scoring import checkers, load_prompts, score, write_results
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 PROMPTS = [
     {"key": 1, "prompt": "Answer in all capital letters.", "instruction_id_list": ["change_case:english_capital"],

@@ -22,8 +22,8 @@ from conversation_func import (
     spans_one_pass,
 )
 from generate_golden_answers import forward_reference
-from chat_format import IGNORE_TOKEN_ID, ConversationFormatError
-from tokenization import load_tokenizer
+from smolsft.chat.format import IGNORE_TOKEN_ID, ConversationFormatError
+from smolsft.chat.tokenization import load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 FIELDS = ("input_ids", "labels", "attention_mask")

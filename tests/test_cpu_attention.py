@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import LlamaForCausalLM
 
-import cpu_attention
-from cpu_attention import NAME, attention_forward
+from smolsft.kernels import cpu_attention as cpu_attention
+from smolsft.kernels.cpu_attention import NAME, attention_forward
 
 
 class _Module(torch.nn.Module):

@@ -1,10 +1,10 @@
-"""cpu_precision.py: the CPU's bf16 hardware read from /proc/cpuinfo-style text, the
+"""smolsft/hardware/cpu.py: the CPU's bf16 hardware read from /proc/cpuinfo-style text, the
 choice ``auto`` makes from it, and the answer on this machine against its own CPU flags."""
 from pathlib import Path
 
 import pytest
 
-import cpu_precision as cp
+from smolsft.hardware import cpu as cp
 
 X86_ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
 X86_SPR = "flags\t\t: avx512f amx_bf16 amx_tile amx_int8 avx512_bf16\n"
@@ -75,8 +75,8 @@ def test_command_line(argv, out):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "cpu_precision", *argv], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "smolsft.hardware.cpu", *argv], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == out, r.stderr
-    bad = subprocess.run([sys.executable, "-m", "cpu_precision", "bf16", "--attention", "eager"],
+    bad = subprocess.run([sys.executable, "-m", "smolsft.hardware.cpu", "bf16", "--attention", "eager"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "expected one of" in bad.stderr

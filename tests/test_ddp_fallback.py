@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_train_hw_parallel import _free_port, logged_losses, tiny_llama
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # two training launches
 

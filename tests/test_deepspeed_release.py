@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 SIMULATE = r"""
 import os, sys, types

@@ -1,5 +1,5 @@
 """scripts/demo.sh: its wiring, fast, with stand-ins for ifeval/run.sh and scripts/sft.sh
-(which stages run with which arguments, and the summary the real report.py and compare.py
+(which stages run with which arguments, and the summary the real smolsft/report/reports.py and compare.py
 make of their folders); and end to end in its reduced CI form: real SmolLM2-135M, 2
 prompts, 16 new tokens, 2 training steps. The report, the loss curve and the before/after
 summaries must exist and carry numbers."""
@@ -52,10 +52,10 @@ echo '{"log_history": [{"step": 1, "loss": 2.0}]}' > "$OUTPUTPATH/$RUNNAME/train
 
 @pytest.fixture
 def stub_repo(tmp_path):
-    """A copy of demo.sh with the real report.py and compare.py, and stand-ins for the
+    """A copy of demo.sh with the real smolsft/report/reports.py and compare.py, and stand-ins for the
     runner and the training script (nothing generates or trains)."""
     root = tmp_path / "repo"
-    for f in ("scripts/demo.sh", "report.py", "fileio.py", "ifeval/__init__.py", "ifeval/metrics.py", "ifeval/compare.py"):
+    for f in ("scripts/demo.sh", "smolsft/report/reports.py", "smolsft/files.py", "ifeval/__init__.py", "smolsft/evaluation/metrics.py", "ifeval/compare.py"):
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / f, root / f)
     (root / "ifeval" / "run.sh").write_text(STUB_RUN)

@@ -29,7 +29,7 @@ def test_nltk_finds_project_punkt_without_env(monkeypatch):
     monkeypatch.delenv("NLTK_DATA", raising=False)
     import nltk
 
-    from fileio import setup_nltk_data
+    from smolsft.files import setup_nltk_data
 
     setup_nltk_data()
     assert nltk.data.find("tokenizers/punkt_tab/english/")

@@ -11,9 +11,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaForCausalLM, Trainer, TrainingArguments
 
-from fused_loss import FusedLossTrainer, fused_linear_cross_entropy, output_weight, pack_right_padded
+from smolsft.losses.fused import FusedLossTrainer, fused_linear_cross_entropy, output_weight, pack_right_padded
 from loss_functions import compute_loss_from_logits, cross_entropy_loss
-from chat_format import IGNORE_TOKEN_ID as IGNORE
+from smolsft.chat.format import IGNORE_TOKEN_ID as IGNORE
 
 VOCAB = 49152
 
@@ -298,8 +298,7 @@ def test_packed_batches_train_as_padded_ones(tiny_dir, tmp_path, checkpointing):
     """FusedLossTrainer with pack_batches (cpu_bmm, one row of real tokens) gives the loss and
     every parameter gradient of the same padded batch under sdpa, with gradient
     checkpointing off and on."""
-    import cpu_attention
-
+    from smolsft.kernels import cpu_attention as cpu_attention
     cpu_attention.register()
     inputs = right_padded([40, 25, 9, 1], 40)
     num_items = torch.tensor(int((inputs["labels"] != IGNORE).sum()))

@@ -1,4 +1,4 @@
-"""ifeval/generate.py: stop ids, answer cutting, prompt rendering, the transformers
+"""smolsft/generation/engines.py: stop ids, answer cutting, prompt rendering, the transformers
 backend (explicit GenerationConfig, stop at <|im_end|>, seeded sampling, batching), the
 precision per GPU generation, and the vLLM CPU engine settings. vLLM itself runs in
 tests/test_vllm_engine.py."""
@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 
-import cpu_precision
-
-from ifeval import generate as g
+from smolsft.hardware import cpu as cpu_precision
+from smolsft.generation import engines as g
 from test_run_ifeval import (EOT, HELLO, IM_END_ID, IM_START_ID, LOOP_CHAIN, NL, PROMPTS, WORLD, chain_model,
                              first_prompts, read_jsonl)
-from tokenization import load_tokenizer
+from smolsft.chat.tokenization import load_tokenizer
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import generate_golden_answers as gga
-from tokenization import load_tokenizer
+from smolsft.chat.tokenization import load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 

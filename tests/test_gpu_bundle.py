@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "gpu_bundle.py"
 GPU_MACHINE_PACKAGES = ("torch", "transformers", "accelerate", "matplotlib", "pytest", "pip")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 # Every test here runs a shell script or a CLI in a subprocess.
 pytestmark = pytest.mark.slow

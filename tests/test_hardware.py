@@ -1,4 +1,4 @@
-"""hardware.py (the probe and its decisions) and the launchers that follow it, by simulation:
+"""smolsft/hardware/plan.py (the probe and its decisions) and the launchers that follow it, by simulation:
 a fake ``nvidia-smi`` on PATH prints chosen GPUs (name, compute capability, memory, driver),
 and setup.sh's print-only mode and sft.sh's SFT_DRY_RUN=1 show what they would install and
 launch. No GPU and no model are needed; torch here is the CPU build.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-import hardware
-from hardware import GPU, HardwareError, ImportCheck
-from fileio import REPO_ROOT
+from smolsft.hardware import plan as hardware
+from smolsft.hardware.plan import GPU, HardwareError, ImportCheck
+from smolsft.files import REPO_ROOT
 
 SETUP = REPO_ROOT / "setup.sh"
 SFT = REPO_ROOT / "scripts" / "sft.sh"
@@ -151,7 +151,7 @@ def test_probe_reads_the_fake_nvidia_smi_and_names_a_bad_line(tmp_path):
     bad = sim_env(tmp_path / "bad", raw="Tesla T4, 7.5, 15360\n")
     with pytest.raises(HardwareError, match="nvidia-smi output line 1 .*expected 4"):
         hardware.query_gpus(bad)
-    r = subprocess.run([sys.executable, str(REPO_ROOT / "hardware.py"), "--setup-plan"], env=bad,
+    r = subprocess.run([sys.executable, "-m", "smolsft.hardware.plan", "--setup-plan"], env=bad,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.startswith("[hardware] error: nvidia-smi output line 1")
     none, note = hardware.query_gpus(sim_env(tmp_path / "none", None, raw=None) | {"PATH": "/nonexistent"})
@@ -164,14 +164,14 @@ def test_probe_reads_the_fake_nvidia_smi_and_names_a_bad_line(tmp_path):
 @pytest.mark.slow
 def test_cli_help_json_and_one_line(tmp_path):
     env = sim_env(tmp_path, [T4_550])
-    h = subprocess.run([sys.executable, str(REPO_ROOT / "hardware.py"), "--help"], capture_output=True, text=True)
+    h = subprocess.run([sys.executable, "-m", "smolsft.hardware.plan", "--help"], capture_output=True, text=True)
     assert h.returncode == 0 and "--setup-plan" in h.stdout and "--sft-plan" in h.stdout and "--check-torch" in h.stdout
-    line = subprocess.run([sys.executable, str(REPO_ROOT / "hardware.py")], env=env, capture_output=True, text=True,
+    line = subprocess.run([sys.executable, "-m", "smolsft.hardware.plan"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert line.returncode == 0 and len(line.stdout.strip().splitlines()) == 1
     assert "Tesla T4 (Turing 7.5, 15360 MiB)" in line.stdout and "install: cuda12" in line.stdout
     assert "cannot use them: torch 2.13.0+cpu is a CPU build" in line.stdout
-    j = subprocess.run([sys.executable, str(REPO_ROOT / "hardware.py"), "--json"], env=env, capture_output=True,
+    j = subprocess.run([sys.executable, "-m", "smolsft.hardware.plan", "--json"], env=env, capture_output=True,
                        text=True, timeout=120)
     data = json.loads(j.stdout)
     assert data["probe"]["gpus"][0]["capability"] == [7, 5] and data["setup_plan"]["kind"] == "cuda12"
@@ -197,10 +197,10 @@ def test_torch_gpu_problem_says_why_and_what_to_do():
 
 @pytest.mark.slow
 def test_check_torch_fails_on_a_cpu_torch_beside_a_gpu(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO_ROOT / "hardware.py"), "--check-torch"],
+    r = subprocess.run([sys.executable, "-m", "smolsft.hardware.plan", "--check-torch"],
                        env=sim_env(tmp_path, [T4_580]), capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "nvidia-smi lists 1 GPU(s) but torch cannot use them" in r.stderr
-    r = subprocess.run([sys.executable, str(REPO_ROOT / "hardware.py"), "--check-torch"],
+    r = subprocess.run([sys.executable, "-m", "smolsft.hardware.plan", "--check-torch"],
                        env=sim_env(tmp_path / "cpu"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "no GPU" in r.stdout
 
@@ -322,7 +322,7 @@ def test_matrix_setup_dry_run(tmp_path, case):
                                                   "-m pip install --quiet --no-deps --no-build-isolation -e ."]
     assert all(x.split(" ", 1)[0] == sys.executable for x in got)
     assert "flash-attn" in r.stdout and not any("flash" in x for x in got)  # no source build, no wheel given
-    assert f"+ {sys.executable} hardware.py --check-torch" in r.stdout and "dry run: nothing was installed" in r.stdout
+    assert f"+ {sys.executable} -m smolsft.hardware.plan --check-torch" in r.stdout and "dry run: nothing was installed" in r.stdout
     if engine == "hf":
         assert "no vLLM here (it needs compute capability 7.5+)" in r.stdout
 
@@ -375,7 +375,7 @@ def test_setup_refusals_and_cpu_override(tmp_path):
     assert pip_lines(cpu) == expected and pip_lines(forced) == expected
     assert "no GPU (nvidia-smi sees none)" in cpu.stdout
     # DeepSpeed's CPU op is compiled at setup on the CPU path only
-    build = f"+ {sys.executable} hardware.py --build_cpu_ops"
+    build = f"+ {sys.executable} -m smolsft.hardware.plan --build_cpu_ops"
     assert build in cpu.stdout and build in forced.stdout and build not in r.stdout
     assert subprocess.run(["bash", str(SETUP), "--bogus"], capture_output=True, text=True).returncode == 2
 

@@ -18,9 +18,9 @@ import pytest
 
 from conftest import load_script
 
-from ifeval import responses as responses_store
+from smolsft.generation import responses as responses_store
 from ifeval import run_ifeval, scoring
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 fetch_assets = load_script("scripts/fetch_assets.py")
 

@@ -25,7 +25,7 @@ from ifeval.scoring import (
     strip_think,
     write_results,
 )
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 RLP = "Write a haiku about rain."  # prompt_to_repeat used by the repeat_prompt cases
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from test_run_ifeval import first_prompts, run_main, save_chain_checkpoint
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None, reason="vLLM is not installed")]

@@ -18,8 +18,9 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from conftest import REPO
-from loss_functions import ChunkedCrossEntropy, compute_loss_from_logits, cross_entropy_loss
-from chat_format import IGNORE_TOKEN_ID as IGNORE
+from loss_functions import compute_loss_from_logits, cross_entropy_loss
+from smolsft.losses.chunked import ChunkedCrossEntropy
+from smolsft.chat.format import IGNORE_TOKEN_ID as IGNORE
 
 
 def reference(logits: torch.Tensor, labels: torch.Tensor, num_items=None):
@@ -296,7 +297,7 @@ def test_backward_with_other_incoming_gradients(factor):
 def test_long_ignored_spans_are_skipped_and_short_gaps_computed():
     """Chat-like labels: a long ignored prompt (skipped, a new chunk starts after it) and
     short ignored gaps inside answers (computed within a chunk, then zeroed)."""
-    from loss_functions import _MAX_GAP, _plan, _shifted_targets
+    from smolsft.losses.chunked import MAX_GAP as _MAX_GAP, chunk_plan as _plan, shifted_targets as _shifted_targets
 
     logits, labels = random_case(19, batch=2, seq=120, vocab=11, ignore_frac=0.0)
     labels[:, :40] = IGNORE          # prompt: longer than _MAX_GAP

@@ -93,7 +93,7 @@ def test_mix_and_size():
                    "length_constraints:number_paragraphs"]:
         assert kinds[needed] >= 15, needed
     # the course format, and the project's own normalizer accepts every record
-    from chat_format import normalize_conversation
+    from smolsft.chat.format import normalize_conversation
     for r in records:
         assert set(r) == {"id", "conversations"}
         normalize_conversation(r["conversations"])

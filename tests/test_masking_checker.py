@@ -1,4 +1,4 @@
-"""masking_checker.py, the golden-file checker behind ``python conversation_func.py`` and
+"""smolsft/chat/masking_checker.py, the golden-file checker behind ``python conversation_func.py`` and
 ``python reverse_conversation_func.py``: passes on the official files, names the first
 mismatch and a bad sample, and the check scripts work from any directory."""
 import json
@@ -10,7 +10,7 @@ import pytest
 from conftest import script_env
 
 from conversation_func import conversation_to_features
-from masking_checker import run_checker
+from smolsft.chat.masking_checker import run_checker
 from reverse_conversation_func import reverse_conversation_to_features
 from test_conversation_func import load_golden
 

@@ -5,9 +5,9 @@ import sys
 import matplotlib.image
 import pytest
 
-import report
+from smolsft.report import reports as report
 from test_report import write_state
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 # Every test here runs a shell script or a CLI in a subprocess.
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""report.py: the training curve read from trainer_state.json, and the demo's summary
+"""smolsft/report/reports.py: the training curve read from trainer_state.json, and the demo's summary
 (summary.md / summary.json) rendered by its CLI from a demo folder written by hand."""
 import json
 import subprocess
@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-import report
-from fileio import REPO_ROOT
+from smolsft.report import reports as report
+from smolsft.files import REPO_ROOT
 
 HISTORY = [
     {"step": 1, "loss": 2.5, "learning_rate": 1e-5, "epoch": 0.1},
@@ -101,7 +101,7 @@ Training: 3 logged losses, first 2.5000, last 2.0000
 
 
 def run_cli(out, *extra):
-    return subprocess.run([sys.executable, str(REPO_ROOT / "report.py"), "demo-summary", str(out), "--prompt_set",
+    return subprocess.run([sys.executable, "-m", "smolsft.report.reports", "demo-summary", str(out), "--prompt_set",
                            "p.jsonl", "--prompts", "4", "--max_tokens", "16", "--data", "d.json", *extra],
                           capture_output=True, text=True, timeout=120)
 

@@ -1,4 +1,4 @@
-"""ifeval/responses.py: the response file (resume after a killed write, bad lines named
+"""smolsft/generation/responses.py: the response file (resume after a killed write, bad lines named
 by file and line), the settings guard and the sidecar, file names."""
 import json
 import os
@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from ifeval import responses as rs
+from smolsft.generation import responses as rs
+from smolsft.lock import FolderLockedError, folder_lock
 
 SETTINGS = {"model_path": "/m", "max_tokens": 20, "temperature": 0.0, "top_p": 1.0, "system_message": None,
             "seed": 0, "engine": "vllm", "engine_version": "vllm 0.32.0", "dtype": "float32"}
@@ -97,15 +98,15 @@ def test_folder_lock_refuses_second_writer_naming_the_first(tmp_path):
     flock conflicts between them even inside one process) is refused at once, and the
     message names the first holder from its owner record."""
     out = tmp_path / "res"
-    with rs.folder_lock(out, "IFEval run"):
+    with folder_lock(out, "IFEval run"):
         rec = json.loads((out / ".writer.json").read_text())
         assert rec["pid"] == os.getpid() and rec["what"] == "IFEval run" and rec["host"] == socket.gethostname()
-        with pytest.raises(rs.FolderBusyError, match=rf"IFEval run {out} is in use by pid {os.getpid()} on "):
-            with rs.folder_lock(out, "IFEval run"):
+        with pytest.raises(FolderLockedError, match=rf"IFEval run {out} is in use by pid {os.getpid()} on "):
+            with folder_lock(out, "IFEval run"):
                 pass
         assert (out / ".writer.json").is_file()  # the refused one did not touch the record
     assert not (out / ".writer.json").exists()  # released: the record goes
-    with rs.folder_lock(out, "again"):  # and the folder can be taken again
+    with folder_lock(out, "again"):  # and the folder can be taken again
         pass
 
 
@@ -117,7 +118,7 @@ def test_folder_lock_takes_over_from_a_dead_run(tmp_path, capsys):
     dead_pid = int(open("/proc/sys/kernel/pid_max").read()) + 1 if os.path.exists("/proc/sys/kernel/pid_max") else 2**22 + 1
     (out / ".writer.json").write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "started": 0,
                                                       "what": "IFEval run", "command": "python ifeval/run_ifeval.py X"}))
-    with rs.folder_lock(out, "IFEval run"):
+    with folder_lock(out, "IFEval run"):
         assert json.loads((out / ".writer.json").read_text())["pid"] == os.getpid()
     err = capsys.readouterr().err
     assert f"pid {dead_pid} on {socket.gethostname()}" in err and "ended without releasing" in err

@@ -16,7 +16,7 @@ from reverse_conversation_func import (
 )
 from conversation_func import has_trained_tokens
 from test_conversation_func import as_lists, random_cases
-from chat_format import IGNORE_TOKEN_ID, ConversationFormatError
+from smolsft.chat.format import IGNORE_TOKEN_ID, ConversationFormatError
 from reverse_conversation_func import REVERSE_SYSTEM_PROMPT
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from rms_norm import fuse_rms_norms
+from smolsft.kernels.rms_norm import fuse_rms_norms
 
 
 def norm_and_input(dtype, seed=0):

@@ -23,13 +23,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM, TrainingArguments
 
-import run_records
-import sft_data
+from smolsft.train import records as run_records
+from smolsft.data import sft as sft_data
 import train_hw_parallel
-from folder_lock import FolderLock, FolderLockedError
+from smolsft.lock import FolderLock, FolderLockedError
 from test_train_hw_parallel import CHATS, _single_rank_env, common_args, tiny_llama, write_chats
-from training_settings import SettingsError, check_settings, sft_sh_problems
-from fileio import REPO_ROOT
+from smolsft.train.settings import SettingsError, check_settings, sft_sh_problems
+from smolsft.files import REPO_ROOT
 
 from conftest import load_script
 
@@ -188,7 +188,7 @@ def test_finished_epoch_run_is_recognised_from_its_checkpoint(tmp_path):
 
 # ------------------------------------------------- row 4: two writers in one output folder
 def _hold_lock(folder: Path, ready: Path) -> subprocess.Popen:
-    code = ("import sys, time\nfrom folder_lock import FolderLock\n"
+    code = ("import sys, time\nfrom smolsft.lock import FolderLock\n"
             f"with FolderLock({str(folder)!r}, 'training output folder'):\n"
             f"    open({str(ready)!r}, 'w').close()\n    time.sleep(120)\n")
     p = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
@@ -249,7 +249,7 @@ def test_undecodable_byte_is_named_by_file_and_line(tmp_path, suffix):
 
 
 def _record_stats(tmp_path, records) -> tuple:
-    from tokenization import load_tokenizer
+    from smolsft.chat.tokenization import load_tokenizer
     path = tmp_path / "recs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     arrays, stats = sft_data.build_features(str(path), load_tokenizer("SmolLM2-135M", 256), 256, "right", 0,
@@ -364,7 +364,7 @@ def test_extended_run_follows_the_schedule_for_the_new_total(setup, tmp_path, to
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_truncated_samples_and_lost_trained_tokens_are_counted(tmp_path, tokenizer, side):
     from conversation_func import mask_conversation
-    from chat_format import normalize_conversation
+    from smolsft.chat.format import normalize_conversation
 
     max_len = 40 if side == "right" else 20
     path = write_chats(tmp_path / "chats.jsonl", CHATS)

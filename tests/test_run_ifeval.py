@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ifeval import responses as rs
+from smolsft.generation import responses as rs
+from smolsft.lock import folder_lock
 from ifeval import run_ifeval as ri
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 NL, HELLO, WORLD, IM_START_ID, IM_END_ID, EOT = 198, 19556, 905, 1, 2, 0
 PROMPTS = REPO_ROOT / "ifeval" / "data" / "sampled_input_data.jsonl"
@@ -223,7 +224,7 @@ def test_second_run_in_a_results_folder_is_refused(chain_ckpt, tmp_path):
     """While a run holds the results folder, another is refused before it reads or writes
     anything there, with a one-line error naming the first."""
     out = tmp_path / "res"
-    with rs.folder_lock(out, "IFEval run"):
+    with folder_lock(out, "IFEval run"):
         with pytest.raises(SystemExit, match=rf"^\[ifeval\] error: IFEval run {out} is in use by pid "):
             run_main(chain_ckpt, out, "--limit", "2", "--max_tokens", "20")
     assert sorted(f.name for f in out.iterdir()) == [".writer.lock"]
@@ -248,7 +249,7 @@ def test_answered_twice_is_a_one_line_error(chain_ckpt, tmp_path):
 
 def test_failed_engine_start_writes_nothing(chain_ckpt, tmp_path, monkeypatch):
     """An engine that does not start: a one-line error, and no response file or sidecar."""
-    from ifeval.generate import EngineStartError
+    from smolsft.generation.engines import EngineStartError
 
     def no_engine(*a, **k):
         raise EngineStartError("the vLLM engine did not start (ValueError: To serve at least one request ...)")

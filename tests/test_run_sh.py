@@ -8,7 +8,7 @@ import pytest
 
 from test_run_ifeval import first_prompts, read_jsonl
 from conftest import script_env
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 # Every test here runs a shell script or a CLI in a subprocess.
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import sft_data
-from chat_format import IGNORE_TOKEN_ID
+from smolsft.data import sft as sft_data
+from smolsft.chat.format import IGNORE_TOKEN_ID
 
 
 def chat(user, assistant, system=None):
@@ -164,7 +164,7 @@ def test_collator_gives_the_library_collators_batches(tokenizer):
     batches must be the same, on demo samples (int64 tensors) and list inputs."""
     from transformers import DataCollatorForSeq2Seq
 
-    from fileio import REPO_ROOT
+    from smolsft.files import REPO_ROOT
 
     assert tokenizer.padding_side == "right"
     arrays, _ = sft_data.build_features(str(REPO_ROOT / "data" / "demo_sft.json"), tokenizer, 512, "right", 0,
@@ -194,8 +194,8 @@ def test_position_zero_is_never_a_target_on_the_demo_set(tokenizer, mask_mode, t
     from transformers import DataCollatorWithFlattening
 
     import train_hw_parallel
-    from chat_format import normalize_conversation
-    from fileio import REPO_ROOT
+    from smolsft.chat.format import normalize_conversation
+    from smolsft.files import REPO_ROOT
 
     data = REPO_ROOT / "data" / "demo_sft.json"
     records = json.loads(data.read_text())

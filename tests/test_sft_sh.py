@@ -13,7 +13,7 @@ import pytest
 from test_hardware import A100_535, T4_580, V100_535, sim_env
 from test_train_hw_parallel import CHATS, write_chats
 from conftest import script_env
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 # Every test here runs a shell script or a CLI in a subprocess.
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_cpu_defaults_and_extra_args_last(tmp_path):
 def test_cpu_precision_reaches_the_launch_line(tmp_path, asked):
     """PRECISION goes to train_hw_parallel.py resolved; auto follows this CPU's own flags
     (read here from /proc/cpuinfo, independently of cpu_precision's torch probe)."""
-    from cpu_precision import cpuinfo_bf16_flags
+    from smolsft.hardware.cpu import cpuinfo_bf16_flags
 
     r = dry_run(fake_bin(tmp_path), **({"PRECISION": asked} if asked else {}))
     assert r.returncode == 0, r.stderr

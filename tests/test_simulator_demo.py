@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import simulator_measures as sm
+from smolsft.simulator import measures as sm
 from conftest import load_script
 from test_train_hw_parallel import tiny_llama
 
@@ -109,9 +109,9 @@ def test_role_measure_separates_real_turns_with_the_base_judge(tokenizer):
     embedded model and data as the measure stage loads them: over the first 48 real (user
     turn, answer) pairs of data/demo_sft.json, real user turns rarely read as assistant
     answers and real answers mostly do (docs/simulator.md gives the measured rates)."""
-    from chat_format import normalize_conversation
+    from smolsft.chat.format import normalize_conversation
     from conftest import load_script
-    from tokenization import DEFAULT_MODEL
+    from smolsft.chat.tokenization import DEFAULT_MODEL
 
     model = load_script("scripts/simulator_eval.py").load_model(str(DEFAULT_MODEL))
     data = json.loads((REPO / "data" / "demo_sft.json").read_text())

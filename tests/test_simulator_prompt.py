@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chat_format import IGNORE_TOKEN_ID, ConversationFormatError, is_single_turn_conversation, normalize_conversation
+from smolsft.chat.format import IGNORE_TOKEN_ID, ConversationFormatError, is_single_turn_conversation, normalize_conversation
 from reverse_conversation_func import REVERSE_SYSTEM_PROMPT, reverse_conversation_to_unpadded, simulator_prompt
 from test_conversation_func import random_cases
 

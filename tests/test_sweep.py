@@ -160,7 +160,7 @@ def test_rerun_with_other_shared_settings_does_not_reuse_results(tmp_path, capsy
 def test_second_sweep_in_a_folder_is_refused(tmp_path):
     """While a sweep holds OUT, a second sweep into it stops at once (nothing trains),
     naming the first."""
-    from ifeval.responses import folder_lock
+    from smolsft.lock import folder_lock
 
     sweep = load_script("scripts/sweep.py")
     out = tmp_path / "sweep"

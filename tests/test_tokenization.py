@@ -1,11 +1,11 @@
-"""tokenization.py: the fast way to load SmolLM2's tokenizer gives what AutoTokenizer gives."""
+"""smolsft/chat/tokenization.py: the fast way to load SmolLM2's tokenizer gives what AutoTokenizer gives."""
 import json
 import shutil
 
 import pytest
 
-import tokenization
-from tokenization import _tokenizer_class, load_tokenizer
+from smolsft.chat import tokenization as tokenization
+from smolsft.chat.tokenization import _tokenizer_class, load_tokenizer
 
 TEXTS = ["<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n", "  two spaces\t\ttabs ünïcödé 日本語 🙂",
          "<|endoftext|>x<repo_name>y<|im_end|>", ""]

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import sft_data
-import run_records
+from smolsft.data import sft as sft_data
+from smolsft.train import records as run_records
 import train_hw_parallel
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 LR = 1.0  # large, so a wrong gradient scale moves parameters far beyond the tolerance
 
@@ -196,7 +196,7 @@ def test_logged_loss_counts_shifted_targets_when_windows_start_mid_answer(setup,
     both computed here from the Part 1-2 masking and a plain forward pass, and the
     manifest's trained-token count is that number of targets."""
     from conversation_func import conversation_to_unpadded
-    from chat_format import normalize_conversation
+    from smolsft.chat.format import normalize_conversation
 
     _, model, _ = setup
     data = write_chats(tmp_path / "long.jsonl", LONG_ANSWER_CHATS)

@@ -9,12 +9,12 @@ import random
 
 import pytest
 
-import sft_data
-from chat_format import IGNORE_TOKEN_ID, ConversationFormatError, normalize_conversation
+from smolsft.data import sft as sft_data
+from smolsft.chat.format import IGNORE_TOKEN_ID, ConversationFormatError, normalize_conversation
 from conversation_func import ASSISTANT_ROLES, conversation_to_unpadded, pad_features, trained_messages
 from generate_golden_answers import forward_reference, reverse_reference
 from reverse_conversation_func import reverse_conversation_to_unpadded, reverse_messages
-from run_records import check_run_plan
+from smolsft.train.records import check_run_plan
 from test_conversation_func import as_lists, random_cases
 
 FUNCS = {
@@ -154,7 +154,7 @@ def test_cache_key_and_run_plan_hold_train_turns(tmp_path, tokenizer):
 
     from train_hw_parallel import DataArguments, ModelArguments
     from transformers import TrainingArguments
-    from run_records import run_plan
+    from smolsft.train.records import run_plan
 
     out = tmp_path / "run"
     targs = TrainingArguments(output_dir=str(out), report_to="none")

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from test_run_ifeval import PROMPTS, read_jsonl
-from fileio import REPO_ROOT
-from tokenization import load_tokenizer
+from smolsft.files import REPO_ROOT
+from smolsft.chat.tokenization import load_tokenizer
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None,

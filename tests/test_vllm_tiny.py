@@ -19,7 +19,7 @@ import torch
 
 from conftest import load_script
 from test_run_ifeval import first_prompts, prompt_tokens, read_jsonl
-from fileio import REPO_ROOT
+from smolsft.files import REPO_ROOT
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None, reason="vLLM is not installed")]

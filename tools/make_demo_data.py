@@ -521,7 +521,7 @@ def main(argv=None):
                     help="fail if a request shares this many consecutive words with an IFEval prompt")
     args = ap.parse_args(argv)
 
-    from fileio import setup_nltk_data
+    from smolsft.files import setup_nltk_data
     setup_nltk_data()
     records, checks, stats = make_conversations(args.seed, args.num, load_checker())
     ifeval_path = Path(args.ifeval_prompts)

@@ -1,7 +1,7 @@
 """One writer per output folder: a training run's ``--output_dir``, an evaluation's
 results folder, a sweep folder.
 
-    from folder_lock import FolderLock, FolderLockedError
+    from smolsft.lock import FolderLock, FolderLockedError
 
     with FolderLock(out, what="training output folder"):
         ...   # only this process writes into ``out``
@@ -17,13 +17,14 @@ over is announced with its details. A clean exit removes ``.writer.json`` (the e
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from filelock import FileLock, Timeout
 
@@ -93,3 +94,14 @@ class FolderLock:
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold ``folder``'s writer lock for the ``with`` block (:class:`FolderLock`,
+    the one lock of training, evaluation and sweep folders; the folder is created). Raises
+    :class:`FolderLockedError` at once, naming the holder, when a live process holds it; a
+    dead writer's record is reported on stderr and taken over. ``what`` (e.g. ``"IFEval
+    run"``) names the job in the refusal."""
+    with FolderLock(folder, what, log=lambda msg: print(msg, file=sys.stderr)):
+        yield Path(folder)

@@ -9,7 +9,7 @@ Nothing else is read from the checkpoint's generation_config (a checkpoint that 
 sampling or 2 new tokens does not change the answers).
 
 Precision (:func:`pick_dtype`, ``--precision``): on the CPU ``auto`` is bf16 where the
-processor has bf16 arithmetic in hardware (``cpu_precision.py``: AVX512-BF16, AMX), else
+processor has bf16 arithmetic in hardware (``smolsft/hardware/cpu.py``: AVX512-BF16, AMX), else
 fp32 (in fp32 the two backends give the same greedy answers; in bf16 most, see
 docs/performance_cpu.md); bf16 on CUDA GPUs of compute capability 8.0 and newer (Ampere,
 Ada, Hopper, Blackwell), fp16 on older ones (T4, V100, 2080 Ti: no bf16 arithmetic).
@@ -33,8 +33,8 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
-from chat_format import render_chat
-from tokenization import end_of_turn_ids, pad_token_id
+from smolsft.chat.format import render_chat
+from smolsft.chat.tokenization import end_of_turn_ids, pad_token_id
 
 DEFAULT_HF_BATCH = 16
 DEFAULT_VLLM_CHUNK = 256
@@ -167,7 +167,7 @@ def pick_dtype(device: str, precision: str = "auto") -> str:
     arithmetic in hardware (``cpu_precision.resolve_precision``), else ``"float32"``; on a
     CUDA GPU ``"bfloat16"`` from compute capability 8.0 (Ampere) on, ``"float16"`` below
     (Turing T4/2080 Ti, Volta V100). Raises ValueError for another ``precision``."""
-    from cpu_precision import resolve_precision
+    from smolsft.hardware.cpu import resolve_precision
 
     if precision != "auto" or not device.startswith("cuda"):
         return {"fp32": "float32", "bf16": "bfloat16"}[resolve_precision(precision)]

@@ -28,7 +28,7 @@ import math
 import re
 from typing import Iterable, Optional, Sequence
 
-from chat_format import IM_END, IM_START, is_single_turn_conversation
+from smolsft.chat.format import IM_END, IM_START, is_single_turn_conversation
 
 WORD_RE = re.compile(r"\w+|[^\w\s]")
 
@@ -67,8 +67,8 @@ def _forward_sums(model, rows: list[tuple[list[int], list[int]]], pad_id: int, b
     import torch
     from tqdm import tqdm
 
-    from chat_format import IGNORE_TOKEN_ID
-    from fused_loss import fused_linear_cross_entropy, output_weight
+    from smolsft.chat.format import IGNORE_TOKEN_ID
+    from smolsft.losses.fused import fused_linear_cross_entropy, output_weight
 
     device = next(model.parameters()).device
     weight = output_weight(model)
@@ -104,7 +104,7 @@ def user_turn_loss(model, tokenizer, conversations: list[list[dict]], max_length
     ``mask_mode="reverse"``, right truncation to ``max_length``). Returns ``{"loss"
     (nats per token), "perplexity", "tokens", "conversations"}``; a conversation with no
     scored token left is skipped (not counted)."""
-    from sft_data import unpadded_features
+    from smolsft.data.sft import unpadded_features
 
     rows = []
     for msgs in conversations:

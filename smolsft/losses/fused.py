@@ -1,6 +1,6 @@
 """Training loss without the logits tensor: the output layer and the cross-entropy fused.
 
-    from fused_loss import FusedLossTrainer
+    from smolsft.losses.fused import FusedLossTrainer
     trainer = FusedLossTrainer(model=model, args=training_args, ...)   # instead of Trainer
     loss = fused_linear_cross_entropy(hidden, weight, labels, num_items_in_batch=None)
 
@@ -26,7 +26,7 @@ Exactly what ``loss_functions.cross_entropy_loss`` computes on ``logits = h W^T`
 same labels (same causal shift, -100 ignored, sum over targets divided by
 ``num_items_in_batch``, or by the number of targets when None; a finite 0 with zero
 gradients when there is no target), with the same target selection and normalisation
-(``_shifted_targets``, ``_normalize``), the log-sum-exp of ``row_lse`` (``row_lse_and_exp``,
+(``shifted_targets``, ``normalize``), the log-sum-exp of ``row_lse`` (``row_lse_and_exp``,
 whose shifted exponentials forward turns into the softmax), and for fp16 weights
 ``grad_shift`` and ``row_grad`` in backward. The chunk logits ``h_c W^T`` are
 computed in the weight's dtype, as the model's output layer computes them, then the
@@ -60,8 +60,8 @@ from typing import Any, Optional, Union
 import torch
 from transformers import Trainer
 
-from loss_functions import (DEFAULT_CHUNK_SIZE, _check_labels, _compute_dtype, _normalize, _num_items, _shifted_targets,
-                            grad_shift, row_grad, row_lse_and_exp)
+from smolsft.losses.chunked import (DEFAULT_CHUNK_SIZE, check_labels, compute_dtype, grad_shift, normalize, num_items,
+                                    row_grad, row_lse_and_exp, shifted_targets)
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -97,7 +97,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int,
                 grad_scale: Optional[torch.Tensor], want_h: bool, want_w: bool):
         n = hidden.shape[0]
-        cdt = _compute_dtype(weight.dtype)
+        cdt = compute_dtype(weight.dtype)
         # fp16: a logits' gradient of p / num_items rounded to fp16 before the loss scale
         # is applied would underflow (that is what loss scaling is for): backward computes it.
         early = grad_scale is not None and weight.dtype != torch.float16
@@ -207,10 +207,10 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden states must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
-    _check_labels(labels, hidden.shape[:2], "hidden states", chunk_size)
+    check_labels(labels, hidden.shape[:2], "hidden states", chunk_size)
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
         raise ValueError(f"output weight {tuple(weight.shape)} does not match hidden size {hidden.shape[2]}")
-    rows, targets = _shifted_targets(labels.to(hidden.device), weight.shape[0])
+    rows, targets = shifted_targets(labels.to(hidden.device), weight.shape[0])
     # Only the target rows go through the output layer (a copy of n x d, small).
     picked = hidden.reshape(-1, hidden.shape[2]).index_select(0, rows).to(weight.dtype)
     want_h = picked.requires_grad and torch.is_grad_enabled()
@@ -218,11 +218,11 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, label
     grad_scale = None
     if want_h or want_w:
         # What backward will receive from the division below: 1 / num_items_in_batch.
-        denom = _num_items(num_items_in_batch, rows.numel(), hidden.device).to(_compute_dtype(weight.dtype))
+        denom = num_items(num_items_in_batch, rows.numel(), hidden.device).to(compute_dtype(weight.dtype))
         one = torch.ones((), dtype=denom.dtype, device=denom.device)
         grad_scale = torch.where(denom > 0, one / torch.where(denom > 0, denom, one), one)
     total = FusedLinearCrossEntropy.apply(picked, weight, targets, chunk_size, grad_scale, want_h, want_w)
-    return _normalize(total, num_items_in_batch, rows.numel())
+    return normalize(total, num_items_in_batch, rows.numel())
 
 
 def output_weight(model: torch.nn.Module) -> torch.nn.Parameter:

@@ -2,12 +2,12 @@
 from it: which package builds to install, training precision, attention, launcher, batch per
 device and the IFEval engine. The sources of each rule are listed in docs/gpu.md.
 
-    python hardware.py                      # one decision line for this machine
-    python hardware.py --json               # the probe and every decision, for scripts
-    python hardware.py --setup-plan         # what setup.sh installs here (--format sh: shell assignments)
-    python hardware.py --sft-plan --maxlen 2048 --loss fused --total_bsz 128   # what sft.sh launches
-    python hardware.py --check-torch        # exit 1, saying why, when torch cannot use the GPUs listed
-    python hardware.py --build_cpu_ops      # compile DeepSpeed's CPU all-reduce op now (setup.sh, CPU)
+    python -m smolsft.hardware.plan                      # one decision line for this machine
+    python -m smolsft.hardware.plan --json               # the probe and every decision, for scripts
+    python -m smolsft.hardware.plan --setup-plan         # what setup.sh installs here (--format sh: shell assignments)
+    python -m smolsft.hardware.plan --sft-plan --maxlen 2048 --loss fused --total_bsz 128   # what sft.sh launches
+    python -m smolsft.hardware.plan --check-torch        # exit 1, saying why, when torch cannot use the GPUs listed
+    python -m smolsft.hardware.plan --build_cpu_ops      # compile DeepSpeed's CPU all-reduce op now (setup.sh, CPU)
 
 Only the standard library is imported at module level (setup.sh runs this before torch is
 installed); torch is imported inside the functions that need it. The probe reads:
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # stdlib only: setup.sh runs this before anything is installed
 
 # ------------------------------------------------------------------ facts (sources: docs/gpu.md)
 # NVIDIA's minor-version compatibility table: CUDA 13.x builds need driver >= 580, CUDA 12.x >= 525.

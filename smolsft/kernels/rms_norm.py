@@ -1,7 +1,7 @@
 """RMSNorm through PyTorch's fused kernel (``torch.nn.functional.rms_norm``) instead of
 transformers' op-by-op Llama version.
 
-    from rms_norm import fuse_rms_norms
+    from smolsft.kernels.rms_norm import fuse_rms_norms
     fuse_rms_norms(model)          # number of norms switched; weights and outputs unchanged
 
 Why: transformers' ``LlamaRMSNorm.forward`` (SmolLM2's, and every model that copies it)

@@ -17,8 +17,8 @@ answers (:data:`GENERATION_KEYS`: model and a fingerprint of its weights, token 
 sampling, system message, seed, benchmark, engine, engine version, dtype). A run that finds answers made with other settings stops
 with an error naming each difference instead of mixing two runs in one file.
 
-One writer per folder: :func:`folder_lock` holds the folder's writer lock
-(``folder_lock.py``, shared with training and sweeps) for as long as a run writes there;
+One writer per folder: :func:`smolsft.lock.folder_lock` holds the folder's writer lock
+(``smolsft/lock.py``, shared with training and sweeps) for as long as a run writes there;
 a second run is refused at once with a message naming the first.
 """
 from __future__ import annotations
@@ -32,9 +32,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-from fileio import file_sha256
-from folder_lock import FolderLock
-from folder_lock import FolderLockedError as FolderBusyError
+from smolsft.files import file_sha256
 
 # Settings that change the answers; a resumed run must use the same ones (benchmark: IFEval
 # and IFBench answers never share a file; model_fingerprint: a checkpoint retrained into the
@@ -50,17 +48,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 class ResponseFileError(ValueError):
     """A response file that cannot be resumed or scored as it is (a bad line, a key
     answered twice); the message names the file, the line and the key."""
-
-
-@contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
-    """Hold ``folder``'s writer lock for the ``with`` block (:class:`folder_lock.FolderLock`,
-    the one lock of training, evaluation and sweep folders; the folder is created). Raises
-    :class:`FolderBusyError` at once, naming the holder, when a live process holds it; a
-    dead writer's record is reported on stderr and taken over. ``what`` (e.g. ``"IFEval
-    run"``) names the job in the refusal."""
-    with FolderLock(folder, what, log=lambda msg: print(msg, file=sys.stderr)):
-        yield Path(folder)
 
 
 def checkpoint_fingerprint(model_path: str) -> Optional[str]:

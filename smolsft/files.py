@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-REPO_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = Path(__file__).resolve().parents[1]  # smolsft/ sits in the repository root
 # setup.sh writes NLTK's punkt_tab here; scripts add it to nltk's search path themselves,
 # so no NLTK_DATA variable is needed.
 NLTK_DATA_DIR = REPO_ROOT / "nltk_data"

@@ -1,10 +1,10 @@
 """Which number format training and generation use on the CPU: bf16 where the processor
 does bf16 arithmetic in hardware, fp32 elsewhere; and the attention training uses with it.
 
-    from cpu_precision import resolve_precision
+    from smolsft.hardware.cpu import resolve_precision
     resolve_precision("auto")          # "bf16" on a CPU with AVX512-BF16 or AMX, else "fp32"
-    python -m cpu_precision auto       # prints the resolved name
-    python -m cpu_precision auto --attention auto   # "bf16 cpu_bmm": both (scripts/sft.sh uses this)
+    python -m smolsft.hardware.cpu auto       # prints the resolved name
+    python -m smolsft.hardware.cpu auto --attention auto   # "bf16 cpu_bmm": both (scripts/sft.sh uses this)
 
 Hardware bf16 is AVX512-BF16 (AMD Zen 4 and newer, Intel Cooper Lake, Sapphire Rapids and
 newer), AMX (Intel Sapphire Rapids and newer) or the Armv8.6 BF16 extension. Without it
@@ -22,7 +22,7 @@ import sys
 from typing import Optional
 
 PRECISIONS = ("auto", "fp32", "bf16")
-CPU_ATTENTION = "cpu_bmm"  # cpu_attention.py's kernel, as registered with transformers
+CPU_ATTENTION = "cpu_bmm"  # smolsft/kernels/cpu_attention.py's kernel, as registered with transformers
 ATTENTIONS = ("auto", "sdpa", CPU_ATTENTION)
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -109,7 +109,7 @@ def training_attention(requested: str, device_type: str, precision: str) -> tupl
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    usage = (f"usage: python -m cpu_precision {{{'|'.join(PRECISIONS)}}} [--attention {{{'|'.join(ATTENTIONS)}}}]"
+    usage = (f"usage: python -m smolsft.hardware.cpu {{{'|'.join(PRECISIONS)}}} [--attention {{{'|'.join(ATTENTIONS)}}}]"
              "  (prints fp32 or bf16 for this CPU, then the training attention if asked)")
     if len(args) not in (1, 3) or args[0] not in PRECISIONS or (len(args) == 3 and args[1] != "--attention"):
         sys.exit(usage)

@@ -29,7 +29,7 @@ import transformers
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from fileio import REPO_ROOT, resolve_path
+from smolsft.files import REPO_ROOT, resolve_path
 
 
 def git_commit() -> str:

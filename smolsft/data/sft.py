@@ -32,11 +32,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from conversation_func import has_trained_tokens
 
-from chat_format import IGNORE_TOKEN_ID, ConversationFormatError, normalize_conversation
-from fileio import REPO_ROOT, file_sha256, iter_jsonl
-from tokenization import pad_token_id, tokenizer_fingerprint
+from smolsft.chat.format import IGNORE_TOKEN_ID, ConversationFormatError, normalize_conversation
+from smolsft.files import REPO_ROOT, file_sha256, iter_jsonl
+from smolsft.chat.tokenization import pad_token_id, tokenizer_fingerprint
 
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cache" / "sft_data"
 CONVERSATION_FIELDS = ("conversations", "messages")
@@ -45,7 +44,7 @@ DATA_SUFFIXES = (".json", ".jsonl")
 # dependency's behaviour); the source files themselves are hashed into every key.
 CACHE_FORMAT = 1
 # Whole files whose every line bears on features (the tokenizer is fingerprinted separately).
-_CODE_FILES = ("chat_format.py", "conversation_func.py", "reverse_conversation_func.py")
+_CODE_FILES = ("smolsft/chat/format.py", "conversation_func.py", "reverse_conversation_func.py")
 
 
 class DataFormatError(ValueError):
@@ -167,8 +166,11 @@ def _turns(value) -> str:
 
 # ------------------------------------------------------------------------- masking
 def mask_function(mask_mode: str):
-    """The Part 1-2 (``assistant``) or Part 3-4 (``reverse``: user turns trained)
-    unpadded feature function, ``f(messages, tokenizer, max_length, truncation, train_turns)``."""
+    """The course's public masking function the trainer uses: Parts 1-2
+    (``assistant``: ``conversation_func.conversation_to_unpadded``) or Parts 3-4
+    (``reverse``, user turns trained: ``reverse_conversation_func.reverse_conversation_to_unpadded``),
+    called as ``f(messages, tokenizer, max_length, truncation, train_turns=...)``. These are
+    the only course functions the library calls (the course's files sit above it)."""
     if mask_mode == "assistant":
         from conversation_func import conversation_to_unpadded
 
@@ -193,13 +195,7 @@ def unpadded_features(messages, tokenizer, max_length: int, truncation: str, mas
     there, it would be counted in the Trainer's ``num_items_in_batch`` and in the
     trained-token statistics without being a target.
     """
-    fn = mask_function(mask_mode)
-    if mask_mode == "assistant":
-        from conversation_func import ASSISTANT_ROLES
-
-        feats = fn(messages, tokenizer, max_length, truncation, ASSISTANT_ROLES, train_turns)
-    else:
-        feats = fn(messages, tokenizer, max_length, truncation, train_turns)
+    feats = mask_function(mask_mode)(messages, tokenizer, max_length, truncation, train_turns=train_turns)
     if feats is not None and len(feats["labels"]) > 0:
         feats["labels"] = feats["labels"].clone()
         feats["labels"][0] = IGNORE_TOKEN_ID
@@ -239,7 +235,7 @@ def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
                                   cfg["train_turns"])
         stats["truncated_samples"] += 1
         stats["trained_tokens_lost_to_truncation"] += full_trained - (_trained(feats) if feats is not None else 0)
-    if feats is None or not has_trained_tokens(feats):  # no target left (e.g. --train_turns last, that turn cut): never reaches the loss
+    if feats is None or _trained(feats) == 0:  # no target left (e.g. --train_turns last, that turn cut): never reaches the loss
         stats["dropped_no_trained_token_after_truncation"] += 1
         return None, stats, None
     return (np.asarray(feats["input_ids"], np.int32), np.asarray(feats["labels"], np.int32)), stats, None

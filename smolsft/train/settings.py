@@ -4,7 +4,7 @@
 arguments). Each check returns every problem at once, each naming the setting and its
 value, so one message lists all bad values.
 
-    python training_settings.py TOTALBSZ=8 BSZPERDEV=4 NDEV=2 LR=2e-5 EPOCHS=1 -- --max_steps 10
+    python -m smolsft.train.settings TOTALBSZ=8 BSZPERDEV=4 NDEV=2 LR=2e-5 EPOCHS=1 -- --max_steps 10
 
 (what sft.sh runs: ``NAME=value`` pairs of its variables, then, after ``--``, the
 arguments it passes to train_hw_parallel.py, whose ``--max_steps``,

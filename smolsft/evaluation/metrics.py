@@ -1,4 +1,4 @@
-"""The names shared by the scorer (``ifeval/scoring.py``) and the reports (``report.py``):
+"""The names shared by the scorer (``ifeval/scoring.py``) and the reports (``smolsft/report/reports.py``):
 the four accuracy metrics of a scored run's ``summary.json`` and the benchmarks scored the
 IFEval way. The metric names and definitions are IFEval's (Zhou et al. 2023, arXiv
 2311.07911): the fraction of prompts whose every instruction is followed, and the fraction of

@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterable, Optional
 
-from chat_format import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START
-from fileio import resolve_path
+from smolsft.chat.format import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START
+from smolsft.files import resolve_path
 
 DEFAULT_MODEL = "SmolLM2-135M"
 HUB_MODEL_ID = "HuggingFaceTB/SmolLM2-135M"

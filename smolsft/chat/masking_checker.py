@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from chat_format import IGNORE_TOKEN_ID, TRUNCATION_SIDES, ConversationFormatError
-from fileio import REPO_ROOT
-from tokenization import DEFAULT_MODEL, load_tokenizer
+from smolsft.chat.format import IGNORE_TOKEN_ID, TRUNCATION_SIDES, ConversationFormatError
+from smolsft.files import REPO_ROOT
+from smolsft.chat.tokenization import DEFAULT_MODEL, load_tokenizer
 
 
 def _tokens_around(tokenizer, ids: list, pos: int, width: int = 4) -> str:

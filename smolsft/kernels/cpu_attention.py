@@ -1,7 +1,7 @@
 """Causal self-attention for training on the CPU, as batched matrix products one
 (sample, key/value head) at a time.
 
-    import cpu_attention
+    from smolsft.kernels import cpu_attention as cpu_attention
     cpu_attention.register()                       # once; then
     AutoModelForCausalLM.from_pretrained(path, attn_implementation=cpu_attention.NAME)
 
@@ -52,8 +52,8 @@ from typing import Optional
 
 import torch
 
-from cpu_precision import CPU_ATTENTION as NAME
-from loss_functions import _compute_dtype  # fp32 for fp32/bf16/fp16, fp64 for fp64
+from smolsft.hardware.cpu import CPU_ATTENTION as NAME
+from smolsft.losses.chunked import compute_dtype  # fp32 for fp32/bf16/fp16, fp64 for fp64
 
 PROFILE_RANGE = f"{NAME} attention"  # torch.profiler range around forward and backward
 # Query rows per product: 128 beat 64 everywhere and 256 in fp32 (docs/performance_cpu.md).
@@ -164,7 +164,7 @@ class GroupedAttention(torch.autograd.Function):
     @staticmethod
     def _forward(q, k, v, segments, scaling, out, probs):
         B, KV, L, G, D = q.shape
-        cdt = _compute_dtype(q.dtype)
+        cdt = compute_dtype(q.dtype)
         # Scores above the diagonal, within a block on the diagonal: -inf (causal).
         tri = torch.full((BLOCK_ROWS, BLOCK_ROWS), float("-inf"), dtype=cdt).triu_(1)
         at = 0
@@ -191,7 +191,7 @@ class GroupedAttention(torch.autograd.Function):
     @staticmethod
     def _backward(q, k, v, out, probs, dout, segments, scaling):
         B, KV, L, G, D = q.shape
-        cdt = _compute_dtype(q.dtype)
+        cdt = compute_dtype(q.dtype)
         dout = dout.contiguous()
         dq = torch.zeros_like(q)
         # dK and dV sum one product per query block: summed in fp32 (bf16 sums would round each time).

@@ -3,7 +3,7 @@ the tables and charts made from them. One place for what ``ifeval/compare.py``,
 ``scripts/sweep.py``, ``scripts/demo.sh``, ``scripts/plot_loss.py`` and
 ``train_hw_parallel.py`` show:
 
-* the metric and benchmark names come from ``ifeval/metrics.py`` (shared with the scorer);
+* the metric and benchmark names come from ``smolsft/evaluation/metrics.py`` (shared with the scorer);
   :func:`one_benchmark`: the check that runs compared together belong to one benchmark.
 * :func:`load_summary`: a scored result folder's ``summary.json``, checked.
 * :func:`read_curve`, :func:`logged_losses`, :func:`plot_loss_curve`: the training loss
@@ -20,7 +20,7 @@ seconds to import; matplotlib is imported when a chart is drawn).
 
 CLI (the summary step of ``scripts/demo.sh``)::
 
-    python report.py demo-summary demo_out --run demo --prompt_set ifeval/data/sampled_input_data.jsonl \\
+    python -m smolsft.report.reports demo-summary demo_out --run demo --prompt_set ifeval/data/sampled_input_data.jsonl \\
         --prompts 0 --max_tokens 256 --data data/demo_sft.json --ifbench_prompts 50
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from ifeval.metrics import BENCHMARKS, METRIC_NAMES, METRICS, ResultError, benchmark_of
+from smolsft.evaluation.metrics import BENCHMARKS, METRIC_NAMES, METRICS, ResultError, benchmark_of
 
 LOSS_CURVE_PNG = "loss_curve.png"
 # A change of at most this many prompts (either way) is read as "not measurable" (carried_over).
