@@ -80,10 +80,12 @@ def unmet(path: Path) -> list:
 
 def editable_here(root: Path) -> Optional[str]:
     """None if this repository is installed editable from `root`, else why not."""
-    try:
-        raw = metadata.distribution(PROJECT).read_text("direct_url.json")
-    except metadata.PackageNotFoundError:
+    # pip's record (direct_url.json) is in the installed dist-info; the build's own
+    # smol_sft.egg-info in the checkout has none and is skipped.
+    found = [d for d in metadata.distributions(name=PROJECT)]
+    if not found:
         return f"{PROJECT} (this repository) is not installed"
+    raw = next((r for d in found if (r := d.read_text("direct_url.json"))), None)
     info = json.loads(raw or "{}")
     if not info.get("dir_info", {}).get("editable") or info.get("url") != root.resolve().as_uri():
         return f"{PROJECT} is installed from {info.get('url')}, not editable from {root.resolve().as_uri()}"
