@@ -228,11 +228,10 @@ def tie_saved_weights(model, state_dict: Optional[dict]) -> Optional[dict]:
     to the input embedding when ``tie_word_embeddings``), as ``save_pretrained`` writes a
     tied model; ``None`` stays ``None``.
 
-    Why: under DeepSpeed the Trainer saves the state dict accelerate's ``get_state_dict``
-    returns, whose tensors are clones; ``save_pretrained`` finds tied weights by shared
-    storage, so it saw two tensors and stored both (SmolLM2-135M in fp32: 113 MB more per
-    checkpoint). A tie is taken from the live model (the two parameters are one object),
-    never from the config alone."""
+    Why: under DeepSpeed the Trainer saves the clones accelerate's ``get_state_dict``
+    returns, and ``save_pretrained`` detects ties by shared storage only, so it would store
+    both. A tie is taken from the live model (the two parameters are one object), never
+    from the config alone."""
     if state_dict is None:
         return None
     unwrapped = getattr(model, "module", model)
@@ -339,7 +338,7 @@ def remove_shm_allreduce_buffer(environ: Optional[dict] = None, shm_dir: str = "
 
     DeepSpeed's CPU accelerator (0.19.8, ``ops/csrc/cpu/comm/shm.cpp``) gives every rank a
     shared-memory file ``deepspeed_allreduce_buffer_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{RANK}``
-    (66 MB) and never unlinks it, so each CPU run left 66 MB per rank in RAM until reboot.
+    and never unlinks it, so without this every CPU run would leave one in RAM per rank.
     Called when the rank is done: the other ranks mapped it at start, and an unlinked
     file stays mapped until they exit."""
     env = os.environ if environ is None else environ
@@ -355,9 +354,36 @@ def remove_shm_allreduce_buffer(environ: Optional[dict] = None, shm_dir: str = "
 
 
 def _train(model_args, data_args, run_args, training_args, writer: bool, log) -> Optional[Trainer]:
+    """The recipe: where to start (plan check, resume) -> data -> model -> trainer -> train -> save."""
     transformers.set_seed(training_args.seed)
-    out = training_args.output_dir
     data_hash = sft_data.data_fingerprint(data_args.data_path)  # hashes every data file: once per run
+    resume, done_at = _starting_point(model_args, data_args, run_args, training_args, data_hash, writer, log)
+    if done_at is not None and (resume is None or export_complete(training_args.output_dir, done_at)):
+        log(f"[done] {training_args.output_dir} already finished at step {done_at} (checkpoint {resume}); "
+            f"nothing to train. Use a new --output_dir or --overwrite_output_dir True to train again.")
+        return None
+    model_path = resolve_path(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_path, data_args.model_max_length)
+    arrays, stats, key = _training_data(data_args, training_args, tokenizer, data_hash, log)
+    if done_at is not None:
+        if writer:
+            _export_finished_run(model_args, data_args, training_args, stats, key, resume, done_at)
+        return None
+    trainer = _make_trainer(model_args, data_args, training_args, model_path, tokenizer,
+                            sft_data.ConversationDataset(arrays), log)
+    if resume:
+        log(f"[train] resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    _save_run(trainer, result, model_args, data_args, training_args, stats, key, resume)
+    return trainer
+
+
+def _starting_point(model_args, data_args, run_args, training_args, data_hash: str, writer: bool,
+                    log) -> tuple[Optional[str], Optional[int]]:
+    """(the checkpoint to resume from or None, the step at which the run is already finished
+    or None), after refusing a folder that holds another run's plan. Incomplete checkpoints
+    are set aside by the writer; a ``--resume_from_checkpoint`` that is incomplete stops."""
+    out = training_args.output_dir
     check_run_plan(out, run_plan(model_args, data_args, training_args, data_hash),
                    data_args.data_path, run_args.overwrite_output_dir, training_args.resume_from_checkpoint,
                    training_args.should_save, log)
@@ -374,15 +400,13 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
         resume = resumable_checkpoint(out, training_args.world_size, deepspeed, training_args.save_only_model,
                                       writer=writer, log=log, deepspeed_scheduler=ds_scheduler)
     done_at = None if run_args.overwrite_output_dir else finished_step(resume, training_args)
-    if done_at is not None and (resume is None or export_complete(out, done_at)):
-        log(f"[done] {out} already finished at step {done_at} (checkpoint {resume}); "
-            f"nothing to train. Use a new --output_dir or --overwrite_output_dir True to train again.")
-        return None
+    return resume, done_at
 
-    model_path = resolve_path(model_args.model_name_or_path)
-    tokenizer = load_tokenizer(model_path, data_args.model_max_length)
 
-    # Rank 0 preprocesses and writes the cache while the other ranks wait, then read it.
+def _training_data(data_args, training_args, tokenizer, data_hash: str, log):
+    """(feature arrays, drop/truncation statistics, cache key) of the training set. Rank 0
+    preprocesses and writes the cache while the other ranks wait, then they read it.
+    Stops when no conversation is left to train."""
     with training_args.main_process_first(desc="preprocessing"):
         arrays, stats, key = sft_data.load_or_build(
             data_args.data_path, tokenizer, data_args.model_max_length, data_args.truncation_side,
@@ -393,71 +417,81 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
     log(f"[data] {data_args.data_path}: {sft_data.format_stats(stats)}")
     if stats["conversations_kept"] == 0:
         raise SystemExit(f"{data_args.data_path}: no trainable conversation left (see the drop counts above)")
+    return arrays, stats, key
 
-    if done_at is not None:
-        # Finished at its last checkpoint, but killed while writing the final export:
-        # write the export from that checkpoint; no optimizer step is run again.
-        if writer:
-            copied = export_from_checkpoint(resume, out)
-            write_manifest(os.path.join(out, "run_manifest.json"), model_args, data_args, training_args, stats, key,
-                           done_at, resume, exported_from=resume)
-            png = plot_loss_curve(out)
-            print(f"[done] {out} had finished at step {done_at} but its final export was missing or incomplete: "
-                  f"wrote it from {os.path.basename(resume)} without training ({len(copied)} files, manifest, "
-                  f"{os.path.basename(png)})")
-        return None
-    dataset = sft_data.ConversationDataset(arrays)
 
-    attn = "flash_attention_2" if model_args.flash_attn else model_args.cpu_attention  # resolved in main()
-    if attn == cpu_attention.NAME:
-        cpu_attention.register()
-    collator = make_collator(data_args, attn, tokenizer)
-    # fp32 master weights; the Trainer/DeepSpeed casts for bf16/fp16 compute.
+def _export_finished_run(model_args, data_args, training_args, stats, key, resume: str, done_at: int) -> None:
+    """A run that finished at its last checkpoint but was killed while writing the final
+    export: write the export from that checkpoint; no optimizer step runs again."""
+    out = training_args.output_dir
+    copied = export_from_checkpoint(resume, out)
+    write_manifest(os.path.join(out, "run_manifest.json"), model_args, data_args, training_args, stats, key,
+                   done_at, resume, exported_from=resume)
+    png = plot_loss_curve(out)
+    print(f"[done] {out} had finished at step {done_at} but its final export was missing or incomplete: "
+          f"wrote it from {os.path.basename(resume)} without training ({len(copied)} files, manifest, "
+          f"{os.path.basename(png)})")
+
+
+def _load_model(model_args, training_args, model_path: str, tokenizer, attn: str, log):
+    """The model in fp32 (master weights; the Trainer or DeepSpeed casts for bf16/fp16
+    compute), with the CPU's fused RMSNorm and the chat's end-of-turn ids for generation."""
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation=attn)
-    if training_args.device.type == "cpu":  # measured on the CPU only (smolsft/kernels/rms_norm.py)
+    if training_args.device.type == "cpu":  # faster on the CPU only (smolsft/kernels/rms_norm.py)
         switched = fuse_rms_norms(model)
         log(f"[model] {switched} RMSNorm modules run PyTorch's fused rms_norm kernel")
     model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
     model.generation_config.pad_token_id = pad_token_id(tokenizer)
     if training_args.gradient_checkpointing:
         model.config.use_cache = False
+    return model
 
+
+def _make_trainer(model_args, data_args, training_args, model_path: str, tokenizer, dataset, log) -> Trainer:
+    """The Trainer of ``--loss``: ``fused`` (this library's loss from the hidden states;
+    with ``cpu_bmm`` each batch runs without its padding) or ``logits`` (Part 5's
+    ``compute_loss_from_logits`` on the model's logits)."""
+    attn = "flash_attention_2" if model_args.flash_attn else model_args.cpu_attention  # resolved in main()
+    if attn == cpu_attention.NAME:
+        cpu_attention.register()
+    model = _load_model(model_args, training_args, model_path, tokenizer, attn, log)
     if model_args.loss == "fused":
-        # cpu_bmm keeps packed samples apart and skips what is not computed: no layer sees padding.
-        pack = attn == cpu_attention.NAME
+        pack = attn == cpu_attention.NAME  # cpu_bmm keeps packed samples apart
         trainer_cls, loss_kwargs = FusedLossTrainer, {"pack_batches": pack}
         if pack:
             log("[batches] each right-padded batch trains as one row of its real tokens (no padding computed)")
     else:
         trainer_cls, loss_kwargs = Trainer, {"compute_loss_func": compute_loss_from_logits}
-    trainer = with_tied_save(trainer_cls)(
+    return with_tied_save(trainer_cls)(
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=collator,
+        data_collator=make_collator(data_args, attn, tokenizer),
         processing_class=tokenizer,
         callbacks=[TargetRecorder({"max_steps": training_args.max_steps,
                                    "num_train_epochs": training_args.num_train_epochs}), ScheduleOnResume(log)],
         **loss_kwargs,
     )
 
-    if resume:
-        log(f"[train] resuming from {resume}")
-    result = trainer.train(resume_from_checkpoint=resume)
 
+def _save_run(trainer: Trainer, result, model_args, data_args, training_args, stats, key,
+              resume: Optional[str]) -> None:
+    """The final export (fp32 weights, tokenizer, chat template, trainer state); rank 0
+    also writes the run manifest and the loss curve and prints the summary line."""
+    out = training_args.output_dir
     restore_fp32_master_weights(trainer)
     trainer.save_model()  # safetensors + generation_config.json + tokenizer and chat template
     trainer.save_state()
-    if trainer.is_world_process_zero():
-        write_manifest(os.path.join(out, "run_manifest.json"), model_args, data_args, training_args, stats, key,
-                       trainer.state.global_step, resume)
-        png = plot_loss_curve(out)
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        logged = (f"first/last logged loss {losses[0]:.4f}/{losses[-1]:.4f}" if losses else
-                  f"no loss logged (--logging_steps {training_args.logging_steps:g}), mean {result.training_loss:.4f}")
-        print(f"[done] {trainer.state.global_step} steps, {logged}, "
-              f"{result.metrics.get('train_runtime', 0):.0f}s; model, manifest and {os.path.basename(png)} in {out}")
-    return trainer
+    if not trainer.is_world_process_zero():
+        return
+    write_manifest(os.path.join(out, "run_manifest.json"), model_args, data_args, training_args, stats, key,
+                   trainer.state.global_step, resume)
+    png = plot_loss_curve(out)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    logged = (f"first/last logged loss {losses[0]:.4f}/{losses[-1]:.4f}" if losses else
+              f"no loss logged (--logging_steps {training_args.logging_steps:g}), mean {result.training_loss:.4f}")
+    print(f"[done] {trainer.state.global_step} steps, {logged}, "
+          f"{result.metrics.get('train_runtime', 0):.0f}s; model, manifest and {os.path.basename(png)} in {out}")
 
 
 def cli(argv: Optional[list[str]] = None) -> None:

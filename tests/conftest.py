@@ -4,6 +4,7 @@ What setup.sh builds (the model, ifeval/data/) is there on every machine: withou
 test fails and says to run setup.sh."""
 import importlib.util
 import os
+from collections import Counter
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -31,20 +32,35 @@ def pytest_configure(config) -> None:
         os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) % count::count])
 
 
-# The longest files first (measured, docs/testing.md), so that with --dist loadfile no
-# long file starts last while the other worker sits idle (each worker has one core of its
-# own, above). pyproject's --no-loadscope-reorder keeps this order: xdist would otherwise
-# hand out the files with the most tests first.
-LONGEST_FIRST = ["test_sft_sh", "test_gpu_bundle", "test_bf16_training", "test_simulator_demo", "test_sweep",
-                 "test_run_faults", "test_demo_sh", "test_vllm_engine", "test_ddp_fallback", "test_train_hw_parallel",
-                 "test_hardware", "test_vllm_tiny", "test_lm_eval_check", "test_run_sh", "test_masking_checker",
-                 "test_gpu_check_sh", "test_make_demo_data", "test_generate", "test_ifeval_scoring",
-                 "test_loss_functions"]
+# The longest files first, so that with --dist loadfile no long file starts last while the
+# other worker sits idle (each worker has one core of its own, above). "Longest" is each
+# file's total test time in the last run on this machine (pytest's cache); a fresh clone,
+# which has none, puts the files with the most slow tests first. pyproject's
+# --no-loadscope-reorder keeps this order.
+DURATIONS_KEY = "smolsft/seconds_per_file"
+_seconds: Counter = Counter()
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))  # stable: file order kept otherwise
+    last = config.cache.get(DURATIONS_KEY, {}) if config.cache is not None else {}
+    slow = Counter(_file_of(item.nodeid) for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: (-last.get(_file_of(item.nodeid), 0.0), -slow[_file_of(item.nodeid)]))
+
+
+def pytest_runtest_logreport(report) -> None:
+    _seconds[_file_of(report.nodeid)] += report.duration
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The controller (not an xdist worker) records what this run measured, per file."""
+    cache = session.config.cache
+    if cache is None or hasattr(session.config, "workerinput") or not _seconds:
+        return
+    cache.set(DURATIONS_KEY, {**cache.get(DURATIONS_KEY, {}), **{f: round(t, 1) for f, t in _seconds.items()}})
 
 
 def shared_dir() -> Optional[Path]:

@@ -169,7 +169,7 @@ def test_accumulation_exact_with_deepspeed(setup, reference):
            "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2"]
     r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    # No rank leaves its 66 MB shared-memory all-reduce buffer behind (RAM until reboot).
+    # No rank leaves its shared-memory all-reduce buffer behind (it would hold RAM until reboot).
     left = [p.name for port in ports for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")]
     assert not left, left
     ref_loss, ref_after = reference

@@ -56,7 +56,7 @@ from smolsft.hardware.cpu import CPU_ATTENTION as NAME
 from smolsft.losses.chunked import compute_dtype  # fp32 for fp32/bf16/fp16, fp64 for fp64
 
 PROFILE_RANGE = f"{NAME} attention"  # torch.profiler range around forward and backward
-# Query rows per product: 128 beat 64 everywhere and 256 in fp32 (docs/performance_cpu.md).
+# Query rows per product, the fastest block size measured (benchmarks/attention.py; docs/performance.md).
 BLOCK_ROWS = 128
 # Beyond this much kept P per layer the call goes to sdpa, which keeps one number per row.
 MAX_PROBS_BYTES = 64 << 20
