@@ -4,23 +4,32 @@
 # SmolLM2-135M, GPU_CHECK_STEPS training steps (DeepSpeed ZeRO-2 when it imports, else
 # torchrun / DDP), fused vs logits loss at 2048 tokens, IFEval with --backend hf, summary.
 #
-#   bash scripts/gpu_check_bundle.sh DIR [--allow_cpu] [--dry_run]
-#
-# Stages run with time limits (seconds: install 60, model 45, train 150, loss benchmark 75,
-# IFEval 150; at most 8 minutes together) and the summary is printed even when one fails or
-# runs out of time; the exit status is then 1. --allow_cpu (tests only) runs the same
-# plumbing on the CPU with a 2-layer model, a few tokens and prompts (limits x4).
-# Environment: GPU_CHECK_OUT [gpu_check_out], GPU_CHECK_STEPS [20], GPU_CHECK_MAX_TOKENS [1024],
-#   GPU_CHECK_LIMIT [all 100 prompts], GPU_CHECK_ENGINE [auto | deepspeed | torchrun],
-#   GPU_CHECK_LIMIT_SCALE [1 on a GPU, 4 with --allow_cpu] (multiplies the stage limits), PYTHON [python].
 set -euo pipefail
+usage() {
+  cat <<'EOF_USAGE'
+The GPU check on a machine without network, from a bundle (bash scripts/gpu_check.sh
+--bundle DIR runs this; docs/gpu_check.md): wheels -> temporary folder, random-weight
+SmolLM2-135M, GPU_CHECK_STEPS training steps (DeepSpeed ZeRO-2 when it imports, else
+torchrun / DDP), fused vs logits loss at 2048 tokens, IFEval with --backend hf, summary.
+
+  bash scripts/gpu_check_bundle.sh DIR [--allow_cpu] [--dry_run]
+
+Stages run with time limits (seconds: install 60, model 45, train 150, loss benchmark 75,
+IFEval 150; at most 8 minutes together) and the summary is printed even when one fails or
+runs out of time; the exit status is then 1. --allow_cpu (tests only) runs the same
+plumbing on the CPU with a 2-layer model, a few tokens and prompts (limits x4).
+Environment: GPU_CHECK_OUT [gpu_check_out], GPU_CHECK_STEPS [20], GPU_CHECK_MAX_TOKENS [1024],
+  GPU_CHECK_LIMIT [all 100 prompts], GPU_CHECK_ENGINE [auto | deepspeed | torchrun],
+  GPU_CHECK_LIMIT_SCALE [1 on a GPU, 4 with --allow_cpu] (multiplies the stage limits), PYTHON [python].
+EOF_USAGE
+}
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 PY=${PYTHON:-python}
 BUNDLE="" ALLOW_CPU=0 DRY=0
 for a in "$@"; do
   case "$a" in
-    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     --allow_cpu|--allow-cpu) ALLOW_CPU=1 ;;
     --dry_run|--dry-run) DRY=1 ;;
     -*) echo "gpu_check_bundle.sh: unknown argument $a (--help for usage)" >&2; exit 2 ;;
