@@ -7,7 +7,16 @@
 # then answers and scores 2 prompts through ifeval/run.sh.
 #   bash .ci/fresh_clone.sh          # KEEP=1 keeps the folder
 set -euo pipefail
-if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
+usage() {
+  cat <<'EOF_USAGE'
+CI: what a new user gets. Clones the committed HEAD into a temporary folder, runs setup.sh
+there with the offline-source variables unset (SKIP_PIP=1: this environment's packages),
+checks the model, the NLTK data and the three IFEval prompt files, then answers and scores
+2 prompts through ifeval/run.sh.
+  bash .ci/fresh_clone.sh          # KEEP=1 keeps the folder
+EOF_USAGE
+}
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then usage; exit 0; fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python}
 t0=$SECONDS
