@@ -56,7 +56,7 @@ def simulator_prompt(messages: list[dict], tokenizer, back_translation: bool = F
     ``<|im_start|>user\n``; tokenized with ``add_special_tokens=False`` it is token for
     token the prefix of the training sample up to that user turn's content (when that
     content does not start with whitespace, which BPE may merge with the header's newline;
-    tests/test_simulator_prompt.py checks it on every user turn of the demo set).
+    tests/simulator/test_simulator_prompt.py checks it on every user turn of the demo set).
 
     - Multi-turn (Part 4, default): ``messages`` is the conversation so far (``[]``, a
       system message, or rounds ending with an assistant turn); :data:`REVERSE_SYSTEM_PROMPT`

@@ -51,7 +51,7 @@ for pair in input_data.jsonl:541 sampled_input_data.jsonl:100 sampled_200_input_
 done
 echo "[fresh-clone] setup built the model, the NLTK data and the 3 IFEval prompt files ($((SECONDS - t0))s so far)"
 
-# One OpenMP thread, as in tests/test_run_sh.py: on a busy machine more threads only wait for
+# One OpenMP thread, as in tests/ifeval/test_run_sh.py: on a busy machine more threads only wait for
 # each other on these few tokens (docs/performance.md).
 "${clean[@]}" PYTHON="$PY" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" bash ifeval/run.sh SmolLM2-135M "$tmp/out" --limit 2 --max_tokens 8 2>&1 | sed 's/^/  | /' \
   || fail "ifeval/run.sh failed (output above)"

@@ -404,7 +404,7 @@ def write_prompt_set(data: bytes, dest: Path, where: str) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "input_data.jsonl").write_bytes(data)
     # ensure_ascii=False: the course's sampled_*.jsonl files are written that way (checked
-    # byte for byte against them in tests/test_fetch_assets.py).
+    # byte for byte against them in tests/scripts/test_fetch_assets.py).
     for name, keys in json.loads(SUBSET_KEYS.read_text()).items():
         (dest / name).write_bytes("".join(json.dumps(by_key[k], ensure_ascii=False) + "\n" for k in keys).encode("utf-8"))
 

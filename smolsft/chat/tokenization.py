@@ -43,7 +43,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL, model_max_length: int = 20
 def _tokenizer_class(path: str):
     """``TokenizersBackend`` for a local Llama-family folder whose tokenizer_config.json
     names that class (SmolLM2's): what ``AutoTokenizer`` returns for it, without importing
-    every model's auto classes (seconds per process; tests/test_tokenization.py checks the
+    every model's auto classes (seconds per process; tests/chat/test_tokenization.py checks the
     two agree). ``AutoTokenizer`` for anything else (a hub id, custom code, another class)."""
     import json
     import os

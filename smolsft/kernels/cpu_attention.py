@@ -33,7 +33,7 @@ computed in fp32 (fp64 for fp64 inputs).
 Padding rows (query positions ``>= n_b``) get a zero output and pass no gradient. With
 ``sdpa`` they attend to the real keys instead; either way no real position attends to them
 (causal) and training gives them no target (label -100), so the real positions' outputs,
-the loss and every parameter's gradient are the same (tests/test_cpu_attention.py).
+the loss and every parameter's gradient are the same (tests/kernels/test_cpu_attention.py).
 
 Memory: ``P`` is about ``heads x n_b^2 / 2`` per sample and layer (fp32: 19 MB at
 4 x 9 x 512 x 512 / 2), where the flash kernel keeps one log-sum-exp per row; recomputing

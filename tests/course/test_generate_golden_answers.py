@@ -10,7 +10,7 @@ import pytest
 import generate_golden_answers as gga
 from smolsft.chat.tokenization import load_tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("golden_name, fn", [("exercise_solutions.json", gga.forward_reference),

@@ -16,7 +16,7 @@ from conftest import script_env
 # Every test here runs a shell script or a CLI in a subprocess.
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 METRICS = ["prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc"]
 
 
@@ -123,9 +123,9 @@ def test_demo_without_ifbench(stub_repo, tmp_path):
 def test_reduced_demo_end_to_end(tmp_path, tiny_llama_dir):
     out = tmp_path / "demo"
     # Generation through transformers: four vLLM starts would cost minutes, and vLLM itself
-    # runs the same CLI in tests/test_vllm_engine.py. The session's tiny Llama stands in for
+    # runs the same CLI in tests/generation/test_vllm_engine.py. The session's tiny Llama stands in for
     # SmolLM2-135M: what is checked here is the pipeline, not the scores; one training rank
-    # (ZeRO-2 over two ranks is tests/test_sft_sh.py's).
+    # (ZeRO-2 over two ranks is tests/scripts/test_sft_sh.py's).
     env = script_env(DEMO_OUT=str(out), DEMO_PROMPTS="2", DEMO_MAX_TOKENS="16", DEMO_STEPS="2", CPU_RANKS="1",
                      DEMO_MAXLEN="256", DEMO_TOTALBSZ="2", DEMO_BSZPERDEV="1", DEMO_IFBENCH_PROMPTS="2",
                      DEMO_MODEL=str(tiny_llama_dir), IFEVAL_BACKEND="hf")

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import load_script
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 fetch_assets = load_script("scripts/fetch_assets.py")
 
 

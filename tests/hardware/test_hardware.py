@@ -83,7 +83,7 @@ def sim_env(tmp_path: Path, gpus=None, flash_attn: bool = False, deepspeed: str 
 
 
 def setup_dry(env, *args, **overrides):
-    # SETUP_FORCE_PIP: show the whole install even where scripts/pip_state.py would skip pip (tests/test_pip_state.py)
+    # SETUP_FORCE_PIP: show the whole install even where scripts/pip_state.py would skip pip (tests/scripts/test_pip_state.py)
     return subprocess.run(["bash", str(SETUP), "--dry_run", *args],
                           env={**env, "PYTHON": sys.executable, "SETUP_FORCE_PIP": "1", **overrides},
                           capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)

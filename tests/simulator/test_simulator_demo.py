@@ -14,7 +14,7 @@ from smolsft.simulator import measures as sm
 from conftest import load_script
 from test_train_hw_parallel import tiny_llama
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

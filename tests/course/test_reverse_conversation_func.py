@@ -19,7 +19,7 @@ from test_conversation_func import as_lists, random_cases
 from smolsft.chat.format import IGNORE_TOKEN_ID, ConversationFormatError
 from reverse_conversation_func import REVERSE_SYSTEM_PROMPT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SYS = {"role": "system", "content": "Be brief."}
 U1, A1 = {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}
 U2, A2 = {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6"}

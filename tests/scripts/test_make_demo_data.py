@@ -11,7 +11,7 @@ import pytest
 
 from conftest import load_script
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "data" / "demo_sft.json"
 CHECKS = REPO / "data" / "demo_sft_checks.jsonl"
 IFEVAL_PROMPTS = REPO / "ifeval" / "data" / "input_data.jsonl"

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import load_script, script_env
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,8 @@ def _sweep(out, model):
            "--total_bsz", "2", "--bsz_per_dev", "1", "--model_max_length", "128", "--prompts", "2",
            "--max_tokens", "8", "--out", str(out)]
     # sweep.py runs bash scripts (sft.sh, ifeval/run.sh): they get this interpreter. Generation
-    # through transformers: vLLM runs the same CLI in tests/test_vllm_engine.py.
-    # One training rank: what is checked is the sweep; ZeRO-2 over two ranks is tests/test_sft_sh.py's.
+    # through transformers: vLLM runs the same CLI in tests/generation/test_vllm_engine.py.
+    # One training rank: what is checked is the sweep; ZeRO-2 over two ranks is tests/scripts/test_sft_sh.py's.
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
                        env=script_env(IFEVAL_BACKEND="hf", CPU_RANKS="1"))
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])

@@ -14,7 +14,7 @@ from smolsft.chat.masking_checker import run_checker
 from reverse_conversation_func import reverse_conversation_to_features
 from test_conversation_func import load_golden
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_checker_passes_on_official_files(course_ref, capsys):

@@ -25,7 +25,7 @@ from generate_golden_answers import forward_reference
 from smolsft.chat.format import IGNORE_TOKEN_ID, ConversationFormatError
 from smolsft.chat.tokenization import load_tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FIELDS = ("input_ids", "labels", "attention_mask")
 
 # Contents that stress span boundaries: surrounding whitespace and newlines, literal

@@ -12,7 +12,7 @@ from smolsft.chat.format import IGNORE_TOKEN_ID, ConversationFormatError, is_sin
 from reverse_conversation_func import REVERSE_SYSTEM_PROMPT, reverse_conversation_to_unpadded, simulator_prompt
 from test_conversation_func import random_cases
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def conversations():
