@@ -245,32 +245,11 @@ def _move_into_place(asset: Asset, tmp: Path) -> None:
 
 
 def fetch_step(step: str, online: bool, **where) -> None:
+    """Fetch every asset of ``step`` (``model``, ``nltk``, ``ifeval``, ``smoltalk``,
+    ``ifbench``); ``where`` overrides the folders :func:`asset_table` writes to."""
     for asset in asset_table(**where):
         if asset.step == step:
             fetch(asset, online)
-
-
-# The steps, as the tests call them (each with the folders it writes).
-def fetch_model(out: Path, online: bool) -> None:
-    fetch_step("model", online, model_dir=out)
-
-
-def fetch_nltk(online: bool, dest: Path = NLTK_DATA_DIR) -> None:
-    fetch_step("nltk", online, nltk_dir=dest)
-
-
-def fetch_ifeval(dest: Path, online: bool) -> None:
-    fetch_step("ifeval", online, ifeval_dir=dest)
-
-
-def fetch_smoltalk(out: Path, online: bool) -> None:
-    fetch_step("smoltalk", online, smoltalk=out)
-
-
-def fetch_ifbench(dest: Path, online: bool) -> None:
-    """The NLTK data IFBench's checkers need besides punkt_tab: the stopwords corpus and
-    the English perceptron POS tagger, under ``dest`` (nltk_data/)."""
-    fetch_step("ifbench", online, nltk_dir=dest)
 
 
 # ------------------------------------------------------------------- model

