@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from smolsft.data import sft as sft_data
+from smolsft.train import hf_trainer
 from smolsft.train import records as run_records
 import train_hw_parallel
 from smolsft.files import REPO_ROOT
@@ -339,7 +340,7 @@ def test_remove_shm_allreduce_buffer_unlinks_only_this_ranks_file(tmp_path):
     for f in (mine, other):
         f.write_bytes(b"x")
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29611", "RANK": "1"}
-    assert train_hw_parallel.remove_shm_allreduce_buffer(env, str(tmp_path)) == str(mine)
+    assert hf_trainer.remove_shm_allreduce_buffer(env, str(tmp_path)) == str(mine)
     assert not mine.exists() and other.exists()
-    assert train_hw_parallel.remove_shm_allreduce_buffer(env, str(tmp_path)) is None  # already gone
-    assert train_hw_parallel.remove_shm_allreduce_buffer({}, str(tmp_path)) is None  # not a distributed run
+    assert hf_trainer.remove_shm_allreduce_buffer(env, str(tmp_path)) is None  # already gone
+    assert hf_trainer.remove_shm_allreduce_buffer({}, str(tmp_path)) is None  # not a distributed run
