@@ -31,7 +31,7 @@ solution uses the chunked kernel of :mod:`smolsft.losses.chunked` instead (one l
 per position; one reused ``[chunk_size, vocab]`` buffer), the kernel the default fused
 training loss shares. A plain solution (log-softmax, gather, mask, sum / count) passes the
 same check and trains with every ``--loss``; how the Trainer calls this function:
-docs/training.md.
+docs/design.md#gradient-accumulation-is-exact-parts-5-6.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ blocks of :data:`BLOCK_ROWS` query positions, and block ``[r0, r1)`` is multipli
 ``[0, r1)`` only, so the work is about half the square of the real length. The products
 reach the CPU's matrix throughput (fp32 and bf16), and one (sample, key/value head, block)
 at a time keeps each score block (``BLOCK_ROWS * G x r1`` fp32) in the core's cache for the
-softmax around the products. Measurements: docs/performance_cpu.md.
+softmax around the products. Measurements: docs/performance.md#the-non-matmul-half-of-a-bf16-step-made-faster.
 
 What is computed
 ----------------

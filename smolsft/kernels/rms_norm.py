@@ -7,7 +7,7 @@ transformers' op-by-op Llama version.
 Why: transformers' ``LlamaRMSNorm.forward`` (SmolLM2's, and every model that copies it)
 runs six ops (cast, square, mean, rsqrt, two products), each a pass over the activations,
 forward and backward; PyTorch's ``rms_norm`` does it in one kernel (timings:
-docs/performance_cpu.md).
+docs/performance.md#the-non-matmul-half-of-a-bf16-step-made-faster).
 
 What is computed: ``weight * x / sqrt(mean(x^2, last dim) + eps)``, the formula of
 ``LlamaRMSNorm`` (Zhang & Sennrich 2019), in fp32 inside the kernel for fp32 and bf16

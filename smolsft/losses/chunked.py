@@ -7,7 +7,8 @@ recomputes ``softmax = exp(x - lse)``, subtracts 1 at the target, scales and wri
 into the gradient. Chunks are slices of consecutive positions that skip ignored spans longer
 than ``MAX_GAP`` positions (slicing is much cheaper than gathering rows on a CPU). Extra
 memory: one ``[chunk_size, vocab]`` fp32 buffer reused by every chunk. How the HF Trainer
-calls a ``compute_loss_func`` and counts ``num_items_in_batch``: docs/training.md.
+calls a ``compute_loss_func`` and counts ``num_items_in_batch``: docs/design.md
+(#gradient-accumulation-is-exact-parts-5-6).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """benchmarks/train_throughput.py: the profile suite's operator groups and a tiny profiled
-step (no timing asserted: the figures are the benchmark's, docs/performance_cpu.md)."""
+step (no timing asserted: the figures are the benchmark's, docs/performance.md#cpu-training-speed-fp32-against-bf16)."""
 import pytest
 
 from conftest import load_script

@@ -7,7 +7,7 @@ fp32 master weights and Adam state).
 Tolerance: each logged loss within 0.03 + 1% of fp32's. bf16 keeps 8 mantissa bits, so
 every product and activation is rounded at a relative 2**-9 (0.2%); over 30 layers these
 roundings left the mean token loss 0.014, 0.0003 and 0.044 (1.5%) off fp32's in the three
-steps measured here (docs/performance_cpu.md); the first step runs at learning rate 0
+steps measured here (docs/performance.md#bf16-against-fp32-in-the-tests); the first step runs at learning rate 0
 (warm-up), so its difference is the bf16 forward pass alone.
 """
 import json
@@ -97,7 +97,7 @@ def test_bf16_run_saves_its_fp32_master_weights(bf16_and_fp32_runs, model_dir):
     emb = "model.embed_tokens.weight"
     assert all(w.dtype == torch.float32 for w in saved.values())
     assert not torch.equal(saved[emb], initial[emb].float())  # trained
-    body = [n for n in saved if n != "lm_head.weight"]  # lm_head: see docs/performance_cpu.md
+    body = [n for n in saved if n != "lm_head.weight"]  # lm_head: see docs/LOG.md, 2026-12-01
     total = sum(saved[n].numel() for n in body)
     off_bf16 = sum(int((saved[n].bfloat16().float() != saved[n]).sum()) for n in body)
     assert off_bf16 > 0.9 * total, (off_bf16, total)
