@@ -1,0 +1,2 @@
+"""Generation for the evaluator and the simulator alike: vLLM (CPU and GPU) and
+transformers' ``generate()``, and the resumable response files."""

@@ -1,0 +1,1 @@
+"""Run summaries, loss curves, comparison tables and charts, the demo's summary."""

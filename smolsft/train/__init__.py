@@ -1,0 +1,2 @@
+"""A training run's bookkeeping: its plan and manifest, checkpoint completeness and
+resume, the checks of its settings, and what it adds to the HF Trainer."""
