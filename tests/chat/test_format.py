@@ -1,12 +1,9 @@
 """smolsft/chat/format.py, smolsft/chat/tokenization.py, smolsft/files.py: conversation normalization (course semantics), tokenizer configuration, JSONL reading."""
-import json
 from collections import Counter
 
 import pytest
 
-from smolsft.chat.format import CHATML_TEMPLATE, ConversationFormatError, is_single_turn_conversation, normalize_conversation, validate_messages
-from smolsft.files import iter_jsonl, resolve_path
-from smolsft.chat.tokenization import end_of_turn_ids, load_tokenizer, tokenizer_fingerprint
+from smolsft.chat.format import ConversationFormatError, is_single_turn_conversation, normalize_conversation, validate_messages
 
 U = lambda c: {"role": "user", "content": c}  # noqa: E731
 A = lambda c: {"role": "assistant", "content": c}  # noqa: E731
@@ -151,100 +148,3 @@ def test_validate_messages_names_the_problem():
 
 
 # --------------------------------------------------------------------- tokenizer
-def test_tokenizer_configuration(tokenizer):
-    assert len(tokenizer) == 49152
-    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [0, 1, 2]
-    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token) == ("<|endoftext|>",) * 3
-    assert tokenizer.pad_token_id == 0 and tokenizer.padding_side == "right"
-    assert tokenizer.model_max_length == 2048
-    assert tokenizer.chat_template == CHATML_TEMPLATE
-    # nothing is added around plain text (no BOS/EOS)
-    assert tokenizer("hello world")["input_ids"] == tokenizer.convert_tokens_to_ids(["hello", "Ġworld"])
-
-
-def test_saved_folder_has_no_pad_token(model_dir):
-    cfg = json.loads((model_dir / "tokenizer_config.json").read_text())
-    assert cfg.get("pad_token") in (None, "")
-    assert cfg["bos_token"] == cfg["eos_token"] == cfg["unk_token"] == "<|endoftext|>"
-
-
-def test_chatml_rendering(tokenizer):
-    msgs = [S("sys"), U("hi"), A("hello")]
-    text = tokenizer.apply_chat_template(msgs, tokenize=False)
-    assert text == "\n<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
-    gen = tokenizer.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True)
-    assert gen.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
-
-
-def test_official_sample_ids_match(tokenizer, course_ref):
-    """The unpadded ids of all 10 official conversations equal the course's golden ids."""
-    samples = json.loads((course_ref / "exercise_samples.json").read_text())
-    gold = json.loads((course_ref / "exercise_solutions.json").read_text())
-    n = 0
-    for split in ("single_turn", "multi_turn"):
-        for s, g in zip(samples[split], gold[split], strict=True):
-            assert s["id"] == g["id"]
-            f = g["features"]
-            expected = [i for i, m in zip(f["input_ids"], f["attention_mask"]) if m]
-            got = tokenizer.apply_chat_template(s["messages"], tokenize=True, return_dict=False)
-            assert len(got) <= 2048, "official samples fit in 2048 tokens"
-            assert got == expected, f"{split} id {s['id']}"
-            n += 1
-    assert n == 10
-
-
-def test_left_padding_option_and_fingerprint(model_dir, tokenizer):
-    left = load_tokenizer(str(model_dir), 512, padding_side="left")
-    assert left.padding_side == "left" and left.model_max_length == 512
-    assert tokenizer_fingerprint(left) != tokenizer_fingerprint(tokenizer)
-    assert tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(load_tokenizer(str(model_dir), 2048))
-
-
-def test_resolve_path(tmp_path, monkeypatch, model_dir):
-    monkeypatch.chdir(tmp_path)
-    assert resolve_path("SmolLM2-135M") == str(model_dir.resolve())  # repo root fallback
-    (tmp_path / "SmolLM2-135M").mkdir()
-    assert resolve_path("SmolLM2-135M") == str((tmp_path / "SmolLM2-135M").resolve())  # cwd first
-    assert resolve_path("org/some-hub-model") == "org/some-hub-model"
-
-
-def test_iter_jsonl(tmp_path):
-    good = tmp_path / "good.jsonl"
-    good.write_text('{"a": 1}\n\n  \n{"b": 2}\n', encoding="utf-8")
-    assert list(iter_jsonl(good, "test")) == [(1, {"a": 1}), (4, {"b": 2})]  # blank lines skipped, numbered
-
-    class MyError(Exception):
-        pass
-
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"a": 1}\n{"b": \n', encoding="utf-8")
-    with pytest.raises(MyError, match=r"bad\.jsonl:2: malformed JSON"):
-        list(iter_jsonl(bad, "test", MyError))
-    bad.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad\.jsonl:2: expected a JSON object, got list"):
-        list(iter_jsonl(bad, "test"))
-    assert list(iter_jsonl(bad, "test", objects_only=False)) == [(1, {"a": 1}), (2, [1, 2])]
-    with pytest.raises(MyError, match=r"test file not found: .*absent\.jsonl"):
-        list(iter_jsonl(tmp_path / "absent.jsonl", "test", MyError))
-    with pytest.raises(ValueError, match="is a directory"):
-        list(iter_jsonl(tmp_path, "test"))
-
-
-def test_end_of_turn_ids(tokenizer):
-    """<|im_end|> (2) then eos <|endoftext|> (0), whatever shape the extra eos has (an
-    int, a list as in this project's checkpoints, None), without duplicates."""
-    assert end_of_turn_ids(tokenizer) == [2, 0]
-    assert end_of_turn_ids(tokenizer, 0) == [2, 0]
-    assert end_of_turn_ids(tokenizer, None) == [2, 0]
-    assert end_of_turn_ids(tokenizer, [0, 7]) == [2, 0, 7]
-    assert end_of_turn_ids(tokenizer, [[2, 0], 9, None]) == [2, 0, 9]
-
-
-def test_end_of_turn_ids_without_im_end():
-    """A tokenizer without <|im_end|> in its vocabulary gives its eos only."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<eos>": 0, "a": 1}, unk_token="a")),
-                                  eos_token="<eos>")
-    assert end_of_turn_ids(tok) == [0]
