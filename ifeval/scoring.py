@@ -140,7 +140,9 @@ def _validate_prompt_record(rec: dict, where: str, benchmark: str = "ifeval") ->
     if benchmark == "ifbench" and isinstance(rec["key"], str) and rec["key"].isdecimal():
         rec["key"] = int(rec["key"])  # IFBench writes keys as decimal strings; answer files use ints
     if not isinstance(rec["key"], int) or isinstance(rec["key"], bool):
-        raise IFEvalDataError(f"{where}: 'key' must be an integer, got {rec['key']!r}")
+        hint = (" (IFBench writes its keys as decimal strings: for IFBench's prompt file add --benchmark ifbench)"
+                if isinstance(rec["key"], str) and rec["key"].isdecimal() else "")
+        raise IFEvalDataError(f"{where}: 'key' must be an integer, got {rec['key']!r}{hint}")
     if not isinstance(rec["prompt"], str):
         raise IFEvalDataError(f"{where}: 'prompt' must be a string")
     ids, kwargs = rec["instruction_id_list"], rec["kwargs"]
@@ -152,7 +154,24 @@ def _validate_prompt_record(rec: dict, where: str, benchmark: str = "ifeval") ->
         raise IFEvalDataError(f"{where}: {len(ids)} instruction ids but {len(kwargs)} kwargs entries")
     unknown = [i for i in ids if i not in checkers(benchmark).registry]
     if unknown:
-        raise IFEvalDataError(f"{where}: unknown instruction id(s) {unknown} for {BENCHMARKS[benchmark]}")
+        raise IFEvalDataError(f"{where}: unknown instruction id(s) {unknown} for {BENCHMARKS[benchmark]}"
+                              f"{_other_benchmark_hint(unknown, benchmark)}")
+
+
+def _other_benchmark_hint(ids: list[str], benchmark: str) -> str:
+    """`` (they are X's instructions: ... add --benchmark x)`` when another benchmark's
+    checkers know every id of ``ids`` (a prompt file read under the wrong benchmark), else ``""``."""
+    for other, name in BENCHMARKS.items():
+        if other == benchmark:
+            continue
+        try:
+            registry = checkers(other).registry
+        except BenchmarkSetupError:  # that benchmark is not installed: no hint from it
+            continue
+        if all(i in registry for i in ids):
+            flag = "leave out --benchmark" if other == "ifeval" else f"add --benchmark {other}"
+            return f" (they are {name}'s instructions: for {name}'s prompt file {flag})"
+    return ""
 
 
 def load_prompts(path: str | os.PathLike, benchmark: str = "ifeval") -> PromptList:

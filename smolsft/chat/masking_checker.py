@@ -60,10 +60,8 @@ def marked_text(tokenizer, features: dict, start: str = "[[", end: str = "]]") -
     return "".join(out)
 
 
-def run_checker(feature_fn: Callable, description: str, default_golden: str, argv=None) -> int:
-    """The checker CLI shared by ``conversation_func.py`` and ``reverse_conversation_func.py``:
-    compute features for every sample of the chosen list with ``feature_fn`` and compare
-    them with the golden file. Returns the process exit code (0 only if all match)."""
+def build_parser(description: str, default_golden: str) -> argparse.ArgumentParser:
+    """The checker's flags; ``default_golden`` is the golden file's name in the repository."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--multi_turn", action="store_true", help="check the multi_turn list (default: single_turn)")
     ap.add_argument("--samples", default=str(REPO_ROOT / "exercise_samples.json"), help="samples JSON (default: the repo's)")
@@ -74,73 +72,105 @@ def run_checker(feature_fn: Callable, description: str, default_golden: str, arg
     ap.add_argument("--truncation", choices=TRUNCATION_SIDES, default=None,
                     help="truncation side (default: the golden file's meta.truncation, else left)")
     ap.add_argument("--show", type=int, default=0, metavar="N", help="print N samples with trained tokens marked")
-    args = ap.parse_args(argv)
+    return ap
 
+
+class _Unreadable(Exception):
+    """A samples or golden file that cannot be used (exit code 2); the message says why."""
+
+
+def load_files(samples_path: str, golden_path: str, split: str) -> tuple[dict, dict]:
+    """``(samples, golden)`` documents, each holding ``split``; raises :class:`_Unreadable`."""
+    try:
+        samples = json.loads(Path(samples_path).read_text(encoding="utf-8"))
+        golden = json.loads(Path(golden_path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise _Unreadable(f"error: cannot read {samples_path} / {golden_path}: {e}") from None
+    for name, doc in ((samples_path, samples), (golden_path, golden)):
+        if split not in doc:
+            raise _Unreadable(f"error: {name} has no '{split}' list (keys: {sorted(doc)})")
+    return samples, golden
+
+
+def feature_problems(tokenizer, got: Optional[dict], exp: Optional[dict]) -> list[str]:
+    """How computed features ``got`` differ from the golden ``exp`` (lists per field;
+    ``None`` for no sample): per field, the first differing position with the tokens
+    around it. ``[]`` when they match."""
+    if got is None or exp is None:
+        if got == exp:
+            return []
+        return [f"features: got {'None' if got is None else 'a sample'}, golden {'None' if exp is None else 'a sample'}"]
+    problems = []
+    for field in ("input_ids", "labels", "attention_mask"):
+        pos = first_mismatch(got[field], exp.get(field, []))
+        if pos is not None:
+            problems.append(
+                f"field {field} differs first at position {pos} "
+                f"(len got {len(got[field])}, golden {len(exp.get(field, []))})\n"
+                f"      got:    {_tokens_around(tokenizer, got[field], pos)}\n"
+                f"      golden: {_tokens_around(tokenizer, exp.get(field, []), pos)}\n"
+                f"      text:   {_tokens_around(tokenizer, got['input_ids'], pos)}"
+            )
+    return problems
+
+
+def check_sample(k: int, sample: dict, want: dict, feature_fn: Callable, tokenizer, max_length: int,
+                 truncation: str, samples_path: str, show: bool) -> bool:
+    """Compute sample ``k``'s features, compare them with its golden entry ``want`` and
+    print one verdict line (with the differences, and the marked text when ``show``).
+    True when they match."""
+    sid = sample.get("id", k)
+    if want.get("id") != sid:
+        print(f"[{k}] id {sid}: MISMATCH golden entry has id {want.get('id')!r}")
+        return False
+    try:
+        feats = feature_fn(sample.get("messages"), tokenizer, max_length, truncation)
+    except ConversationFormatError as e:
+        print(f"[{k}] id {sid}: ERROR in {samples_path}: {e}")
+        return False
+    got = {f: v.tolist() for f, v in feats.items()} if feats is not None else None
+    problems = feature_problems(tokenizer, got, want.get("features"))
+    if problems:
+        print(f"[{k}] id {sid}: MISMATCH ({len(sample['messages'])} messages)")
+        for p in problems:
+            print("    " + p)
+    else:
+        n_tok = sum(got["attention_mask"]) if got else 0
+        n_lab = sum(1 for x in got["labels"] if x != IGNORE_TOKEN_ID) if got else 0
+        print(f"[{k}] id {sid}: ok ({len(sample['messages'])} messages, {n_tok} tokens, {n_lab} trained)")
+    if show and got is not None:
+        # Colour on a terminal; plain [[ ]] markers when piped to a file.
+        marks = ("\x1b[1;32m[[", "]]\x1b[0m") if sys.stdout.isatty() else ("[[", "]]")
+        print(f"---- id {sid}: trained tokens inside [[ ]] ----\n{marked_text(tokenizer, got, *marks)}\n----")
+    return not problems
+
+
+def run_checker(feature_fn: Callable, description: str, default_golden: str, argv=None) -> int:
+    """The checker CLI shared by ``conversation_func.py`` and ``reverse_conversation_func.py``:
+    compute features for every sample of the chosen list with ``feature_fn`` and compare
+    them with the golden file. Returns the process exit code (0 only if all match, 1 on a
+    mismatch, 2 for an unreadable file)."""
+    args = build_parser(description, default_golden).parse_args(argv)
     split = "multi_turn" if args.multi_turn else "single_turn"
     try:
-        samples = json.loads(Path(args.samples).read_text(encoding="utf-8"))
-        golden = json.loads(Path(args.golden).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        print(f"error: cannot read {args.samples} / {args.golden}: {e}", file=sys.stderr)
+        samples, golden = load_files(args.samples, args.golden, split)
+    except _Unreadable as e:
+        print(e, file=sys.stderr)
         return 2
-    for name, doc in ((args.samples, samples), (args.golden, golden)):
-        if split not in doc:
-            print(f"error: {name} has no '{split}' list (keys: {sorted(doc)})", file=sys.stderr)
-            return 2
     meta = golden.get("meta", {})
     max_length = args.model_max_length or int(meta.get("model_max_length", 2048))
     truncation = args.truncation or meta.get("truncation", "left")
     tokenizer = load_tokenizer(args.model_name, max_length)
     print(f"checking {split}: {args.samples} vs {args.golden} (max_length={max_length}, truncation={truncation})")
-
     want_list = golden[split]
-    n_ok, n_bad = 0, 0
+    n_bad = 0
     if len(want_list) != len(samples[split]):
         print(f"MISMATCH: {len(samples[split])} samples but {len(want_list)} golden entries")
         n_bad += 1
+    n_ok = 0
     for k, (sample, want) in enumerate(zip(samples[split], want_list)):
-        sid = sample.get("id", k)
-        if want.get("id") != sid:
-            print(f"[{k}] id {sid}: MISMATCH golden entry has id {want.get('id')!r}")
-            n_bad += 1
-            continue
-        try:
-            feats = feature_fn(sample.get("messages"), tokenizer, max_length, truncation)
-        except ConversationFormatError as e:
-            print(f"[{k}] id {sid}: ERROR in {args.samples}: {e}")
-            n_bad += 1
-            continue
-        got = {f: v.tolist() for f, v in feats.items()} if feats is not None else None
-        exp = want.get("features")
-        problems = []
-        if got is None or exp is None:
-            if got != exp:
-                problems.append(f"features: got {'None' if got is None else 'a sample'}, golden {'None' if exp is None else 'a sample'}")
-        else:
-            for field in ("input_ids", "labels", "attention_mask"):
-                pos = first_mismatch(got[field], exp.get(field, []))
-                if pos is not None:
-                    problems.append(
-                        f"field {field} differs first at position {pos} "
-                        f"(len got {len(got[field])}, golden {len(exp.get(field, []))})\n"
-                        f"      got:    {_tokens_around(tokenizer, got[field], pos)}\n"
-                        f"      golden: {_tokens_around(tokenizer, exp.get(field, []), pos)}\n"
-                        f"      text:   {_tokens_around(tokenizer, got['input_ids'], pos)}"
-                    )
-        n_tok = sum(got["attention_mask"]) if got else 0
-        n_lab = sum(1 for x in got["labels"] if x != IGNORE_TOKEN_ID) if got else 0
-        if problems:
-            n_bad += 1
-            print(f"[{k}] id {sid}: MISMATCH ({len(sample['messages'])} messages)")
-            for p in problems:
-                print("    " + p)
-        else:
-            n_ok += 1
-            print(f"[{k}] id {sid}: ok ({len(sample['messages'])} messages, {n_tok} tokens, {n_lab} trained)")
-        if k < args.show and got is not None:
-            # Colour on a terminal; plain [[ ]] markers when piped to a file.
-            marks = ("\x1b[1;32m[[", "]]\x1b[0m") if sys.stdout.isatty() else ("[[", "]]")
-            print(f"---- id {sid}: trained tokens inside [[ ]] ----\n{marked_text(tokenizer, got, *marks)}\n----")
+        ok = check_sample(k, sample, want, feature_fn, tokenizer, max_length, truncation, args.samples, k < args.show)
+        n_ok, n_bad = n_ok + ok, n_bad + (not ok)
     total = len(samples[split])
     print(f"{split}: {n_ok}/{total} samples match" + ("" if n_bad == 0 else f", {n_bad} mismatches"))
     return 0 if n_bad == 0 else 1

@@ -44,7 +44,8 @@ DATA_SUFFIXES = (".json", ".jsonl")
 # dependency's behaviour); the source files themselves are hashed into every key.
 CACHE_FORMAT = 1
 # Whole files whose every line bears on features (the tokenizer is fingerprinted separately).
-_CODE_FILES = ("smolsft/chat/format.py", "conversation_func.py", "reverse_conversation_func.py")
+_CODE_FILES = ("smolsft/chat/format.py", "smolsft/chat/spans.py", "conversation_func.py",
+               "reverse_conversation_func.py")
 
 
 class DataFormatError(ValueError):
@@ -211,7 +212,13 @@ def _trained(feats: dict) -> int:
 
 def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
     """One record to (ids, labels) or None, the drop counts it caused, and an error
-    message for a malformed record (raised by the caller, in order)."""
+    message for a malformed record (raised by the caller, in order). Each dropped
+    record is counted once, under its cause: ``dropped_empty_after_normalization`` (no
+    turn left; the ``turn_*``/``round_*`` counters say which turns went),
+    ``dropped_no_turn_trained_by_flags`` (untruncated, no label is trained: the
+    ``"train"`` flags turned off every turn the role rule and ``train_turns`` picked) or
+    ``dropped_no_trained_token_after_truncation`` (trained before the cut to
+    ``max_length``, none after it)."""
     where, rec, tokenizer, cfg = args
     stats: Counter = Counter()
     try:
@@ -229,15 +236,18 @@ def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
     if feats is None:
         stats["dropped_empty_after_normalization"] += 1
         return None, stats, None
+    if _trained(feats) == 0:  # before any cut: the role rule picked turns, the "train" flags unpicked them all
+        stats["dropped_no_turn_trained_by_flags"] += 1
+        return None, stats, None
     if len(feats["input_ids"]) > cfg["max_length"]:
         full_trained = _trained(feats)
         feats = unpadded_features(msgs, tokenizer, cfg["max_length"], cfg["truncation"], cfg["mask_mode"],
                                   cfg["train_turns"])
         stats["truncated_samples"] += 1
         stats["trained_tokens_lost_to_truncation"] += full_trained - (_trained(feats) if feats is not None else 0)
-    if feats is None or _trained(feats) == 0:  # no target left (e.g. --train_turns last, that turn cut): never reaches the loss
-        stats["dropped_no_trained_token_after_truncation"] += 1
-        return None, stats, None
+        if feats is None or _trained(feats) == 0:  # the cut took every target (e.g. --train_turns last, that turn)
+            stats["dropped_no_trained_token_after_truncation"] += 1
+            return None, stats, None
     return (np.asarray(feats["input_ids"], np.int32), np.asarray(feats["labels"], np.int32)), stats, None
 
 

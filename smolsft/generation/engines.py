@@ -161,6 +161,26 @@ def pick_backend(requested: str) -> str:
     return "vllm" if vllm_available() else "hf"
 
 
+def resolve_backend(requested: str, device: str, log=None) -> str:
+    """The generation backend: :func:`pick_backend`'s (vLLM when installed), except that
+    with ``auto`` a GPU vLLM cannot use (compute capability below 7.5: Volta, Pascal)
+    generates with ``hf``, and ``log`` (default: stderr) says so (the rule:
+    ``smolsft.hardware.plan.ifeval_engine``)."""
+    backend = pick_backend(requested)
+    if requested == "auto" and backend == "vllm" and device.startswith("cuda"):
+        import torch
+
+        from smolsft.hardware import plan as hardware
+
+        gpus = [hardware.GPU(i, torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i), 0, "0")
+                for i in range(torch.cuda.device_count())]
+        engine, why = hardware.ifeval_engine(gpus)
+        if engine == "hf":
+            (log or (lambda msg: print(msg, file=sys.stderr)))(f"[ifeval] --backend auto: {why}")
+            return "hf"
+    return backend
+
+
 def pick_dtype(device: str, precision: str = "auto") -> str:
     """The torch dtype name to generate in. ``precision`` ``"fp32"`` or ``"bf16"`` forces
     ``"float32"`` / ``"bfloat16"``; ``"auto"``: on the CPU ``"bfloat16"`` where it has bf16
@@ -392,36 +412,59 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
     kwargs = dict(model=model_path, tokenizer=model_path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
                   max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, generation_config="vllm",
                   log_level=level, use_tqdm_on_load=verbose)
-    mode = "eager" if enforce_eager else "compiled"
     if device == "cpu":
-        apply_cpu_engine_env(threads_bind, token_budget=sum(budgets))
-        if kv_cache_gib is not None:
-            kv = int(kv_cache_gib * (1 << 30))
-        elif os.environ.get("VLLM_CPU_KVCACHE_SPACE"):  # vLLM's own variable (GiB) wins over our sizing
-            kv = None
-        else:
-            import psutil
-
-            kv = kv_cache_bytes(kv_bytes_per_token(model_path, dtype), len(prompts), max_model_len,
-                                psutil.virtual_memory().available)
-        if kv is not None:
-            kwargs["kv_cache_memory_bytes"] = kv
-        threads = (f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} "
-                   f"({os.environ.get('VLLM_CPU_NUM_OF_RESERVED_CPU', 'default')} reserved)")
-        kv_text = (_gib(kv) if kv is not None
-                   else f"{os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB (VLLM_CPU_KVCACHE_SPACE)")
+        memory, threads, kv_text = _vllm_cpu_memory(model_path, dtype, budgets, max_model_len, kv_cache_gib,
+                                                    threads_bind)
     else:
-        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        threads = None
+        memory, threads = {"gpu_memory_utilization": gpu_memory_utilization}, None
         kv_text = f"{gpu_memory_utilization:g} of GPU memory"
-        if tensor_parallel_size > 1:
-            mode += f", tensor_parallel_size {tensor_parallel_size}"
+    llm, start_s = start_vllm({**kwargs, **memory}, level)
+    mode = ("eager" if enforce_eager else "compiled") + (
+        f", tensor_parallel_size {tensor_parallel_size}" if device != "cpu" and tensor_parallel_size > 1 else "")
+    capacity = _vllm_kv_capacity(llm, max_model_len)
+    log(engine_line(engine_version("vllm"), device, dtype, start_s, mode=mode, threads=threads,
+                    kv_cache=kv_text + (f" ({capacity})" if capacity else "")))
+    t0 = time.perf_counter()
+    answers = _vllm_generate_chunks(llm, tokenizer, enc, budgets, stop_ids, temperature, top_p, seed, chunk_size,
+                                    on_batch, show_progress)
+    if timings is not None:
+        timings.update(startup_s=start_s, generate_s=time.perf_counter() - t0)
+    del llm  # stops the engine's processes before the caller goes on
+    gc.collect()
+    return answers
 
+
+def _vllm_cpu_memory(model_path: str, dtype: str, budgets: list[int], max_model_len: int,
+                     kv_cache_gib: Optional[float], threads_bind: Optional[str]) -> tuple[dict, str, str]:
+    """The CPU engine's set-up: bind its threads (:func:`apply_cpu_engine_env`) and size its
+    KV cache (``kv_cache_gib``, else vLLM's own ``VLLM_CPU_KVCACHE_SPACE`` when set, else
+    :func:`kv_cache_bytes` of the free memory). Returns the ``LLM`` keyword arguments and
+    the threads and KV cache texts of :func:`engine_line`."""
+    apply_cpu_engine_env(threads_bind, token_budget=sum(budgets))
+    if kv_cache_gib is not None:
+        kv = int(kv_cache_gib * (1 << 30))
+    elif os.environ.get("VLLM_CPU_KVCACHE_SPACE"):  # vLLM's own variable (GiB) wins over our sizing
+        kv = None
+    else:
+        import psutil
+
+        kv = kv_cache_bytes(kv_bytes_per_token(model_path, dtype), len(budgets), max_model_len,
+                            psutil.virtual_memory().available)
+    threads = (f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND')} "
+               f"({os.environ.get('VLLM_CPU_NUM_OF_RESERVED_CPU', 'default')} reserved)")
+    if kv is None:
+        return {}, threads, f"{os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB (VLLM_CPU_KVCACHE_SPACE)"
+    return {"kv_cache_memory_bytes": kv}, threads, _gib(kv)
+
+
+def start_vllm(kwargs: dict, level: str):
+    """``(vllm.LLM(**kwargs), seconds it took to start)``, with vLLM's log level ``level``
+    for the start (restored after). Raises :class:`EngineStartError` when it fails."""
     # vLLM reads the level at import and in each process it starts; the kwarg sets it in this one.
     saved_level = os.environ.get("VLLM_LOGGING_LEVEL")
     os.environ["VLLM_LOGGING_LEVEL"] = level
     try:
-        from vllm import LLM, SamplingParams  # imported here: engine settings above must be in place first
+        from vllm import LLM  # imported here: the engine settings of the environment must be in place first
 
         t0 = time.perf_counter()
         try:
@@ -429,24 +472,30 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
         except Exception as e:  # vLLM raises RuntimeError/ValueError with its cause logged above
             raise EngineStartError(f"the vLLM engine did not start ({type(e).__name__}: "
                                    f"{str(e).splitlines()[0][:300]}); rerun with --verbose for vLLM's log") from e
-        started = time.perf_counter()
+        return llm, time.perf_counter() - t0
     finally:
         if saved_level is None:
             os.environ.pop("VLLM_LOGGING_LEVEL", None)
         else:
             os.environ["VLLM_LOGGING_LEVEL"] = saved_level
-    capacity = _vllm_kv_capacity(llm, max_model_len)
-    log(engine_line(engine_version("vllm"), device, dtype, started - t0, mode=mode, threads=threads,
-                    kv_cache=kv_text + (f" ({capacity})" if capacity else "")))
+
+
+def _vllm_generate_chunks(llm, tokenizer, enc: list[list[int]], budgets: list[int], stop_ids: Sequence[int],
+                          temperature: float, top_p: float, seed: int, chunk_size: int,
+                          on_batch: Optional[OnBatch], show_progress: bool) -> list[dict]:
+    """Answer the token-id prompts ``enc`` (``budgets[i]`` new tokens each) ``chunk_size``
+    at a time, calling ``on_batch(indices, answers)`` after each chunk; sampling is seeded
+    per request, so an answer does not depend on its chunk. Answers in prompt order."""
+    from vllm import SamplingParams
 
     def params(budget: int):
         return SamplingParams(
             temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=budget,
             stop_token_ids=list(stop_ids), seed=seed if temperature > 0 else None, detokenize=False)
-    answers: list[Optional[dict]] = [None] * len(prompts)
-    n_chunks = -(-len(prompts) // chunk_size)
-    for c, start in enumerate(range(0, len(prompts), chunk_size)):
-        idx = list(range(start, min(start + chunk_size, len(prompts))))
+    answers: list[Optional[dict]] = [None] * len(enc)
+    n_chunks = -(-len(enc) // chunk_size)
+    for c, start in enumerate(range(0, len(enc), chunk_size)):
+        idx = list(range(start, min(start + chunk_size, len(enc))))
         bar = _vllm_bar(f"generating (vLLM) {c + 1}/{n_chunks}") if show_progress else False
         outs = llm.generate([{"prompt_token_ids": enc[i]} for i in idx], [params(budgets[i]) for i in idx],
                             use_tqdm=bar)
@@ -455,10 +504,6 @@ def generate_vllm(model_path: str, tokenizer, prompts: list[str], *, max_new_tok
             answers[i] = a
         if on_batch is not None:
             on_batch(idx, batch_answers)
-    if timings is not None:
-        timings.update(startup_s=started - t0, generate_s=time.perf_counter() - started)
-    del llm  # stops the engine's processes before the caller goes on
-    gc.collect()
     return answers  # type: ignore[return-value]
 
 

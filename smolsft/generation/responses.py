@@ -45,6 +45,9 @@ LEGACY_DEFAULTS = {"too_long": "clip"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
+TOO_LONG_REASON = "too_long"  # finish_reason of a skipped prompt's record
+
+
 class ResponseFileError(ValueError):
     """A response file that cannot be resumed or scored as it is (a bad line, a key
     answered twice); the message names the file, the line and the key."""
@@ -187,3 +190,30 @@ class ResponseWriter:
     def close(self) -> None:
         if self.f is not None:
             self.f.close()
+
+
+def records_with_keys(path: Path) -> dict[int, dict]:
+    """The records of a response file that carry an integer key, by key (for a file
+    already validated by the scorer; course-format records without a key are left out,
+    and so are lines that are not JSON)."""
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("key"), int):
+                out[rec["key"]] = rec
+    return out
+
+
+def too_long_counts(records: dict[int, dict], keys) -> dict:
+    """What summary.json says about prompts that did not fit, from the response records
+    of the scored ``keys``: clipped ones carry ``max_new_tokens``, skipped ones
+    ``finish_reason == "too_long"``."""
+    recs = [records[k] for k in keys if k in records]
+    clipped = sorted(r["key"] for r in recs if "max_new_tokens" in r)
+    skipped = sorted(r["key"] for r in recs if r.get("finish_reason") == TOO_LONG_REASON)
+    return {"num_clipped_too_long": len(clipped), "clipped_too_long_keys": clipped,
+            "num_skipped_too_long": len(skipped), "skipped_too_long_keys": skipped}

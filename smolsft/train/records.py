@@ -371,6 +371,44 @@ def run_plan(model_args, data_args, training_args, data_hash: str) -> dict:
     return json.loads(json.dumps(plan, default=lambda v: getattr(v, "value", str(v))))  # enums -> their strings
 
 
+# What a run leaves once it has trained a step: checkpoints (kept or set aside), the
+# Trainer's state and the final export. A folder holding none of them trained nothing.
+_TRAINED_OUTPUTS = ("trainer_state.json", "run_manifest.json", "model.safetensors", "pytorch_model.bin")
+
+
+def trained_outputs(output_dir: str) -> list[str]:
+    """Names in ``output_dir`` that show a trained step: ``checkpoint-*`` folders, a
+    non-empty :data:`SET_ASIDE_DIR`, the Trainer's state or the exported model
+    (sorted; ``[]`` for a missing folder or one holding only a plan, locks and logs)."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") or name in _TRAINED_OUTPUTS \
+                or (name == SET_ASIDE_DIR and os.path.isdir(path) and os.listdir(path)):
+            found.append(name)
+    return found
+
+
+_PLAN_NAMES = {"data_hash": "data (--data_path content hash)", "world_size": "world size (ranks)"}
+
+
+def _plan_refusal(output_dir: str, recorded: dict, plan: dict, data_path: str, diffs: list[str]) -> str:
+    """The message refusing ``plan`` in a folder trained with ``recorded``: each setting of
+    ``diffs`` with its old and new value, and the two ways forward."""
+    def shown(key, value, where):
+        return f"{value} ({where})" if key == "data_hash" else json.dumps(value)
+
+    old = recorded.get("plan", {})
+    lines = [f"  {_PLAN_NAMES.get(k, '--' + k)}: {shown(k, old[k], recorded.get('data_path'))} -> "
+             f"{shown(k, plan[k], data_path)}" for k in diffs]
+    return (f"{output_dir} holds a run with another plan ({RUN_PLAN_FILE}); resuming it with these settings "
+            f"would mix two runs:\n" + "\n".join(lines) + "\n"
+            f"Either train into a new folder (another RUNNAME, or --output_dir), or start this folder over "
+            f"with --overwrite_output_dir True (its checkpoints are then deleted).")
+
+
 def check_run_plan(output_dir: str, plan: dict, data_path: str, overwrite: bool, keep: Optional[str],
                    writer: bool, log=print) -> None:
     """Record ``plan`` in ``output_dir/run_plan.json`` at the start of a run, or stop a
@@ -378,7 +416,9 @@ def check_run_plan(output_dir: str, plan: dict, data_path: str, overwrite: bool,
 
     - A recorded plan that differs from ``plan`` (settings recorded by both) raises
       ``SystemExit`` naming each differing setting with its old and new value and the
-      two ways forward; nothing in the folder is touched.
+      two ways forward; nothing in the folder is touched. A folder whose earlier run
+      stopped before its first step (:func:`trained_outputs` is empty, e.g. a data file
+      that failed to read) has nothing to mix: the new plan replaces the old, with a log line.
     - The same plan: nothing is written (the run resumes as before).
     - ``overwrite`` (``--overwrite_output_dir True``): the old run's ``checkpoint-*``
       folders (except ``keep``, an explicit ``--resume_from_checkpoint``) and its
@@ -397,18 +437,14 @@ def check_run_plan(output_dir: str, plan: dict, data_path: str, overwrite: bool,
         diffs = [k for k in plan if k in old and old[k] != plan[k]]
         if not diffs:
             return
-
-        def shown(key, value, where):
-            return f"{value} ({where})" if key == "data_hash" else json.dumps(value)
-
-        names = {"data_hash": "data (--data_path content hash)", "world_size": "world size (ranks)"}
-        lines = [f"  {names.get(k, '--' + k)}: {shown(k, old[k], recorded.get('data_path'))} -> "
-                 f"{shown(k, plan[k], data_path)}" for k in diffs]
-        raise SystemExit(
-            f"{output_dir} holds a run with another plan ({RUN_PLAN_FILE}); resuming it with these settings "
-            f"would mix two runs:\n" + "\n".join(lines) + "\n"
-            f"Either train into a new folder (another RUNNAME, or --output_dir), or start this folder over "
-            f"with --overwrite_output_dir True (its checkpoints are then deleted).")
+        if not trained_outputs(output_dir):
+            if writer:
+                log(f"[plan] {output_dir} holds the plan of a run that trained no step "
+                    f"({', '.join(_PLAN_NAMES.get(k, '--' + k) for k in diffs)} changed): "
+                    f"starting it again with these settings")
+            _write_plan(path, output_dir, plan, data_path, writer)
+            return
+        raise SystemExit(_plan_refusal(output_dir, recorded, plan, data_path, diffs))
     if not writer:
         return
     if overwrite and os.path.isdir(output_dir):
@@ -423,6 +459,13 @@ def check_run_plan(output_dir: str, plan: dict, data_path: str, overwrite: bool,
     elif not os.path.exists(path) and os.path.isdir(output_dir) and get_last_checkpoint(output_dir):
         log(f"[plan] warning: {output_dir} has checkpoints but no {RUN_PLAN_FILE} (made by an older version): "
             f"resuming without checking that it was trained with the same settings; recording them now")
+    _write_plan(path, output_dir, plan, data_path, writer)
+
+
+def _write_plan(path: str, output_dir: str, plan: dict, data_path: str, writer: bool) -> None:
+    """Replace ``path`` by ``{"plan", "data_path"}`` atomically (the ``writer`` only)."""
+    if not writer:
+        return
     os.makedirs(output_dir, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -147,6 +147,24 @@ def test_last_turn_cut_by_truncation_is_dropped_and_counted(tmp_path, tokenizer,
     assert stats["conversations_kept"] == 1  # the first round is still trained
 
 
+@pytest.mark.parametrize("mode", ["assistant", "reverse"])
+def test_each_drop_is_counted_under_its_own_cause(tmp_path, tokenizer, mode):
+    role = "assistant" if mode == "assistant" else "user"
+    short = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    flagged_off = [dict(m, train=False) if m["role"] == role else m for m in short]  # the last turn: "train": false
+    cut = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "word " * 200}]
+    recs = [{"conversations": flagged_off}, {"conversations": cut}, {"conversations": short},
+            {"conversations": [{"role": "user", "content": "unanswered"}]}]
+    _, stats = sft_data.build_features(write(tmp_path / "d.json", recs), tokenizer, 64, "right", 0, mode,
+                                       train_turns="last")
+    assert stats["conversations_kept"] == 1
+    assert stats["dropped_no_turn_trained_by_flags"] == 1  # nothing truncated it
+    assert stats["dropped_no_trained_token_after_truncation"] == 1 and stats["truncated_samples"] == 1
+    assert stats["dropped_empty_after_normalization"] == 1 and stats["turn_unpaired_user"] == 1
+    line = sft_data.format_stats(stats)
+    assert "dropped_no_turn_trained_by_flags=1" in line and "truncated: 1 samples" in line
+
+
 def test_cache_key_and_run_plan_hold_train_turns(tmp_path, tokenizer):
     args = ("h", tokenizer, 256, "right", 0, "assistant", "conversations")
     assert sft_data.cache_key(*args, "all") != sft_data.cache_key(*args, "last")
@@ -162,5 +180,6 @@ def test_cache_key_and_run_plan_hold_train_turns(tmp_path, tokenizer):
     assert plans["all"]["train_turns"] == "all" and plans["last"]["train_turns"] == "last"
     check_run_plan(str(out), plans["all"], "d.json", False, None, True, log=lambda *a: None)
     check_run_plan(str(out), plans["all"], "d.json", False, None, True, log=lambda *a: None)  # same plan resumes
+    (out / "checkpoint-1").mkdir()  # a trained step: another plan would mix two runs
     with pytest.raises(SystemExit, match=r'--train_turns: "all" -> "last"'):
         check_run_plan(str(out), plans["last"], "d.json", False, None, True, log=lambda *a: None)

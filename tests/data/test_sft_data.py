@@ -131,6 +131,25 @@ def test_cache_hit_stale_and_corrupt(tmp_path, tokenizer):
     assert rebuilt["offsets"].tolist()[-1] > 0
 
 
+def test_cache_key_covers_every_library_module_the_masking_imports():
+    """The feature cache key hashes the masking's code: every ``smolsft.chat`` module the
+    course's masking files (and utils.py) import at module level (the tokenizer is
+    fingerprinted apart; the checker CLI builds no feature), so moving code into a new
+    module cannot leave stale caches valid."""
+    import ast
+
+    from smolsft.files import REPO_ROOT
+
+    imported = set()
+    for name in ("conversation_func.py", "reverse_conversation_func.py", "utils.py"):
+        for node in ast.parse((REPO_ROOT / name).read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("smolsft.chat."):
+                imported.add(node.module.replace(".", "/") + ".py")
+    imported.discard("smolsft/chat/tokenization.py")
+    assert "smolsft/chat/spans.py" in imported
+    assert imported <= set(sft_data._CODE_FILES)
+
+
 def _matches(path, key):
     try:
         sft_data._read_cache(path, key)

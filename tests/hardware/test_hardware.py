@@ -450,7 +450,7 @@ def test_out_of_memory_names_bszperdev_and_the_value_to_try(tmp_path):
 def test_ifeval_auto_backend_uses_hf_below_capability_7_5(monkeypatch, capsys):
     import torch
 
-    import ifeval.run_ifeval as ri
+    import smolsft.generation.engines as ri
 
     monkeypatch.setattr(ri, "pick_backend", lambda requested: "vllm" if requested == "auto" else requested)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -181,6 +181,27 @@ def test_ifeval_instruction_in_an_ifbench_prompt_file_is_an_error(tmp_path):
         scoring.load_prompts(p, "ifbench")
 
 
+def test_prompt_file_of_the_other_benchmark_names_the_flag(ifbench_sample, tmp_path):
+    """A prompt file read under the wrong --benchmark: one line naming the likely cause."""
+    ifbench_file = str(scoring.checkers("ifbench").prompt_file)
+    with pytest.raises(SystemExit, match=r"^\[ifeval\] error: .*IFBench_test\.jsonl:1: 'key' must be an integer, "
+                                         r"got '0' \(.*for IFBench's prompt file add --benchmark ifbench\)$"):
+        run_ifeval.main(["--mode", "eval", "--input_data", ifbench_file, "--input_response_data",
+                         str(ifbench_sample), "--output_dir", str(tmp_path / "o1")])
+    # With integer keys the instruction ids give it away, both ways round.
+    rec = dict(read_jsonl(ifbench_file)[0], key=0)
+    p = tmp_path / "int_keys.jsonl"
+    p.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(scoring.IFEvalDataError, match=r"for IFEval \(they are IFBench's instructions: for IFBench's "
+                                                      r"prompt file add --benchmark ifbench\)$"):
+        scoring.load_prompts(p, "ifeval")
+    p.write_text(json.dumps({"key": 3, "prompt": "a", "instruction_id_list": ["punctuation:no_comma"],
+                             "kwargs": [{}]}) + "\n")
+    with pytest.raises(scoring.IFEvalDataError, match=r"for IFBench \(they are IFEval's instructions: for IFEval's "
+                                                      r"prompt file leave out --benchmark\)$"):
+        scoring.load_prompts(p, "ifbench")
+
+
 def test_ifeval_answers_are_not_resumed_as_ifbench(tmp_path):
     """The benchmark is a generation setting: a response file begun for IFEval is not
     continued with IFBench prompts (checked before any model is loaded)."""

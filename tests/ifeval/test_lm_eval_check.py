@@ -14,8 +14,7 @@ import pytest
 from test_run_ifeval import first_prompts, run_main, save_chain_checkpoint
 from smolsft.files import REPO_ROOT
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None, reason="vLLM is not installed")]
+needs_vllm = pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is None, reason="vLLM is not installed")
 
 
 def test_task_files_read_the_local_prompt_sets():
@@ -30,6 +29,8 @@ def test_task_files_read_the_local_prompt_sets():
         assert (REPO_ROOT / cfg["dataset_kwargs"]["data_files"]["train"]).is_file()
 
 
+@pytest.mark.slow
+@needs_vllm
 def test_lm_eval_verdicts_equal_ours_on_two_prompts(model_dir, tmp_path):
     ckpt = save_chain_checkpoint(model_dir, tmp_path / "chain-model")
     ours = run_main(ckpt, tmp_path / "ours", "--limit", "2", "--max_tokens", "8", "--mode", "inference")
@@ -47,3 +48,43 @@ def test_lm_eval_verdicts_equal_ours_on_two_prompts(model_dir, tmp_path):
     # The verdicts compared are not all alike (a check that cannot fail would pass on blanks).
     verdicts = [v for row in cmp["rows"] for v in row["lm_eval_loose"]]
     assert True in verdicts and False in verdicts, cmp["rows"]
+
+
+def _crosscheck_with_recorded_settings(tmp_path, monkeypatch, capsys, *flags):
+    """lm_eval_check.main over one prompt whose answer file's settings say bfloat16 and
+    256 tokens, lm-eval itself stubbed (it would start an engine): what lm-eval was asked
+    to run in, what crosscheck.json says, and the warnings printed."""
+    from ifeval import lm_eval_check as lec
+    from ifeval.scoring import check_response
+    from smolsft.generation.responses import settings_path
+
+    prompt = first_prompts(1)[0]
+    responses = tmp_path / "responses_demo.jsonl"
+    responses.write_text(json.dumps({"key": prompt["key"], "prompt": prompt["prompt"], "response": "Hello world"}) + "\n")
+    settings_path(responses).write_text(json.dumps({"dtype": "bfloat16", "max_tokens": 256, "temperature": 0.0,
+                                                    "system_message": None}))
+    verdicts = check_response(prompt, "Hello world")
+    asked = {}
+
+    def fake_run(view, task, max_tokens, limit, backend, dtype="float32"):
+        asked.update(max_tokens=max_tokens, dtype=dtype)
+        return {"results": {}, "samples": {task: [{"doc": {"key": prompt["key"]}, "filtered_resps": ["Hello world"],
+                                                   "inst_level_strict_acc": verdicts["strict"],
+                                                   "inst_level_loose_acc": verdicts["loose"]}]}}
+
+    monkeypatch.setattr(lec, "model_view", lambda model_path, out: out)
+    monkeypatch.setattr(lec, "run_lm_eval", fake_run)
+    out = tmp_path / "lm"
+    assert lec.main(["SmolLM2-135M", str(out), "--limit", "1", "--responses", str(responses), *flags]) == 0
+    return asked, json.loads((out / "crosscheck.json").read_text()), capsys.readouterr()
+
+
+def test_lm_eval_runs_in_the_precision_the_answers_were_made_in(tmp_path, monkeypatch, capsys):
+    asked, cmp, shown = _crosscheck_with_recorded_settings(tmp_path, monkeypatch, capsys)
+    assert asked == {"max_tokens": 256, "dtype": "bfloat16"}
+    assert cmp["dtype"] == "bfloat16" and cmp["unlike_settings"] == [] and cmp["same_answers"] == 1
+    assert "warning" not in shown.err and "1 prompts (bfloat16)" in shown.out
+    # Asked for another precision: it runs, and says plainly that the two differ.
+    asked, cmp, shown = _crosscheck_with_recorded_settings(tmp_path, monkeypatch, capsys, "--dtype", "float32")
+    assert asked["dtype"] == "float32" and cmp["unlike_settings"] == ["dtype: lm-eval 'float32', the answers 'bfloat16'"]
+    assert "warning: lm-eval's run differs from" in shown.err and "identical answers are not expected" in shown.err

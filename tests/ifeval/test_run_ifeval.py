@@ -254,7 +254,9 @@ def test_failed_engine_start_writes_nothing(chain_ckpt, tmp_path, monkeypatch):
     def no_engine(*a, **k):
         raise EngineStartError("the vLLM engine did not start (ValueError: To serve at least one request ...)")
 
-    monkeypatch.setattr(ri, "generate_vllm", no_engine)
+    from smolsft.generation import answering
+
+    monkeypatch.setattr(answering, "generate_vllm", no_engine)
     monkeypatch.setattr(ri, "engine_version", lambda backend: "vllm 0.32.0")
     with pytest.raises(SystemExit, match=r"^\[ifeval\] error: the vLLM engine did not start"):
         ri.main(["--model_path", str(chain_ckpt), "--output_dir", str(tmp_path / "o"), "--backend", "vllm",
