@@ -64,6 +64,7 @@ from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+from smolsft.hardware.device import device_record
 from smolsft.generation.engines import (
     DEFAULT_HF_BATCH, DEFAULT_VLLM_CHUNK, TOO_LONG_POLICIES, VERBOSE_ENV, EngineStartError, checkpoint_stop_ids,
     choose_enforce_eager, engine_line, engine_version, generate_hf, generate_vllm, load_hf_model, model_max_length,
@@ -108,7 +109,7 @@ def generation_settings(args, model_path: str, backend: str, device: str) -> dic
             "top_p": args.top_p, "system_message": args.system_message, "seed": args.seed,
             "benchmark": args.benchmark, "model_fingerprint": checkpoint_fingerprint(model_path),
             "engine": backend, "engine_version": engine_version(backend), "dtype": pick_dtype(device, getattr(args, "precision", "auto")),
-            "too_long": args.too_long}
+            "too_long": args.too_long, "device": device_record(device)}  # device: recorded, not compared
 
 
 TOO_LONG_REASON = "too_long"  # finish_reason of a skipped prompt's record
@@ -281,6 +282,7 @@ def run_eval(args, all_prompts: list[dict], selected: list[dict], prompt_path: P
         "backend": gen.get("engine") or gen.get("backend"),
         "engine_version": gen.get("engine_version"),
         "dtype": gen.get("dtype"),
+        "device": gen.get("device"),  # the machine that generated the answers
         "max_tokens": gen.get("max_tokens"),
         "temperature": gen.get("temperature"),
         "top_p": gen.get("top_p"),

@@ -196,3 +196,20 @@ def versus_threshold(ci: Sequence[float], threshold: float) -> str:
     if ci[1] < threshold:
         return "below"
     return "straddles"
+
+
+def run_intervals(strict: Sequence[dict], loose: Sequence[dict]) -> dict:
+    """``{metric: {"ci95", "n", "method", ...}}`` for the four metrics of a scored run, from
+    its strict and loose records (``follow_all_instructions``, ``follow_instruction_list``,
+    as ``ifeval/scoring.py`` writes them): prompt level by :func:`prompt_interval`,
+    instruction level by :func:`instruction_interval`. ``{}`` for a run with no prompt."""
+    if not strict:
+        return {}
+    out = {}
+    for mode, recs in (("strict", strict), ("loose", loose)):
+        p = prompt_interval(sum(bool(r["follow_all_instructions"]) for r in recs), len(recs))
+        i = instruction_interval([r["follow_instruction_list"] for r in recs])
+        out[f"prompt_level_{mode}_acc"] = {k: p[k] for k in ("ci95", "n", "method")}
+        out[f"inst_level_{mode}_acc"] = {k: i[k] for k in ("ci95", "n", "prompts", "se", "method")}
+    return {k: out[k] for k in ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc",
+                                "inst_level_loose_acc")}
