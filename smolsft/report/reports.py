@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from smolsft.evaluation.metrics import BENCHMARKS, METRIC_NAMES, METRICS, ResultError, benchmark_of
+from smolsft.report.paired_text import ci_text
 
 LOSS_CURVE_PNG = "loss_curve.png"
 # A change of at most this many prompts (either way) is read as "not measurable" (carried_over).
@@ -115,20 +116,24 @@ def instruction_types(summaries: list[dict]) -> list[str]:
 
 def metrics_table(summaries: list[dict], names: list[str]) -> list[str]:
     """Markdown rows: per run, its prompt set, size, max_tokens and the four metrics in %,
-    with the change from the first run."""
+    each with its 95% interval (when the summary has one) and the change from the first run."""
     base = summaries[0]
     lines = ["| run | prompt set | prompts | max_tokens | " + " | ".join(label for _, label in METRICS) + " |",
              "|---|---|---:|---:|" + "---:|" * len(METRICS)]
     for i, (s, name) in enumerate(zip(summaries, names)):
-        vals = [pct(s[k]) + ("" if i == 0 else delta(s[k], base[k])) for k in METRIC_NAMES]
+        vals = [pct(s[k]) + (f" {ci_text(s, k)}" if ci_text(s, k) else "") + ("" if i == 0 else delta(s[k], base[k]))
+                for k in METRIC_NAMES]
         lines.append(f"| {name} | {s.get('prompt_set') or '?'} | {s.get('num_prompts', '?')} | "
                      f"{s.get('max_tokens') if s.get('max_tokens') is not None else '?'} | " + " | ".join(vals) + " |")
     return lines
 
 
-def per_type_table(summaries: list[dict], names: list[str], mode: str) -> list[str]:
+def per_type_table(summaries: list[dict], names: list[str], mode: str,
+                   tests: Optional[list[Optional[dict]]] = None) -> list[str]:
     """Markdown rows: ``mode`` (strict or loose) accuracy per instruction type in %, one
-    column per run, with the change from the first run."""
+    column per run, with the change from the first run; ``tests`` (per run, ``None`` for the
+    first) holds each type's paired test (``paired.paired_runs``'s ``per_type[mode]``): a
+    change its test marks gets ``*``."""
     types = instruction_types(summaries)
     if not types:
         return ["*(no per_instruction_type in the summaries)*"]
@@ -141,7 +146,8 @@ def per_type_table(summaries: list[dict], names: list[str], mode: str) -> list[s
         vals = []
         for i, e in enumerate(entries):
             v = e[acc_key] if e else None
-            vals.append(pct(v) + ("" if i == 0 else delta(v, base)))
+            test = ((tests or [None] * len(entries))[i] or {}).get(t)
+            vals.append(pct(v) + ("" if i == 0 else delta(v, base)) + (" *" if test and test["marked"] else ""))
         lines.append(f"| {t} | {'/'.join(ns)} | " + " | ".join(vals) + " |")
     return lines
 
