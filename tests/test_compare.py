@@ -212,7 +212,7 @@ def test_paired_json_and_words(tmp_path, fixed, broken, p, words):
     row = next(ln for ln in text.splitlines() if ln.startswith("| a:x |"))
     assert row.endswith(" * |")
     assert not next(ln for ln in text.splitlines() if ln.startswith("| b:y |")).endswith("* |")
-    assert "Across 2 types tested at 5%, about 0.1 marks are expected by chance alone" in text
+    assert "Across 2 types tested at 5%, about 0.10 marks are expected by chance alone" in text
     assert got["runs"][1]["per_type"]["strict"]["a:x"]["marked"] is True
     # 19 (+fixed or broken) of 100 passed: Wilson intervals straddle 22%, or lie above it
     assert "straddles the course threshold of 22%" in text

@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import stats
 
-LEVEL = 0.95  # every interval of the reports
-ALPHA = 1 - LEVEL
+ALPHA = 0.05  # two-sided level of every test
+LEVEL = 1 - ALPHA  # every interval of the reports
 
 
 def _z(level: float = LEVEL) -> float:

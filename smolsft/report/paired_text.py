@@ -9,11 +9,14 @@ from smolsft.evaluation import stats
 from smolsft.evaluation.metrics import COURSE_THRESHOLD, METRICS
 
 
-def ci_text(summary: dict, metric: str) -> str:
-    """``"[15.9, 32.1]"``: the metric's 95% interval in %, ``""`` when the summary has none
-    (scored before intervals were recorded)."""
+def ci_text(summary: dict, metric: str, percent: bool = True) -> str:
+    """``"[15.9, 32.1]"``: the metric's 95% interval in % (``percent`` False: as fractions,
+    ``"[0.1590, 0.3210]"``), ``""`` when the summary has none (scored before intervals were
+    recorded)."""
     ci = (summary.get("intervals") or {}).get(metric, {}).get("ci95")
-    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+    if not ci:
+        return ""
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if percent else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
 def paired_table(paired: dict, bigger_set: str = "") -> list[str]:
@@ -26,7 +29,7 @@ def paired_table(paired: dict, bigger_set: str = "") -> list[str]:
         unit = "prompts" if m.startswith("prompt") else "instructions"
         lines.append(f"| {label} | {p['n']} | {p['fixed']} | {p['broken']} | {stats.points(p['diff'])} | "
                      f"{stats.ci_points(p['ci95'])} | {p['p_value']:.2g} | "
-                     f"{stats.change_words(p, unit, bigger_set if unit == 'prompts' else '')} |")
+                     f"{stats.change_words(p, unit, bigger_set if m == 'prompt_level_strict_acc' else '')} |")
     lines += ["", "Prompt level: exact McNemar test and its exact interval; instruction level: normal interval "
                   "with the standard error clustered by prompt (docs/evaluation.md)."]
     return lines
@@ -49,5 +52,5 @@ def marks_note(per_type: dict) -> str:
     """The line under a per-type table: what a mark means and how many to expect by chance."""
     k = len(per_type)
     return (f"`*`: that type's instruction verdicts changed by more than chance (exact McNemar, p < 0.05, against "
-            f"the first run). Across {k} types tested at 5%, about {stats.false_marks(k):.1f} marks are expected "
+            f"the first run). Across {k} types tested at 5%, about {stats.false_marks(k):.2f} marks are expected "
             "by chance alone when nothing changed.")
