@@ -129,3 +129,13 @@ def test_bad_input():
         stats.prompt_interval(3, 0)
     with pytest.raises(ValueError, match="not one set of paired prompts"):
         stats.paired_prompts([True], [True, False])
+
+
+def test_interval_excludes_zero_exactly_when_mcnemar_rejects():
+    """The words read the interval; the interval must agree with the exact test for every
+    split of up to 40 changed prompts."""
+    for m in range(1, 41):
+        for fixed in range(m + 1):
+            got = stats.paired_prompts(*verdicts(fixed, m - fixed, m + 10))
+            excludes = got["ci95"][0] > 0 or got["ci95"][1] < 0
+            assert excludes == (got["p_value"] < 0.05), (fixed, m - fixed, got)
