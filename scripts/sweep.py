@@ -343,7 +343,7 @@ def main(argv=None):
     todo = [cfg for cfg in configs if any(n not in earlier for n, _ in run_names(cfg, sweep_seeds(args.seeds)))]
     # Total batches and lengths of the configurations still to train, against this machine and the data.
     problems += batch_problems(args, {cfg["total_bsz"] for cfg in todo})
-    problems += length_check(args, {cfg["model_max_length"] for cfg in todo}) if not problems else []
+    problems += length_check(args, {cfg["model_max_length"] for cfg in todo})
     if problems:  # before the lock: a refused sweep creates nothing
         raise SystemExit("[sweep] error: bad values, nothing trained:\n  " + "\n  ".join(problems))
     # One sweep per folder: a second one is refused at once, naming the first.
