@@ -10,12 +10,17 @@ summary without it is IFEval's): runs of different benchmarks are refused, and s
 of another benchmark than ``--benchmark`` when it is given.
 
 Each RESULT_DIR is an ``--output_dir`` of ``ifeval/run_ifeval.py`` (``summary.json``, and
-``eval_results_strict.jsonl`` for the examples). The report
-has, for every run: the four metrics with the change from the first run; the
-strict and loose accuracy per instruction type with the change from the first run; and,
-for each later run, a few prompts whose strict prompt-level verdict changed (fixed and
-broken), with both answers side by side, truncated to ``--max_chars``. The PNG has the
-four metrics per run and the strict accuracy per instruction type.
+``eval_results_strict.jsonl`` / ``eval_results_loose.jsonl`` for the paired tests and the
+examples). The report has, for every run: the four metrics with their 95% intervals and
+the change from the first run; for IFEval, where the prompt-level strict interval lies
+against the course's 22%; for each later run, its paired tests against the first
+(``smolsft/evaluation/stats.py``: fixed, broken, the change with its 95% interval, p, and
+the words they allow); the strict and loose accuracy per instruction type with the change
+from the first run, marked ``*`` only where that type's paired test says so; and a few
+prompts whose strict prompt-level verdict changed, with both answers side by side,
+truncated to ``--max_chars``. ``--json OUT.json`` writes, per later run,
+``paired.<metric>.{n, fixed, broken, diff, ci95, p_value}``. The PNG has the four metrics
+per run and the strict accuracy per instruction type.
 """
 from __future__ import annotations
 
