@@ -51,6 +51,7 @@ from typing import Optional
 from smolsft.generation.answering import (
     EngineOptions, engine_generate, plan_prompts, run_stats, stats_line, unanswered, write_answers,
 )
+from smolsft.hardware.device import device_record
 from smolsft.generation.engines import (
     DEFAULT_HF_BATCH, DEFAULT_VLLM_CHUNK, TOO_LONG_POLICIES, VERBOSE_ENV, EngineStartError, checkpoint_stop_ids,
     engine_version, model_max_length, pick_dtype, resolve_backend,
@@ -94,7 +95,8 @@ def generation_settings(args, model_path: str, backend: str, device: str) -> dic
             "top_p": args.top_p, "system_message": args.system_message, "seed": args.seed,
             "benchmark": args.benchmark, "model_fingerprint": checkpoint_fingerprint(model_path),
             "engine": backend, "engine_version": engine_version(backend),
-            "dtype": pick_dtype(device, getattr(args, "precision", "auto")), "too_long": args.too_long}
+            "dtype": pick_dtype(device, getattr(args, "precision", "auto")), "too_long": args.too_long,
+            "device": device_record(device)}  # recorded, not compared on resume
 
 
 def run_inference(args, model_path: str, selected: list[dict], responses: Path) -> dict:
@@ -141,7 +143,7 @@ def selected_answers(responses: Path, all_prompts: list[dict], selected: list[di
 
 
 # Generation settings summary.json repeats from the sidecar (None where it has none).
-_SIDECAR_META = ("engine_version", "dtype", "max_tokens", "temperature", "top_p", "system_message", "seed")
+_SIDECAR_META = ("engine_version", "dtype", "device", "max_tokens", "temperature", "top_p", "system_message", "seed")
 
 
 def eval_meta(args, all_prompts, selected, prompt_path: Path, responses: Path, model_path: Optional[str]) -> dict:

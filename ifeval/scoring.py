@@ -52,6 +52,7 @@ from typing import Any, Callable, Optional
 
 
 from smolsft.evaluation.metrics import BENCHMARKS, METRIC_NAMES, benchmark_of
+from smolsft.evaluation.stats import run_intervals
 from smolsft.files import iter_jsonl, setup_nltk_data
 
 # Order matters: punkt_tab must be findable before lm-eval's instructions_util is
@@ -420,7 +421,8 @@ def write_results(result: dict, output_dir: str | os.PathLike, meta: Optional[di
     The summary holds the ``benchmark``, the four metrics, the course's ``strict_accuracy`` /
     ``loose_accuracy`` (= the prompt-level ones), the correct counts, ``num_prompts``,
     ``num_instructions``, ``num_missing`` (+ ``missing_keys``), ``prompt_set``,
-    ``per_instruction_type`` and every entry of ``meta`` (model, generation settings; a
+    ``per_instruction_type``, ``intervals`` (each metric's 95% interval and n:
+    ``smolsft.evaluation.stats.run_intervals``) and every entry of ``meta`` (model, generation settings; a
     ``prompt_set`` in ``meta`` overrides the remembered one). Nothing time-dependent is
     added, so the same inputs give byte-identical files.
     """
@@ -443,6 +445,7 @@ def write_results(result: dict, output_dir: str | os.PathLike, meta: Optional[di
         "missing_keys": result["missing_keys"],
         "prompt_set": result.get("prompt_set"),
         "per_instruction_type": result["per_instruction_type"],
+        "intervals": run_intervals(result["strict"], result["loose"]),
     })
     for k, v in (meta or {}).items():
         summary[k] = v
@@ -462,10 +465,10 @@ def format_summary(summary: dict) -> str:
     header = (f"{BENCHMARKS[benchmark_of(summary)]} on {summary.get('prompt_set') or '?'}: {n_p} prompts, {n_i} instructions"
               + (f", {summary['num_missing']} prompts without an answer (counted as failed)"
                  if summary.get("num_missing") else ""))
-    lines = [header, f"{'metric':<26}{'accuracy':>9}  {'correct':>11}"]
+    lines = [header, f"{'metric':<26}{'accuracy':>9}  {'correct':>11}  95% CI"]
     for name, k, n in rows:
         frac = f"{k}/{n}"
-        lines.append(f"{name:<26}{summary[name]:>9.4f}  {frac:>11}")
+        lines.append(f"{name:<26}{summary[name]:>9.4f}  {frac:>11}  {_ci_text(summary, name)}")
     per = summary.get("per_instruction_type") or {}
     if per:
         w = max(len(k) for k in per) + 2
@@ -476,13 +479,20 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _ci_text(summary: dict, metric: str) -> str:
+    """``"0.2140-0.3157"``: the metric's 95% interval, ``""`` for a summary without one."""
+    ci = (summary.get("intervals") or {}).get(metric, {}).get("ci95")
+    return f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else ""
+
+
 def summary_line(summary: dict) -> str:
     """One line for the end of a run: the four metrics with their counts."""
     c = summary["counts"]
     n_p, n_i = summary["num_prompts"], summary["num_instructions"]
 
     def part(metric, count_key, n):
-        return f"{summary[metric]:.4f} ({c[count_key]}/{n})"
+        ci = _ci_text(summary, metric)
+        return f"{summary[metric]:.4f} ({c[count_key]}/{n})" + (f" [95% CI {ci}]" if ci else "")
 
     return (f"{BENCHMARKS[benchmark_of(summary)]} {summary.get('prompt_set') or '?'}: {n_p} prompts ({summary.get('num_missing', 0)} missing) | "
             f"prompt strict {part('prompt_level_strict_acc', 'prompt_strict', n_p)}, "

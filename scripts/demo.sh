@@ -9,8 +9,8 @@
 #
 # IFBench (out-of-distribution constraints) shows whether the IFEval gain carries over. The CPU
 # demo scores its first 50 prompts (IFBench_test.jsonl's order: 12 of its 57 constraint types)
-# at the same 256 tokens, to keep the CPU demo short. At 50 prompts one prompt is 2 points;
-# summary.md calls a change of at most one prompt "not measurable".
+# at the same 256 tokens, to keep the CPU demo short. summary.md calls a change "not measurable"
+# unless its paired test's 95% interval excludes zero (docs/evaluation.md).
 #
 # Knobs (environment), defaults in brackets (CPU demo / --full):
 #   DEMO_OUT          output folder                         [demo_out / demo_out_full]

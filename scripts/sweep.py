@@ -12,11 +12,20 @@ its row, which names the benchmark, is saved in OUT/runs/NAME/result.json. One s
 holds one benchmark: rerunning into OUT with another --benchmark is refused before anything
 runs (rows written before IFBench existed are IFEval's). One sweep per folder: while a sweep
 runs, OUT is locked and a second sweep into it is refused at once, naming the first.
+The base model (--model) is scored once into OUT/base/BENCHMARK (--base none: not at all; --base DIR: a
+scored folder), and every run is compared with it and with the best run by a paired test over
+the same prompts (docs/evaluation.md). --seeds N trains each configuration N times (seeds
+42, 43, ...; runs NAME_seedS) and the table shows the spread across seeds beside the
+evaluation interval. A configuration that fails is recorded in the table (status failed,
+its error in one line) and the sweep goes on; a rerun tries it again, and the sweep exits 1
+at the end while any failed. Values that cannot work (e.g. a --model_max_length that leaves
+no sample a trained token) are refused before anything trains.
 The sweep is resumable: a configuration whose result.json exists is skipped on rerun, unless
 it was made with other shared settings (model, data, steps, prompts, ...): then the rerun stops
 before anything trains (and a killed training resumes from its last checkpoint, as sft.sh
-does). At the end the script writes OUT/results.csv and OUT/results.md (configuration, final training loss, the
-benchmark and its four metrics, wall time) and OUT/sweep_<metric>.png (the metric against each swept value).
+does). At the end the script writes OUT/results.csv and OUT/results.md (configuration, seed, status, final
+training loss, the benchmark and its four metrics, the plotted metric's 95% interval, the paired tests, wall
+time) and OUT/sweep_<metric>.png (the metric against each swept value).
 
 Defaults are a small CPU configuration: 16 steps of total
 batch 8 at model_max_length 512 on data/demo_sft.json, scored on the first 24 prompts (IFEval:
@@ -26,7 +35,6 @@ configuration (smol-smoltalk-6k.json, whole epochs, all prompts, 1024 tokens).
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import os
@@ -34,11 +42,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 from smolsft.report.reports import BENCHMARKS, METRIC_NAMES, ResultError, load_summary, logged_losses, one_benchmark
+from smolsft.report.sweep_table import annotate, write_tables
 from smolsft.data.sft import data_fingerprint
 from smolsft.lock import FolderLockedError, folder_lock
 from ifeval.run_ifeval import DEFAULT_INPUT
@@ -131,6 +141,26 @@ def config_name(cfg: dict) -> str:
     return "_".join(f"{short[k]}{cfg[k]:g}" if isinstance(cfg[k], float) else f"{short[k]}{cfg[k]}" for k in AXES)
 
 
+def run_names(cfg: dict, seeds: list) -> list[tuple[str, object]]:
+    """(run folder name, seed) of each training of ``cfg``: its :func:`config_name` alone
+    when it trains once with the default seed (``seeds`` ``[None]``), else ``NAME_seedS``."""
+    name = config_name(cfg)
+    return [(name if seed is None else f"{name}_seed{seed}", seed) for seed in seeds]
+
+
+def sweep_seeds(n: int) -> list:
+    """The seeds of ``--seeds n``: ``[None]`` (train_hw_parallel.py's default) for 1, else 42, 43, ..."""
+    return [None] if n == 1 else [42 + i for i in range(n)]
+
+
+def one_line_error(err: "SweepError") -> str:
+    """The line a failed run leaves in the table: its log's last error line, else what failed."""
+    what, _, tail = str(err).partition(":\n")
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if "error" in ln.lower()]
+    return (errs or lines or [what])[-1][:300].replace("|", "/")
+
+
 def run_logged(cmd: list[str], env: dict, log_path: Path, what: str) -> None:
     """Run a command with its output in a log file; on failure show the log's tail."""
     with open(log_path, "a", encoding="utf-8") as log:
@@ -164,9 +194,9 @@ def check_reusable(row: dict, shared: dict, result: Path) -> None:
                          + "\n".join(diffs) + f"\nUse another --out, or delete {result.parent} to run it again.")
 
 
-def run_config(cfg: dict, args, run_root: Path, shared: dict) -> dict:
-    """Train and evaluate one configuration; returns its result row (also saved to result.json),
-    which records ``shared`` (:func:`shared_settings`)."""
+def run_config(cfg: dict, args, run_root: Path, shared: dict, seed=None) -> dict:
+    """Train (with ``seed``, ``None``: the default) and evaluate one configuration; returns its
+    result row (also saved to result.json), which records ``shared`` (:func:`shared_settings`)."""
     run_root.mkdir(parents=True, exist_ok=True)
     log = run_root / "run.log"
     t0 = time.time()
@@ -181,6 +211,8 @@ def run_config(cfg: dict, args, run_root: Path, shared: dict) -> dict:
             env[flag] = str(cfg[k])
     if args.max_steps:
         train_args += ["--max_steps", str(args.max_steps)]
+    if seed is not None:
+        train_args += ["--seed", str(seed)]
     train_args += args.train_args
     run_logged(["bash", "scripts/sft.sh", *train_args], env, log, f"training {run_root.name}")
     ckpt = run_root / "ckpt"
@@ -188,16 +220,11 @@ def run_config(cfg: dict, args, run_root: Path, shared: dict) -> dict:
     loss = losses[-1] if losses else None
     t_train = time.time() - t0
     scored = run_root / args.benchmark
-    ev = ["bash", "ifeval/run.sh", str(ckpt.resolve()), str(scored.resolve()), "--benchmark", args.benchmark,
-          "--max_tokens", str(args.max_tokens)]
-    if args.prompt_set:  # else the benchmark's default prompt set
-        ev += ["--input_data", args.prompt_set]
-    if args.prompts:
-        ev += ["--limit", str(args.prompts)]
-    run_logged(ev, dict(os.environ), log, f"{BENCHMARKS[args.benchmark]} of {run_root.name}")
-    summary = load_summary(scored)
-    row = {"name": run_root.name, **cfg, "final_train_loss": loss, "benchmark": args.benchmark,
+    summary = score(ckpt, scored, args, log, f"{BENCHMARKS[args.benchmark]} of {run_root.name}")
+    row = {"name": run_root.name, "config": config_name(cfg), "seed": seed, **cfg, "status": "ok",
+           "final_train_loss": loss, "benchmark": args.benchmark,
            **{m: summary[m] for m in METRIC_NAMES}, "num_prompts": summary.get("num_prompts"),
+           "intervals": summary.get("intervals"),
            "train_seconds": round(t_train, 1), "wall_seconds": round(time.time() - t0, 1),
            "shared_settings": shared}
     # Replaced atomically: a kill while writing it must not leave a half row that a rerun reuses.
@@ -207,16 +234,36 @@ def run_config(cfg: dict, args, run_root: Path, shared: dict) -> dict:
     return row
 
 
-def write_tables(rows: list[dict], out: Path) -> None:
-    cols = ["name", *AXES, "final_train_loss", "benchmark", *METRIC_NAMES, "num_prompts", "wall_seconds"]
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    fmt = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    (out / "results.md").write_text("\n".join(md) + "\n")
+def score(model: Path, scored: Path, args, log: Path, what: str) -> dict:
+    """Score ``model`` into ``scored`` with ifeval/run.sh (the sweep's prompts and tokens)."""
+    ev = ["bash", "ifeval/run.sh", str(Path(model).resolve()) if Path(model).exists() else str(model),
+          str(scored.resolve()), "--benchmark", args.benchmark, "--max_tokens", str(args.max_tokens)]
+    if args.prompt_set:  # else the benchmark's default prompt set
+        ev += ["--input_data", args.prompt_set]
+    if args.prompts:
+        ev += ["--limit", str(args.prompts)]
+    run_logged(ev, dict(os.environ), log, what)
+    return load_summary(scored)
+
+
+def base_run(args, out: Path, shared: dict) -> tuple[Optional[Path], Optional[dict]]:
+    """(scored folder, summary) of the base model that every run is compared with:
+    ``--base none``: none; ``--base DIR``: that folder; else OUT/base/BENCHMARK, scored once
+    (reused while OUT/base/result.json records the same shared settings)."""
+    if args.base == "none":
+        return None, None
+    if args.base != "auto":
+        return Path(args.base), load_summary(args.base)
+    root = out / "base"
+    scored, record = root / args.benchmark, root / "result.json"
+    if record.exists() and (scored / "summary.json").exists():
+        check_reusable(json.loads(record.read_text()), shared, record)
+        return scored, load_summary(scored)
+    root.mkdir(parents=True, exist_ok=True)
+    tqdm.write(f"[sweep] scoring the base model {args.model} into {scored}")
+    summary = score(Path(args.model), scored, args, root / "run.log", f"{BENCHMARKS[args.benchmark]} of the base model")
+    record.write_text(json.dumps({"model": args.model, "shared_settings": shared}, indent=1) + "\n")
+    return scored, summary
 
 
 def plot(rows: list[dict], swept: list[str], metric: str, out: Path, benchmark: str = "IFEval") -> Path:
@@ -263,6 +310,11 @@ def main(argv=None):
     ap.add_argument("--prompts", type=int, default=None, help="first N prompts, 0 = all [24; --full 0]")
     ap.add_argument("--max_tokens", type=int, default=None, help="[160; --full 1024]")
     ap.add_argument("--metric", default="prompt_level_strict_acc", choices=METRIC_NAMES, help="metric to plot")
+    ap.add_argument("--seeds", type=int, default=1,
+                    help="train each configuration with this many seeds (42, 43, ...) [1: the default seed]")
+    ap.add_argument("--base", default="auto",
+                    help="what each run is compared with: auto (score --model into OUT/base), none, or a scored "
+                         "folder [auto]")
     ap.add_argument("--out", default="sweep_out")
     ap.add_argument("--train_args", nargs=argparse.REMAINDER, default=[],
                     help="everything after this flag is passed to train_hw_parallel.py (last)")
@@ -281,13 +333,17 @@ def main(argv=None):
     if args.prompt_set is None and args.benchmark == "ifeval":
         args.prompt_set = DEFAULT_INPUT
 
+    if args.seeds < 1:
+        raise SystemExit(f"[sweep] error: --seeds {args.seeds}: at least 1")
     grid, problems = grid_problems(args)  # reported below, with the total batches' problems
     swept = [k for k, v in grid.items() if len(v) > 1]
     configs = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     out = Path(args.out)
     earlier, shared = finished_rows(args, configs, out)
-    # Total batches of the configurations still to train, against this machine's devices.
-    problems += batch_problems(args, {cfg["total_bsz"] for cfg in configs if config_name(cfg) not in earlier})
+    todo = [cfg for cfg in configs if any(n not in earlier for n, _ in run_names(cfg, sweep_seeds(args.seeds)))]
+    # Total batches and lengths of the configurations still to train, against this machine and the data.
+    problems += batch_problems(args, {cfg["total_bsz"] for cfg in todo})
+    problems += length_check(args, {cfg["model_max_length"] for cfg in todo})
     if problems:  # before the lock: a refused sweep creates nothing
         raise SystemExit("[sweep] error: bad values, nothing trained:\n  " + "\n  ".join(problems))
     # One sweep per folder: a second one is refused at once, naming the first.
@@ -298,16 +354,42 @@ def main(argv=None):
         raise SystemExit(f"[sweep] error: {e}") from None
 
 
+TRAIN_FLAGS = {"--mask_mode": "mask_mode", "--train_turns": "train_turns", "--max_rounds": "max_rounds",
+               "--conversation_field": "conversation_field"}
+
+
+def length_check(args, lengths) -> list[str]:
+    """Each ``--model_max_length`` of ``lengths`` at which no sample of the data would keep a
+    trained token (``smolsft.data.lengths``, with the masking settings of ``--train_args``)."""
+    from smolsft.chat.tokenization import load_tokenizer
+    from smolsft.data.lengths import length_problems
+
+    if not lengths:
+        return []
+    ta, masking, truncation = list(args.train_args), {}, "right"
+    for i, flag in enumerate(ta[:-1]):
+        if flag in TRAIN_FLAGS:
+            masking[TRAIN_FLAGS[flag]] = int(ta[i + 1]) if flag == "--max_rounds" else ta[i + 1]
+        elif flag == "--truncation_side":
+            truncation = ta[i + 1]
+    try:
+        tokenizer = load_tokenizer(args.model, max(lengths))
+        return length_problems(lengths, str(resolve_path(args.data)), tokenizer, truncation, **masking)
+    except (OSError, ValueError) as e:
+        return [f"--model_max_length: cannot check the lengths against {args.data} ({e})"]
+
+
 def finished_rows(args, configs: list, out: Path) -> tuple[dict, dict]:
     """The rows of ``configs`` finished earlier in ``out`` (read only) and the settings they
     must share with this sweep. Checked up front: a sweep folder of another benchmark is
     refused before anything trains, so its table never mixes two benchmarks."""
     earlier, shared = {}, shared_settings(args)
     for cfg in configs:
-        result = out / "runs" / config_name(cfg) / "result.json"
-        if result.exists():
-            earlier[config_name(cfg)] = json.loads(result.read_text())
-            check_reusable(earlier[config_name(cfg)], shared, result)
+        for name, _ in run_names(cfg, sweep_seeds(args.seeds)):
+            result = out / "runs" / name / "result.json"
+            if result.exists():
+                earlier[name] = json.loads(result.read_text())
+                check_reusable(earlier[name], shared, result)
     try:
         one_benchmark([(str(out / "runs" / n / "result.json"), r) for n, r in earlier.items()], args.benchmark)
     except ResultError as e:
@@ -316,34 +398,58 @@ def finished_rows(args, configs: list, out: Path) -> tuple[dict, dict]:
 
 
 def _sweep(args, grid: dict, swept: list, configs: list, out: Path, earlier: dict, shared: dict) -> None:
-    """The sweep itself, inside its folder's lock: train and score each configuration not
-    in ``earlier``, then write the table."""
+    """The sweep itself, inside its folder's lock: score the base model, train and score each
+    run not in ``earlier`` (a failure is recorded and the sweep goes on), then write the
+    tables; exits 1 at the end when a run failed."""
     out.mkdir(parents=True, exist_ok=True)
-    rows, done, t0 = [], 0, time.time()
-    for cfg in tqdm(configs, desc="sweep", unit="config"):
-        run_root = out / "runs" / config_name(cfg)
-        if run_root.name in earlier:
-            rows.append(earlier[run_root.name])
-            tqdm.write(f"[sweep] {run_root.name}: finished earlier, skipped")
+    try:
+        base_dir, base = base_run(args, out, shared)
+    except (SweepError, ResultError) as e:  # the runs are still worth making; they are compared with each other
+        base_dir = base = None
+        tqdm.write(f"[sweep] warning: the base model was not scored ({one_line_error(e)}); "
+                   f"no comparison with the base in the table")
+    rows, done, failed, t0 = [], 0, [], time.time()
+    runs = [(cfg, name, seed) for cfg in configs for name, seed in run_names(cfg, sweep_seeds(args.seeds))]
+    for cfg, name, seed in tqdm(runs, desc="sweep", unit="run"):
+        run_root = out / "runs" / name
+        if name in earlier:
+            rows.append(earlier[name])
+            tqdm.write(f"[sweep] {name}: finished earlier, skipped")
             continue
         try:
-            row = run_config(cfg, args, run_root, shared)
-        except SweepError as e:  # its log's tail first, then the error as the last line
-            what, _, tail = str(e).partition(":\n")
-            tqdm.write(tail.rstrip())
-            raise SystemExit(f"[sweep] error: {what}; configurations finished before it are in "
-                             f"{out / 'runs'}, and a rerun resumes") from None
-        done += 1
+            row = run_config(cfg, args, run_root, shared, seed)
+            (run_root / "failed.json").unlink(missing_ok=True)
+        except (SweepError, ResultError) as e:  # recorded; the other configurations still run
+            row = {"name": name, "config": config_name(cfg), "seed": seed, **cfg, "benchmark": args.benchmark,
+                   "status": "failed", "error": one_line_error(e) if isinstance(e, SweepError) else str(e)}
+            (run_root / "failed.json").write_text(json.dumps(row, indent=1) + "\n")
+            failed.append(row)
+            tqdm.write(f"[sweep] {name}: FAILED ({row['error']}); log {run_root / 'run.log'}; going on")
+        else:
+            done += 1
+            tqdm.write(f"[sweep] {name}: loss {row['final_train_loss']} {args.metric} {row[args.metric]:.4f} "
+                       f"({row['wall_seconds']:.0f}s)")
         rows.append(row)
-        tqdm.write(f"[sweep] {run_root.name}: loss {row['final_train_loss']} {args.metric} {row[args.metric]:.4f} "
-                   f"({row['wall_seconds']:.0f}s)")
-        write_tables(rows, out)  # keep the table current while the sweep runs
-    write_tables(rows, out)
-    png = plot(rows, swept, args.metric, out, BENCHMARKS[args.benchmark])
-    best = max(rows, key=lambda r: r[args.metric])
-    print(f"sweep ({BENCHMARKS[args.benchmark]}): {len(rows)} configs ({done} run now, {len(rows) - done} skipped) "
-          f"in {time.time() - t0:.0f}s; "
-          f"best {args.metric} {best[args.metric]:.4f} ({best['name']}); tables {out}/results.md, {out}/results.csv; plot {png}")
+        tables(rows, out, args, base_dir, base)  # keep the table current while the sweep runs
+    best = tables(rows, out, args, base_dir, base)
+    ok = [r for r in rows if r.get("status", "ok") == "ok"]
+    png = plot(ok, swept, args.metric, out, BENCHMARKS[args.benchmark]) if ok else None
+    print(f"sweep ({BENCHMARKS[args.benchmark]}): {len(rows)} configs ({done} run now, "
+          f"{len(rows) - done - len(failed)} skipped, {len(failed)} failed) in {time.time() - t0:.0f}s; "
+          + (f"best {args.metric} {best[args.metric]:.4f} ({best['name']}); " if best else "")
+          + f"tables {out}/results.md, {out}/results.csv" + (f"; plot {png}" if png else ""))
+    if failed:
+        raise SystemExit(f"[sweep] error: {len(failed)} of {len(rows)} runs failed: "
+                         + "; ".join(f"{r['name']}: {r['error']}" for r in failed)
+                         + f" (recorded in {out}/results.md; a rerun tries them again)")
+
+
+def tables(rows: list[dict], out: Path, args, base_dir: Optional[Path], base: Optional[dict]) -> Optional[dict]:
+    """Annotate ``rows`` with intervals and paired tests and write results.csv / results.md;
+    returns the best run."""
+    best = annotate(rows, lambda r: out / "runs" / r["name"] / args.benchmark, base_dir, args.metric)
+    write_tables(rows, out, list(AXES), args.metric, best, base)
+    return best
 
 
 if __name__ == "__main__":

@@ -24,3 +24,9 @@ def benchmark_of(summary: dict, where: str = "summary") -> str:
     if b not in BENCHMARKS:
         raise ResultError(f"{where}: unknown benchmark {b!r} (expected one of {sorted(BENCHMARKS)})")
     return b
+
+# The course's pass mark on prompt-level strict accuracy (IFEval, 100-prompt set).
+COURSE_THRESHOLD = 0.22
+# Where a larger prompt set is, for a change too small to detect on the one scored.
+BIGGER_SET = {"ifeval": "the 541-prompt set is `--input_data ifeval/data/input_data.jsonl` away",
+              "ifbench": "IFBench's whole set is 294 prompts (run_ifeval.py --benchmark ifbench without --limit)"}

@@ -33,10 +33,12 @@ from pathlib import Path
 from typing import Optional
 
 from smolsft.evaluation.metrics import BENCHMARKS, METRIC_NAMES, METRICS, ResultError, benchmark_of
+from smolsft.evaluation import stats
+from smolsft.evaluation.metrics import BIGGER_SET
+from smolsft.evaluation.paired import compare_dirs
+from smolsft.report.paired_text import ci_text, marks_note, threshold_line
 
 LOSS_CURVE_PNG = "loss_curve.png"
-# A change of at most this many prompts (either way) is read as "not measurable" (carried_over).
-NOISE_PROMPTS = 1
 
 
 # ----------------------------------------------------------------------- reading
@@ -115,20 +117,24 @@ def instruction_types(summaries: list[dict]) -> list[str]:
 
 def metrics_table(summaries: list[dict], names: list[str]) -> list[str]:
     """Markdown rows: per run, its prompt set, size, max_tokens and the four metrics in %,
-    with the change from the first run."""
+    each with its 95% interval (when the summary has one) and the change from the first run."""
     base = summaries[0]
     lines = ["| run | prompt set | prompts | max_tokens | " + " | ".join(label for _, label in METRICS) + " |",
              "|---|---|---:|---:|" + "---:|" * len(METRICS)]
     for i, (s, name) in enumerate(zip(summaries, names)):
-        vals = [pct(s[k]) + ("" if i == 0 else delta(s[k], base[k])) for k in METRIC_NAMES]
+        vals = [pct(s[k]) + (f" {ci_text(s, k)}" if ci_text(s, k) else "") + ("" if i == 0 else delta(s[k], base[k]))
+                for k in METRIC_NAMES]
         lines.append(f"| {name} | {s.get('prompt_set') or '?'} | {s.get('num_prompts', '?')} | "
                      f"{s.get('max_tokens') if s.get('max_tokens') is not None else '?'} | " + " | ".join(vals) + " |")
     return lines
 
 
-def per_type_table(summaries: list[dict], names: list[str], mode: str) -> list[str]:
+def per_type_table(summaries: list[dict], names: list[str], mode: str,
+                   tests: Optional[list[Optional[dict]]] = None) -> list[str]:
     """Markdown rows: ``mode`` (strict or loose) accuracy per instruction type in %, one
-    column per run, with the change from the first run."""
+    column per run, with the change from the first run; ``tests`` (per run, ``None`` for the
+    first) holds each type's paired test (``paired.paired_runs``'s ``per_type[mode]``): a
+    change its test marks gets ``*``."""
     types = instruction_types(summaries)
     if not types:
         return ["*(no per_instruction_type in the summaries)*"]
@@ -141,7 +147,8 @@ def per_type_table(summaries: list[dict], names: list[str], mode: str) -> list[s
         vals = []
         for i, e in enumerate(entries):
             v = e[acc_key] if e else None
-            vals.append(pct(v) + ("" if i == 0 else delta(v, base)))
+            test = ((tests or [None] * len(entries))[i] or {}).get(t)
+            vals.append(pct(v) + ("" if i == 0 else delta(v, base)) + (" *" if test and test["marked"] else ""))
         lines.append(f"| {t} | {'/'.join(ns)} | " + " | ".join(vals) + " |")
     return lines
 
@@ -222,75 +229,87 @@ def strict_counts(summary: dict) -> dict[str, tuple[int, int]]:
     return {k: (v["strict_correct"], v["count"]) for k, v in summary["per_instruction_type"].items()}
 
 
-def before_after(base: dict, after: dict) -> list[str]:
-    """Markdown: the four metrics before and after with the change (4 decimals), then the
-    strict passed/total per instruction type with the change in passed instructions."""
+def before_after(base: dict, after: dict, pair: Optional[dict], bigger_set: str = "") -> list[str]:
+    """Markdown: the four metrics before and after (4 decimals, each with its 95% interval),
+    the change, and the paired test of ``pair`` (``paired.paired_runs``; ``None``: no
+    per-prompt records, no test); then the strict passed/total per instruction type with
+    the change in passed instructions, marked ``*`` where that type's paired test says so."""
     pb, pa = strict_counts(base), strict_counts(after)
-    lines = ["| metric | base | fine-tuned | change |", "|---|---|---|---|"]
+    lines = ["| metric | base [95% CI] | fine-tuned [95% CI] | change | fixed / broken | p | reading |",
+             "|---|---|---|---|---|---|---|"]
     for m in METRIC_NAMES:
-        lines.append(f"| {m} | {base[m]:.4f} | {after[m]:.4f} | {after[m] - base[m]:+.4f} |")
+        p = pair["paired"][m] if pair else None
+        unit = "prompts" if m.startswith("prompt") else "instructions"
+        test = (f"{p['fixed']} / {p['broken']} | {p['p_value']:.2g} | "
+                f"{stats.change_words(p, unit, bigger_set if m == 'prompt_level_strict_acc' else '')}") \
+            if p else "- | - | no paired test"
+        cb, ca = ci_text(base, m, False), ci_text(after, m, False)
+        lines.append(f"| {m} | {base[m]:.4f}{' ' + cb if cb else ''} | {after[m]:.4f}{' ' + ca if ca else ''} | "
+                     f"{after[m] - base[m]:+.4f} | {test} |")
+    tests = pair["per_type"]["strict"] if pair else {}
     lines += ["", "Per instruction type (strict, passed/total):", "",
               "| instruction | base | fine-tuned | change |", "|---|---|---|---|"]
     for inst in sorted(set(pb) | set(pa)):
         (a, n), (b, n2) = pb.get(inst, (0, 0)), pa.get(inst, (0, 0))
-        lines.append(f"| {inst} | {a}/{n} | {b}/{n2} | {b - a:+d} |")
+        marked = " *" if tests.get(inst, {}).get("marked") else ""
+        lines.append(f"| {inst} | {a}/{n} | {b}/{n2} | {b - a:+d}{marked} |")
+    if tests:
+        lines += ["", marks_note(tests)]
     return lines
 
 
-def prompt_change(base: dict, after: dict, what: str) -> tuple[int, int]:
-    """(fine-tuned minus base number of prompts passed strictly, number of prompts) of two
-    summaries scored on the same prompts (passed = ``prompt_level_strict_acc`` x
-    ``num_prompts``, rounded). Raises :class:`ResultError` naming ``what`` when the two
-    runs were scored on different numbers of prompts."""
-    n, n2 = base.get("num_prompts"), after.get("num_prompts")
-    if not isinstance(n, int) or n != n2 or n <= 0:
-        raise ResultError(f"{what}: base and fine-tuned runs were scored on {n} and {n2} prompts; "
-                          "their change is not like for like")
-    key = "prompt_level_strict_acc"
-    return round(after[key] * n) - round(base[key] * n), n
-
-
-def carried_over(ifeval: tuple[dict, dict], ifbench: tuple[dict, dict]) -> tuple[str, str]:
+def carried_over(ifeval: Optional[dict], ifbench: Optional[dict]) -> tuple[str, str]:
     """(verdict, Markdown line): did the IFEval gain of fine-tuning carry over to IFBench?
 
-    ``ifeval`` and ``ifbench`` are (base, fine-tuned) summaries. The measure is the change
-    in prompts passed, prompt-level strict, on each benchmark (:func:`prompt_change`); a
-    change of at most ``NOISE_PROMPTS`` prompt either way is read as no change. Verdicts:
-    ``"not measurable"`` when the IFEval or the IFBench change is within that band; ``"no
-    IFEval gain"`` when IFEval fell; ``"yes"`` when both rose; ``"no"`` when IFEval rose and
-    IFBench fell. The line gives both changes in prompts and percentage points."""
-    de, ne = prompt_change(*ifeval, "IFEval")
-    db, nb = prompt_change(*ifbench, "IFBench")
-    if abs(de) <= NOISE_PROMPTS:
-        verdict, why = "not measurable", f"the IFEval change is within +/-{NOISE_PROMPTS} prompt"
-    elif de < 0:
+    ``ifeval`` and ``ifbench`` are the prompt-level strict paired tests
+    (``stats.paired_prompts``) of each benchmark, base vs fine-tuned (``None``: no per-prompt
+    records). A change counts only where its 95% interval excludes zero. Verdicts: ``"not
+    measurable"`` when either change is not detectable (or untested); ``"no IFEval gain"``
+    when IFEval fell; ``"yes"`` when both improved; ``"no"`` when IFEval improved and
+    IFBench fell. The line quotes both paired tests."""
+    def side(p):
+        return None if p is None else ("up" if p["ci95"][0] > 0 else "down" if p["ci95"][1] < 0 else "none")
+
+    e, b = side(ifeval), side(ifbench)
+    if e is None or b is None:
+        verdict, why = "not measurable", "no per-prompt records to pair"
+    elif e == "none":
+        verdict, why = "not measurable", "no IFEval change is detectable"
+    elif e == "down":
         verdict, why = "no IFEval gain", "IFEval fell, so there is no gain to carry over"
-    elif abs(db) <= NOISE_PROMPTS:
-        verdict, why = "not measurable", f"the IFBench change is within +/-{NOISE_PROMPTS} prompt"
-    elif db > 0:
-        verdict, why = "yes", "both rose"
+    elif b == "none":
+        verdict, why = "not measurable", "IFEval improved, but no IFBench change is detectable"
+    elif b == "up":
+        verdict, why = "yes", "both improved"
     else:
-        verdict, why = "no", "IFEval rose, IFBench fell"
-    line = (f"**IFEval gain carried over to IFBench: {verdict}** ({why}). Prompt-level strict, fine-tuned "
-            f"minus base: IFEval {de:+d} of {ne} prompts ({100 * de / ne:+.1f} points), IFBench {db:+d} of {nb} "
-            f"prompts ({100 * db / nb:+.1f} points). A change of at most {NOISE_PROMPTS} prompt either way "
-            "counts as not measurable.")
+        verdict, why = "no", "IFEval improved, IFBench fell"
+    parts = [f"{name}: {stats.change_words(p) if p else 'untested'}"
+             + (f" ({p['fixed']} fixed, {p['broken']} broken of {p['n']})" if p else "")
+             for name, p in (("IFEval", ifeval), ("IFBench", ifbench))]
+    line = (f"**IFEval gain carried over to IFBench: {verdict}** ({why}). Prompt-level strict, paired over the same "
+            f"prompts: {parts[0]}; {parts[1]}. A change counts only where its 95% interval excludes zero.")
     return verdict, line
 
 
 def _side(out: str, bench: str, prompt_set: Optional[str], prompts: int) -> tuple[dict, dict, list[str], dict]:
     """One benchmark of a demo folder: (base summary, fine-tuned summary, Markdown section,
-    summary.json part). Both folders must hold that benchmark's runs. ``prompt_set``
-    ``None``: the one the base summary names."""
+    summary.json part, with the paired tests under ``paired``). Both folders must hold that
+    benchmark's runs. ``prompt_set`` ``None``: the one the base summary names."""
     folders = [f"{out}/{bench}_base", f"{out}/{bench}_sft"]
     base, sft = (load_summary(d) for d in folders)
     one_benchmark(list(zip(folders, (base, sft))), expected=bench)
+    pair = compare_dirs(*folders)
     prompt_set = prompt_set or base.get("prompt_set") or "?"
     lines = ["", f"## {BENCHMARKS[bench]}", "",
              f"Prompts: {'all' if prompts == 0 else f'first {prompts}'} of `{prompt_set}` "
-             f"({base.get('num_prompts', '?')} scored).", ""] + before_after(base, sft)
+             f"({base.get('num_prompts', '?')} scored).", ""] + before_after(base, sft, pair, BIGGER_SET.get(bench, ""))
+    if bench == "ifeval":
+        where = [ln for ln in (threshold_line(base, "Base"), threshold_line(sft, "Fine-tuned")) if ln]
+        lines += [""] + where if where else []
     pb, ps = strict_counts(base), strict_counts(sft)
     obj = {"base": {m: base[m] for m in METRIC_NAMES}, "sft": {m: sft[m] for m in METRIC_NAMES},
+           "intervals": {"base": base.get("intervals"), "sft": sft.get("intervals")},
+           "paired": pair["paired"] if pair else None,
            "per_type_strict": {i: {"base": pb.get(i), "sft": ps.get(i)} for i in sorted(set(pb) | set(ps))}}
     return base, sft, lines, obj
 
@@ -302,8 +321,10 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
     (stage name, seconds; one per line), and ``ifbench_base/``, ``ifbench_sft/`` when
     ``ifbench_prompts`` > 0 (the first that many IFBench prompts were scored; 0: IFBench
     was not part of the demo). The other arguments are the demo's settings, quoted in the
-    text. The JSON keeps IFEval's numbers at the top level (``base``, ``sft``,
-    ``per_type_strict``) and IFBench's under ``ifbench``, with the verdict of
+    text. Each benchmark's section gives the 95% intervals, the paired tests of the per-prompt
+    records (``eval_results_*.jsonl``; "no paired test" without them) and, for IFEval, the
+    course threshold. The JSON keeps IFEval's numbers at the top level (``base``, ``sft``,
+    ``intervals``, ``paired``, ``per_type_strict``) and IFBench's under ``ifbench``, with the verdict of
     :func:`carried_over` under ``carried_over`` (both ``None`` without IFBench), and under
     ``precision`` the training precision (``ckpt/RUN/run_plan.json``) and the generation
     dtype (the base summary's), ``None`` where a file does not say. Raises
@@ -313,7 +334,8 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
     ifbench_lines: list[str] = []
     if ifbench_prompts:
         ib_base, ib_sft, ifbench_lines, ifbench_obj = _side(out, "ifbench", None, ifbench_prompts)
-        verdict, line = carried_over((base, sft), (ib_base, ib_sft))
+        verdict, line = carried_over((ifeval_obj["paired"] or {}).get("prompt_level_strict_acc"),
+                                     (ifbench_obj["paired"] or {}).get("prompt_level_strict_acc"))
         ifbench_lines += ["", "## Did the IFEval gain carry over?", "", line]
         carried = {"verdict": verdict, "line": line}
     with open(f"{out}/stage_times.tsv", encoding="utf-8") as f:

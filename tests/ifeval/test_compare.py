@@ -40,8 +40,10 @@ def test_report_contents(two_runs, tmp_path):
     res = compare.main([str(two_runs[0]), str(two_runs[1]), "--output", str(out), "--examples", "2"])
     text = out.read_text()
     # Four metrics per run with the change from the base: base 1/3 prompts strict, sft 1/3.
-    assert "| base-model | toy.jsonl | 3 | 64 | 33.3 | 33.3 | 33.3 | 33.3 |" in text
-    assert "| sft-model | toy.jsonl | 3 | 64 | 33.3 (+0.0) | 33.3 (+0.0) |" in text
+    # 1 of 3 has the Wilson interval [6.1, 79.2] (Newcombe's formula, worked in test_stats.py)
+    assert "| base-model | toy.jsonl | 3 | 64 | 33.3 [6.1, 79.2] | 33.3 [0.0, 98.7] | 33.3 [6.1, 79.2] |" in text
+    assert "| sft-model | toy.jsonl | 3 | 64 | 33.3 [6.1, 79.2] (+0.0) | 33.3 [0.0, 98.7] (+0.0) |" in text
+    assert "| prompt strict | 3 | 1 | 1 | +0.0 | [-65.0, +65.0] | 1 | no change detectable with 3 prompts" in text
     # Per-type rows: english_capital 0 -> 100, no_comma 100 -> 0.
     assert "| change_case:english_capital | 1 | 0.0 | 100.0 (+100.0) |" in text
     assert "| punctuation:no_comma | 1 | 100.0 | 0.0 (-100.0) |" in text
@@ -118,8 +120,9 @@ def test_ifbench_runs(tmp_path):
     text = out.read_text()
     assert res["benchmark"] == "IFBench" and text.startswith("# IFBench comparison")
     assert "![IFBench accuracy](ifbench.png)" in text
-    assert "| base-model | IFBench_test.jsonl | 2 | 64 | 0.0 | 0.0 | 0.0 | 0.0 |" in text
-    assert "| sft-model | IFBench_test.jsonl | 2 | 64 | 50.0 (+50.0) | 50.0 (+50.0) |" in text
+    assert "| base-model | IFBench_test.jsonl | 2 | 64 | 0.0 [0.0, 65.8] | 0.0 [0.0, 0.0] |" in text
+    assert "| sft-model | IFBench_test.jsonl | 2 | 64 | 50.0 [9.5, 90.5] (+50.0) |" in text
+    assert "course threshold" not in text  # the course's 22% is IFEval's
     assert "| format:no_whitespace | 1 | 0.0 | 100.0 (+100.0) |" in text
     assert "| count:numbers | 1 | 0.0 | 0.0 (+0.0) |" in text
     assert "2 prompts in both runs: 1 fixed (fail -> pass), 0 broken" in text
@@ -152,3 +155,71 @@ def test_default_output_names_the_benchmark(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "ifbench_compare.md").is_file() and (tmp_path / "ifbench_compare.png").is_file()
+
+
+def hand_run(path, passed, types, model):
+    """A result folder as ifeval/scoring.py writes it for one-instruction prompts: prompt i
+    passes when ``passed[i]``, its instruction type is ``types[i]`` (strict = loose)."""
+    recs = [{"key": i, "prompt": f"p{i}", "response": "r", "instruction_id_list": [t],
+             "follow_instruction_list": [ok], "follow_all_instructions": ok} for i, (ok, t) in enumerate(zip(passed, types))]
+    per = {}
+    for r in recs:
+        e = per.setdefault(r["instruction_id_list"][0], {"count": 0, "strict_correct": 0, "loose_correct": 0})
+        e["count"] += 1
+        e["strict_correct"] += r["follow_all_instructions"]
+        e["loose_correct"] += r["follow_all_instructions"]
+    for e in per.values():
+        e["strict_acc"] = e["loose_acc"] = e["strict_correct"] / e["count"]
+    k, n = sum(passed), len(passed)
+    result = {"strict": recs, "loose": recs, "metrics": {m: k / n for m in (
+        "prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")},
+        "counts": {"prompt_strict": k, "inst_strict": k, "prompt_loose": k, "inst_loose": k}, "num_prompts": n,
+        "num_instructions": n, "num_missing": 0, "missing_keys": [], "prompt_set": "p.jsonl", "per_instruction_type": per}
+    write_results(result, path, {"model": model})
+    return path
+
+
+def fixed_broken(fixed, broken, n, both):
+    before = [False] * fixed + [True] * broken + [True] * both
+    after = [True] * fixed + [False] * broken + [True] * both
+    return before + [False] * (n - len(before)), after + [False] * (n - len(after))
+
+
+@pytest.mark.parametrize("fixed, broken, p, words", [
+    (7, 4, 0.5488, "no change detectable with 100 prompts (95% CI ["),  # issue 37's IFEval demo
+    (12, 2, 0.01294, "improved (+10.0 points"),                          # issue 37's fp32 demo
+])
+def test_paired_json_and_words(tmp_path, fixed, broken, p, words):
+    before, after = fixed_broken(fixed, broken, 100, both=19)
+    types = ["a:x"] * fixed + ["b:y"] * (100 - fixed)  # the fixed ones are all of type a:x
+    runs = [hand_run(tmp_path / "b", before, types, "base"), hand_run(tmp_path / "n", after, types, "new")]
+    out = tmp_path / "c.json"
+    compare.main([*map(str, runs), "--output", str(tmp_path / "c.md"), "--json", str(out)])
+    got = json.loads(out.read_text())
+    assert got["benchmark"] == "ifeval" and "paired" not in got["runs"][0]
+    for m in ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc", "inst_level_loose_acc"):
+        e = got["runs"][1]["paired"][m]
+        assert (e["n"], e["fixed"], e["broken"]) == (100, fixed, broken)
+        assert e["diff"] == pytest.approx((fixed - broken) / 100)
+        assert len(e["ci95"]) == 2 and e["ci95"][0] <= e["diff"] <= e["ci95"][1]
+    assert got["runs"][1]["paired"]["prompt_level_strict_acc"]["p_value"] == pytest.approx(p, abs=1e-4)
+    text = (tmp_path / "c.md").read_text()
+    assert f"| prompt strict | 100 | {fixed} | {broken} | {100 * (fixed - broken) / 100:+.1f} |" in text
+    assert words in text
+    if p > 0.05:
+        assert "prompts would detect a change of this size" in text and "ifeval/data/input_data.jsonl" in text
+    # a:x: 7 fixed, 0 broken (p = 2/128 < 0.05) or 12 fixed, 0 broken: marked; b:y: 4 or 2 broken: not
+    row = next(ln for ln in text.splitlines() if ln.startswith("| a:x |"))
+    assert row.endswith(" * |")
+    assert not next(ln for ln in text.splitlines() if ln.startswith("| b:y |")).endswith("* |")
+    assert "Across 2 types tested at 5%, about 0.10 marks are expected by chance alone" in text
+    assert got["runs"][1]["per_type"]["strict"]["a:x"]["marked"] is True
+    # 19 (+fixed or broken) of 100 passed: Wilson intervals straddle 22%, or lie above it
+    assert "straddles the course threshold of 22%" in text
+
+
+def test_folders_without_records_get_no_paired_test(two_runs, tmp_path):
+    (two_runs[1] / "eval_results_loose.jsonl").unlink()
+    compare.main([*map(str, two_runs), "--output", str(tmp_path / "c.md"), "--json", str(tmp_path / "c.json")])
+    assert "no paired test" in (tmp_path / "c.md").read_text()
+    assert json.loads((tmp_path / "c.json").read_text())["runs"][1]["paired"] is None

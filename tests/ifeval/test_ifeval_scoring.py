@@ -525,3 +525,29 @@ def test_in_process_rescoring_is_identical(gpt4, tmp_path):
     write_results(second, tmp_path / "b", {})
     for name in (scoring.STRICT_FILE, scoring.LOOSE_FILE, scoring.SUMMARY_FILE):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_summary_gives_each_metric_its_interval(tmp_path):
+    """summary.json and the console line carry a 95% interval and n per metric: Wilson for
+    prompt level (formula written out here), clustered by prompt for instruction level."""
+    import math
+
+    from scipy.stats import norm
+
+    prompts = load_prompts(_prompts_file(tmp_path))
+    result = score(prompts, {10: "Hi there", 20: "not quoted"}, progress=False)  # 1 of 3 prompts, 1 of 4 instructions
+    summary = write_results(result, tmp_path / "out")
+    iv = summary["intervals"]
+    z, k, n = norm.ppf(0.975), 1, 3
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert iv["prompt_level_strict_acc"]["n"] == 3 and iv["prompt_level_strict_acc"]["method"] == "wilson"
+    assert iv["prompt_level_strict_acc"]["ci95"] == pytest.approx([centre - half, centre + half])
+    assert iv["inst_level_strict_acc"]["n"] == 4 and iv["inst_level_strict_acc"]["prompts"] == 3
+    lo, hi = iv["inst_level_strict_acc"]["ci95"]
+    assert 0.0 <= lo < summary["inst_level_strict_acc"] < hi <= 1.0
+    assert summary["prompt_level_strict_acc"] == pytest.approx(1 / 3)  # the score itself is unchanged
+    line = scoring.summary_line(summary)
+    assert f"prompt strict 0.3333 (1/3) [95% CI {centre - half:.4f}-{centre + half:.4f}]" in line
+    assert "95% CI" in format_summary(summary)

@@ -71,12 +71,12 @@ IFEVAL_PART = """## IFEval
 
 Prompts: first 4 of `p.jsonl` (4 scored).
 
-| metric | base | fine-tuned | change |
-|---|---|---|---|
-| prompt_level_strict_acc | 0.2500 | 0.7500 | +0.5000 |
-| inst_level_strict_acc | 0.5000 | 0.6250 | +0.1250 |
-| prompt_level_loose_acc | 0.5000 | 0.7500 | +0.2500 |
-| inst_level_loose_acc | 0.5000 | 0.7500 | +0.2500 |
+| metric | base [95% CI] | fine-tuned [95% CI] | change | fixed / broken | p | reading |
+|---|---|---|---|---|---|---|
+| prompt_level_strict_acc | 0.2500 | 0.7500 | +0.5000 | - | - | no paired test |
+| inst_level_strict_acc | 0.5000 | 0.6250 | +0.1250 | - | - | no paired test |
+| prompt_level_loose_acc | 0.5000 | 0.7500 | +0.2500 | - | - | no paired test |
+| inst_level_loose_acc | 0.5000 | 0.7500 | +0.2500 | - | - | no paired test |
 
 Per instruction type (strict, passed/total):
 
@@ -143,7 +143,8 @@ def test_demo_summary_both_benchmarks_side_by_side(tmp_path):
     r = run_cli(out, "--ifbench_prompts", "10")
     assert r.returncode == 0, r.stderr
     o = str(out)
-    # IFEval 1 -> 3 of 4 prompts (+2, +50.0 points); IFBench 1 -> 4 of 10 (+3, +30.0 points): both rose.
+    # Summaries without per-prompt records (written by hand, as older runs were): no paired
+    # test, so no verdict beyond "not measurable".
     want = f"""# Demo summary
 
 Mode: CPU demo; max_tokens 16; training data `d.json`; benchmarks: IFEval, IFBench; precision: training bf16, generation bfloat16.
@@ -153,12 +154,12 @@ Mode: CPU demo; max_tokens 16; training data `d.json`; benchmarks: IFEval, IFBen
 
 Prompts: first 10 of `IFBench_test.jsonl` (10 scored).
 
-| metric | base | fine-tuned | change |
-|---|---|---|---|
-| prompt_level_strict_acc | 0.1000 | 0.4000 | +0.3000 |
-| inst_level_strict_acc | 0.2000 | 0.5000 | +0.3000 |
-| prompt_level_loose_acc | 0.2000 | 0.4000 | +0.2000 |
-| inst_level_loose_acc | 0.3000 | 0.5000 | +0.2000 |
+| metric | base [95% CI] | fine-tuned [95% CI] | change | fixed / broken | p | reading |
+|---|---|---|---|---|---|---|
+| prompt_level_strict_acc | 0.1000 | 0.4000 | +0.3000 | - | - | no paired test |
+| inst_level_strict_acc | 0.2000 | 0.5000 | +0.3000 | - | - | no paired test |
+| prompt_level_loose_acc | 0.2000 | 0.4000 | +0.2000 | - | - | no paired test |
+| inst_level_loose_acc | 0.3000 | 0.5000 | +0.2000 | - | - | no paired test |
 
 Per instruction type (strict, passed/total):
 
@@ -169,9 +170,9 @@ Per instruction type (strict, passed/total):
 
 ## Did the IFEval gain carry over?
 
-**IFEval gain carried over to IFBench: yes** (both rose). Prompt-level strict, fine-tuned minus base: \
-IFEval +2 of 4 prompts (+50.0 points), IFBench +3 of 10 prompts (+30.0 points). A change of at most 1 prompt \
-either way counts as not measurable.
+**IFEval gain carried over to IFBench: not measurable** (no per-prompt records to pair). Prompt-level strict, \
+paired over the same prompts: IFEval: untested; IFBench: untested. A change counts only where its 95% interval \
+excludes zero.
 
 {TRAINING_PART}
 Files:
@@ -188,44 +189,76 @@ Files:
     assert got["ifbench"]["sft"]["inst_level_loose_acc"] == 0.5
     assert got["ifbench"]["per_type_strict"] == {"count:conjunctions": {"base": [1, 5], "sft": [4, 5]},
                                                  "words:odd": {"base": [1, 5], "sft": [1, 5]}}
-    assert got["carried_over"]["verdict"] == "yes"
+    assert got["carried_over"]["verdict"] == "not measurable" and got["paired"] is None
 
 
-def ifeval_pair(base_passed, sft_passed, n=10):
-    """(base, fine-tuned) IFEval summaries passing that many of n prompts (strict)."""
-    return (summary([base_passed / n] * 4, {}, n), summary([sft_passed / n] * 4, {}, n))
+def paired(fixed, broken, n, both=0):
+    """The prompt-level paired test of n prompts, ``fixed`` fail -> pass, ``broken`` pass -> fail."""
+    from smolsft.evaluation import stats
+
+    before = [False] * fixed + [True] * broken + [True] * both
+    after = [True] * fixed + [False] * broken + [True] * both
+    return stats.paired_prompts(before + [False] * (n - len(before)), after + [False] * (n - len(after)))
 
 
-def ifbench_pair(base_passed, sft_passed, n=50):
-    return (summary([base_passed / n] * 4, {}, n, "ifbench"), summary([sft_passed / n] * 4, {}, n, "ifbench"))
-
-
-@pytest.mark.parametrize("ifeval, ifbench, verdict, changes", [
-    # IFEval 19 -> 29 of 100 (+10, +10.0 points); IFBench 5 -> 9 of 50 (+4, +8.0 points)
-    ((19, 29, 100), (5, 9, 50), "yes",
-     "IFEval +10 of 100 prompts (+10.0 points), IFBench +4 of 50 prompts (+8.0 points)"),
-    # IFBench 9 -> 6 of 50: -3 prompts, -6.0 points
-    ((19, 29, 100), (9, 6, 50), "no",
-     "IFEval +10 of 100 prompts (+10.0 points), IFBench -3 of 50 prompts (-6.0 points)"),
-    # IFBench 5 -> 6 of 50: +1 prompt, within the band
-    ((19, 29, 100), (5, 6, 50), "not measurable", "IFBench +1 of 50 prompts (+2.0 points)"),
-    ((19, 29, 100), (6, 5, 50), "not measurable", "IFBench -1 of 50 prompts (-2.0 points)"),
-    # IFEval 19 -> 20 of 100: within the band, whatever IFBench does
-    ((19, 20, 100), (5, 15, 50), "not measurable", "IFEval +1 of 100 prompts (+1.0 points)"),
-    # IFEval 29 -> 19: fell
-    ((29, 19, 100), (5, 15, 50), "no IFEval gain", "IFEval -10 of 100 prompts (-10.0 points)"),
-    # two prompts is the smallest measurable change: 3 -> 5 of 10 and 1 -> 3 of 7 (+28.6 points)
-    ((3, 5, 10), (1, 3, 7), "yes", "IFEval +2 of 10 prompts (+20.0 points), IFBench +2 of 7 prompts (+28.6 points)"),
+@pytest.mark.parametrize("ifeval, ifbench, verdict, why", [
+    # issue 37's demo: IFEval 7 fixed / 4 broken of 100 (p = 0.55), IFBench 0 / 3 of 50 (p = 0.25)
+    ((7, 4, 100), (0, 3, 50), "not measurable", "no IFEval change is detectable"),
+    # fp32: 12 fixed / 2 broken (p = 0.013); IFBench 10 / 0 of 50 (p = 2/1024)
+    ((12, 2, 100), (10, 0, 50), "yes", "both improved"),
+    ((12, 2, 100), (0, 10, 50), "no", "IFEval improved, IFBench fell"),
+    ((12, 2, 100), (0, 3, 50), "not measurable", "IFEval improved, but no IFBench change is detectable"),
+    ((2, 12, 100), (10, 0, 50), "no IFEval gain", "IFEval fell"),
 ])
-def test_carried_over_verdicts(ifeval, ifbench, verdict, changes):
-    got, line = report.carried_over(ifeval_pair(*ifeval), ifbench_pair(*ifbench))
+def test_carried_over_verdicts_follow_the_paired_tests(ifeval, ifbench, verdict, why):
+    e, b = paired(*ifeval), paired(*ifbench)
+    got, line = report.carried_over(e, b)
     assert got == verdict
-    assert f"**IFEval gain carried over to IFBench: {verdict}**" in line and changes in line
+    assert f"**IFEval gain carried over to IFBench: {verdict}** ({why}" in line
+    assert f"({ifeval[0]} fixed, {ifeval[1]} broken of {ifeval[2]})" in line
+    assert f"({ifbench[0]} fixed, {ifbench[1]} broken of {ifbench[2]})" in line
+    if verdict == "not measurable" and ifeval == (7, 4, 100):
+        assert "IFEval: no change detectable with 100 prompts" in line and "p = 0.55" in line
+        assert "IFBench: no change detectable with 50 prompts" in line and "p = 0.25" in line
 
 
-def test_carried_over_needs_the_same_prompts():
-    with pytest.raises(report.ResultError, match="IFBench: base and fine-tuned runs were scored on 50 and 40"):
-        report.carried_over(ifeval_pair(1, 5), (ifbench_pair(1, 2)[0], ifbench_pair(1, 2, 40)[1]))
+def test_carried_over_without_records():
+    assert report.carried_over(None, paired(10, 0, 50))[0] == "not measurable"
+
+
+def realistic_demo(out):
+    """A demo folder as the demo leaves it (summaries and per-prompt records through
+    ifeval/scoring.py's writer): IFEval 23 -> 26 of 100 (7 fixed, 4 broken), IFBench 4 -> 1
+    of 50 (0 fixed, 3 broken), the changes issue 37 quotes."""
+    from test_compare import fixed_broken, hand_run
+
+    for bench, (f, b, n, both) in (("ifeval", (7, 4, 100, 19)), ("ifbench", (0, 3, 50, 1))):
+        before, after = fixed_broken(f, b, n, both)
+        types = [f"{bench}{i % 5}:x" for i in range(n)]
+        for side, v in (("base", before), ("sft", after)):
+            d = hand_run(out / f"{bench}_{side}", v, types, side)
+            s = json.loads((d / "summary.json").read_text())
+            (d / "summary.json").write_text(json.dumps({**s, "benchmark": bench}))
+    write_state(out / "ckpt" / "demo")
+    (out / "report").mkdir()
+    (out / "stage_times.tsv").write_text("total\t33\n")
+    return out
+
+
+def test_demo_summary_makes_no_claim_its_intervals_do_not_support(tmp_path):
+    out = realistic_demo(tmp_path / "demo")
+    text, obj = report.demo_summary(str(out), "demo", False, "p.jsonl", 0, 256, "d.json", 50)
+    assert "rose" not in text and "fell" not in text.replace("IFEval fell, so", "")
+    assert "**IFEval gain carried over to IFBench: not measurable** (no IFEval change is detectable)" in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| prompt_level_strict_acc | 0.2300"))
+    assert "| 7 / 4 | 0.55 | no change detectable with 100 prompts" in row and "input_data.jsonl" in row
+    row = next(ln for ln in text.splitlines() if ln.startswith("| prompt_level_strict_acc | 0.0800"))
+    assert "| 0 / 3 | 0.25 | no change detectable with 50 prompts" in row
+    assert "Base: prompt-level strict 23.0%, 95% CI [" in text and "straddles the course threshold of 22%" in text
+    assert "Across 5 types tested at 5%, about 0.25 marks are expected by chance alone" in text
+    assert obj["paired"]["prompt_level_strict_acc"]["p_value"] == pytest.approx(0.548828125)
+    assert obj["ifbench"]["paired"]["prompt_level_strict_acc"]["p_value"] == pytest.approx(0.25)
+    assert obj["intervals"]["base"]["prompt_level_strict_acc"]["n"] == 100
 
 
 def test_one_benchmark():

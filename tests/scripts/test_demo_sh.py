@@ -28,18 +28,25 @@ def test_help_and_bad_argument():
 
 
 # ifeval/run.sh stand-in: logs its arguments and writes a summary.json whose benchmark is
-# the one the arguments ask for. Prompt-level strict, passed/prompts: IFEval 19/100 -> 29/100,
-# IFBench 5/50 -> 3/50.
+# the one the arguments ask for, and per-prompt records (one instruction per prompt; prompt i
+# passes when first <= i < last). Prompt-level strict, passed/prompts: IFEval 19/100 -> 29/100
+# (prompts 0-18 -> 2-30: 12 fixed, 2 broken), IFBench 5/50 -> 3/50 (0-4 -> 2-4: 0 fixed, 2 broken).
 STUB_RUN = r"""#!/usr/bin/env bash
 set -eu
 model=$1 out=$2; shift 2
 echo "$model $out $*" >> "$CALLS"
 bench=ifeval; [[ " $* " == *" --benchmark ifbench "* ]] && bench=ifbench
 case "$(basename "$out")" in
-  ifeval_base) acc=0.19 n=100 ;; ifeval_sft) acc=0.29 n=100 ;;
-  ifbench_base) acc=0.1 n=50 ;; ifbench_sft) acc=0.06 n=50 ;;
+  ifeval_base) acc=0.19 n=100 first=0 last=19 ;; ifeval_sft) acc=0.29 n=100 first=2 last=31 ;;
+  ifbench_base) acc=0.1 n=50 first=0 last=5 ;; ifbench_sft) acc=0.06 n=50 first=2 last=5 ;;
 esac
 mkdir -p "$out"
+for mode in strict loose; do
+  for ((i = 0; i < n; i++)); do
+    ok=false; (( i >= first && i < last )) && ok=true
+    echo "{\"key\": $i, \"instruction_id_list\": [\"t:$bench\"], \"follow_instruction_list\": [$ok], \"follow_all_instructions\": $ok}"
+  done > "$out/eval_results_$mode.jsonl"
+done
 printf '{"benchmark": "%s", "prompt_set": "%s.jsonl", "prompt_level_strict_acc": %s, "inst_level_strict_acc": %s, "prompt_level_loose_acc": %s,
  "inst_level_loose_acc": %s, "num_prompts": %s, "per_instruction_type": {"t:%s": {"count": 2, "strict_correct": 1,
  "loose_correct": 1, "strict_acc": 0.5, "loose_acc": 0.5}}}' "$bench" $bench $acc $acc $acc $acc $n $bench > "$out/summary.json"
@@ -86,10 +93,13 @@ def test_demo_scores_ifbench_too(stub_repo, tmp_path):
     assert summary["ifbench"]["sft"]["prompt_level_strict_acc"] == 0.06
     md = (out / "summary.md").read_text()
     assert "## IFEval" in md and "## IFBench\n\nPrompts: first 50 of `ifbench.jsonl` (50 scored)." in md
-    # IFEval +10 of 100 prompts, IFBench 5 -> 3 of 50: -2 prompts, -4.0 points
-    assert ("**IFEval gain carried over to IFBench: no** (IFEval rose, IFBench fell). Prompt-level strict, "
-            "fine-tuned minus base: IFEval +10 of 100 prompts (+10.0 points), IFBench -2 of 50 prompts "
-            "(-4.0 points).") in md
+    # IFEval 12 fixed, 2 broken of 100 (exact McNemar p = 2 * 106 / 2**14 = 0.013): improved;
+    # IFBench 0 fixed, 2 broken of 50 (p = 0.5): no change detectable, so no verdict either way
+    assert ("**IFEval gain carried over to IFBench: not measurable** (IFEval improved, but no IFBench change is "
+            "detectable). Prompt-level strict, paired over the same prompts: IFEval: improved (+10.0 points, "
+            "95% CI [") in md
+    assert "p = 0.013) (12 fixed, 2 broken of 100); IFBench: no change detectable with 50 prompts" in md
+    assert "rose" not in md
     assert (out / "report" / "ifbench_compare.md").read_text().startswith("# IFBench comparison")
     assert (out / "report" / "ifeval_compare.md").read_text().startswith("# IFEval comparison")
 
@@ -156,5 +166,7 @@ def test_reduced_demo_end_to_end(tmp_path, tiny_llama_dir):
         assert Path(png).read_bytes()[:4] == b"\x89PNG"
     md = (out / "summary.md").read_text()
     for m in METRICS:
-        assert len(re.findall(rf"\| {m} \| \d\.\d{{4}} \| \d\.\d{{4}} \| [+-]\d\.\d{{4}} \|", md)) == 2, m
+        ci = r"\[\d\.\d{4}, \d\.\d{4}\]"  # every score with its 95% interval
+        assert len(re.findall(rf"\| {m} \| \d\.\d{{4}} {ci} \| \d\.\d{{4}} {ci} \| [+-]\d\.\d{{4}} \| \d+ / \d+ \|",
+                              md)) == 2, m
     assert "| train | " in md

@@ -41,7 +41,7 @@ def _sweep(out, model):
 def test_two_configs_then_rerun_skips(tmp_path, tiny_model):
     out = tmp_path / "sweep"
     log = _sweep(out, tiny_model)
-    assert "2 configs (2 run now, 0 skipped)" in log
+    assert "2 configs (2 run now, 0 skipped, 0 failed)" in log
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 2
     assert sorted(float(r["lr"]) for r in rows) == [1e-3, 3e-3]
@@ -52,13 +52,15 @@ def test_two_configs_then_rerun_skips(tmp_path, tiny_model):
             assert 0.0 <= float(r[m]) <= 1.0
         assert float(r["wall_seconds"]) > 0
     md = (out / "results.md").read_text().strip().splitlines()
-    assert len(md) == 4  # header, rule, two rows
+    assert len([ln for ln in md if ln.startswith("| lr")]) == 2  # a row per configuration
+    assert any(ln.startswith("Base model ") for ln in md)  # the base model was scored once, beside them
+    assert (out / "base" / "ifeval" / "summary.json").is_file()
     assert (out / "sweep_prompt_level_strict_acc.png").read_bytes()[:4] == b"\x89PNG"
 
     results = sorted(out.glob("runs/*/result.json"))
     stamps = [p.stat().st_mtime_ns for p in results]
     log2 = _sweep(out, tiny_model)
-    assert "2 configs (0 run now, 2 skipped)" in log2
+    assert "2 configs (0 run now, 2 skipped, 0 failed)" in log2
     assert [p.stat().st_mtime_ns for p in results] == stamps
     assert len(list(csv.DictReader(open(out / "results.csv")))) == 2
 
@@ -86,8 +88,8 @@ def test_finished_ifbench_sweep_is_tabled(tmp_path, capsys):
     sweep = load_script("scripts/sweep.py")
     out = tmp_path / "sw"
     finished_sweep(out, ["ifbench", "ifbench"])
-    sweep.main([*GRID, "--benchmark", "ifbench", "--out", str(out)])
-    assert "sweep (IFBench): 2 configs (0 run now, 2 skipped)" in capsys.readouterr().out
+    sweep.main([*GRID, "--benchmark", "ifbench", "--base", "none", "--out", str(out)])
+    assert "sweep (IFBench): 2 configs (0 run now, 2 skipped, 0 failed)" in capsys.readouterr().out
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(r["benchmark"], r["prompt_level_strict_acc"]) for r in rows] == [("ifbench", "0.25"), ("ifbench", "0.5")]
     assert (out / "sweep_prompt_level_strict_acc.png").read_bytes()[:4] == b"\x89PNG"
@@ -133,7 +135,7 @@ def test_rerun_with_other_shared_settings_does_not_reuse_results(tmp_path, capsy
     sweep = load_script("scripts/sweep.py")
     out = tmp_path / "sweep"
     argv = ["--lr", "1e-3", "--max_steps", "2", "--total_bsz", "2", "--bsz_per_dev", "1", "--model_max_length", "128",
-            "--prompts", "2", "--max_tokens", "8", "--model", "tiny", "--out", str(out)]
+            "--prompts", "2", "--max_tokens", "8", "--model", "tiny", "--base", "none", "--out", str(out)]
     cfg = {"lr": 1e-3, "epochs": 1.0, "warmup_ratio": 0.1, "scheduler": "cosine", "total_bsz": 2, "model_max_length": 128}
     run = out / "runs" / sweep.config_name(cfg)
     run.mkdir(parents=True)
@@ -146,7 +148,7 @@ def test_rerun_with_other_shared_settings_does_not_reuse_results(tmp_path, capsy
                                "inst_level_loose_acc")}}
     (run / "result.json").write_text(json.dumps({**row, "shared_settings": shared}))
     sweep.main(argv)  # same settings: reused
-    assert "1 configs (0 run now, 1 skipped)" in capsys.readouterr().out
+    assert "1 configs (0 run now, 1 skipped, 0 failed)" in capsys.readouterr().out
     with pytest.raises(SystemExit) as err:
         sweep.main(argv[:2] + ["--max_steps", "4"] + argv[4:])
     assert "  max_steps: 2 -> 4" in str(err.value) and "another --out" in str(err.value)
@@ -168,3 +170,127 @@ def test_second_sweep_in_a_folder_is_refused(tmp_path):
         with pytest.raises(SystemExit, match=rf"^\[sweep\] error: sweep {out} is in use by pid "):
             sweep.main([*GRID, "--out", str(out)])
     assert not (out / "runs").exists()
+
+
+def fake_runs(sweep, monkeypatch, outcomes, calls):
+    """sweep.run_config replaced: the run named by ``outcomes[lr]`` either fails (a string:
+    its log's last line) or leaves a scored folder with those prompt verdicts, as the real
+    one does; ``calls`` collects (run name, seed). The up-front checks that need sft.sh and
+    the tokenizer are left out (tests below check them)."""
+    from test_compare import hand_run
+
+    def run_config(cfg, args, run_root, shared, seed=None):
+        calls.append((run_root.name, seed))
+        run_root.mkdir(parents=True, exist_ok=True)
+        got = outcomes[(cfg["lr"], seed)] if (cfg["lr"], seed) in outcomes else outcomes[cfg["lr"]]
+        if isinstance(got, str):
+            raise sweep.SweepError(f"training {run_root.name} failed (exit 1); log {run_root}/run.log:\n"
+                                   f"step 0\n{got}\n")
+        hand_run(run_root / args.benchmark, got, ["a:x"] * len(got), run_root.name)
+        row = {"name": run_root.name, "config": sweep.config_name(cfg), "seed": seed, **cfg, "status": "ok",
+               "final_train_loss": 1.0, "benchmark": "ifeval", "num_prompts": len(got), "wall_seconds": 1.0,
+               "intervals": json.loads((run_root / "ifeval" / "summary.json").read_text())["intervals"],
+               "shared_settings": shared,
+               **{m: sum(got) / len(got) for m in ("prompt_level_strict_acc", "inst_level_strict_acc",
+                                                   "prompt_level_loose_acc", "inst_level_loose_acc")}}
+        (run_root / "result.json").write_text(json.dumps(row))
+        return row
+
+    monkeypatch.setattr(sweep, "run_config", run_config)
+    monkeypatch.setattr(sweep, "batch_problems", lambda args, totals: [])
+    monkeypatch.setattr(sweep, "length_check", lambda args, lengths: [])
+
+
+def verdicts(fixed, broken, n=100, both=19):
+    from test_compare import fixed_broken
+
+    return fixed_broken(fixed, broken, n, both)
+
+
+def test_a_failing_configuration_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """Issue 40 row 9: the first configuration fails; the second still runs, the table
+    records the failure in one line, the sweep exits 1 at the end; a rerun tries the failed
+    one again and skips the finished one."""
+    from test_compare import hand_run
+
+    sweep = load_script("scripts/sweep.py")
+    base_v, better = verdicts(12, 2)
+    base = hand_run(tmp_path / "base", base_v, ["a:x"] * 100, "base")
+    calls = []
+    fake_runs(sweep, monkeypatch, {1e-3: "ValueError: no sample left after truncation", 3e-3: better}, calls)
+    out = tmp_path / "sw"
+    argv = [*GRID, "--base", str(base), "--out", str(out)]
+    with pytest.raises(SystemExit, match=r"1 of 2 runs failed: lr0.001\S*: ValueError: no sample left"):
+        sweep.main(argv)
+    assert [c[0].split("_")[0] for c in calls] == ["lr0.001", "lr0.003"]  # the second ran after the failure
+    md = (out / "results.md").read_text()
+    assert "| failed: ValueError: no sample left after truncation |" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| lr0.003"))
+    # 12 fixed, 2 broken of 100 against the base: +10.0 points, exact McNemar p = 0.013, marked
+    assert "| +10.0 [" in row and "p=0.013 *" in row and row.rstrip().endswith("| best |")
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["status"] for r in rows] == ["failed", "ok"] and float(rows[1]["vs_base_p"]) == pytest.approx(0.01294,
+                                                                                                         abs=1e-4)
+    assert json.loads((out / "runs" / rows[0]["name"] / "failed.json").read_text())["status"] == "failed"
+    calls.clear()
+    with pytest.raises(SystemExit, match="1 of 2 runs failed"):
+        sweep.main(argv)  # the rerun does not stop at the failed configuration
+    assert [c[0].split("_")[0] for c in calls] == ["lr0.001"]
+
+
+def test_seeds_show_the_training_spread(tmp_path, monkeypatch, capsys):
+    from test_compare import hand_run
+
+    sweep = load_script("scripts/sweep.py")
+    base_v, _ = verdicts(0, 0)
+    base = hand_run(tmp_path / "base", base_v, ["a:x"] * 100, "base")
+    calls = []
+    outcomes = {(1e-3, 42): verdicts(12, 2)[1], (1e-3, 43): verdicts(2, 0)[1],
+                (3e-3, 42): verdicts(0, 0)[1], (3e-3, 43): verdicts(0, 4)[1]}
+    fake_runs(sweep, monkeypatch, outcomes, calls)
+    out = tmp_path / "sw"
+    sweep.main([*GRID, "--seeds", "2", "--base", str(base), "--out", str(out)])
+    assert sorted(seed for _, seed in calls) == [42, 42, 43, 43]
+    assert all(name.endswith(f"_seed{seed}") for name, seed in calls)
+    md = (out / "results.md").read_text()
+    assert "across seeds (training noise) beside the evaluation interval" in md
+    # lr 1e-3: 0.31 and 0.21 (19 + 12 and 19 + 2 of 100 pass after): mean 0.26, SD (n-1) 0.0707
+    sd = ((0.31 - 0.26) ** 2 + (0.21 - 0.26) ** 2) ** 0.5
+    name = sweep.config_name({"lr": 1e-3, "epochs": 1.0, "warmup_ratio": 0.1, "scheduler": "cosine", "total_bsz": 2,
+                              "model_max_length": 128})
+    row = next(ln for ln in md.splitlines() if ln.startswith(f"| {name} | 2 |"))
+    assert f"| 0.2600 | {sd:.4f} | 0.2100-0.3100 |" in row
+    assert "4 configs (4 run now, 0 skipped, 0 failed)" in capsys.readouterr().out
+
+
+def test_seed_reaches_the_training_command(tmp_path, monkeypatch):
+    sweep = load_script("scripts/sweep.py")
+    seen = []
+
+    def run_logged(cmd, env, log, what):
+        seen.append(cmd)
+        raise sweep.SweepError(f"{what} failed (exit 1); log {log}:\nerror: stop here")
+
+    monkeypatch.setattr(sweep, "run_logged", run_logged)
+    cfg = {"lr": 1e-3, "epochs": 1.0, "warmup_ratio": 0.1, "scheduler": "cosine", "total_bsz": 2,
+           "model_max_length": 128}
+    args = sweep.argparse.Namespace(bsz_per_dev=1, model="m", data="d", max_steps=2, train_args=[])
+    with pytest.raises(sweep.SweepError):
+        sweep.run_config(cfg, args, tmp_path / "r", {}, seed=43)
+    cmd = seen[0]
+    assert cmd[:2] == ["bash", "scripts/sft.sh"] and cmd[cmd.index("--seed") + 1] == "43"
+
+
+@pytest.mark.slow
+def test_a_length_no_sample_can_train_at_is_refused_before_training(tmp_path):
+    """--model_max_length 8 leaves every sample of data/demo_sft.json without a trained
+    token (the chat template's opening alone is longer): refused up front, nothing made."""
+    sweep = load_script("scripts/sweep.py")
+    out = tmp_path / "sw"
+    with pytest.raises(SystemExit) as err:
+        sweep.main(["--lr", "1e-3", "--max_steps", "2", "--total_bsz", "2", "--bsz_per_dev", "1",
+                    "--model_max_length", "8,128", "--base", "none", "--out", str(out)])
+    msg = str(err.value)
+    assert "bad values, nothing trained" in msg and "--model_max_length 8: no sample of" in msg
+    assert "--model_max_length 128" not in msg
+    assert not out.exists()
