@@ -52,6 +52,7 @@ from smolsft.lock import FolderLock, FolderLockedError
 from smolsft.train.records import (RUN_TARGET_KEY, check_run_plan, checkpoint_problems, deepspeed_owns_scheduler, export_complete, export_from_checkpoint,
                          finished_step, resumable_checkpoint, run_plan, write_manifest)
 from smolsft.train.settings import SettingsError, check_settings
+from smolsft.train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
 from smolsft.files import resolve_path
 from smolsft.chat.tokenization import end_of_turn_ids, load_tokenizer, pad_token_id
 
@@ -430,6 +431,7 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
             log("[batches] each right-padded batch trains as one row of its real tokens (no padding computed)")
     else:
         trainer_cls, loss_kwargs = Trainer, {"compute_loss_func": compute_loss_from_logits}
+    preempt = PreemptionCallback(log=log).install()  # SIGTERM/SIGUSR1/$SFT_STOP_FILE: checkpoint, exit 75
     trainer = with_tied_save(trainer_cls)(
         model=model,
         args=training_args,
@@ -437,13 +439,15 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=[TargetRecorder({"max_steps": training_args.max_steps,
-                                   "num_train_epochs": training_args.num_train_epochs}), ScheduleOnResume(log)],
+                                   "num_train_epochs": training_args.num_train_epochs}), ScheduleOnResume(log), preempt],
         **loss_kwargs,
     )
 
     if resume:
         log(f"[train] resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
+    if preempt.stopped_at is not None:  # no final export: the rerun resumes from the checkpoint
+        raise SystemExit(PREEMPTED_EXIT_CODE)
 
     restore_fp32_master_weights(trainer)
     trainer.save_model()  # safetensors + generation_config.json + tokenizer and chat template
