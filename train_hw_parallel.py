@@ -25,7 +25,9 @@ What it adds to a plain Trainer run:
 - rerunning the same command resumes from the last checkpoint in ``--output_dir``; the
   run's plan (data hash, model, masking, lengths, batch geometry, optimizer, schedule,
   seeds) is recorded there first (``run_plan.json``), and a rerun with another plan
-  stops before training instead of mixing two runs (``smolsft/train/records.py``).
+  stops before training instead of mixing two runs (``smolsft/train/records.py``);
+- SIGTERM, SIGUSR1 or ``$SFT_STOP_FILE`` end the run after its optimizer step with a checkpoint
+  and exit status 75, no final export: the rerun resumes (``smolsft/train/preemption.py``).
 """
 from __future__ import annotations
 
@@ -431,7 +433,7 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
             log("[batches] each right-padded batch trains as one row of its real tokens (no padding computed)")
     else:
         trainer_cls, loss_kwargs = Trainer, {"compute_loss_func": compute_loss_from_logits}
-    preempt = PreemptionCallback(log=log).install()  # SIGTERM/SIGUSR1/$SFT_STOP_FILE: checkpoint, exit 75
+    preempt = PreemptionCallback(log=log)  # SIGTERM/SIGUSR1/$SFT_STOP_FILE: checkpoint, exit 75
     trainer = with_tied_save(trainer_cls)(
         model=model,
         args=training_args,

@@ -80,12 +80,27 @@ def test_stop_file_comes_from_the_environment(monkeypatch, tmp_path):
     assert PreemptionCallback().stop_file == str(tmp_path / "s")
 
 
-def test_uninstall_puts_the_handlers_back():
+def test_transformers_jit_checkpoint_is_refused_in_one_line(tiny_llama_dir, tmp_path, capsys):
+    import train_hw_parallel
+
+    args = common_args(tiny_llama_dir, write_chats(tmp_path / "four.jsonl"), tmp_path / "out", tmp_path / "cache")
     before = signal.getsignal(signal.SIGTERM)
-    cb = PreemptionCallback(log=lambda *a: None).install()
-    assert signal.getsignal(signal.SIGTERM) == cb._on_signal
-    cb.uninstall()
-    assert signal.getsignal(signal.SIGTERM) == before
+    try:
+        with pytest.raises(SystemExit) as e:
+            train_hw_parallel.cli(args + ["--enable_jit_checkpoint", "True"])
+    finally:
+        signal.signal(signal.SIGTERM, before)  # transformers installed its handler before the refusal
+    assert str(e.value).startswith("[train] error: --enable_jit_checkpoint True: this run already saves on SIGTERM")
+
+
+def test_handlers_are_in_place_only_while_training():
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    cb = PreemptionCallback(log=lambda *a: None)
+    cb.on_train_begin(CPU, _state(0), TrainerControl())
+    cb.on_train_begin(CPU, _state(0), TrainerControl())  # twice: the handlers to put back stay the first ones
+    assert signal.getsignal(signal.SIGTERM) == cb._on_signal == signal.getsignal(signal.SIGUSR1)
+    cb.on_train_end(CPU, _state(1), TrainerControl())
+    assert {sig: signal.getsignal(sig) for sig in before} == before
 
 
 def _rank(rank: int, world: int, init: str, results):

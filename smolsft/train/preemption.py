@@ -16,8 +16,8 @@ Every rank must stop at the same step (a rank that stops alone leaves the others
 collective), so at each step end the ranks take the maximum of their flags over
 ``torch.distributed`` when it is initialized: one rank told is enough.
 
-A signal that arrives while the checkpoint is written only sets the flag again (the handler
-stays installed until the process exits). SIGKILL cannot be caught: a checkpoint it cuts is
+A signal that arrives while the checkpoint is written only sets the flag again (the handlers
+are in place from ``on_train_begin`` to ``on_train_end``, after the last save of the loop). SIGKILL cannot be caught: a checkpoint it cuts is
 set aside by the rerun (``smolsft.train.records.resumable_checkpoint``).
 """
 from __future__ import annotations
@@ -30,6 +30,8 @@ from typing import Callable, Optional
 import torch
 import transformers
 
+from smolsft.train.settings import SettingsError
+
 PREEMPTED_EXIT_CODE = 75  # sysexits.h EX_TEMPFAIL: "temporary failure, try again" (here: rerun resumes)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 STOP_FILE_ENV = "SFT_STOP_FILE"
@@ -38,10 +40,10 @@ STOP_FILE_ENV = "SFT_STOP_FILE"
 class PreemptionCallback(transformers.TrainerCallback):
     """Turns a stop request into a checkpoint and the end of training.
 
-    ``install()`` (main thread only; a no-op elsewhere) makes :data:`STOP_SIGNALS` set
-    ``requested`` (the signal number) instead of ending the process. At every
-    ``on_step_end`` the request (a signal, or ``stop_file`` existing) is agreed over the
-    ranks; when set and the run is not at its last step, ``control.should_save`` and
+    ``install()`` (main thread only; a no-op elsewhere), called at ``on_train_begin`` and undone
+    at ``on_train_end``, makes :data:`STOP_SIGNALS` set ``requested`` (the signal number)
+    instead of ending the process. At every ``on_step_end`` the request (a signal, or
+    ``stop_file`` existing) is agreed over the ranks; when set and the run is not at its last step, ``control.should_save`` and
     ``control.should_training_stop`` are set and ``stopped_at`` records the step (an int,
     else None). At the last step the run ends as usual (``stopped_at`` stays None).
     """
@@ -54,7 +56,7 @@ class PreemptionCallback(transformers.TrainerCallback):
         self._previous: dict = {}
 
     def install(self) -> "PreemptionCallback":
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and not self._previous:
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
@@ -85,6 +87,23 @@ class PreemptionCallback(transformers.TrainerCallback):
         flag = torch.tensor([1 if local else 0], dtype=torch.int32, device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
+
+    def on_init_end(self, args, state, control, **kwargs):
+        """Raises SettingsError under ``--enable_jit_checkpoint``: transformers' own SIGTERM
+        handler would replace this one, save without the ranks agreeing on a step, and let the
+        run end as if finished."""
+        if getattr(args, "enable_jit_checkpoint", False):
+            raise SettingsError("--enable_jit_checkpoint True: this run already saves on SIGTERM/SIGUSR1 and exits "
+                                f"{PREEMPTED_EXIT_CODE} (smolsft/train/preemption.py, docs/cluster.md); leave it off")
+        return control
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.install()
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.uninstall()
+        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stopped_at is not None or not self.agreed(args.device):
