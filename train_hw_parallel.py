@@ -26,7 +26,9 @@ What it adds to a plain Trainer run:
   run's plan (data hash, model, masking, lengths, batch geometry, optimizer, schedule,
   seeds) is recorded there first (``run_plan.json``), and a rerun with another plan
   stops before training instead of mixing two runs (``smolsft/train/records.py``); a
-  folder whose run stopped before its first step simply starts again.
+  folder whose run stopped before its first step simply starts again;
+- SIGTERM, SIGUSR1 or ``$SFT_STOP_FILE`` end the run after its optimizer step with a checkpoint
+  and exit status 75, no final export: the rerun resumes (``smolsft/train/preemption.py``).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ from smolsft.train.hf_trainer import (ScheduleOnResume, TargetRecorder, remove_s
 from smolsft.train.records import (check_run_plan, checkpoint_problems, deepspeed_owns_scheduler, export_complete, export_from_checkpoint,
                          finished_step, resumable_checkpoint, run_plan, write_manifest)
 from smolsft.train.settings import SettingsError, check_settings
+from smolsft.train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
 from smolsft.files import resolve_path
 from smolsft.chat.tokenization import end_of_turn_ids, load_tokenizer, pad_token_id
 
@@ -257,11 +260,14 @@ def _train(model_args, data_args, run_args, training_args, writer: bool, log) ->
         if writer:
             _export_finished_run(model_args, data_args, training_args, stats, key, resume, done_at)
         return None
+    preempt = PreemptionCallback(log=log)  # SIGTERM/SIGUSR1/$SFT_STOP_FILE: checkpoint, exit 75
     trainer = _make_trainer(model_args, data_args, training_args, model_path, tokenizer,
-                            sft_data.ConversationDataset(arrays), log)
+                            sft_data.ConversationDataset(arrays), preempt, log)
     if resume:
         log(f"[train] resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
+    if preempt.stopped_at is not None:  # no final export: the rerun resumes from the checkpoint
+        raise SystemExit(PREEMPTED_EXIT_CODE)
     _save_run(trainer, result, model_args, data_args, training_args, stats, key, resume)
     return trainer
 
@@ -335,7 +341,8 @@ def _load_model(model_args, training_args, model_path: str, tokenizer, attn: str
     return model
 
 
-def _make_trainer(model_args, data_args, training_args, model_path: str, tokenizer, dataset, log) -> Trainer:
+def _make_trainer(model_args, data_args, training_args, model_path: str, tokenizer, dataset, preempt,
+                  log) -> Trainer:
     """The Trainer of ``--loss``: ``fused`` (this library's loss from the hidden states;
     with ``cpu_bmm`` each batch runs without its padding) or ``logits`` (Part 5's
     ``compute_loss_from_logits`` on the model's logits)."""
@@ -357,7 +364,8 @@ def _make_trainer(model_args, data_args, training_args, model_path: str, tokeniz
         data_collator=make_collator(data_args, attn, tokenizer),
         processing_class=tokenizer,
         callbacks=[TargetRecorder({"max_steps": training_args.max_steps,
-                                   "num_train_epochs": training_args.num_train_epochs}), ScheduleOnResume(log)],
+                                   "num_train_epochs": training_args.num_train_epochs}), ScheduleOnResume(log),
+                   preempt],
         **loss_kwargs,
     )
 
