@@ -1,37 +1,42 @@
 #!/usr/bin/env bash
-# The whole pipeline on one command: checks -> IFEval + IFBench (base) -> SFT -> IFEval + IFBench
-# (fine-tuned) -> reports.
-#
-#   bash scripts/demo.sh            # CPU demo on the embedded data/demo_sft.json (time: docs/performance.md)
-#   bash scripts/demo.sh --full     # course configuration on a GPU machine (also DEMO_FULL=1): smol-smoltalk-6k.json,
-#                                   # 3 epochs, sft.sh defaults, all 100 IFEval and all 294 IFBench prompts, 1024 tokens
-#   bash scripts/demo.sh --help
-#
-# IFBench (out-of-distribution constraints) shows whether the IFEval gain carries over. The CPU
-# demo scores its first 50 prompts (IFBench_test.jsonl's order: 12 of its 57 constraint types)
-# at the same 256 tokens, to keep the CPU demo short. summary.md calls a change "not measurable"
-# unless its paired test's 95% interval excludes zero (docs/evaluation.md).
-#
-# Knobs (environment), defaults in brackets (CPU demo / --full):
-#   DEMO_OUT          output folder                         [demo_out / demo_out_full]
-#   DEMO_PROMPT_SET   IFEval prompts                        [ifeval/data/sampled_input_data.jsonl]
-#   DEMO_PROMPTS      first N prompts of that set (0 = all) [0 / 0]
-#   DEMO_MAX_TOKENS   generation budget per answer          [256 / 1024]
-#   DEMO_IFBENCH_PROMPTS first N IFBench prompts, 0 = no IFBench [50 / 294 (all)]
-#   DEMO_DATA         training data                         [data/demo_sft.json / smol-smoltalk-6k.json]
-#   DEMO_STEPS        optimizer steps (0 = whole epochs)    [0 / 0]
-#   DEMO_EPOCHS       epochs when DEMO_STEPS=0              [1 / 3]
-#   DEMO_LR           learning rate                         [5e-5 / sft.sh default 2e-5]
-#   DEMO_TOTALBSZ     total batch size                      [8 / sft.sh default 128]
-#   DEMO_BSZPERDEV    per-device batch size                 [4 / sft.sh default]
-#   DEMO_MAXLEN       model_max_length                      [512 / sft.sh default 2048]
-#   DEMO_MODEL        starting checkpoint                   [SmolLM2-135M]
-#   DEMO_SKIP_CHECKS  1 = skip stage 1 (exercise checks)    [0]
-#   PRECISION         auto, bf16 or fp32: generation (run_ifeval.py --precision) and, on a CPU, training [auto]
-#                     (on a GPU sft.sh takes the precision from the card)
-# Everything lands in $DEMO_OUT: ifeval_base/, ifbench_base/, ckpt/demo/, ifeval_sft/, ifbench_sft/, report/,
-# summary.md, summary.json.
+# The whole pipeline on one command (usage() below: --help prints it).
 set -euo pipefail
+usage() {
+  cat <<'EOF_USAGE'
+The whole pipeline on one command: checks -> IFEval + IFBench (base) -> SFT -> IFEval + IFBench
+(fine-tuned) -> reports.
+
+  bash scripts/demo.sh            # CPU demo on the embedded data/demo_sft.json (time: docs/performance.md)
+  bash scripts/demo.sh --full     # course configuration on a GPU machine (also DEMO_FULL=1): smol-smoltalk-6k.json,
+                                  # 3 epochs, sft.sh defaults, all 100 IFEval and all 294 IFBench prompts, 1024 tokens
+  bash scripts/demo.sh --help
+
+IFBench (out-of-distribution constraints) shows whether the IFEval gain carries over. The CPU
+demo scores its first 50 prompts (IFBench_test.jsonl's order: 12 of its 57 constraint types)
+at the same 256 tokens, to keep the CPU demo short. summary.md calls a change "not measurable"
+unless its paired test's 95% interval excludes zero (docs/evaluation.md).
+
+Knobs (environment), defaults in brackets (CPU demo / --full):
+  DEMO_OUT          output folder                         [demo_out / demo_out_full]
+  DEMO_PROMPT_SET   IFEval prompts                        [ifeval/data/sampled_input_data.jsonl]
+  DEMO_PROMPTS      first N prompts of that set (0 = all) [0 / 0]
+  DEMO_MAX_TOKENS   generation budget per answer          [256 / 1024]
+  DEMO_IFBENCH_PROMPTS first N IFBench prompts, 0 = no IFBench [50 / 294 (all)]
+  DEMO_DATA         training data                         [data/demo_sft.json / smol-smoltalk-6k.json]
+  DEMO_STEPS        optimizer steps (0 = whole epochs)    [0 / 0]
+  DEMO_EPOCHS       epochs when DEMO_STEPS=0              [1 / 3]
+  DEMO_LR           learning rate                         [5e-5 / sft.sh default 2e-5]
+  DEMO_TOTALBSZ     total batch size                      [8 / sft.sh default 128]
+  DEMO_BSZPERDEV    per-device batch size                 [4 / sft.sh default]
+  DEMO_MAXLEN       model_max_length                      [512 / sft.sh default 2048]
+  DEMO_MODEL        starting checkpoint                   [SmolLM2-135M]
+  DEMO_SKIP_CHECKS  1 = skip stage 1 (exercise checks)    [0]
+  PRECISION         auto, bf16 or fp32: generation (run_ifeval.py --precision) and, on a CPU, training [auto]
+                    (on a GPU sft.sh takes the precision from the card)
+Everything lands in $DEMO_OUT: ifeval_base/, ifbench_base/, ckpt/demo/, ifeval_sft/, ifbench_sft/, report/,
+summary.md, summary.json.
+EOF_USAGE
+}
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python}
 
@@ -39,7 +44,7 @@ FULL=${DEMO_FULL:-0}
 for arg in "$@"; do
   case "$arg" in
     --full) FULL=1 ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) echo "demo.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
