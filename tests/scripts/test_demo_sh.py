@@ -59,10 +59,11 @@ echo '{"log_history": [{"step": 1, "loss": 2.0}]}' > "$OUTPUTPATH/$RUNNAME/train
 
 @pytest.fixture
 def stub_repo(tmp_path):
-    """A copy of demo.sh with the real smolsft/report/reports.py and compare.py, and stand-ins for the
+    """A copy of demo.sh with the real library (smolsft/) and compare.py, and stand-ins for the
     runner and the training script (nothing generates or trains)."""
     root = tmp_path / "repo"
-    for f in ("scripts/demo.sh", "smolsft/report/reports.py", "smolsft/files.py", "ifeval/__init__.py", "smolsft/evaluation/metrics.py", "ifeval/compare.py"):
+    shutil.copytree(REPO / "smolsft", root / "smolsft", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("scripts/demo.sh", "ifeval/__init__.py", "ifeval/compare.py"):
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / f, root / f)
     (root / "ifeval" / "run.sh").write_text(STUB_RUN)
