@@ -71,7 +71,7 @@ from smolsft.generation.engines import (
 )
 from smolsft.generation.responses import (
     ResponseFileError, ResponseWriter, check_settings, checkpoint_fingerprint, default_responses_path,
-    model_label, read_answered, read_settings, write_settings,
+    model_label, read_answered, read_settings, write_run_info, write_settings,
 )
 from smolsft.hardware.cpu import PRECISIONS
 from smolsft.files import resolve_path
@@ -142,30 +142,12 @@ def too_long_counts(records: dict[int, dict], keys) -> dict:
             "num_skipped_too_long": len(skipped), "skipped_too_long_keys": skipped}
 
 
-def resolve_backend(requested: str, device: str) -> str:
-    """The generation backend: ``pick_backend``'s (vLLM when installed), except that with
-    ``auto`` a GPU vLLM cannot use (compute capability below 7.5: Volta, Pascal) generates with
-    ``hf``, and says so (hardware.ifeval_engine)."""
-    backend = pick_backend(requested)
-    if requested == "auto" and backend == "vllm" and device.startswith("cuda"):
-        from smolsft.hardware import plan as hardware
-        import torch
-
-        gpus = [hardware.GPU(i, torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i), 0, "0")
-                for i in range(torch.cuda.device_count())]
-        engine, why = hardware.ifeval_engine(gpus)
-        if engine == "hf":
-            print(f"[ifeval] --backend auto: {why}", file=sys.stderr)
-            return "hf"
-    return backend
-
-
 def run_inference(args, model_path: str, selected: list[dict], responses: Path) -> dict:
     """Answer the selected prompts not yet in ``responses``; returns run statistics."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    backend = resolve_backend(args.backend, device)
+    backend = pick_backend(args.backend, device)
     settings = generation_settings(args, model_path, backend, device)
     done = read_answered(responses)
     check_settings(responses, settings, len(done), write=False)  # written with the first answers
@@ -174,7 +156,8 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
           f"{len(todo)} to generate with {settings['engine_version']} on {device} ({settings['dtype']})",
           file=sys.stderr)
     stats = {"generated": 0, "resumed": len(selected) - len(todo), "hit_max_tokens": 0, "tokens": 0,
-             "seconds": 0.0, "startup_s": 0.0, "backend": backend, "clipped": 0, "skipped": 0}
+             "seconds": 0.0, "startup_s": 0.0, "backend": backend, "clipped": 0, "skipped": 0,
+             "device": device, "dtype": settings["dtype"], "engine_version": settings["engine_version"]}
     if not todo:
         write_settings(responses, settings)
         return stats
@@ -403,6 +386,7 @@ def _run(args, model_path, responses: Path, all_prompts, selected, prompt_path) 
     stats = None
     if args.mode in ("all", "inference"):
         stats = run_inference(args, model_path, selected, responses)
+        write_run_info(Path(args.output_dir), stats, args.max_tokens)
         if stats["generated"]:
             gen_s = max(stats["seconds"] - stats["startup_s"], 1e-9)
             print(f"[ifeval] generated {stats['generated']} answers with {stats['backend']} in "
