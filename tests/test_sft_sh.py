@@ -306,3 +306,12 @@ def test_two_nodes_on_localhost_train_the_losses_of_one_node_with_two_ranks(tmp_
     a, b = (load_file(str(tmp_path / "out" / n / "model.safetensors")) for n in ("two_nodes", "one_node"))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_help_lists_every_variable_the_launch_reads():
+    from smolsft.launch.command import DEFAULTS
+
+    r = subprocess.run(["bash", str(SFT), "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("Usage: ")
+    for name in [*DEFAULTS, "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "SFT_DRY_RUN", "PYTHON"]:
+        assert name in r.stdout, name
