@@ -50,6 +50,6 @@ hanging, or GPUs torch cannot use, stop the run (CUDA_VISIBLE_DEVICES= means the
 USAGE
 }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
-cd "$(dirname "${BASH_SOURCE[0]}")/.." >/dev/null && REPO="$PWD" && cd - >/dev/null
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 exec "${PYTHON:-python}" -m smolsft.launch "$@"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from smolsft.hardware import cli, install, rules
+from smolsft.hardware import cli, install, rules, torch_check
 from smolsft.hardware import probe as hwprobe
 from smolsft.hardware.facts import HardwareError
 from smolsft.hardware.probe import GPU, ImportCheck
@@ -211,18 +211,18 @@ def test_cli_help_json_and_one_line(tmp_path):
 # ------------------------------------------------------------------ torch vs driver, kernels
 def test_torch_gpu_problem_says_why_and_what_to_do():
     t4 = [gpu(T4_550)]
-    cpu = hwprobe.torch_gpu_problem("2.13.0+cpu", None, [], t4, False)
+    cpu = torch_check.torch_gpu_problem("2.13.0+cpu", None, [], t4, False)
     assert "CPU build" in cpu and "bash setup.sh" in cpu
-    drv = hwprobe.torch_gpu_problem("2.13.0", "13.0", ["sm_75", "sm_80", "sm_90"], t4, True)
+    drv = torch_check.torch_gpu_problem("2.13.0", "13.0", ["sm_75", "sm_80", "sm_90"], t4, True)
     assert "CUDA 13.0, which needs NVIDIA driver >= 580" in drv and "550.54.15" in drv and "setup.sh" in drv
-    assert hwprobe.torch_gpu_problem("2.13.0+cu129", "12.9", ["sm_75", "sm_80", "sm_86", "sm_90"], t4, True) is None
-    v100 = hwprobe.torch_gpu_problem("2.13.0", "13.0", ["sm_75", "sm_80", "sm_90", "sm_100", "sm_120"],
+    assert torch_check.torch_gpu_problem("2.13.0+cu129", "12.9", ["sm_75", "sm_80", "sm_86", "sm_90"], t4, True) is None
+    v100 = torch_check.torch_gpu_problem("2.13.0", "13.0", ["sm_75", "sm_80", "sm_90", "sm_100", "sm_120"],
                                       [GPU(0, "Tesla V100", (7, 0), 16384, "580.1")], True)
     assert "no kernels for Tesla V100 (compute capability 7.0" in v100 and "CUDA 12.6 build" in v100
     # a cubin runs on the same major with a higher minor; PTX on anything newer
-    assert hwprobe.arch_covers(["sm_80"], (8, 6)) and not hwprobe.arch_covers(["sm_86"], (8, 0))
-    assert hwprobe.arch_covers(["sm_90", "compute_90"], (12, 0)) and not hwprobe.arch_covers(["sm_90"], (12, 0))
-    assert hwprobe.torch_gpu_problem("2.13.0", "12.6", ["sm_70"], t4, True, "no kernel image") is not None
+    assert torch_check.arch_covers(["sm_80"], (8, 6)) and not torch_check.arch_covers(["sm_86"], (8, 0))
+    assert torch_check.arch_covers(["sm_90", "compute_90"], (12, 0)) and not torch_check.arch_covers(["sm_90"], (12, 0))
+    assert torch_check.torch_gpu_problem("2.13.0", "12.6", ["sm_70"], t4, True, "no kernel image") is not None
 
 
 @pytest.mark.slow

@@ -58,9 +58,8 @@ def sft_plan(p: Probe, maxlen: int, loss: str, total_bsz: int, num_gpus: Optiona
             "engine": engine, "engine_why": engine_why, "bszperdev": None, "bsz_note": "",
             "device": "", "why": "", "torch_problem": "", "warning": "; ".join(p.warnings), "offload": offload,
             "toolkit": p.cuda_toolkit or ""}
-    small = min((g.memory_mib for g in gpus), default=None, key=lambda m: float("inf") if m is None else m)
-    if any(g.memory_mib is None for g in gpus):
-        small = None  # one slice of unknown size: no estimate for any
+    mems = [g.memory_mib for g in gpus]
+    small = None if None in mems else min(mems, default=None)  # one GPU of unknown memory: no estimate
     plan["bszperdev"], plan["bsz_note"], _ = rules.batch_per_device(
         total_bsz, world, bszperdev, small, bool(gpus), maxlen, prec, loss, with_ds, offload)
     if not gpus:
