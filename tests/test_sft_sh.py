@@ -271,16 +271,19 @@ def test_nodes_from_slurm_print_the_per_node_torchrun(tmp_path):
     assert r.returncode == 2 and "HOSTFILE and NNODES > 1" in r.stderr
 
 
-def test_two_nodes_on_localhost_train_the_losses_of_one_node_with_two_ranks(tmp_path, tiny_llama_dir):
+@pytest.mark.parametrize("launcher", ["torchrun", "auto"])
+def test_two_nodes_on_localhost_train_the_losses_of_one_node_with_two_ranks(tmp_path, tiny_llama_dir, launcher):
     """Two sft.sh processes, NNODES=2 NODE_RANK=0/1 MASTER_ADDR=127.0.0.1, one CPU rank each
-    (gloo, DDP), against one sft.sh with two ranks: the same per-step losses and weights."""
+    (gloo), against one sft.sh with two ranks: the same per-step losses and weights.
+    ``torchrun``: DDP on both sides; ``auto``: DeepSpeed ZeRO-2 under each node's torchrun
+    against DeepSpeed's own launcher on one node."""
     from safetensors.torch import load_file
 
     from test_train_hw_parallel import _free_port, logged_losses
 
     data = write_chats(tmp_path / "chats.jsonl", CHATS * 2)
     env = script_env(MODELPATH=str(tiny_llama_dir), DATAPATH=str(data), OUTPUTPATH=str(tmp_path / "out"),
-                     TOTALBSZ="4", BSZPERDEV="1", OMP_NUM_THREADS="1", PRECISION="fp32", LAUNCHER="torchrun",
+                     TOTALBSZ="4", BSZPERDEV="1", OMP_NUM_THREADS="1", PRECISION="fp32", LAUNCHER=launcher,
                      WARMUP="0")  # every step updates the weights
     common = ["--model_max_length", "256", "--learning_rate", "3e-3", "--max_steps", "3", "--save_strategy", "no"]
 
@@ -296,6 +299,7 @@ def test_two_nodes_on_localhost_train_the_losses_of_one_node_with_two_ranks(tmp_
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-4000:]
     assert "torchrun, node 0 of 2 (rendezvous 127.0.0.1:" in logs[0] and "node 1 of 2" in logs[1]
+    assert ("DeepSpeed ZeRO-2" in logs[0]) is (launcher == "auto")
     one = start("one_node", {"CPU_RANKS": "2"}, "cache_one")
     log = one.communicate(timeout=900)[0]
     assert one.returncode == 0, log[-4000:]
