@@ -15,8 +15,8 @@
 # Offline or without the model weights (no SmolLM2-135M/model.safetensors after setup),
 # it builds SmolLM2-135M's configuration with random weights (scripts/random_model.py):
 # speed, memory and precision paths are those of the real model, the scores are
-# meaningless and the summary says so. Without vLLM installed, IFEval generates with
-# transformers on the GPU (--backend hf) and the summary says so.
+# meaningless and the summary says so. IFEval runs with --backend auto: vLLM where it is
+# installed and has kernels for the GPU, else transformers (the summary names the engine).
 #
 # --bundle DIR (a folder from --make_bundle, carried to the machine): installs its wheels
 # into a temporary folder (pip --no-index --no-deps), builds the random-weight model from
@@ -111,16 +111,12 @@ SFT_ENV=(MODELPATH="$MODEL" DATAPATH="$DATA" OUTPUTPATH="$OUT/ckpt" RUNNAME=gpu_
 run env "${SFT_ENV[@]}" bash scripts/sft.sh --max_steps "$STEPS"
 t_train=$(( $(date +%s) - t0 ))
 
-# 4. IFEval on the trained checkpoint: vLLM when it imports, else transformers on the GPU
-BACKEND=vllm
-if ! "$PY" -c "import vllm" >/dev/null 2>&1; then
-  BACKEND=hf
-  NOTE="$NOTE vLLM NOT INSTALLED: IFEval generated with transformers generate() (--backend hf)."
-fi
+# 4. IFEval on the trained checkpoint; --backend auto follows the one rule
+#    (smolsft.generation.engines.pick_backend), and ifeval/run_info.json records what ran
 LIMIT_ARGS=(); [[ -n "${GPU_CHECK_LIMIT:-}" ]] && LIMIT_ARGS=(--limit "$GPU_CHECK_LIMIT")
 t0=$(date +%s)
 IFEVAL=(bash ifeval/run.sh "$OUT/ckpt/gpu_check" "$OUT/ifeval" --input_data "$PROMPTS" --max_tokens "$MAXTOK"
-        --backend "$BACKEND" "${LIMIT_ARGS[@]}")
+        --backend auto "${LIMIT_ARGS[@]}")
 echo "+ ${IFEVAL[*]}"
 if [[ $DRY == 1 ]]; then echo "[gpu_check] dry run: nothing was run"; exit 0; fi
 "${IFEVAL[@]}" 2>&1 | tee "$OUT/ifeval.log"

@@ -77,8 +77,8 @@ def main(argv: Optional[list] = None, env: Optional[dict] = None) -> int:
     except (HardwareError, NodesError, ValueError) as e:
         print(f"[hardware] error: {e}", file=sys.stderr)
         return 2
-    for w in filter(None, [plan["warning"]]):
-        print(f"sft.sh: warning: {w}", file=sys.stderr)
+    if plan["warning"]:
+        print(f"sft.sh: warning: {plan['warning']}", file=sys.stderr)
     if plan["torch_problem"]:
         if not dry:
             print(f"sft.sh: error: nvidia-smi lists {plan['ngpu']} GPU(s) but torch cannot use them: "
