@@ -7,7 +7,7 @@
 #   SKIP_PIP=1 bash setup.sh     # only the assets (model, NLTK data, IFEval prompts, data)
 #   SETUP_CPU=1 bash setup.sh    # the CPU packages even where nvidia-smi lists a GPU
 #   SETUP_FORCE_PIP=1 bash setup.sh  # run pip even when scripts/pip_state.py finds every CPU pin installed
-# On a GPU machine the builds follow the driver and the GPUs (python -m smolsft.hardware.plan --setup-plan;
+# On a GPU machine the builds follow the driver and the GPUs (python -m smolsft.hardware --setup-plan;
 # rules in docs/gpu.md): driver >= 580 PyPI's CUDA 13 builds, 525-579 the CUDA 12.9 builds of
 # the same releases, Pascal/Volta torch's CUDA 12.6 build without vLLM, older drivers: stop.
 # FLASH_ATTN_WHEEL=/path/or/url.whl installs a prebuilt flash-attn wheel (Ampere+ only, checked
@@ -37,7 +37,7 @@ if [[ "${SKIP_PIP:-0}" != 1 ]]; then
   HW_KIND=cpu
   if [[ "${SETUP_CPU:-0}" != 1 ]]; then
     # The probe decides (GPUs, capabilities, driver), not the presence of nvidia-smi alone.
-    plan=$($PY -m smolsft.hardware.plan --setup-plan --format sh) || { rc=$?; [[ $rc == 1 ]] || exit $rc; }
+    plan=$($PY -m smolsft.hardware --setup-plan --format sh) || { rc=$?; [[ $rc == 1 ]] || exit $rc; }
     eval "$plan"
     echo "$HW_LINE"
   fi
@@ -95,13 +95,13 @@ if [[ "${SKIP_PIP:-0}" != 1 ]]; then
   fi
   if [[ "$HW_KIND" == cpu ]]; then
     # DeepSpeed compiles its CPU all-reduce op on first use (about a minute): once here, not in the first training.
-    if [[ $DRY == 1 ]]; then echo "+ $PY -m smolsft.hardware.plan --build_cpu_ops"
-    else $PY -m smolsft.hardware.plan --build_cpu_ops || echo "[setup] the first CPU training run builds it instead"; fi
+    if [[ $DRY == 1 ]]; then echo "+ $PY -m smolsft.hardware --build_cpu_ops"
+    else $PY -m smolsft.hardware --build_cpu_ops || echo "[setup] the first CPU training run builds it instead"; fi
   fi
   if [[ "$HW_KIND" != cpu ]]; then
     # Installed is not usable: torch must run a kernel on the GPU (driver vs CUDA build, kernels).
-    if [[ $DRY == 1 ]]; then echo "+ $PY -m smolsft.hardware.plan --check-torch"
-    elif ! $PY -m smolsft.hardware.plan --check-torch; then GPU_PROBLEM=1; fi
+    if [[ $DRY == 1 ]]; then echo "+ $PY -m smolsft.hardware --check-torch"
+    elif ! $PY -m smolsft.hardware --check-torch; then GPU_PROBLEM=1; fi
   fi
 else
   step "2/3 SKIP_PIP=1: not installing packages"

@@ -45,7 +45,8 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, Traini
 
 from smolsft.kernels import cpu_attention as cpu_attention
 from smolsft.data import sft as sft_data
-from smolsft.hardware.cpu import ATTENTIONS, PRECISIONS, describe, training_attention
+from smolsft.hardware.cpu import ATTENTIONS, PRECISIONS, describe
+from smolsft.hardware.rules import largest_batch_at_most, precision_name, training_attention
 from smolsft.losses.fused import FusedLossTrainer
 from loss_functions import compute_loss_from_logits
 from smolsft.report.reports import plot_loss_curve
@@ -207,7 +208,7 @@ def precision_argv(argv: list[str], on_gpu: bool) -> tuple[list[str], str, Optio
 
 def training_precision(training_args: TrainingArguments) -> str:
     """``"bf16"``, ``"fp16"`` or ``"fp32"``: the compute precision the run trains in."""
-    return "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+    return precision_name(training_args.bf16, training_args.fp16)
 
 
 def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
@@ -239,9 +240,26 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
         try:
             with lock:
                 return _train(model_args, data_args, run_args, training_args, writer, log)
+        except torch.OutOfMemoryError:
+            log(out_of_memory_advice(training_args, data_args.model_max_length, model_args.loss))
+            raise
         finally:
             if training_args.deepspeed and not torch.cuda.is_available():
                 remove_shm_allreduce_buffer()
+
+
+def out_of_memory_advice(training_args: TrainingArguments, maxlen: int, loss: str) -> str:
+    """One line after an out-of-memory error: the BSZPERDEV to try that keeps TOTALBSZ
+    (smolsft.hardware.rules.largest_batch_at_most), or what else lowers memory."""
+    bsz, ga, world = (training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps,
+                      training_args.world_size)
+    total = bsz * ga * world
+    smaller = largest_batch_at_most(bsz - 1, total, world) if bsz > 1 else None
+    if smaller:
+        return (f"[train] error: out of GPU memory at BSZPERDEV={bsz} (MAXLEN {maxlen}, --loss {loss}): try "
+                f"BSZPERDEV={smaller} (gradient accumulation becomes {total // world // smaller}, TOTALBSZ stays {total})")
+    return (f"[train] error: out of GPU memory at BSZPERDEV={bsz}, the smallest: lower MAXLEN ({maxlen}), "
+            f"pass --gradient_checkpointing True, or use scripts/sft_offload.sh")
 
 
 def _train(model_args, data_args, run_args, training_args, writer: bool, log) -> Optional[Trainer]:

@@ -71,7 +71,7 @@ from tqdm import tqdm
 
 from smolsft.kernels import cpu_attention as cpu_attention
 from smolsft.data import sft as sft_data
-from smolsft.hardware.cpu import training_attention
+from smolsft.hardware.rules import training_attention
 from smolsft.losses.fused import fused_linear_cross_entropy
 from loss_functions import compute_loss_from_logits
 from smolsft.kernels.rms_norm import fuse_rms_norms

@@ -54,11 +54,11 @@ from smolsft.generation.answering import (
 from smolsft.hardware.device import device_record
 from smolsft.generation.engines import (
     DEFAULT_HF_BATCH, DEFAULT_VLLM_CHUNK, TOO_LONG_POLICIES, VERBOSE_ENV, EngineStartError, checkpoint_stop_ids,
-    engine_version, model_max_length, pick_dtype, resolve_backend,
+    engine_version, model_max_length, pick_backend, pick_dtype,
 )
 from smolsft.generation.responses import (
     ResponseFileError, checkpoint_fingerprint, default_responses_path, model_label, read_settings, records_with_keys,
-    too_long_counts, write_settings,
+    too_long_counts, write_run_info, write_settings,
 )
 from smolsft.hardware.cpu import PRECISIONS
 from smolsft.files import resolve_path
@@ -99,18 +99,23 @@ def generation_settings(args, model_path: str, backend: str, device: str) -> dic
             "device": device_record(device)}  # recorded, not compared on resume
 
 
+def _engine_facts(settings: dict, device: str) -> dict:
+    """What run_info.json records of the engine besides the run's counts."""
+    return {"device": device, "dtype": settings["dtype"], "engine_version": settings["engine_version"]}
+
+
 def run_inference(args, model_path: str, selected: list[dict], responses: Path) -> dict:
     """Answer the selected prompts not yet in ``responses``; returns run statistics
     (``answering.run_stats``)."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    backend = resolve_backend(args.backend, device)
+    backend = pick_backend(args.backend, device)
     settings = generation_settings(args, model_path, backend, device)
     todo = unanswered(selected, responses, settings, device)
     if not todo:
         write_settings(responses, settings)
-        return run_stats(backend, len(selected), None, [], 0.0, {})
+        return {**run_stats(backend, len(selected), None, [], 0.0, {}), **_engine_facts(settings, device)}
     tokenizer = load_tokenizer(model_path, padding_side="left")
     plan = plan_prompts(tokenizer, todo, args.system_message, args.max_tokens,
                         args.max_model_len or model_max_length(model_path), args.too_long)
@@ -119,7 +124,8 @@ def run_inference(args, model_path: str, selected: list[dict], responses: Path) 
                                settings["dtype"], settings["engine_version"], EngineOptions.from_args(args), timings)
     t0 = time.perf_counter()
     answers = write_answers(responses, settings, plan, generate)
-    return run_stats(backend, len(selected) - len(todo), plan, answers, time.perf_counter() - t0, timings)
+    return {**run_stats(backend, len(selected) - len(todo), plan, answers, time.perf_counter() - t0, timings),
+            **_engine_facts(settings, device)}
 
 
 def selected_answers(responses: Path, all_prompts: list[dict], selected: list[dict], limit) -> dict[int, str]:
@@ -280,6 +286,7 @@ def _run(args, model_path, responses: Path, all_prompts, selected, prompt_path) 
     stats = None
     if args.mode in ("all", "inference"):
         stats = run_inference(args, model_path, selected, responses)
+        write_run_info(Path(args.output_dir), stats, args.max_tokens)
         if stats["generated"]:
             print(stats_line(stats, args.max_tokens), file=sys.stderr)
     summary = None

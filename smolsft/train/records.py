@@ -30,6 +30,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from smolsft.files import REPO_ROOT, resolve_path
+from smolsft.hardware.rules import precision_name
 
 
 def git_commit() -> str:
@@ -366,7 +367,7 @@ def run_plan(model_args, data_args, training_args, data_hash: str) -> dict:
                                                "max_rounds", "conversation_field", "padding_free")},
         **{k: getattr(training_args, k) for k in PLAN_TRAINING_ARGS if hasattr(training_args, k)},
         # A resumed run continues in the same number format (its checkpoints hold bf16 or fp32 modules).
-        "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        "precision": precision_name(training_args.bf16, training_args.fp16),
     }
     return json.loads(json.dumps(plan, default=lambda v: getattr(v, "value", str(v))))  # enums -> their strings
 

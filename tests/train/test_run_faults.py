@@ -312,7 +312,7 @@ def test_sweep_checks_every_value_before_the_first_configuration(tmp_path):
     for shown in ["--lr nan:", "--lr -1.0:", "--lr inf:", "--warmup_ratio -1.0:", "--warmup_ratio 1.0:",
                   "--scheduler 'foo': not a scheduler", "--total_bsz 0: expected an integer >= 1",
                   "--prompts -3:", "--epochs 0.0 with --max_steps 0: trains nothing",
-                  "--total_bsz 6: scripts/sft.sh refuses it: TOTALBSZ=6 is not a multiple of devices"]:
+                  "--total_bsz 6: scripts/sft.sh refuses it: TOTALBSZ 6: not a multiple of devices"]:
         assert sum(ln.strip().startswith(shown) for ln in lines) == 1, (shown, msg)
     assert len(lines) == 11 and not out.exists()  # ten bad values, nothing created
 
