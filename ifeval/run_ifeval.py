@@ -14,8 +14,9 @@ Generation (``smolsft/generation/``: ``answering.py`` runs it, ``engines.py`` ho
   * Prompts are rendered with the checkpoint's own chat template (optional system message
     first); greedy by default, sampling seeded; generation stops at ``<|im_end|>`` and the
     tokenizer's eos whatever the checkpoint's generation_config says.
-  * ``--precision auto``: bf16 on a CPU with bf16 arithmetic and on Ampere+ GPUs, fp16 on
-    older GPUs, else fp32; the dtype is recorded, so a resume in another one is refused.
+  * ``--precision auto``: fp32 on a CPU (its greedy answers are the same on every CPU;
+    ``bf16`` is faster where the CPU has bf16 arithmetic), bf16 on Ampere+ GPUs, fp16 on
+    older GPUs; the dtype is recorded, so a resume in another one is refused.
 
 Response file (``smolsft/generation/responses.py``): answers are appended as each chunk
 finishes, and a rerun skips the prompts already answered (a killed run resumes); a sidecar
@@ -228,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model length in tokens for that rule (default: the checkpoint config's "
                          "max_position_embeddings)")
     ap.add_argument("--precision", choices=PRECISIONS, default="auto",
-                    help="auto (default): bf16 on a CPU with bf16 arithmetic (AVX512-BF16, AMX) and on Ampere+ "
-                         "GPUs, fp16 on older GPUs, else fp32; fp32 or bf16 force one (both backends)")
+                    help="auto (default): fp32 on a CPU (the same answers on every CPU; bf16 is faster where "
+                         "the CPU has AVX512-BF16 or AMX), bf16 on Ampere+ GPUs, fp16 on older GPUs; fp32 or bf16 "
+                         "force one (both backends)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
     ap.add_argument("--batch_size", type=int, default=None,
                     help=f"transformers: prompts per batch (default {DEFAULT_HF_BATCH}); vLLM: prompts per "

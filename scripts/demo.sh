@@ -31,7 +31,8 @@ Knobs (environment), defaults in brackets (CPU demo / --full):
   DEMO_MAXLEN       model_max_length                      [512 / sft.sh default 2048]
   DEMO_MODEL        starting checkpoint                   [SmolLM2-135M]
   DEMO_SKIP_CHECKS  1 = skip stage 1 (exercise checks)    [0]
-  PRECISION         auto, bf16 or fp32: generation (run_ifeval.py --precision) and, on a CPU, training [auto]
+  PRECISION         auto, bf16 or fp32: generation (run_ifeval.py --precision) and, on a CPU, training [auto:
+                    on a CPU training in bf16 where it has bf16 arithmetic, generation in fp32]
                     (on a GPU sft.sh takes the precision from the card)
 Everything lands in $DEMO_OUT: ifeval_base/, ifbench_base/, ckpt/demo/, ifeval_sft/, ifbench_sft/, report/,
 summary.md, summary.json.

@@ -8,11 +8,11 @@ prompts' order: ``{"response": str, "num_tokens": int, "finish_reason": "stop"|"
 Nothing else is read from the checkpoint's generation_config (a checkpoint that asks for
 sampling or 2 new tokens does not change the answers).
 
-Precision (:func:`pick_dtype`, ``--precision``): on the CPU ``auto`` is bf16 where the
-processor has bf16 arithmetic in hardware (``smolsft/hardware/cpu.py``: AVX512-BF16, AMX), else
-fp32 (in fp32 the two backends give the same greedy answers; in bf16 most, see
-docs/performance_cpu.md); bf16 on CUDA GPUs of compute capability 8.0 and newer (Ampere,
-Ada, Hopper, Blackwell), fp16 on older ones (T4, V100, 2080 Ti: no bf16 arithmetic).
+Precision (:func:`pick_dtype`, ``--precision``; the rule is
+``smolsft.hardware.rules.generation_dtype``): on the CPU ``auto`` is fp32, whose greedy answers
+are the same on every CPU (bf16, faster where the processor has AVX512-BF16 or AMX, is
+``--precision bf16``); bf16 on CUDA GPUs of compute capability 8.0 and newer (Ampere, Ada,
+Hopper, Blackwell), fp16 on 7.x (T4, V100, 2080 Ti: no bf16 arithmetic), fp32 below.
 
 The vLLM CPU engine is configured for the machine it runs on (:func:`cpu_engine_env`,
 :func:`kv_cache_bytes`) and runs eager or compiled (:func:`choose_enforce_eager`); the
@@ -188,10 +188,9 @@ def pick_backend(requested: str, device: str = "cpu") -> str:
 
 def pick_dtype(device: str, precision: str = "auto") -> str:
     """The torch dtype name to generate in (``float32``, ``bfloat16``, ``float16``), by the
-    precision rule (smolsft.hardware.rules.precision): ``fp32`` / ``bf16`` force one; ``auto``
-    on the CPU is bf16 where it has bf16 arithmetic in hardware, else fp32; on a CUDA GPU bf16
-    from compute capability 8.0 (Ampere) on, fp16 on 7.x (T4, 2080 Ti, V100), fp32 below.
-    Raises ValueError for another ``precision``."""
+    rule smolsft.hardware.rules.generation_dtype: ``fp32`` / ``bf16`` force one; ``auto`` on
+    the CPU is fp32; on a CUDA GPU bf16 from compute capability 8.0 (Ampere) on, fp16 on 7.x
+    (T4, 2080 Ti, V100), fp32 below. Raises ValueError for another ``precision``."""
     from smolsft.hardware.rules import generation_dtype
 
     on_gpu = device.startswith("cuda") and precision == "auto"  # fp32/bf16 asked: the same on any device

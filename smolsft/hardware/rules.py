@@ -68,8 +68,18 @@ def precision(gpus: Sequence[GPU], requested: str = "auto") -> tuple:
     return requested, f"PRECISION={requested}"
 
 
+# Generation on the CPU defaults to fp32: greedy fp32 answers are the same on every CPU,
+# while bf16 kernels round differently between CPU models (AVX512-BF16 against AMX), so a
+# checkpoint's bf16 score depends on the machine (docs/performance.md, "The demo").
+CPU_GENERATION_DEFAULT = "fp32"
+
+
 def generation_dtype(gpus: Sequence[GPU], requested: str = "auto") -> str:
-    """The torch dtype name (``float32``, ``bfloat16``, ``float16``) :func:`precision` means."""
+    """The torch dtype name (``float32``, ``bfloat16``, ``float16``) to generate in: on GPUs
+    :func:`precision`'s; on the CPU ``auto`` is :data:`CPU_GENERATION_DEFAULT` (fp32), and
+    ``bf16`` (faster where the CPU has bf16 arithmetic) must be asked for."""
+    if not gpus and requested == "auto":
+        requested = CPU_GENERATION_DEFAULT
     return {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision(gpus, requested)[0]]
 
 
