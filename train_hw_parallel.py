@@ -55,7 +55,7 @@ from smolsft.chat.format import TRAIN_TURNS
 from smolsft.lock import FolderLock, FolderLockedError
 from smolsft.train.hf_trainer import (ScheduleOnResume, TargetRecorder, remove_shm_allreduce_buffer,
                                       restore_fp32_master_weights, with_tied_save)
-from smolsft.train.records import (check_run_plan, checkpoint_problems, deepspeed_owns_scheduler, export_complete, export_from_checkpoint,
+from smolsft.train.records import (check_run_plan, same_plan_on_every_rank, checkpoint_problems, deepspeed_owns_scheduler, export_complete, export_from_checkpoint,
                          finished_step, resumable_checkpoint, run_plan, write_manifest)
 from smolsft.train.settings import SettingsError, check_settings
 from smolsft.train.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback
@@ -296,7 +296,9 @@ def _starting_point(model_args, data_args, run_args, training_args, data_hash: s
     or None), after refusing a folder that holds another run's plan. Incomplete checkpoints
     are set aside by the writer; a ``--resume_from_checkpoint`` that is incomplete stops."""
     out = training_args.output_dir
-    check_run_plan(out, run_plan(model_args, data_args, training_args, data_hash),
+    plan = run_plan(model_args, data_args, training_args, data_hash)
+    same_plan_on_every_rank(plan, out)  # a node started with other settings stops here, named
+    check_run_plan(out, plan,
                    data_args.data_path, run_args.overwrite_output_dir, training_args.resume_from_checkpoint,
                    training_args.should_save, log)
     deepspeed = bool(training_args.deepspeed)

@@ -372,6 +372,33 @@ def run_plan(model_args, data_args, training_args, data_hash: str) -> dict:
     return json.loads(json.dumps(plan, default=lambda v: getattr(v, "value", str(v))))  # enums -> their strings
 
 
+def same_plan_on_every_rank(plan: dict, output_dir: str) -> None:
+    """Refuse a run whose ranks were started with other settings than rank 0's (a node
+    launched with another command line, data file or model): every rank sends its
+    ``plan`` (:func:`run_plan`) and ``output_dir`` to all (``torch.distributed``'s
+    ``all_gather_object``, a collective every rank calls), and each raises ``SystemExit``
+    naming the first rank that differs, its host and each differing setting. Does nothing
+    without an initialized process group of two or more ranks."""
+    import socket
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    mine = {"plan": {**plan, "output_dir": os.path.abspath(output_dir)}, "host": socket.gethostname()}
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    first = every[0]["plan"]
+    for rank, other in enumerate(every[1:], start=1):
+        diff = {k: (first.get(k), other["plan"].get(k)) for k in sorted(set(first) | set(other["plan"]))
+                if first.get(k) != other["plan"].get(k)}
+        if diff:
+            shown = "; ".join(f"{k}: rank 0 {a!r}, rank {rank} {b!r}" for k, (a, b) in diff.items())
+            raise SystemExit(f"[train] error: rank {rank} (on {other['host']}) was started with other settings "
+                             f"than rank 0 (on {every[0]['host']}): {shown}. Start every node with the same "
+                             "command and files.")
+
+
 # What a run leaves once it has trained a step: checkpoints (kept or set aside), the
 # Trainer's state and the final export. A folder holding none of them trained nothing.
 _TRAINED_OUTPUTS = ("trainer_state.json", "run_manifest.json", "model.safetensors", "pytorch_model.bin")

@@ -57,3 +57,31 @@ def test_run_stopped_by_a_bom_starts_again_once_the_file_is_fixed(tmp_path, tiny
     data.write_text(text)  # fixed: another data hash, same command
     train_hw_parallel.main(args)
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+
+
+@pytest.mark.slow
+def test_a_node_started_with_other_settings_is_refused_naming_them(tiny_llama_dir, tmp_path):
+    """Two "nodes" (torchrun --nnodes 2 on localhost, one CPU rank each, gloo) whose
+    commands differ in the learning rate: both stop before training, naming rank 1, the
+    setting and both values; nothing is trained."""
+    import subprocess
+    import sys
+
+    from smolsft.files import REPO_ROOT
+    from test_train_hw_parallel import _free_port, write_chats
+
+    data = write_chats(tmp_path / "four.jsonl")
+    port = str(_free_port())
+    procs = []
+    for node, lr in ((0, "1e-3"), (1, "2e-3")):
+        args = common_args(tiny_llama_dir, data, tmp_path / "out", tmp_path / f"cache{node}")
+        args[args.index("--learning_rate") + 1] = lr
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port,
+               str(REPO_ROOT / "train_hw_parallel.py"), *args, "--per_device_train_batch_size", "2"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}))
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode != 0 for p in procs), logs
+    assert any("rank 1 (on " in log and "learning_rate: rank 0 0.001, rank 1 0.002" in log for log in logs), logs
+    assert not (tmp_path / "out" / "trainer_state.json").exists()
