@@ -35,6 +35,8 @@ from reverse_conversation_func import simulator_prompt
 from smolsft.simulator import measures as sm
 from smolsft.simulator import protocol, six_measures
 from smolsft.simulator.baselines import prompted_user_prompt
+from smolsft.simulator.dialogue import simulator_training
+from smolsft.simulator.intent import SOURCE_FIELD
 
 SALT = "simulator-heldout"
 
@@ -105,6 +107,11 @@ def cmd_measure(args) -> dict:
     role, six_gens = {}, {}
     six_dialogues = protocol.heldout_dialogues(held)
     six_items = six_measures.build_items(six_dialogues, args.probe_items)
+    # The held-out loss masks as the simulator was trained: the records' own intents, its end marker.
+    trained = simulator_training(paths["simulator"]) or {}
+    end_marker = bool(trained.get("simulator_end_marker"))
+    loss_intents = [d["intent"] if d["intent_source"] == SOURCE_FIELD else None for d in six_dialogues]
+    res["user_turn_loss"]["masking"] = {"intents": sum(1 for x in loss_intents if x), "end_marker": end_marker}
     for name, path in paths.items():
         tok = load_tokenizer(path, args.max_length)
         model = load_model(path)
@@ -114,11 +121,12 @@ def cmd_measure(args) -> dict:
             users["prompted_user"] = lambda h, i, t=tok: prompted_user_prompt(h, i, t)
         for user, prompt in users.items():
             log(f"[measure] {user}: six-measure turns ({six_measures.count_line(six_items)})")
-            six_gens[user] = six_measures.generate_turns(model, tok, prompt, six_items, stops, args.batch_size,
+            six_gens[user] = six_measures.generate_turns(model, tok, prompt, six_items, stops, args.gen_batch_size,
                                                          seed=args.seed, progress=user)
         log(f"[measure] {name}: user-turn loss on {len(convs)} held-out conversations")
         res["user_turn_loss"][name] = sm.user_turn_loss(model, tok, convs, args.max_length, args.batch_size,
-                                                        progress=f"{name} user-turn loss")
+                                                        progress=f"{name} user-turn loss", intents=loss_intents,
+                                                        end_marker=end_marker)
         prompts = [simulator_prompt(x, tok, back_translation=True) for x in bt_inputs]
         log(f"[measure] {name}: back-translation of {len(prompts)} answers")
         gen = generate_hf(model, tok, prompts, max_new_tokens=args.max_tokens, stop_ids=checkpoint_stop_ids(tok, path),
@@ -234,6 +242,8 @@ def main(argv=None):
                    help="chat file whose user turns set the naturalness threshold (default: train.json beside --heldout)")
     m.add_argument("--calibration_turns", type=int, default=64, help="user turns read from it (default %(default)s)")
     m.add_argument("--seed", type=int, default=0, help="sampling seed of the first turns")
+    m.add_argument("--gen_batch_size", type=int, default=16,
+                   help="prompts per generate() call for the six measures' turns (default %(default)s)")
     args = ap.parse_args(argv)
     return cmd_split(args) if args.command == "split" else cmd_measure(args)
 

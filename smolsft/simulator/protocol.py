@@ -43,10 +43,11 @@ def content_words(text: str) -> set[str]:
 
 def heldout_dialogues(records: Sequence[dict]) -> list[dict]:
     """``{"id", "intent", "intent_source", "messages", "multi_turn"}`` per record with a
-    conversation (normalized as for training; :func:`record_intent` for the intent)."""
+    conversation (``conversations`` or ``messages``, normalized as for training;
+    :func:`record_intent` for the intent), in order."""
     out = []
     for i, rec in enumerate(records):
-        msgs = [{"role": m["role"], "content": m["content"]} for m in normalize_conversation(rec["conversations"])]
+        msgs = [{"role": m["role"], "content": m["content"]} for m in normalize_conversation(rec.get("conversations") or rec.get("messages"))]
         if not msgs:
             continue
         intent, source = record_intent(rec, msgs)
