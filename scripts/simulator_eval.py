@@ -106,7 +106,7 @@ def cmd_measure(args) -> dict:
                      "max_tokens": args.max_tokens, "examples": []}}
     role, six_gens = {}, {}
     six_dialogues = protocol.heldout_dialogues(held)
-    six_items = six_measures.build_items(six_dialogues, args.probe_items)
+    six_items = six_measures.build_items(six_dialogues, args.probe_items, args.first_items)
     # The held-out loss masks as the simulator was trained: the records' own intents, its end marker.
     trained = simulator_training(paths["simulator"]) or {}
     end_marker = bool(trained.get("simulator_end_marker"))
@@ -236,6 +236,8 @@ def main(argv=None):
                    help="last N history messages the judge sees (default 0: the text alone, see docs/simulator.md)")
     m.add_argument("--min_gap", type=float, default=0.5, help="real-turn rates must differ this much (default 0.5)")
     m.add_argument("--batch_size", type=int, default=4)
+    m.add_argument("--first_items", type=int, default=0,
+                   help="first N held-out dialogues whose first user turn each user writes, 0 = all")
     m.add_argument("--probe_items", type=int, default=0,
                    help="first N held-out dialogues for the role and intent adherence probes, 0 = all")
     m.add_argument("--calibration", default=None,
