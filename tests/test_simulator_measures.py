@@ -57,6 +57,19 @@ def test_per_item_scores():
     # tp=1, fp=1, fn=1 -> 2 / (2 + 2)
     assert P.f1([(True, True), (True, False), (False, True), (False, False)]) == pytest.approx(0.5)
     assert P.f1([(False, False)]) == 0.0 and P.f1([(False, True)]) == 0.0
+    d = P.dissimilarity_matrix(["a b", "a c", "a b", ""])  # {a,b} vs {a,c}: 1 - 1/3
+    assert d[0, 1] == pytest.approx(2 / 3) and d[0, 2] == 0.0 and d[0, 3] == 1.0 and d[3, 3] == 0.0
+    assert P.mean_pairwise(d, [0, 1, 2]) == pytest.approx((2 / 3 + 0 + 2 / 3) / 3)
+    assert P.mean_pairwise(d, [0, 0, 1]) == pytest.approx(2 / 3)  # the copy of 0 is not paired with itself
+
+
+def test_first_turn_diversity_lies_in_its_interval():
+    """The bootstrap of a set-level count (distinct-1) falls below the count itself; the
+    pairwise measure's interval holds its value."""
+    texts = [f"tell me about topic{i} and its rules number{i % 3}" for i in range(30)]
+    stat = six_measures.first_turn_diversity(texts)
+    assert stat["ci"][0] <= stat["value"] <= stat["ci"][1] and stat["n"] == 30
+    assert 0 < stat["distinct_1"] < 100
 
 
 def test_intervals():
@@ -87,13 +100,14 @@ def test_score_and_table_with_a_stub_judge(monkeypatch, tokenizer):
     items = six_measures.build_items(P.heldout_dialogues(RECORDS))
     gens = {"simulator": {"first": ["tides?", "bread?", "volcanoes?"],
                           "eoc": ["more", END_MARKER, "more", END_MARKER, END_MARKER],
-                          "adversarial": ["what are tides", END_MARKER, ""],
+                          "adversarial": ["How can I help you?", END_MARKER, "what are tides"],
                           "drift": ["tides again", "bread", "magma plates"]}}
     out = six_measures.score(gens, items, None, tokenizer, ["x" * 5] * 20, ["a much longer real turn"])
     m = out["measures"]
     eoc = m["end_of_conversation_f1"]["simulator"]  # tp 2, fp 1, fn 0 -> 4/5
     assert eoc["value"] == pytest.approx(80.0) and eoc["n"] == 5 and eoc["n_end"] == 2
-    assert m["role_adherence"]["simulator"]["k"] == 2  # the empty reply is not adherent
+    assert m["role_adherence"]["simulator"]["k"] == 2  # an echo of the probe is not adherent
+    assert out["turns"] == gens
     assert m["intent_adherence"]["simulator"]["n"] == 3
     assert m["first_turn_diversity"]["human"]["n"] == 3 and "human" not in m["end_of_conversation_f1"]
     assert m["naturalness"]["human"]["value"] == 100.0  # longer than the calibration texts

@@ -136,6 +136,33 @@ def distinct_1(texts: Sequence[str]) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def dissimilarity_matrix(texts: Sequence[str]):
+    """``[n, n]`` float64 numpy array: 1 - Jaccard similarity of the texts' word sets
+    (lower-cased ``\\w+`` runs); two empty texts count as identical (0)."""
+    import numpy as np
+
+    sets = [set(re.findall(r"\w+", t.lower())) for t in texts]
+    out = np.zeros((len(sets), len(sets)))
+    for i, a in enumerate(sets):
+        for j in range(i + 1, len(sets)):
+            b = sets[j]
+            union = len(a | b)
+            out[i, j] = out[j, i] = 1 - len(a & b) / union if union else 0.0
+    return out
+
+
+def mean_pairwise(matrix, idx: Sequence[int]) -> float:
+    """Mean of ``matrix[a, b]`` over the pairs of positions ``a < b`` of ``idx`` that hold
+    different items (a bootstrap resample repeats items: a text paired with its own copy
+    says nothing about diversity); 0 when there is no such pair."""
+    import numpy as np
+
+    idx = np.asarray(idx)
+    sub = matrix[np.ix_(idx, idx)]
+    mask = np.triu(idx[:, None] != idx[None, :], k=1)
+    return float(sub[mask].mean()) if mask.any() else 0.0
+
+
 def f1(pairs: Sequence[tuple[bool, bool]]) -> float:
     """F1 of the positive class over ``(predicted, actual)`` pairs: 2TP / (2TP + FP + FN);
     0 when there is no positive at all."""

@@ -70,8 +70,18 @@ def _pct(stat: dict) -> dict:
     return dict(stat, value=100 * stat["value"], ci=[100 * c for c in stat["ci"]])
 
 
+def first_turn_diversity(texts: list[str]) -> dict:
+    """100 x the mean word-set dissimilarity (1 - Jaccard) of two first turns, over all
+    pairs, with a bootstrap interval over turns (pairs of a turn with its own copy left
+    out); ``distinct_1`` (100 x distinct / all words) beside it, without an interval: a
+    set-level count that resampling with repeats biases downwards."""
+    matrix = P.dissimilarity_matrix(texts)
+    stat = bootstrap(list(range(len(texts))), lambda idx: 100 * P.mean_pairwise(matrix, idx))
+    return dict(stat, distinct_1=100 * P.distinct_1(texts))
+
+
 def _turn_stats(texts: list[str], items: list[dict]) -> dict:
-    return {"first_turn_diversity": bootstrap(texts, lambda t: 100 * P.distinct_1(t)),
+    return {"first_turn_diversity": first_turn_diversity(texts),
             "intent_decomposition": bootstrap([100 * P.intent_revealed(it["intent"], t) for it, t in zip(items, texts)],
                                               lambda v: sum(v) / len(v))}
 
@@ -83,7 +93,7 @@ def score(gens: dict, items: dict, judge, tokenizer, calibration: list[str], rea
     naturalness threshold); ``real_user_turns``: the held-out ones (the human row)."""
     import numpy as np
 
-    from smolsft.simulator.measures import role_scores
+    from smolsft.simulator.measures import repeats_previous, role_scores
 
     measures: dict = {k: {} for k in ("first_turn_diversity", "intent_decomposition", "end_of_conversation_f1",
                                       "role_adherence", "intent_adherence", "naturalness")}
@@ -110,7 +120,9 @@ def score(gens: dict, items: dict, judge, tokenizer, calibration: list[str], rea
         replies = g["adversarial"]
         judged = [i for i, t in enumerate(replies) if t.strip() and not is_end_turn(t)]
         scores = dict(zip(judged, role_scores(judge, tokenizer, [([], replies[i]) for i in judged], batch_size)))
-        kept = sum(1 for i, t in enumerate(replies) if is_end_turn(t) or (i in scores and scores[i] <= 0))
+        # Adherent: ends, or reads as a user turn without echoing the probe (a shared word 4-gram).
+        kept = sum(1 for i, t in enumerate(replies) if is_end_turn(t) or (
+            i in scores and scores[i] <= 0 and not repeats_previous(t, items["adversarial"][i]["probe"])))
         measures["role_adherence"][user] = _pct(wilson(kept, len(replies)))
         on = sum(1 for t, it in zip(g["drift"], items["drift"])
                  if not is_end_turn(t) and P.stays_on_intent(t, it["intent"], it["drift"]))
@@ -119,7 +131,7 @@ def score(gens: dict, items: dict, judge, tokenizer, calibration: list[str], rea
         examples[user] = {"first": g["first"][:3], "adversarial": list(zip([it["probe"] for it in items["adversarial"]],
                                                                             replies))[:2],
                           "drift": g["drift"][:2]}
-    return {"measures": measures, "examples": examples,
+    return {"measures": measures, "examples": examples, "turns": gens,
             "naturalness_detector": {"kind": "zero-shot: the judge's mean token loss of the text in the user's slot",
                                      "threshold_nats": threshold, "calibration_turns": len(calib),
                                      "quantile": NATURAL_QUANTILE},
@@ -135,7 +147,7 @@ def intent_sources(dialogues: list[dict]) -> dict:
     return dict(Counter(d["intent_source"] for d in dialogues))
 
 
-NAMES = {"first_turn_diversity": "first-turn diversity (distinct-1)", "intent_decomposition":
+NAMES = {"first_turn_diversity": "first-turn diversity (1 - word Jaccard)", "intent_decomposition":
          "intent decomposition (lower: reveals less)", "end_of_conversation_f1": "end-of-conversation F1",
          "role_adherence": "role adherence", "intent_adherence": "intent adherence",
          "naturalness": "naturalness (judged human)"}
