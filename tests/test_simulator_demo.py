@@ -24,7 +24,7 @@ def test_reduced_simulator_demo(tmp_path, tokenizer):
     env = {**os.environ, "SIMDEMO_MODEL": str(model), "SIMDEMO_ASSISTANT": str(model), "SIMDEMO_OUT": str(out),
            "SIMDEMO_STEPS": "1", "SIMDEMO_HELDOUT": "30", "SIMDEMO_LIMIT": "2", "SIMDEMO_ROUNDS": "2",
            "SIMDEMO_MAXTOK": "4", "SIMDEMO_BACKEND": "hf", "SIMDEMO_ROLE_ITEMS": "4", "SIMDEMO_CHRF_ITEMS": "3",
-           "SIMDEMO_MAXLEN": "128", "CPU_RANKS": "1", "OMP_NUM_THREADS": "1", "SIMDEMO_PROBE_ITEMS": "3"}
+           "SIMDEMO_MAXLEN": "128", "CPU_RANKS": "1", "OMP_NUM_THREADS": "1", "SIMDEMO_PROBE_ITEMS": "3", "SIMDEMO_FIRST_ITEMS": "3"}
     r = subprocess.run(["bash", "scripts/simulator_demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
