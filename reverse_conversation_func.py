@@ -6,7 +6,11 @@ turns. It uses the masking core of ``conversation_func`` with the user role trai
   unchanged), so the model reads an answer and learns the question that produced it.
 - Part 4, any other chat: ``{"role": "system", "content": REVERSE_SYSTEM_PROMPT}``
   is put first when the first message is not a system message; every user span is
-  trained, system and assistant spans stay -100.
+  trained, system and assistant spans stay -100. Two options of the user-simulator
+  protocol (UserLM, ``smolsft/simulator/intent.py``), off by default so the golden files
+  hold: ``intent`` (the record's) is added to that system message, and ``end_marker``
+  appends a user turn ``END_MARKER`` after a last assistant turn (the conversation's
+  K+1-th user turn: the simulator learns to end it).
 
 Public API (same shapes as the forward module):
 - ``reverse_conversation_to_features(messages, tokenizer, max_length, truncation)``
@@ -26,6 +30,7 @@ import sys
 from typing import Optional
 
 from conversation_func import conversation_to_unpadded, conversations_to_unpadded, pad_features
+from smolsft.simulator.intent import END_MARKER, intent_system_message
 from utils import (IM_START, ConversationFormatError, is_single_turn_conversation, pad_token_id, render_chat,
                    validate_messages)
 
@@ -34,9 +39,11 @@ USER_ROLES = frozenset({"user"})
 REVERSE_SYSTEM_PROMPT = "You are a good state predictor."
 
 
-def reverse_messages(messages: list[dict]) -> list[dict]:
+def reverse_messages(messages: list[dict], intent: Optional[str] = None, end_marker: bool = False) -> list[dict]:
     """The conversation the reverse model is trained on (see the module docstring).
-    Messages are validated first; the input list is not modified."""
+    Messages are validated first; the input list is not modified. ``intent`` and
+    ``end_marker`` apply to Part 4 (multi-turn) only: a single-turn pair is Part 3's
+    back-translation, whose request the intent would give away."""
     validate_messages(messages)
     msgs = list(messages)
     if not msgs:
@@ -45,12 +52,26 @@ def reverse_messages(messages: list[dict]) -> list[dict]:
         by_role = {m["role"]: m for m in msgs}
         system = [by_role["system"]] if "system" in by_role else []
         return system + [by_role["assistant"], by_role["user"]]
-    if msgs[0]["role"] != "system":
-        msgs.insert(0, {"role": "system", "content": REVERSE_SYSTEM_PROMPT})
+    msgs = _with_system(msgs, intent)
+    if end_marker and msgs[-1]["role"] == "assistant":
+        msgs.append({"role": "user", "content": END_MARKER})
     return msgs
 
 
-def simulator_prompt(messages: list[dict], tokenizer, back_translation: bool = False) -> str:
+def _with_system(msgs: list[dict], intent: Optional[str]) -> list[dict]:
+    """``msgs`` with the simulator's system message first: the conversation's own, else
+    :data:`REVERSE_SYSTEM_PROMPT`, with ``intent`` added (``intent_system_message``)."""
+    if msgs and msgs[0]["role"] == "system":
+        head, rest = msgs[0], msgs[1:]
+    else:
+        head, rest = {"role": "system", "content": REVERSE_SYSTEM_PROMPT}, msgs
+    if intent:
+        head = {"role": "system", "content": intent_system_message(head["content"], intent)}
+    return [head] + rest
+
+
+def simulator_prompt(messages: list[dict], tokenizer, back_translation: bool = False,
+                     intent: Optional[str] = None) -> str:
     """The prompt that makes a simulator write the next user turn, rendered the way its
     training samples (:func:`reverse_messages`) begin, then the user generation prompt
     ``<|im_start|>user\n``; tokenized with ``add_special_tokens=False`` it is token for
@@ -63,6 +84,7 @@ def simulator_prompt(messages: list[dict], tokenizer, back_translation: bool = F
       goes first unless it starts with a system message, as in training.
     - ``back_translation`` (Part 3): ``messages`` is ``[system?] [assistant]``, an answer;
       the simulator writes the request that answer replies to.
+    - ``intent`` (multi-turn only): added to the system message as in training.
 
     Raises ``ConversationFormatError`` for a conversation whose next turn is not the
     user's (it ends with a user turn) or a back-translation input of another shape.
@@ -76,19 +98,20 @@ def simulator_prompt(messages: list[dict], tokenizer, back_translation: bool = F
     else:
         if msgs and msgs[-1]["role"] == "user":
             raise ConversationFormatError("the conversation ends with a user turn: the next turn is the assistant's")
-        if not msgs or msgs[0]["role"] != "system":
-            msgs.insert(0, {"role": "system", "content": REVERSE_SYSTEM_PROMPT})
+        msgs = _with_system(msgs, intent)
     return render_chat(tokenizer, msgs, add_generation_prompt=False) + IM_START + "user\n"
 
 
 def reverse_conversation_to_unpadded(messages, tokenizer, max_length: int, truncation: str = "left",
-                                     train_turns: str = "all") -> Optional[dict]:
+                                     train_turns: str = "all", intent: Optional[str] = None,
+                                     end_marker: bool = False) -> Optional[dict]:
     """Reverse-masked ``{"input_ids", "labels"}``: 1-D ``torch.long`` tensors, truncated,
     not padded (``None`` for an empty conversation). ``train_turns="last"`` trains only
-    the last user turn; per-message ``train`` flags override the role rule
-    (``conversation_func.trained_messages``)."""
-    return conversation_to_unpadded(reverse_messages(messages), tokenizer, max_length, truncation, USER_ROLES,
-                                    train_turns)
+    the last user turn (the end marker's, when ``end_marker``); per-message ``train``
+    flags override the role rule (``conversation_func.trained_messages``); ``intent``,
+    ``end_marker``: :func:`reverse_messages`."""
+    return conversation_to_unpadded(reverse_messages(messages, intent, end_marker), tokenizer, max_length, truncation,
+                                    USER_ROLES, train_turns)
 
 
 def reverse_conversations_to_unpadded(conversations: list, tokenizer, max_length: int, truncation: str = "left",

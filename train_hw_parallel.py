@@ -120,6 +120,11 @@ class DataArguments:
                           "overrides either.",
                   "choices": list(TRAIN_TURNS)},
     )
+    simulator_end_marker: bool = field(
+        default=False,
+        metadata={"help": "reverse mode: after a conversation's last assistant turn, train a user turn that is the "
+                          "end marker (smolsft/simulator/intent.py END_MARKER), so the simulator learns to end."},
+    )
     padding_free: bool = field(
         default=False,
         metadata={"help": "Pack each batch into one row with position ids, no padding (flash_attention_2 only: "
@@ -223,6 +228,8 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
                        what="training arguments")
         writer = training_args.process_index == 0
         log = print if writer else (lambda *a, **k: None)
+        if data_args.simulator_end_marker and data_args.mask_mode != "reverse":
+            raise SystemExit("[train] error: --simulator_end_marker trains a user turn: it needs --mask_mode reverse")
         if requested == "fp32" and training_precision(training_args) != "fp32":
             raise SystemExit(f"[train] error: --precision fp32 contradicts --{training_precision(training_args)} True")
         if precision_line:
@@ -326,7 +333,7 @@ def _training_data(data_args, training_args, tokenizer, data_hash: str, log):
             data_args.data_path, tokenizer, data_args.model_max_length, data_args.truncation_side,
             data_args.max_rounds, data_args.mask_mode, data_args.conversation_field,
             data_args.preprocess_workers, data_args.data_cache_dir, not data_args.no_data_cache, log=log,
-            data_hash=data_hash, train_turns=data_args.train_turns,
+            data_hash=data_hash, train_turns=data_args.train_turns, end_marker=data_args.simulator_end_marker,
         )
     log(f"[data] {data_args.data_path}: {sft_data.format_stats(stats)}")
     if stats["conversations_kept"] == 0:

@@ -8,8 +8,18 @@ the simulator writes the next user turn, for ``--rounds`` assistant turns.
 Prompts: the assistant sees the dialogue rendered with the chat template and the
 assistant generation prompt; the simulator sees it rendered the way it was trained
 (``reverse_conversation_func.simulator_prompt``: the system message ``You are a good
-state predictor.`` unless the dialogue has one, the dialogue, then ``<|im_start|>user\\n``).
-An opening is a record's leading system message (if any) and its first user turn.
+state predictor.`` unless the dialogue has one, with the user's intent added, then the dialogue, then ``<|im_start|>user\\n``).
+An opening is a record's leading system message (if any) and its first user turn; its
+intent is the record's ``"intent"`` field, else the stated stand-in, its first user request
+(``smolsft/simulator/intent.py``; each dialogue says which; ``--no_intent`` gives none).
+
+A dialogue ends when the simulator writes the end marker (``<|endconversation|>``, which a
+simulator trained with ``--simulator_end_marker`` learns) or after ``--rounds`` assistant
+turns: each dialogue record says ``"ended_by": "simulator"`` or ``"limit"``.
+
+The simulator's ``run_manifest.json`` is read first: a checkpoint trained with
+``--mask_mode assistant`` is refused (``--any_simulator`` runs it anyway, with a warning);
+a folder without a manifest runs with a warning.
 
 Engines: both models stay loaded in this one process (vLLM: two engines; ``--backend
 hf``: transformers' ``generate()``), and each step generates the next turn of every
@@ -22,8 +32,9 @@ Outputs in ``--output_dir``:
   fsynced: a killed run resumes where it stopped (``smolsft/generation/responses.py``), and a rerun
   with other settings (``turns.settings.json``: models and their weight fingerprints,
   openings, rounds, sampling, engine) stops with an error instead of mixing two runs;
-- ``dialogues.jsonl``: one dialogue per line, ``{"dialogue", "source", "messages": [{"role",
-  "content", "author": "data"|"assistant"|"simulator"}]}``, written when all are done;
+- ``dialogues.jsonl``: one dialogue per line, ``{"dialogue", "source", "intent",
+  "intent_source", "ended_by", "messages": [{"role", "content", "author":
+  "data"|"assistant"|"simulator"}]}``, written when all are done;
 - ``dialogues.md``: the same for a person to read.
 """
 from __future__ import annotations
@@ -35,7 +46,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from smolsft.chat.format import ConversationFormatError, render_chat
 from smolsft.files import resolve_path
@@ -46,11 +56,12 @@ from smolsft.generation.engines import (
 from smolsft.generation.responses import ResponseWriter, check_settings, checkpoint_fingerprint, read_answered
 from reverse_conversation_func import simulator_prompt
 from smolsft.chat.tokenization import load_tokenizer
+from smolsft.simulator.dialogue import TURN_KEY, add_turn, assemble, check_simulator, next_turn, write_markdown
+from smolsft.simulator.intent import record_intent
 
-TURN_KEY = 1000  # key = dialogue * TURN_KEY + turn; a dialogue has fewer than 1000 turns
 SETTINGS_KEYS = ("assistant_path", "assistant_fingerprint", "simulator_path", "simulator_fingerprint",
                  "openings_hash", "limit", "rounds", "max_tokens", "assistant_temperature", "simulator_temperature",
-                 "top_p", "seed", "engine", "engine_version", "dtype")
+                 "top_p", "seed", "engine", "engine_version", "dtype", "intent")
 # Two engines share the machine: each KV cache takes at most this share of the free memory.
 KV_SHARE_PER_ENGINE = 0.25
 
@@ -60,10 +71,11 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------- openings
-def read_openings(path: str, limit: int = 0) -> list[tuple[str, list[dict]]]:
-    """``(source, [system?, user])`` per record of a chat file (any format ``sft_data``
-    reads), in file order; ``limit > 0`` keeps the first ones. A record that normalizes
-    to nothing is skipped; a malformed one is an error naming it."""
+def read_openings(path: str, limit: int = 0) -> list[dict]:
+    """``{"source", "opening": [system?, user], "intent", "intent_source"}`` per record of
+    a chat file (any format ``sft_data`` reads), in file order; ``limit > 0`` keeps the
+    first ones. A record that normalizes to nothing is skipped; a malformed one (or a
+    malformed ``"intent"``) is an error naming it."""
     from smolsft.data import sft as sft_data
     from smolsft.chat.format import normalize_conversation
 
@@ -71,14 +83,15 @@ def read_openings(path: str, limit: int = 0) -> list[tuple[str, list[dict]]]:
     for where, rec in sft_data.read_records(path):
         try:
             msgs = normalize_conversation(sft_data.record_messages(rec, where, "conversations"))
-        except ConversationFormatError as e:
+            intent, intent_source = record_intent(rec, msgs) if msgs else (None, None)
+        except (ConversationFormatError, ValueError) as e:
             raise SystemExit(f"[simulate] error: {where}: {e}") from None
         if not msgs:
             continue
         k = next(i for i, m in enumerate(msgs) if m["role"] == "user")
         opening = [{"role": m["role"], "content": m["content"]} for m in msgs[:k + 1]]
         source = rec.get("id", where) if isinstance(rec, dict) else where
-        out.append((str(source), opening))
+        out.append({"source": str(source), "opening": opening, "intent": intent, "intent_source": intent_source})
         if limit and len(out) >= limit:
             break
     if not out:
@@ -143,43 +156,6 @@ class Engine:
                            show_progress=False)
 
 
-# -------------------------------------------------------------------------- dialogues
-def assemble(openings, done: dict, rounds: int) -> list[dict]:
-    """Dialogues from the openings and the generated turns (by key), in order; each stops
-    at its first missing turn."""
-    out = []
-    for d, (source, opening) in enumerate(openings):
-        msgs = [dict(m, author="data") for m in opening]
-        for t in range(2 * rounds - 1):
-            rec = done.get(d * TURN_KEY + t)
-            if rec is None:
-                break
-            msgs.append({"role": rec["role"], "content": rec["response"],
-                         "author": "assistant" if rec["role"] == "assistant" else "simulator"})
-        out.append({"dialogue": d, "source": source, "messages": msgs})
-    return out
-
-
-def next_turn(dialogue: dict, rounds: int) -> Optional[int]:
-    """Index of the next turn to generate (0: the first answer), ``None`` when done."""
-    made = sum(1 for m in dialogue["messages"] if m["author"] != "data")
-    return made if made < 2 * rounds - 1 else None
-
-
-def write_markdown(path: Path, dialogues: list[dict], settings: dict) -> None:
-    lines = [f"# Dialogues: assistant `{settings['assistant_path']}` and simulator `{settings['simulator_path']}`", "",
-             f"{len(dialogues)} dialogues, {settings['rounds']} rounds (assistant turns) each; openings from "
-             f"`{settings['openings']}`; the simulator samples at temperature {settings['simulator_temperature']}, "
-             f"the assistant at {settings['assistant_temperature']}; {settings['engine']}.", ""]
-    names = {"data": "(opening, from the data)", "assistant": "(assistant model)", "simulator": "(simulator)"}
-    for d in dialogues:
-        lines += [f"## Dialogue {d['dialogue']} (from {d['source']})", ""]
-        for m in d["messages"]:
-            body = m["content"].strip() or "*(empty)*"
-            lines += [f"**{m['role']}** {names[m['author']]}", ""] + ["> " + x for x in body.splitlines()] + [""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--assistant", required=True, help="assistant checkpoint (folder or hub id)")
@@ -196,6 +172,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto",
                     help="auto: vLLM when installed, else transformers (default)")
     ap.add_argument("--max_model_len", type=int, default=4096, help="longest prompt + answer (default %(default)s)")
+    ap.add_argument("--no_intent", action="store_true", help="do not tell the simulator the user's intent")
+    ap.add_argument("--any_simulator", action="store_true",
+                    help="run a simulator whose run_manifest.json says it was not trained with --mask_mode reverse")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.rounds >= TURN_KEY // 2:
         ap.error(f"--rounds must be in [1, {TURN_KEY // 2 - 1}]")
@@ -207,6 +186,7 @@ def main(argv=None) -> dict:
     backend = pick_backend(args.backend, device)
     assistant_path, simulator_path = resolve_path(args.assistant), resolve_path(args.simulator)
     openings_path = resolve_path(args.openings)
+    check_simulator(simulator_path, args.any_simulator, log)
     openings = read_openings(openings_path, args.limit)
     out = Path(args.output_dir)
     turns_path = out / "turns.jsonl"
@@ -218,7 +198,7 @@ def main(argv=None) -> dict:
         "limit": args.limit, "rounds": args.rounds, "max_tokens": args.max_tokens,
         "assistant_temperature": args.assistant_temperature, "simulator_temperature": args.simulator_temperature,
         "top_p": args.top_p, "seed": args.seed, "engine": backend, "engine_version": engine_version(backend),
-        "dtype": pick_dtype(device),
+        "dtype": pick_dtype(device), "intent": not args.no_intent,
     }
     try:
         done = read_answered(turns_path)
@@ -226,11 +206,11 @@ def main(argv=None) -> dict:
         raise SystemExit(f"[simulate] error: {e}") from None
     check_settings(turns_path, settings, len(done), keys=SETTINGS_KEYS, tag="simulate")
     dialogues = assemble(openings, done, args.rounds)
-    todo = sum(2 * args.rounds - 1 for _ in openings) - sum(
-        1 for d in dialogues for m in d["messages"] if m["author"] != "data")
+    todo = sum(2 * args.rounds - 1 - sum(1 for m in d["messages"] if m["author"] != "data")
+               for d in dialogues if d["ended_by"] is None)  # at most: a simulator may end a dialogue sooner
     resumed = len(done)
     if resumed:
-        log(f"[simulate] resuming: {resumed} turns already in {turns_path}, {todo} to generate")
+        log(f"[simulate] resuming: {resumed} turns already in {turns_path}, at most {todo} to generate")
 
     if todo:
         from tqdm import tqdm
@@ -253,15 +233,15 @@ def main(argv=None) -> dict:
                     prompts = [render_chat(eng.tokenizer, h, add_generation_prompt=True) for h in hist]
                 else:
                     eng, temp = engines["simulator"], args.simulator_temperature
-                    prompts = [simulator_prompt(h, eng.tokenizer) for h in hist]
+                    prompts = [simulator_prompt(h, eng.tokenizer, intent=None if args.no_intent else d["intent"])
+                               for h, (d, _) in zip(hist, batch)]
                 keys = [d["dialogue"] * TURN_KEY + t for d, t in batch]
                 answers = eng.generate(prompts, args.max_tokens, temp, args.top_p, [args.seed + k for k in keys])
                 recs = [{"key": k, "dialogue": d["dialogue"], "turn": t, "role": role, **a}
                         for k, (d, t), a in zip(keys, batch, answers)]
                 writer.write(recs)
                 for (d, _), r in zip(batch, recs):
-                    d["messages"].append({"role": role, "content": r["response"],
-                                          "author": "assistant" if role == "assistant" else "simulator"})
+                    add_turn(d, role, r["response"], args.rounds)
                 bar.update(len(batch))
         finally:
             bar.close()
@@ -277,9 +257,11 @@ def main(argv=None) -> dict:
     summary = {"dialogues": len(dialogues), "rounds": args.rounds, "generated_turns": len(done),
                "resumed_turns": resumed, "simulator_turns": len(sim_turns),
                "empty_simulator_turns": sum(1 for m in sim_turns if not m["content"].strip()),
+               "ended_by_simulator": sum(1 for d in dialogues if d["ended_by"] == "simulator"),
                "seconds": round(time.perf_counter() - t_start, 1)}
     print(f"[simulate] {summary['dialogues']} dialogues x {args.rounds} rounds: {summary['generated_turns']} turns "
-          f"({resumed} resumed, {summary['empty_simulator_turns']} empty user turns) in {summary['seconds']}s; "
+          f"({resumed} resumed, {summary['empty_simulator_turns']} empty user turns; "
+          f"{summary['ended_by_simulator']} ended by the simulator) in {summary['seconds']}s; "
           f"{out / 'dialogues.jsonl'}, {out / 'dialogues.md'}")
     return summary
 

@@ -12,7 +12,11 @@ simulator: the user-turn loss and perplexity on the held-out conversations, back
 chrF on the held-out single-turn pairs; role confusion (judge: the base model) on real
 user turns, real assistant turns and, once it separates those (rates at least
 ``--min_gap`` apart), on the simulator's turns in ``--dialogues``; diversity of those turns
-and of the real held-out user turns.
+and of the real held-out user turns; and UserLM's six measures (``six_measures``: first-turn
+diversity, intent decomposition, end-of-conversation F1, role adherence, intent adherence,
+naturalness) for ``base``, ``prompted_user`` (the base checkpoint, an Instruct model, told
+to play the user), ``simulator`` and ``human`` where a measure applies, each with its
+interval and count (``smolsft/simulator/six_measures.py``; docs/simulator.md).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import gc
 import json
 import sys
 import time
+from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
 
@@ -28,6 +33,10 @@ from smolsft.chat.format import is_single_turn_conversation, normalize_conversat
 from smolsft.files import file_sha256, resolve_path
 from reverse_conversation_func import simulator_prompt
 from smolsft.simulator import measures as sm
+from smolsft.simulator import protocol, six_measures
+from smolsft.simulator.baselines import prompted_user_prompt
+from smolsft.simulator.dialogue import simulator_training
+from smolsft.simulator.intent import SOURCE_FIELD
 
 SALT = "simulator-heldout"
 
@@ -95,13 +104,29 @@ def cmd_measure(args) -> dict:
                  "models": paths, "user_turn_loss": {}, "back_translation": {
                      "metric": f"chrF (sacrebleu {version('sacrebleu')}, corpus level)", "pairs": len(singles),
                      "max_tokens": args.max_tokens, "examples": []}}
-    role = {}
+    role, six_gens = {}, {}
+    six_dialogues = protocol.heldout_dialogues(held)
+    six_items = six_measures.build_items(six_dialogues, args.probe_items, args.first_items)
+    # The held-out loss masks as the simulator was trained: the records' own intents, its end marker.
+    trained = simulator_training(paths["simulator"]) or {}
+    end_marker = bool(trained.get("simulator_end_marker"))
+    loss_intents = [d["intent"] if d["intent_source"] == SOURCE_FIELD else None for d in six_dialogues]
+    res["user_turn_loss"]["masking"] = {"intents": sum(1 for x in loss_intents if x), "end_marker": end_marker}
     for name, path in paths.items():
         tok = load_tokenizer(path, args.max_length)
         model = load_model(path)
+        stops = checkpoint_stop_ids(tok, path)
+        users = {name: lambda h, i, t=tok: simulator_prompt(h, t, intent=i)}
+        if name == "base":  # the same weights told to play the user (an Instruct model)
+            users["prompted_user"] = lambda h, i, t=tok: prompted_user_prompt(h, i, t)
+        for user, prompt in users.items():
+            log(f"[measure] {user}: six-measure turns ({six_measures.count_line(six_items)})")
+            six_gens[user] = six_measures.generate_turns(model, tok, prompt, six_items, stops, args.gen_batch_size,
+                                                         seed=args.seed, progress=user)
         log(f"[measure] {name}: user-turn loss on {len(convs)} held-out conversations")
         res["user_turn_loss"][name] = sm.user_turn_loss(model, tok, convs, args.max_length, args.batch_size,
-                                                        progress=f"{name} user-turn loss")
+                                                        progress=f"{name} user-turn loss", intents=loss_intents,
+                                                        end_marker=end_marker)
         prompts = [simulator_prompt(x, tok, back_translation=True) for x in bt_inputs]
         log(f"[measure] {name}: back-translation of {len(prompts)} answers")
         gen = generate_hf(model, tok, prompts, max_new_tokens=args.max_tokens, stop_ids=checkpoint_stop_ids(tok, path),
@@ -150,7 +175,19 @@ def cmd_measure(args) -> dict:
     res["diversity"] = {"phrase": "a shared word 4-gram with the assistant turn before",
                         "generated_user": diversity(gen_texts, gen_prev),
                         "real_heldout_user": diversity(real_texts, real_prev)}
-    res["dialogues"] = {"file": args.dialogues, "count": len(dialogues)}
+    res["dialogues"] = {"file": args.dialogues, "count": len(dialogues),
+                        "ended_by": dict(Counter(d.get("ended_by") for d in dialogues))}
+    log("[measure] six measures: judging with the base model")
+    judge, judge_tok = load_model(paths["base"]), load_tokenizer(paths["base"], args.max_length)
+    calibration = real_user_texts(args.calibration or str(Path(args.heldout).with_name("train.json")),
+                                  args.calibration_turns)
+    res["six_measures"] = {"intent_source": six_measures.intent_sources(six_dialogues),
+                           "users": list(six_measures.USERS) + ["human"],
+                           **six_measures.score({u: six_gens[u] for u in six_measures.USERS}, six_items, judge,
+                                                judge_tok, calibration,
+                                                [m["content"] for c in convs for m in c if m["role"] == "user"],
+                                                args.batch_size)}
+    del judge
     res["seconds"] = round(time.perf_counter() - t0, 1)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(res, indent=1, ensure_ascii=False))
@@ -161,7 +198,21 @@ def cmd_measure(args) -> dict:
           f"reads as assistant: real user {R['real_user']['rate']:.0%}, real assistant {R['real_assistant']['rate']:.0%}"
           f", generated {'n/a (not validated)' if g is None else format(g['rate'], '.0%')}; "
           f"distinct-2 {res['diversity']['generated_user']['distinct_2']}; {res['seconds']}s -> {args.output}")
+    print("\n".join(six_measures.table_lines(res["six_measures"])))
     return res
+
+
+def real_user_texts(path: str, limit: int) -> list[str]:
+    """The first ``limit`` user turns of a chat file (the naturalness detector's
+    calibration); an error naming the file when it is missing."""
+    if not Path(path).is_file():
+        raise SystemExit(f"[measure] error: {path}: no calibration file (the split's train.json; --calibration)")
+    out = []
+    for r in json.loads(Path(path).read_text()):
+        for m in normalize_conversation(r.get("conversations") or r.get("messages")):
+            if m["role"] == "user" and len(out) < limit:
+                out.append(m["content"])
+    return out
 
 
 def main(argv=None):
@@ -185,6 +236,16 @@ def main(argv=None):
                    help="last N history messages the judge sees (default 0: the text alone, see docs/simulator.md)")
     m.add_argument("--min_gap", type=float, default=0.5, help="real-turn rates must differ this much (default 0.5)")
     m.add_argument("--batch_size", type=int, default=4)
+    m.add_argument("--first_items", type=int, default=0,
+                   help="first N held-out dialogues whose first user turn each user writes, 0 = all")
+    m.add_argument("--probe_items", type=int, default=0,
+                   help="first N held-out dialogues for the role and intent adherence probes, 0 = all")
+    m.add_argument("--calibration", default=None,
+                   help="chat file whose user turns set the naturalness threshold (default: train.json beside --heldout)")
+    m.add_argument("--calibration_turns", type=int, default=64, help="user turns read from it (default %(default)s)")
+    m.add_argument("--seed", type=int, default=0, help="sampling seed of the first turns")
+    m.add_argument("--gen_batch_size", type=int, default=16,
+                   help="prompts per generate() call for the six measures' turns (default %(default)s)")
     args = ap.parse_args(argv)
     return cmd_split(args) if args.command == "split" else cmd_measure(args)
 

@@ -16,7 +16,7 @@ No text is taken from IFEval: every request is also compared with the IFEval pro
 (ifeval/data/input_data.jsonl) and the script fails if any user message shares a run of
 --max_shared_words consecutive words with an IFEval prompt.
 
-Outputs: the chat set in the course format ``[{"id", "conversations": [{"role",
+Outputs: the chat set in the course format ``[{"id", "intent", "conversations": [{"role",
 "content"}, ...]}]`` and a sidecar JSONL (one line per assistant turn: conversation id,
 turn index, instruction ids, arguments) so anyone can re-verify the answers.
 
@@ -24,6 +24,11 @@ How an answer is built: a layout (plain text, bullets, sections, paragraphs, JSO
 drawn and its builder in ``LAYOUTS`` writes the body; decorations allowed with that layout
 (title, highlights, postscript, ending, letter case, ...) are applied in a fixed order; the
 counted constraints (``MEASURED``) are set last from the finished text with a margin.
+
+Each record's ``intent`` is the user's goal as the generator knows it by construction (the
+topic of each request and the kinds of rules it sets, :func:`conversation_intent`): the user
+simulator (``--mask_mode reverse``, docs/simulator.md) is told it in its system message.
+It is made from what was drawn and draws nothing itself, so the conversations are the same.
 
     python tools/make_demo_data.py                 # writes data/demo_sft.json (seed 1234)
     python tools/make_demo_data.py --seed 7 --num 50 --out /tmp/x.json --checks_out /tmp/x.jsonl
@@ -431,6 +436,24 @@ def build_turn(rng: random.Random, topic: dict, task: str) -> tuple[str, str, li
     return request, body, ids, kws
 
 
+# ----------------------------------------------------------------------------- intent
+def rule_name(instruction_id: str) -> str:
+    """``length_constraints:number_words`` -> ``number words``."""
+    return instruction_id.split(":", 1)[-1].replace("_", " ")
+
+
+def conversation_intent(turns: list[tuple[str, bool, list[str]]]) -> str:
+    """The user's goal for a conversation whose turns are ``(topic name, same topic as the
+    turn before, instruction ids)``, e.g. ``Ask about the water cycle (rules: no comma,
+    title), then more about the same topic (rules: number words).``"""
+    parts = []
+    for k, (topic, same, ids) in enumerate(turns):
+        what = "more about the same topic" if same else f"about {topic}"
+        rules = sorted({rule_name(i) for i in ids})
+        parts.append(("Ask " if k == 0 else "then ") + what + (f" (rules: {', '.join(rules)})" if rules else ""))
+    return ", ".join(parts) + "."
+
+
 # ----------------------------------------------------------------------------- driver
 def load_checker():
     """The project's IFEval scorer, as check(ids, kwargs, prompt, response) -> strict verdicts."""
@@ -455,11 +478,14 @@ def make_conversations(seed: int, num: int, check_response, max_tries: int = 8, 
             msgs.append({"role": "system", "content": rng.choice(BANK["system_prompts"])})
             stats["system"] += 1
         topic = rng.choice(TOPICS)
+        goal = []  # (topic name, same topic as before, instruction ids) per turn
         for t in range(n_turns):
+            same = False
             if t == 0:
                 task = rng.choice(TASKS).format(name=topic["name"])
             elif rng.random() < 0.5:
                 task = rng.choice(FOLLOW_SAME)
+                same = True
             else:
                 topic = rng.choice(TOPICS)
                 task = rng.choice(FOLLOW_NEW).format(name=topic["name"])
@@ -478,9 +504,10 @@ def make_conversations(seed: int, num: int, check_response, max_tries: int = 8, 
             msgs.append({"role": "user", "content": request})
             msgs.append({"role": "assistant", "content": answer})
             checks.append({"id": conv_id, "turn": t, "instruction_id_list": ids, "kwargs": kws})
+            goal.append((topic["name"], same, ids))
             stats["per_instruction"].update(ids)
         stats["turns"][n_turns] += 1
-        records.append({"id": conv_id, "conversations": msgs})
+        records.append({"id": conv_id, "intent": conversation_intent(goal), "conversations": msgs})
     return records, checks, stats
 
 

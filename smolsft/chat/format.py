@@ -124,7 +124,8 @@ def _clean_round(turns: list[dict], stats: Counter) -> list[dict]:
     return kept
 
 
-def normalize_conversation(turns: Iterable[Any], max_rounds: int = 0, stats: Optional[Counter] = None) -> list[dict]:
+def normalize_conversation(turns: Iterable[Any], max_rounds: int = 0, stats: Optional[Counter] = None,
+                           keep_final_user: bool = False) -> list[dict]:
     """Clean a raw conversation into ``[system?] round+`` ``{role, content}`` dicts.
 
     Turns are ``{role, content}`` (OpenAI style) or ShareGPT ``{from, value}``. Roles
@@ -168,6 +169,12 @@ def normalize_conversation(turns: Iterable[Any], max_rounds: int = 0, stats: Opt
     ``stats`` (a Counter), when given, counts what was dropped, by reason
     (``turn_unknown_role``, ``turn_leading_non_user``, ``turn_unpaired_<role>``,
     ``round_beyond_max_rounds``, ``turn_trailing_tool``).
+
+    ``keep_final_user`` (reverse masking, which trains user turns): a conversation's last
+    round that is a user turn with nothing answering it (``..., assistant, user``, or a
+    lone ``user``) is kept as that user turn and counted ``kept_final_user_turn``, instead
+    of being dropped as ``turn_unpaired_user``: it is the next user turn a simulator learns
+    to write. A system turn after it is still dropped and counted.
     """
     stats = stats if stats is not None else Counter()
     if not isinstance(turns, (list, tuple)):
@@ -204,7 +211,13 @@ def normalize_conversation(turns: Iterable[Any], max_rounds: int = 0, stats: Opt
         end = i + 1
         while end < len(msgs) and msgs[end]["role"] != "user":
             end += 1
-        kept = _clean_round(msgs[i:end], stats)
+        final_user = keep_final_user and end == len(msgs) and not any(m["role"] == "assistant" for m in msgs[i:end])
+        if final_user:
+            kept = [msgs[i]]
+            for m in msgs[i + 1:end]:
+                stats["turn_unpaired_" + m["role"]] += 1
+        else:
+            kept = _clean_round(msgs[i:end], stats)
         i = end
         if not kept:
             continue
@@ -213,6 +226,8 @@ def normalize_conversation(turns: Iterable[Any], max_rounds: int = 0, stats: Opt
             continue
         out.extend(kept)
         rounds += 1
+        if final_user:
+            stats["kept_final_user_turn"] += 1
     if rounds == 0:
         return []
     while out[-1]["role"] == "tool":

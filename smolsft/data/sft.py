@@ -184,7 +184,7 @@ def mask_function(mask_mode: str):
 
 
 def unpadded_features(messages, tokenizer, max_length: int, truncation: str, mask_mode: str,
-                      train_turns: str = "all"):
+                      train_turns: str = "all", intent: Optional[str] = None, end_marker: bool = False):
     """``{"input_ids", "labels"}`` (1-D ``torch.long``) of one normalized conversation
     for training: truncated, not padded; ``None`` when the masking returns nothing (an
     empty conversation). ``train_turns`` (``all``/``last``) and per-message ``train``
@@ -195,8 +195,13 @@ def unpadded_features(messages, tokenizer, max_length: int, truncation: str, mas
     files fix) labels it when a left-truncated window starts inside a trained turn; left
     there, it would be counted in the Trainer's ``num_items_in_batch`` and in the
     trained-token statistics without being a target.
+
+    ``intent`` (the record's ``"intent"``) and ``end_marker`` are the user simulator's
+    (``reverse`` only; ``reverse_conversation_func.reverse_messages``); the assistant
+    masking never sees the user's intent.
     """
-    feats = mask_function(mask_mode)(messages, tokenizer, max_length, truncation, train_turns=train_turns)
+    extra = dict(intent=intent, end_marker=end_marker) if mask_mode == "reverse" and (intent or end_marker) else {}
+    feats = mask_function(mask_mode)(messages, tokenizer, max_length, truncation, train_turns=train_turns, **extra)
     if feats is not None and len(feats["labels"]) > 0:
         feats["labels"] = feats["labels"].clone()
         feats["labels"][0] = IGNORE_TOKEN_ID
@@ -223,7 +228,9 @@ def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
     stats: Counter = Counter()
     try:
         turns = record_messages(rec, where, cfg["conversation_field"])
-        msgs = normalize_conversation(turns, cfg["max_rounds"], stats)
+        # Reverse masking trains user turns: a final user turn nothing answers is kept.
+        msgs = normalize_conversation(turns, cfg["max_rounds"], stats, keep_final_user=cfg["mask_mode"] == "reverse")
+        sim = _simulator_fields(rec, where, cfg)
     except (DataFormatError, ConversationFormatError) as e:
         return None, stats, str(e) if isinstance(e, DataFormatError) else f"{where}: {e}"
     if not msgs:
@@ -232,7 +239,7 @@ def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
     # Masked once untruncated; a sample longer than max_length is masked again with the
     # truncation (the masking's own windowing), and what the cut cost is counted.
     feats = unpadded_features(msgs, tokenizer, _UNTRUNCATED, cfg["truncation"], cfg["mask_mode"],
-                              cfg["train_turns"])
+                              cfg["train_turns"], **sim)
     if feats is None:
         stats["dropped_empty_after_normalization"] += 1
         return None, stats, None
@@ -242,13 +249,25 @@ def _process(args) -> tuple[Optional[tuple], Counter, Optional[str]]:
     if len(feats["input_ids"]) > cfg["max_length"]:
         full_trained = _trained(feats)
         feats = unpadded_features(msgs, tokenizer, cfg["max_length"], cfg["truncation"], cfg["mask_mode"],
-                                  cfg["train_turns"])
+                                  cfg["train_turns"], **sim)
         stats["truncated_samples"] += 1
         stats["trained_tokens_lost_to_truncation"] += full_trained - (_trained(feats) if feats is not None else 0)
         if feats is None or _trained(feats) == 0:  # the cut took every target (e.g. --train_turns last, that turn)
             stats["dropped_no_trained_token_after_truncation"] += 1
             return None, stats, None
     return (np.asarray(feats["input_ids"], np.int32), np.asarray(feats["labels"], np.int32)), stats, None
+
+
+def _simulator_fields(rec, where: str, cfg: dict) -> dict:
+    """The user simulator's settings of one record (reverse masking only): its
+    ``"intent"`` (a non-empty string, else DataFormatError naming the record) and the
+    run's ``end_marker``."""
+    if cfg["mask_mode"] != "reverse":
+        return {}
+    intent = rec.get("intent") if isinstance(rec, dict) else None
+    if intent is not None and (not isinstance(intent, str) or not intent.strip()):
+        raise DataFormatError(f"{where}: 'intent' must be a non-empty string, got {intent!r}")
+    return {"intent": intent, "end_marker": cfg.get("end_marker", False)}
 
 
 _WORKER_TOKENIZER = None
@@ -266,13 +285,15 @@ def _process_in_worker(args):
 
 def build_features(data_path: str, tokenizer, max_length: int, truncation: str, max_rounds: int,
                    mask_mode: str, conversation_field: str = "conversations", workers: int = 1,
-                   train_turns: str = "all"):
-    """Read, normalize and mask every record. Returns ``(arrays, stats)``: ``arrays``
+                   train_turns: str = "all", end_marker: bool = False):
+    """Read, normalize and mask every record (``end_marker``: reverse masking trains the
+    simulator's end-of-conversation turn, ``reverse_conversation_func.reverse_messages``). Returns ``(arrays, stats)``: ``arrays``
     holds ``input_ids``/``labels`` (int32, all samples concatenated) and ``offsets``
     (int64, sample i is ``[offsets[i], offsets[i+1])``); ``stats`` counts records read
     and kept, every drop by reason, and tokens."""
     cfg = dict(max_length=max_length, truncation=truncation, max_rounds=max_rounds,
-               mask_mode=mask_mode, conversation_field=conversation_field, train_turns=train_turns)
+               mask_mode=mask_mode, conversation_field=conversation_field, train_turns=train_turns,
+               end_marker=end_marker)
     ids, labels, stats = [], [], Counter()
     records = read_records(data_path)
     if workers > 1:
@@ -325,11 +346,11 @@ def code_version() -> str:
 
 
 def cache_key(data_hash: str, tokenizer, max_length: int, truncation: str, max_rounds: int,
-              mask_mode: str, conversation_field: str, train_turns: str = "all") -> dict:
+              mask_mode: str, conversation_field: str, train_turns: str = "all", end_marker: bool = False) -> dict:
     """Everything that decides the cached features, as a dict (stored in the cache and
     hashed into its file name). Per-message ``train`` flags are part of the data, so
     ``data_hash`` covers them."""
-    return {
+    key = {
         "data_hash": data_hash,
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "max_length": int(max_length),
@@ -340,6 +361,9 @@ def cache_key(data_hash: str, tokenizer, max_length: int, truncation: str, max_r
         "train_turns": train_turns,
         "code_version": code_version(),
     }
+    if end_marker:  # only when set: the keys of runs without it stay as they were
+        key["simulator_end_marker"] = True
+    return key
 
 
 def _read_cache(path: Path, key: dict):
@@ -362,12 +386,12 @@ def _read_cache(path: Path, key: dict):
 def load_or_build(data_path: str, tokenizer, max_length: int, truncation: str = "right", max_rounds: int = 0,
                   mask_mode: str = "assistant", conversation_field: str = "conversations", workers: int = 1,
                   cache_dir: Optional[str] = None, use_cache: bool = True, log=print,
-                  data_hash: Optional[str] = None, train_turns: str = "all"):
+                  data_hash: Optional[str] = None, train_turns: str = "all", end_marker: bool = False):
     """Cached :func:`build_features`. Returns ``(arrays, stats, key)``; ``key`` includes
     ``data_hash`` (:func:`data_fingerprint` of ``data_path``, computed here unless the
     caller already has it) and the tokenizer fingerprint for the run manifest."""
     key = cache_key(data_hash or data_fingerprint(data_path), tokenizer, max_length, truncation, max_rounds, mask_mode,
-                    conversation_field, train_turns)
+                    conversation_field, train_turns, end_marker)
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     path = Path(cache_dir or DEFAULT_CACHE_DIR) / f"{name}.npz"
     if use_cache and path.exists():
@@ -378,7 +402,7 @@ def load_or_build(data_path: str, tokenizer, max_length: int, truncation: str = 
         except ValueError as e:
             log(f"[data] cache {path} is stale or corrupt: {e}; rebuilding it")
     arrays, stats = build_features(data_path, tokenizer, max_length, truncation, max_rounds, mask_mode,
-                                   conversation_field, workers, train_turns)
+                                   conversation_field, workers, train_turns, end_marker)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")

@@ -419,6 +419,10 @@ def simulator_report(out: str, assistant: str, full: bool = False, n_dialogues: 
         x = D[key]
         lines.append(f"| {name} | {x['turns']} | {_num(x['distinct_1'])} | {_num(x['distinct_2'])} | "
                      f"{_num(x['repeats_previous'], '.0%')} | {x['empty']} | {_num(x['mean_words'], '.1f')} |")
+    if "six_measures" in m:
+        from smolsft.simulator.six_measures import report_lines
+
+        lines += [""] + report_lines(m["six_measures"], m["dialogues"])
     lines += ["", "## Back-translation examples", ""]
     for e in B.get("examples", []):
         lines += [f"- answer: {e['answer'][:160]!r}", f"  - real request: {e['real_request'][:160]!r}",
@@ -426,7 +430,7 @@ def simulator_report(out: str, assistant: str, full: bool = False, n_dialogues: 
     lines += ["", f"## Dialogues (first {min(n_dialogues, len(dialogues))} of {len(dialogues)})", ""]
     who = {"data": "opening", "assistant": "assistant model", "simulator": "simulator"}
     for d in dialogues[:n_dialogues]:
-        lines += [f"### Dialogue {d['dialogue']} (from {d['source']})", ""]
+        lines += [f"### Dialogue {d['dialogue']} (from {d['source']}; ended by {d.get('ended_by', 'limit')})", ""]
         for msg in d["messages"]:
             body = msg["content"].strip() or "*(empty)*"
             lines += [f"**{msg['role']}** ({who[msg['author']]}):", ""] + ["> " + x for x in body.splitlines()] + [""]

@@ -98,17 +98,20 @@ def _forward_sums(model, rows: list[tuple[list[int], list[int]]], pad_id: int, b
 
 
 def user_turn_loss(model, tokenizer, conversations: list[list[dict]], max_length: int = 2048, batch_size: int = 8,
-                   progress: Optional[str] = None) -> dict:
+                   progress: Optional[str] = None, intents: Optional[Sequence[Optional[str]]] = None,
+                   end_marker: bool = False) -> dict:
     """Mean token loss on the user turns of ``conversations`` (normalized messages),
     masked as the simulator is trained (``sft_data.unpadded_features`` with
-    ``mask_mode="reverse"``, right truncation to ``max_length``). Returns ``{"loss"
-    (nats per token), "perplexity", "tokens", "conversations"}``; a conversation with no
-    scored token left is skipped (not counted)."""
+    ``mask_mode="reverse"``, right truncation to ``max_length``; ``intents``, one per
+    conversation or ``None``, and ``end_marker`` as the simulator's training used them).
+    Returns ``{"loss" (nats per token), "perplexity", "tokens", "conversations"}``; a
+    conversation with no scored token left is skipped (not counted)."""
     from smolsft.data.sft import unpadded_features
 
     rows = []
-    for msgs in conversations:
-        f = unpadded_features(msgs, tokenizer, max_length, "right", "reverse")
+    for k, msgs in enumerate(conversations):
+        f = unpadded_features(msgs, tokenizer, max_length, "right", "reverse",
+                              intent=intents[k] if intents else None, end_marker=end_marker)
         if f is not None:
             rows.append((f["input_ids"].tolist(), f["labels"].tolist()))
     sums = _forward_sums(model, rows, tokenizer.pad_token_id or 0, batch_size, progress)

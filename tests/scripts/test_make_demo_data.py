@@ -95,7 +95,7 @@ def test_mix_and_size():
     # the course format, and the project's own normalizer accepts every record
     from smolsft.chat.format import normalize_conversation
     for r in records:
-        assert set(r) == {"id", "conversations"}
+        assert set(r) == {"id", "intent", "conversations"}
         normalize_conversation(r["conversations"])
 
 
@@ -132,3 +132,16 @@ def test_content_bank_errors_name_the_file(tmp_path):
     bad.write_text("{")
     with pytest.raises(make_demo_data.DemoDataError, match=r"bank\.json: cannot read"):
         make_demo_data.load_bank(bad)
+
+
+def test_every_record_carries_its_intent():
+    """The intent names each request's topic (the first request's own words) and one part per
+    user turn; a follow-up on the same topic says so."""
+    make_demo_data = load_script("tools/make_demo_data.py")
+    assert make_demo_data.conversation_intent([("tea", False, ["punctuation:no_comma"]), ("tea", True, [])]) == \
+        "Ask about tea (rules: no comma), then more about the same topic."
+    for r in json.loads(DATA.read_text()):
+        users = [m["content"] for m in r["conversations"] if m["role"] == "user"]
+        assert r["intent"].startswith("Ask about ") and r["intent"].count("then ") == len(users) - 1, r["id"]
+        first_topic = r["intent"][len("Ask about "):].split(" (rules:")[0].split(", then")[0].rstrip(".")
+        assert first_topic.lower() in users[0].lower(), (r["id"], first_topic)

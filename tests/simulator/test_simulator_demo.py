@@ -24,7 +24,7 @@ def test_reduced_simulator_demo(tmp_path, tokenizer):
     env = {**os.environ, "SIMDEMO_MODEL": str(model), "SIMDEMO_ASSISTANT": str(model), "SIMDEMO_OUT": str(out),
            "SIMDEMO_STEPS": "1", "SIMDEMO_HELDOUT": "30", "SIMDEMO_LIMIT": "2", "SIMDEMO_ROUNDS": "2",
            "SIMDEMO_MAXTOK": "4", "SIMDEMO_BACKEND": "hf", "SIMDEMO_ROLE_ITEMS": "4", "SIMDEMO_CHRF_ITEMS": "3",
-           "SIMDEMO_MAXLEN": "128", "CPU_RANKS": "1", "OMP_NUM_THREADS": "1"}
+           "SIMDEMO_MAXLEN": "128", "CPU_RANKS": "1", "OMP_NUM_THREADS": "1", "SIMDEMO_PROBE_ITEMS": "3", "SIMDEMO_FIRST_ITEMS": "3"}
     r = subprocess.run(["bash", "scripts/simulator_demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -34,7 +34,7 @@ def test_reduced_simulator_demo(tmp_path, tokenizer):
     assert len(held) == 30 and len(train) + len(held) == len(data)
     assert not {r["id"] for r in train} & {r["id"] for r in held}
     manifest = json.loads((out / "ckpt" / "simulator" / "run_manifest.json").read_text())
-    assert manifest["data_args"]["mask_mode"] == "reverse"
+    assert manifest["data_args"]["mask_mode"] == "reverse" and manifest["data_args"]["simulator_end_marker"]
     assert manifest["data_args"]["data_path"].endswith("split/train.json")
     m = json.loads((out / "measures.json").read_text())
     assert m["heldout"]["conversations"] == 30 and m["back_translation"]["pairs"] == 3
@@ -46,8 +46,18 @@ def test_reduced_simulator_demo(tmp_path, tokenizer):
     dialogues = [json.loads(x) for x in (out / "dialogues" / "dialogues.jsonl").read_text().splitlines()]
     assert len(dialogues) == 2 and all(sum(x["author"] != "data" for x in d["messages"]) == 3 for d in dialogues)
     assert m["diversity"]["generated_user"]["turns"] == 2
+    six = m["six_measures"]
+    assert six["users"] == ["base", "prompted_user", "simulator", "human"]
+    for name, by_user in six["measures"].items():
+        assert {"base", "prompted_user", "simulator"} <= set(by_user), name
+        assert ("human" in by_user) == (name in ("first_turn_diversity", "intent_decomposition", "naturalness")), name
+    assert six["measures"]["end_of_conversation_f1"]["simulator"]["n"] == six["counts"]["eoc"] >= 20
+    assert six["counts"]["adversarial"] == six["counts"]["drift"] == 3
+    assert six["intent_source"] == {"record field 'intent'": 30}
+    assert all(d["ended_by"] in ("simulator", "limit") for d in dialogues)
     report = (out / "simulator.md").read_text()
     for part in ("## Measures, base vs simulator", "| user-turn perplexity |", "## Role confusion",
+                 "## The six measures", "| end-of-conversation F1 |",
                  "## Diversity of user turns", "### Dialogue 1", "| total |"):
         assert part in report, part
 
