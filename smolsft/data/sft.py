@@ -44,8 +44,8 @@ DATA_SUFFIXES = (".json", ".jsonl")
 # dependency's behaviour); the source files themselves are hashed into every key.
 CACHE_FORMAT = 1
 # Whole files whose every line bears on features (the tokenizer is fingerprinted separately).
-_CODE_FILES = ("smolsft/chat/format.py", "smolsft/chat/spans.py", "conversation_func.py",
-               "reverse_conversation_func.py")
+_CODE_FILES = ("smolsft/chat/format.py", "smolsft/chat/spans.py", "smolsft/simulator/intent.py",
+               "conversation_func.py", "reverse_conversation_func.py")
 
 
 class DataFormatError(ValueError):

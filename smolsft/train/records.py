@@ -365,6 +365,8 @@ def run_plan(model_args, data_args, training_args, data_hash: str) -> dict:
         "model_name_or_path": resolve_path(model_args.model_name_or_path),
         **{k: getattr(data_args, k) for k in ("mask_mode", "train_turns", "model_max_length", "truncation_side",
                                                "max_rounds", "conversation_field", "padding_free")},
+        # An end-of-conversation turn changes what the simulator learns (absent: off).
+        **({"simulator_end_marker": True} if getattr(data_args, "simulator_end_marker", False) else {}),
         **{k: getattr(training_args, k) for k in PLAN_TRAINING_ARGS if hasattr(training_args, k)},
         # A resumed run continues in the same number format (its checkpoints hold bf16 or fp32 modules).
         "precision": precision_name(training_args.bf16, training_args.fp16),

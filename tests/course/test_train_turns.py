@@ -157,10 +157,14 @@ def test_each_drop_is_counted_under_its_own_cause(tmp_path, tokenizer, mode):
             {"conversations": [{"role": "user", "content": "unanswered"}]}]
     _, stats = sft_data.build_features(write(tmp_path / "d.json", recs), tokenizer, 64, "right", 0, mode,
                                        train_turns="last")
-    assert stats["conversations_kept"] == 1
     assert stats["dropped_no_turn_trained_by_flags"] == 1  # nothing truncated it
     assert stats["dropped_no_trained_token_after_truncation"] == 1 and stats["truncated_samples"] == 1
-    assert stats["dropped_empty_after_normalization"] == 1 and stats["turn_unpaired_user"] == 1
+    if mode == "assistant":  # the unanswered request: nothing to train, counted as unpaired
+        assert stats["conversations_kept"] == 1
+        assert stats["dropped_empty_after_normalization"] == 1 and stats["turn_unpaired_user"] == 1
+    else:  # reverse masking trains it: the user's opening request (issue 40 row 2)
+        assert stats["conversations_kept"] == 2 and stats["kept_final_user_turn"] == 1
+        assert stats.get("turn_unpaired_user", 0) == 0
     line = sft_data.format_stats(stats)
     assert "dropped_no_turn_trained_by_flags=1" in line and "truncated: 1 samples" in line
 

@@ -223,7 +223,10 @@ def test_position_zero_is_never_a_target_on_the_demo_set(tokenizer, mask_mode, t
         arrays, stats = sft_data.build_features(str(data), tokenizer, max_length, truncation, 0, mask_mode)
         ds = sft_data.ConversationDataset(arrays)
         # The masking's own windows, computed directly (golden-file checked Parts 1-4).
-        masked = [mask(normalize_conversation(r["conversations"]), tokenizer, max_length, truncation) for r in records]
+        keep_final_user = mask_mode == "reverse"  # reverse masking trains a chat's last user turn too
+        intent = (lambda r: {"intent": r.get("intent")}) if mask_mode == "reverse" else (lambda r: {})
+        masked = [mask(normalize_conversation(r["conversations"], keep_final_user=keep_final_user), tokenizer,
+                       max_length, truncation, **intent(r)) for r in records]
         masked = [m for m in masked if m is not None and (m["labels"][1:] != IGNORE_TOKEN_ID).any()]
         assert len(ds) == len(masked) == stats["conversations_kept"]
         targets = 0
