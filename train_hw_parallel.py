@@ -220,7 +220,11 @@ def main(argv: Optional[list[str]] = None) -> Optional[Trainer]:
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), description=__doc__)
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, requested, precision_line = precision_argv(argv, torch.cuda.is_available())
-    model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise SystemExit(f"[train] error: unknown argument(s) {' '.join(unknown)} "
+                         f"(python train_hw_parallel.py --help lists every flag)")
+    model_args, data_args, run_args, training_args = parsed
     with deepspeed_blocked(not training_args.deepspeed):
         check_settings({"learning_rate": training_args.learning_rate, "num_train_epochs": training_args.num_train_epochs,
                         "max_steps": training_args.max_steps, "warmup_steps": training_args.warmup_steps,

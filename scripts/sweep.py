@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import os
 import subprocess
 import sys
@@ -154,11 +155,15 @@ def sweep_seeds(n: int) -> list:
 
 
 def one_line_error(err: "SweepError") -> str:
-    """The line a failed run leaves in the table: its log's last error line, else what failed."""
+    """The line a failed run leaves in the table: what failed (its exit status and log) and
+    the cause from its log, preferring a program's own ``error:`` line (``[train] error: ...``,
+    argparse's ``...: error: ...``) over a launcher's report that a rank exited."""
     what, _, tail = str(err).partition(":\n")
     lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
-    errs = [ln for ln in lines if "error" in ln.lower()]
-    return (errs or lines or [what])[-1][:300].replace("|", "/")
+    own = [ln for ln in lines if re.search(r"(^|\] |: )error: ", ln)]
+    errs = own or [ln for ln in lines if "error" in ln.lower()]
+    cause = (errs or lines or [""])[-1][:300]
+    return (f"{what}: {cause}" if cause else what).replace("|", "/")
 
 
 def run_logged(cmd: list[str], env: dict, log_path: Path, what: str) -> None:

@@ -430,5 +430,6 @@ def test_failed_sweep_configuration_ends_on_one_error_line(setup, tmp_path):
                        env={**os.environ, "OMP_NUM_THREADS": "1", "CPU_RANKS": "1"})
     assert r.returncode == 1, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("[sweep] error: training lr5e-05_") and "failed (exit" in last and "run.log" in last
+    assert last.startswith("[sweep] error: 1 of 1 runs failed: lr5e-05_") and "failed (exit" in last
+    assert "run.log" in last and "[train] error: unknown argument(s) --no_such_flag 1" in last  # the run's own line
     assert "Traceback" not in r.stderr and "SweepError" not in r.stdout + r.stderr
