@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# One-command setup, online or offline. Idempotent: rerunning skips what is done.
-# Installs into the active Python environment (use a venv or conda env of your own).
-#   bash setup.sh                # everything
-#   bash setup.sh --dry_run      # print the decision and the commands it would run; install nothing
-#                                # (also SETUP_DRY_RUN=1)
-#   SKIP_PIP=1 bash setup.sh     # only the assets (model, NLTK data, IFEval prompts, data)
-#   SETUP_CPU=1 bash setup.sh    # the CPU packages even where nvidia-smi lists a GPU
-#   SETUP_FORCE_PIP=1 bash setup.sh  # run pip even when scripts/pip_state.py finds every CPU pin installed
-# On a GPU machine the builds follow the driver and the GPUs (python -m smolsft.hardware --setup-plan;
-# rules in docs/gpu.md): driver >= 580 PyPI's CUDA 13 builds, 525-579 the CUDA 12.9 builds of
-# the same releases, Pascal/Volta torch's CUDA 12.6 build without vLLM, older drivers: stop.
-# FLASH_ATTN_WHEEL=/path/or/url.whl installs a prebuilt flash-attn wheel (Ampere+ only, checked
-# against torch); there is no other flash-attn install (PyPI has only a long source build).
-# Offline sources: IFEVAL_DATA_DIR=/path/with/input_data.jsonl (else the IFEval prompts come from a
-# checked PyPI wheel), SMOLTALK_6K_PATH=/path/file.json
+# One-command setup, online or offline (usage() below: --help prints it).
 set -euo pipefail
+usage() {
+  cat <<'EOF_USAGE'
+One-command setup, online or offline. Idempotent: rerunning skips what is done.
+Installs into the active Python environment (use a venv or conda env of your own).
+  bash setup.sh                # everything
+  bash setup.sh --dry_run      # print the decision and the commands it would run; install nothing
+                               # (also SETUP_DRY_RUN=1)
+  SKIP_PIP=1 bash setup.sh     # only the assets (model, NLTK data, IFEval prompts, data)
+  SETUP_CPU=1 bash setup.sh    # the CPU packages even where nvidia-smi lists a GPU
+  SETUP_FORCE_PIP=1 bash setup.sh  # run pip even when scripts/pip_state.py finds every CPU pin installed
+On a GPU machine the builds follow the driver and the GPUs (python -m smolsft.hardware --setup-plan;
+rules in docs/gpu.md): driver >= 580 PyPI's CUDA 13 builds, 525-579 the CUDA 12.9 builds of
+the same releases, Pascal/Volta torch's CUDA 12.6 build without vLLM, older drivers: stop.
+FLASH_ATTN_WHEEL=/path/or/url.whl installs a prebuilt flash-attn wheel (Ampere+ only, checked
+against torch); there is no other flash-attn install (PyPI has only a long source build).
+Offline sources: IFEVAL_DATA_DIR=/path/with/input_data.jsonl (else the IFEval prompts come from a
+checked PyPI wheel), SMOLTALK_6K_PATH=/path/file.json
+EOF_USAGE
+}
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PY=${PYTHON:-python}
 DRY=${SETUP_DRY_RUN:-0}
 for a in "$@"; do
   case "$a" in
     --dry_run|--dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) echo "[setup] error: unknown argument $a (--help for usage)" >&2; exit 2 ;;
   esac
 done

@@ -1,36 +1,5 @@
 #!/usr/bin/env bash
-# One GPU machine check, in one command (about 10 minutes on one recent GPU): setup, 20
-# training steps of SmolLM2-135M through scripts/sft.sh, IFEval on the course's 100-prompt
-# set at 1024 new tokens with vLLM, then one summary block (versions, precision, tokens/s,
-# the four IFEval metrics) that you can paste into an issue.
-#
-#   bash scripts/gpu_check.sh                     # everything
-#   bash scripts/gpu_check.sh --dry_run           # print what would run, run nothing
-#   bash scripts/gpu_check.sh --skip_setup        # packages and assets already installed
-#   bash scripts/gpu_check.sh --random_weights    # SmolLM2-135M's shape with random weights
-#   bash scripts/gpu_check.sh --make_bundle DIR   # build the offline bundle (needs PyPI; DIR git-ignored, <= 64 MiB)
-#   bash scripts/gpu_check.sh --bundle DIR        # the check on a machine without network (docs/gpu_check.md)
-# (--dry-run, --skip-setup, --random-weights, --allow-cpu: the older spellings, still accepted)
-#
-# Offline or without the model weights (no SmolLM2-135M/model.safetensors after setup),
-# it builds SmolLM2-135M's configuration with random weights (scripts/random_model.py):
-# speed, memory and precision paths are those of the real model, the scores are
-# meaningless and the summary says so. IFEval runs with --backend auto: vLLM where it is
-# installed and has kernels for the GPU, else transformers (the summary names the engine).
-#
-# --bundle DIR (a folder from --make_bundle, carried to the machine): installs its wheels
-# into a temporary folder (pip --no-index --no-deps), builds the random-weight model from
-# its tokenizer, trains GPU_CHECK_STEPS steps through DeepSpeed ZeRO-2 when it imports, else
-# torchrun (DDP), measures --loss fused against --loss logits at 2048 tokens
-# (benchmarks/loss_step.py), answers and scores IFEval with --backend hf, and prints one
-# summary block; each stage has a time limit so the whole stays within 8 minutes.
-#
-# Environment: GPU_CHECK_OUT [gpu_check_out] output folder (removed and rewritten each run);
-#   GPU_CHECK_STEPS [20]; GPU_CHECK_MAX_TOKENS [1024]; GPU_CHECK_PROMPTS [ifeval/data/sampled_input_data.jsonl];
-#   GPU_CHECK_LIMIT [all prompts]; GPU_CHECK_ENGINE [auto] (--bundle: deepspeed, torchrun or auto);
-#   GPU_CHECK_PYTHON_VERSION [3.12] (--make_bundle: CPython version of the GPU machine's wheels);
-#   GPU_CHECK_TINY=1 (a 2-layer random model: only for testing this script, with --allow_cpu, on a
-#   machine without GPU); PYTHON [python].
+# One GPU machine check, in one command (usage() below: --help prints it).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -41,7 +10,42 @@ MAXTOK=${GPU_CHECK_MAX_TOKENS:-1024}
 PROMPTS=${GPU_CHECK_PROMPTS:-ifeval/data/sampled_input_data.jsonl}
 DRY=0 SETUP=1 RANDOM_W=0 ALLOW_CPU=0 MAKE_BUNDLE="" BUNDLE=""
 
-usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() {
+  cat <<'EOF_USAGE'
+One GPU machine check, in one command (about 10 minutes on one recent GPU): setup, 20
+training steps of SmolLM2-135M through scripts/sft.sh, IFEval on the course's 100-prompt
+set at 1024 new tokens with vLLM, then one summary block (versions, precision, tokens/s,
+the four IFEval metrics) that you can paste into an issue.
+
+  bash scripts/gpu_check.sh                     # everything
+  bash scripts/gpu_check.sh --dry_run           # print what would run, run nothing
+  bash scripts/gpu_check.sh --skip_setup        # packages and assets already installed
+  bash scripts/gpu_check.sh --random_weights    # SmolLM2-135M's shape with random weights
+  bash scripts/gpu_check.sh --make_bundle DIR   # build the offline bundle (needs PyPI; DIR git-ignored, <= 64 MiB)
+  bash scripts/gpu_check.sh --bundle DIR        # the check on a machine without network (docs/gpu_check.md)
+(--dry-run, --skip-setup, --random-weights, --allow-cpu: the older spellings, still accepted)
+
+Offline or without the model weights (no SmolLM2-135M/model.safetensors after setup),
+it builds SmolLM2-135M's configuration with random weights (scripts/random_model.py):
+speed, memory and precision paths are those of the real model, the scores are
+meaningless and the summary says so. IFEval runs with --backend auto: vLLM where it is
+installed and has kernels for the GPU, else transformers (the summary names the engine).
+
+--bundle DIR (a folder from --make_bundle, carried to the machine): installs its wheels
+into a temporary folder (pip --no-index --no-deps), builds the random-weight model from
+its tokenizer, trains GPU_CHECK_STEPS steps through DeepSpeed ZeRO-2 when it imports, else
+torchrun (DDP), measures --loss fused against --loss logits at 2048 tokens
+(benchmarks/loss_step.py), answers and scores IFEval with --backend hf, and prints one
+summary block; each stage has a time limit so the whole stays within 8 minutes.
+
+Environment: GPU_CHECK_OUT [gpu_check_out] output folder (removed and rewritten each run);
+  GPU_CHECK_STEPS [20]; GPU_CHECK_MAX_TOKENS [1024]; GPU_CHECK_PROMPTS [ifeval/data/sampled_input_data.jsonl];
+  GPU_CHECK_LIMIT [all prompts]; GPU_CHECK_ENGINE [auto] (--bundle: deepspeed, torchrun or auto);
+  GPU_CHECK_PYTHON_VERSION [3.12] (--make_bundle: CPython version of the GPU machine's wheels);
+  GPU_CHECK_TINY=1 (a 2-layer random model: only for testing this script, with --allow_cpu, on a
+  machine without GPU); PYTHON [python].
+EOF_USAGE
+}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
