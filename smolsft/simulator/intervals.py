@@ -9,17 +9,19 @@ LEVEL = 0.95
 
 
 def wilson(k: int, n: int, level: float = LEVEL) -> dict:
-    """``k`` successes in ``n`` trials: the share and its Wilson score interval
-    (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``); adds ``"k"``.
-    Raises ``ValueError`` for ``k`` outside ``[0, n]``."""
-    from scipy.stats import binomtest
+    """``k`` successes in ``n`` trials: the share and its Wilson score interval, from the
+    evaluation's own rule (:func:`smolsft.evaluation.stats.prompt_interval`, 95%); adds
+    ``"k"``. Raises ``ValueError`` for ``k`` outside ``[0, n]`` or another ``level``."""
+    from smolsft.evaluation.stats import LEVEL as EVAL_LEVEL, prompt_interval
 
     if not 0 <= k <= n:
         raise ValueError(f"k must be in [0, n], got k={k}, n={n}")
+    if level != EVAL_LEVEL:
+        raise ValueError(f"level {level}: the intervals are {EVAL_LEVEL:.0%}")
     if n == 0:
         return {"value": None, "ci": None, "n": 0, "k": 0, "level": level}
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
-    return {"value": k / n, "ci": [float(ci.low), float(ci.high)], "n": n, "k": k, "level": level}
+    r = prompt_interval(k, n)
+    return {"value": r["value"], "ci": r["ci95"], "n": n, "k": k, "level": level}
 
 
 def bootstrap(items: Sequence, statistic: Callable[[list], float], level: float = LEVEL, n_resamples: int = 2000,

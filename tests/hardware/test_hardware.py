@@ -323,7 +323,7 @@ def test_launcher_rules():
 
 def test_broken_deepspeed_gives_ddp_and_refusals_name_the_true_reason():
     """Issue 40 row 11: an installed DeepSpeed that fails to import leaves the DDP path
-    (train_hw_parallel.py hides it from accelerate: tests/test_ddp_fallback.py trains so);
+    (train_hw_parallel.py hides it from accelerate: tests/train/test_ddp_fallback.py trains so);
     what needs DeepSpeed is refused with the import error, not with a claim about accelerate."""
     broken = ImportCheck(True, False, "MissingCUDAException: CUDA_HOME does not exist", "0.18.4")
     name, with_ds, why = rules.launcher(broken, None, False)
@@ -487,7 +487,7 @@ def test_torchrun_when_asked_and_errors_where_deepspeed_is_needed(tmp_path):
 @pytest.mark.slow
 def test_broken_deepspeed_launches_ddp_and_offload_names_the_true_reason(tmp_path):
     """Issue 40 row 11: an installed DeepSpeed that fails to import gives the torchrun (DDP)
-    launch, whose training never imports it (tests/test_ddp_fallback.py trains beside such a
+    launch, whose training never imports it (tests/train/test_ddp_fallback.py trains beside such a
     package); what needs DeepSpeed is refused naming the import error."""
     env = sim_env(tmp_path, [T4_550], deepspeed="broken")
     r = sft_dry(env)
