@@ -41,14 +41,8 @@ EOF_USAGE
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python}
 
-FULL=${DEMO_FULL:-0}
-for arg in "$@"; do
-  case "$arg" in
-    --full) FULL=1 ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "demo.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
-  esac
-done
+source scripts/demo_args.sh
+parse_demo_args demo.sh "${DEMO_FULL:-0}" "$@"
 
 if [[ "$FULL" == 1 ]]; then
   OUT=${DEMO_OUT:-demo_out_full}; PROMPTS=${DEMO_PROMPTS:-0}; MAXTOK=${DEMO_MAX_TOKENS:-1024}

@@ -48,14 +48,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python}
 
-FULL=${SIMDEMO_FULL:-0}
-for arg in "$@"; do
-  case "$arg" in
-    --full) FULL=1 ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "simulator_demo.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
-  esac
-done
+source scripts/demo_args.sh
+parse_demo_args simulator_demo.sh "${SIMDEMO_FULL:-0}" "$@"
 if [[ "$FULL" == 1 ]]; then
   OUT=${SIMDEMO_OUT:-simulator_out_full}; DATA=${SIMDEMO_DATA:-smol-smoltalk-6k.json}; HELDOUT=${SIMDEMO_HELDOUT:-200}
   STEPS=${SIMDEMO_STEPS:-0}; EPOCHS=${SIMDEMO_EPOCHS:-3}; LR=${SIMDEMO_LR:-}; TOTALBSZ_=${SIMDEMO_TOTALBSZ:-}

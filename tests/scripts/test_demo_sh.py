@@ -63,7 +63,7 @@ def stub_repo(tmp_path):
     runner and the training script (nothing generates or trains)."""
     root = tmp_path / "repo"
     shutil.copytree(REPO / "smolsft", root / "smolsft", ignore=shutil.ignore_patterns("__pycache__"))
-    for f in ("scripts/demo.sh", "ifeval/__init__.py", "ifeval/compare.py"):
+    for f in ("scripts/demo.sh", "scripts/demo_args.sh", "ifeval/__init__.py", "ifeval/compare.py"):
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / f, root / f)
     (root / "ifeval" / "run.sh").write_text(STUB_RUN)

@@ -1,0 +1,15 @@
+# Sourced by scripts/demo.sh and scripts/simulator_demo.sh: their shared command line.
+# parse_demo_args NAME DEFAULT_FULL ARGS...: sets FULL (1 for --full, else DEFAULT_FULL),
+# prints the caller's usage for -h/--help and exits 0, refuses anything else (exit 2).
+parse_demo_args() {
+  local name=$1
+  FULL=$2
+  shift 2
+  for arg in "$@"; do
+    case "$arg" in
+      --full) FULL=1 ;;
+      -h|--help) usage; exit 0 ;;
+      *) echo "$name: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+    esac
+  done
+}
