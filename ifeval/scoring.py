@@ -417,12 +417,13 @@ def _intervals(strict: list, loose: list) -> dict:
     """Each metric's 95% interval (:func:`smolsft.evaluation.stats.run_intervals`, which needs
     scipy). Without scipy (the offline GPU-check bundle carries no scipy wheel) the scores stand
     alone and ``{"unavailable": why}`` says so, on stderr too."""
+    from smolsft.evaluation.stats import run_intervals
+
     try:
-        from smolsft.evaluation.stats import run_intervals
+        return run_intervals(strict, loose)
     except ImportError as e:
         print(f"[ifeval] warning: no 95% intervals ({e}; pip install scipy)", file=sys.stderr)
         return {"unavailable": f"{e}; pip install scipy"}
-    return run_intervals(strict, loose)
 
 
 def write_results(result: dict, output_dir: str | os.PathLike, meta: Optional[dict] = None) -> dict:

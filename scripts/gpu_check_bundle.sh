@@ -47,18 +47,20 @@ ENGINE=${GPU_CHECK_ENGINE:-auto}
 [[ "$MAXTOK" =~ ^[1-9][0-9]*$ ]] || { echo "[gpu_check] error: GPU_CHECK_MAX_TOKENS must be a positive integer" >&2; exit 2; }
 [[ "$ENGINE" =~ ^(auto|deepspeed|torchrun)$ ]] || { echo "[gpu_check] error: GPU_CHECK_ENGINE must be auto, deepspeed or torchrun (not $ENGINE)" >&2; exit 2; }
 
-# GPUs torch can use, and the oldest one's major compute capability (0 without a GPU): one torch import.
-GPU_INFO=$("$PY" -c "import torch; n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-print(n, min((torch.cuda.get_device_capability(i)[0] for i in range(n)), default=0))")
-read -r NGPU _ <<< "$GPU_INFO"
+# GPUs torch can use and their training precision by the project's one rule
+# (smolsft.hardware.rules.gpu_precision, not a copy of it): one torch import.
+GPU_INFO=$("$PY" -c "import torch
+from smolsft.hardware.probe import GPU
+from smolsft.hardware.rules import gpu_precision
+n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+gpus = [GPU(i, f'GPU {i}', tuple(torch.cuda.get_device_capability(i)), None, '') for i in range(n)]
+print(n, gpu_precision(gpus)[0] if gpus else 'none')")
+read -r NGPU PREC_NAME <<< "$GPU_INFO"
 if [[ $NGPU == 0 && $ALLOW_CPU == 0 ]]; then
   echo "[gpu_check] error: torch sees no usable GPU ($("$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)")); this check is for GPU machines (--allow_cpu runs its plumbing on the CPU, for tests)" >&2
   exit 1
 fi
 if [[ $NGPU -gt 0 ]]; then
-  # The project's one precision rule (smolsft.hardware.rules.gpu_precision), not a copy of it.
-  PREC_NAME=$("$PY" -c "from smolsft.generation.engines import cuda_gpus; from smolsft.hardware.rules import gpu_precision
-print(gpu_precision(cuda_gpus())[0])")
   case "$PREC_NAME" in bf16) PREC=(--bf16 True) ;; fp16) PREC=(--fp16 True) ;; *) PREC=() ;; esac
   RANKS=$NGPU TINY=() BSZ=16 MAXLEN=2048 GEN=(--max_tokens "$MAXTOK" --batch_size 128) SHAPES=(1x2048 4x2048) BENCH_STEPS=3
   GA=$(( 128 / NGPU / BSZ )); (( GA >= 1 )) || GA=1

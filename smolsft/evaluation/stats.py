@@ -20,14 +20,22 @@ import math
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy import stats
+
+
+def _stats():
+    """scipy.stats, imported when a statistic is computed: importing this module (the
+    reports do, and training imports the reports) needs no scipy."""
+    from scipy import stats
+
+    return stats
+
 
 ALPHA = 0.05  # two-sided level of every test
 LEVEL = 1 - ALPHA  # every interval of the reports
 
 
 def _z(level: float = LEVEL) -> float:
-    return float(stats.norm.ppf(0.5 + level / 2))
+    return float(_stats().norm.ppf(0.5 + level / 2))
 
 
 def prompt_interval(k: int, n: int) -> dict:
@@ -36,7 +44,7 @@ def prompt_interval(k: int, n: int) -> dict:
     ``ValueError`` for ``n`` < 1 or ``k`` outside 0..n."""
     if n < 1 or not 0 <= k <= n:
         raise ValueError(f"prompt_interval: {k} of {n} prompts is not a proportion")
-    ci = stats.binomtest(k, n).proportion_ci(LEVEL, method="wilson")
+    ci = _stats().binomtest(k, n).proportion_ci(LEVEL, method="wilson")
     return {"value": k / n, "ci95": [float(ci.low), float(ci.high)], "n": n, "method": "wilson"}
 
 
@@ -86,7 +94,7 @@ def prompts_to_detect(fixed: int, broken: int, n: int, alpha: float = ALPHA, pow
     if fixed == broken:
         return None
     psi, delta = (fixed + broken) / n, (fixed - broken) / n
-    za, zb = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
+    za, zb = _stats().norm.ppf(1 - alpha / 2), _stats().norm.ppf(power)
     return math.ceil((za * math.sqrt(psi) + zb * math.sqrt(max(psi - delta ** 2, 0.0))) ** 2 / delta ** 2)
 
 
@@ -96,7 +104,7 @@ def mcnemar(fixed: int, broken: int) -> tuple[float, list[float]]:
     ``(1.0, [0, 1])`` when nothing changed."""
     if fixed + broken == 0:
         return 1.0, [0.0, 1.0]
-    t = stats.binomtest(fixed, fixed + broken, 0.5)
+    t = _stats().binomtest(fixed, fixed + broken, 0.5)
     ci = t.proportion_ci(LEVEL, method="exact")
     return float(t.pvalue), [float(ci.low), float(ci.high)]
 
@@ -140,7 +148,7 @@ def paired_instructions(before: Sequence[Sequence[bool]], after: Sequence[Sequen
     if fixed + broken == 0 or math.isnan(se):
         p = 1.0
     else:
-        p = float(2 * stats.norm.sf(abs(mean) / se)) if se > 0 else 0.0
+        p = float(2 * _stats().norm.sf(abs(mean) / se)) if se > 0 else 0.0
     return {"n": n, "prompts": len(diffs), "fixed": fixed, "broken": broken, "diff": mean,
             "ci95": _normal_ci(mean, se, -1.0, 1.0) if fixed + broken else [0.0, 0.0], "se": se, "p_value": p}
 
