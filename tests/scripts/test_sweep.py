@@ -220,11 +220,12 @@ def test_a_failing_configuration_is_recorded_and_the_sweep_goes_on(tmp_path, mon
     fake_runs(sweep, monkeypatch, {1e-3: "ValueError: no sample left after truncation", 3e-3: better}, calls)
     out = tmp_path / "sw"
     argv = [*GRID, "--base", str(base), "--out", str(out)]
-    with pytest.raises(SystemExit, match=r"1 of 2 runs failed: lr0.001\S*: ValueError: no sample left"):
+    with pytest.raises(SystemExit, match=r"1 of 2 runs failed: lr0.001\S*: training lr0.001\S* failed \(exit 1\); "
+                                         r"log \S*run.log: ValueError: no sample left"):
         sweep.main(argv)
     assert [c[0].split("_")[0] for c in calls] == ["lr0.001", "lr0.003"]  # the second ran after the failure
     md = (out / "results.md").read_text()
-    assert "| failed: ValueError: no sample left after truncation |" in md
+    assert "failed (exit 1); log " in md and "run.log: ValueError: no sample left after truncation |" in md
     row = next(ln for ln in md.splitlines() if ln.startswith("| lr0.003"))
     # 12 fixed, 2 broken of 100 against the base: +10.0 points, exact McNemar p = 0.013, marked
     assert "| +10.0 [" in row and "p=0.013 *" in row and row.rstrip().endswith("| best |")
