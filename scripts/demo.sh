@@ -31,11 +31,13 @@ Knobs (environment), defaults in brackets (CPU demo / --full):
   DEMO_MAXLEN       model_max_length                      [512 / sft.sh default 2048]
   DEMO_MODEL        starting checkpoint                   [SmolLM2-135M]
   DEMO_SKIP_CHECKS  1 = skip stage 1 (exercise checks)    [0]
+  SEEDS             trainings of the same settings (seeds 42, 43, ...), each scored on IFEval; the
+                    summary shows their spread beside the evaluation interval [1]
   PRECISION         auto, bf16 or fp32: generation (run_ifeval.py --precision) and, on a CPU, training [auto:
                     on a CPU training in bf16 where it has bf16 arithmetic, generation in fp32]
                     (on a GPU sft.sh takes the precision from the card)
 Everything lands in $DEMO_OUT: ifeval_base/, ifbench_base/, ckpt/demo/, ifeval_sft/, ifbench_sft/, report/,
-summary.md, summary.json.
+summary.md, summary.json; with SEEDS > 1 also ckpt/demo_seedS/ and ifeval_sft_seedS/ (S = 43, ...).
 EOF_USAGE
 }
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -57,6 +59,8 @@ else
   LR=${DEMO_LR:-5e-5}; TOTALBSZ_=${DEMO_TOTALBSZ:-8}; BSZ_=${DEMO_BSZPERDEV:-4}; MAXLEN=${DEMO_MAXLEN:-512}
 fi
 MODEL=${DEMO_MODEL:-SmolLM2-135M}
+SEEDS=${SEEDS:-1}
+[[ "$SEEDS" =~ ^[1-9][0-9]*$ ]] || { echo "demo.sh: SEEDS '$SEEDS': expected an integer >= 1" >&2; exit 2; }
 PROMPT_SET=${DEMO_PROMPT_SET:-ifeval/data/sampled_input_data.jsonl}
 mkdir -p "$OUT"
 TIMES="$OUT/stage_times.tsv"; : > "$TIMES"
@@ -91,12 +95,13 @@ ifbench() {  # ifbench MODEL OUTDIR: the first $IFB_PROMPTS prompts of IFBench's
 }
 
 RUN=demo
-train() {
+train() {  # train RUNNAME [SEED]: no SEED, the training script's default (42)
   local extra=(--num_train_epochs "$EPOCHS")
+  [[ -n "${2:-}" ]] && extra+=(--seed "$2")
   [[ "$STEPS" != 0 ]] && extra+=(--max_steps "$STEPS")
   [[ -n "$LR" ]] && extra+=(--learning_rate "$LR")
   [[ -n "$MAXLEN" ]] && extra+=(--model_max_length "$MAXLEN")
-  env MODELPATH="$MODEL" DATAPATH="$DATA" OUTPUTPATH="$OUT/ckpt" RUNNAME="$RUN" \
+  env MODELPATH="$MODEL" DATAPATH="$DATA" OUTPUTPATH="$OUT/ckpt" RUNNAME="$1" \
       ${TOTALBSZ_:+TOTALBSZ=$TOTALBSZ_} ${BSZ_:+BSZPERDEV=$BSZ_} \
       bash scripts/sft.sh "${extra[@]}"
 }
@@ -114,9 +119,13 @@ T_ALL=$SECONDS
 if [[ "${DEMO_SKIP_CHECKS:-0}" != 1 ]]; then run_stage checks checks; fi
 run_stage ifeval_base ifeval "$MODEL" "$OUT/ifeval_base"
 if [[ "$IFB_PROMPTS" != 0 ]]; then run_stage ifbench_base ifbench "$MODEL" "$OUT/ifbench_base"; fi
-run_stage train train
+run_stage train train "$RUN"
 run_stage ifeval_sft ifeval "$OUT/ckpt/$RUN" "$OUT/ifeval_sft"
 if [[ "$IFB_PROMPTS" != 0 ]]; then run_stage ifbench_sft ifbench "$OUT/ckpt/$RUN" "$OUT/ifbench_sft"; fi
+for ((seed = 43; seed < 42 + SEEDS; seed++)); do  # training noise: the same settings, other seeds
+  run_stage "train_seed$seed" train "${RUN}_seed$seed" "$seed"
+  run_stage "ifeval_sft_seed$seed" ifeval "$OUT/ckpt/${RUN}_seed$seed" "$OUT/ifeval_sft_seed$seed"
+done
 run_stage report report
 printf '%s\t%s\n' total $((SECONDS - T_ALL)) >> "$TIMES"
 
@@ -124,5 +133,5 @@ printf '%s\t%s\n' total $((SECONDS - T_ALL)) >> "$TIMES"
 # IFEval gain carried over to IFBench, stage times, paths.
 FULL_ARGS=(); [[ "$FULL" == 1 ]] && FULL_ARGS=(--full)
 $PY -m smolsft.report.reports demo-summary "$OUT" --run "$RUN" "${FULL_ARGS[@]}" --prompt_set "$PROMPT_SET" \
-    --prompts "$PROMPTS" --max_tokens "$MAXTOK" --data "$DATA" --ifbench_prompts "$IFB_PROMPTS"
+    --prompts "$PROMPTS" --max_tokens "$MAXTOK" --data "$DATA" --ifbench_prompts "$IFB_PROMPTS" --seeds "$SEEDS"
 echo; echo "demo finished: summary in $OUT/summary.md and $OUT/summary.json"

@@ -37,6 +37,7 @@ from smolsft.evaluation import stats
 from smolsft.evaluation.metrics import BIGGER_SET
 from smolsft.evaluation.paired import compare_dirs
 from smolsft.report.paired_text import ci_text, marks_note, threshold_line
+from smolsft.report.sweep_table import seed_spread
 
 LOSS_CURVE_PNG = "loss_curve.png"
 
@@ -314,8 +315,49 @@ def _side(out: str, bench: str, prompt_set: Optional[str], prompts: int) -> tupl
     return base, sft, lines, obj
 
 
+FIRST_SEED = 42  # train_hw_parallel.py's default --seed (the Trainer's): the demo's own run
+
+
+def seed_folders(out: str, seeds: int) -> list[tuple[int, str]]:
+    """(seed, IFEval folder) of each training of a demo run with ``SEEDS=seeds``: the demo's
+    own run (seed 42, ``ifeval_sft``) and ``ifeval_sft_seedS`` for S = 43 ... 42 + seeds - 1."""
+    return [(FIRST_SEED, f"{out}/ifeval_sft")] + [(s, f"{out}/ifeval_sft_seed{s}")
+                                                  for s in range(FIRST_SEED + 1, FIRST_SEED + seeds)]
+
+
+def seeds_section(out: str, seeds: int, metric: str = "prompt_level_strict_acc") -> tuple[list[str], dict]:
+    """Training noise beside evaluation noise (issue 37 point 5): each seed's ``metric`` on
+    IFEval with its 95% interval and its paired test against the base model, then the spread
+    across seeds (mean, SD, range) beside the largest evaluation half-width. Returns the
+    Markdown lines and the ``summary.json`` part (``runs``: one entry per seed; ``spread``).
+    Raises :class:`ResultError` for a seed's missing or invalid summary."""
+    base_dir = f"{out}/ifeval_base"
+    rows, lines = [], ["", f"## Training noise: {seeds} seeds", "",
+                       "Each seed trained the same data and settings; each row is that checkpoint on the same IFEval "
+                       "prompts, paired against the base model.", "",
+                       f"| seed | {metric} [95% CI] | vs base: fixed / broken | change [95% CI] | p |", "|---|---|---|---|---|"]
+    for seed, folder in seed_folders(out, seeds):
+        s = load_summary(folder)
+        pair = compare_dirs(base_dir, folder)
+        p = pair["paired"][metric] if pair else None
+        ci = ((s.get("intervals") or {}).get(metric) or {}).get("ci95")
+        rows.append({"name": Path(folder).name, "config": "demo", "seed": seed, metric: s[metric], "ci95": ci,
+                     "vs_base": p})
+        vs = (f"{p['fixed']} / {p['broken']} | {stats.points(p['diff'])} {stats.ci_points(p['ci95'])} | {p['p_value']:.2g}"
+              if p else "- | - | no paired test")
+        lines.append(f"| {seed} | {s[metric]:.4f} {ci_text(s, metric, percent=False)} | {vs} |")
+    spread = seed_spread(rows, ("config",), metric)[0]
+    half = spread["eval_half_width"]
+    sd = "n/a" if spread["sd"] is None else f"{spread['sd']:.4f}"
+    lines += ["", f"Across seeds: mean {spread['mean']:.4f}, SD {sd}, range {spread['min']:.4f}-{spread['max']:.4f} "
+              f"(width {spread['max'] - spread['min']:.4f}); one run's evaluation 95% half-width is at most "
+              + ("n/a" if half is None else f"{half:.4f}") + ". A difference between two settings smaller than "
+              "either is not evidence that one setting is better."]
+    return lines, {"metric": metric, "runs": rows, "spread": spread}
+
+
 def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, max_tokens: int,
-                 data: str, ifbench_prompts: int = 0) -> tuple[str, dict]:
+                 data: str, ifbench_prompts: int = 0, seeds: int = 1) -> tuple[str, dict]:
     """(``summary.md`` text, ``summary.json`` object) of a demo folder ``out`` holding
     ``ifeval_base/``, ``ifeval_sft/``, ``ckpt/RUN/``, ``report/`` and ``stage_times.tsv``
     (stage name, seconds; one per line), and ``ifbench_base/``, ``ifbench_sft/`` when
@@ -327,7 +369,9 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
     ``intervals``, ``paired``, ``per_type_strict``) and IFBench's under ``ifbench``, with the verdict of
     :func:`carried_over` under ``carried_over`` (both ``None`` without IFBench), and under
     ``precision`` the training precision (``ckpt/RUN/run_plan.json``) and the generation
-    dtype (the base summary's), ``None`` where a file does not say. Raises
+    dtype (the base summary's), ``None`` where a file does not say. With ``seeds`` > 1 the
+    demo trained that many seeds and scored each on IFEval (:func:`seeds_section`; under
+    ``seeds`` in the JSON, else ``None``). Raises
     :class:`ResultError` for a missing or invalid summary or a run of the wrong benchmark."""
     base, sft, ifeval_lines, ifeval_obj = _side(out, "ifeval", prompt_set, prompts)
     ifbench_obj = carried = None
@@ -338,6 +382,7 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
                                      (ifbench_obj["paired"] or {}).get("prompt_level_strict_acc"))
         ifbench_lines += ["", "## Did the IFEval gain carry over?", "", line]
         carried = {"verdict": verdict, "line": line}
+    seed_lines, seeds_obj = seeds_section(out, seeds) if seeds > 1 else ([], None)
     with open(f"{out}/stage_times.tsv", encoding="utf-8") as f:
         times = [line.rstrip("\n").split("\t") for line in f if line.strip()]
     losses = logged_losses(f"{out}/ckpt/{run}")
@@ -352,7 +397,7 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
              f"Mode: {'full (course configuration)' if full else 'CPU demo'}; max_tokens {max_tokens}; "
              f"training data `{data}`; benchmarks: IFEval{', IFBench' if ifbench_prompts else ''}; "
              f"precision: training {precision['training'] or 'unknown'}, generation {precision['generation'] or 'unknown'}."]
-    lines += ifeval_lines + ifbench_lines
+    lines += ifeval_lines + ifbench_lines + seed_lines
     lines += ["", "## Training and time", "",
               "Training: " + (f"{len(losses)} logged losses, first {losses[0]:.4f}, last {losses[-1]:.4f}"
                               if losses else "no logged loss found"),
@@ -363,7 +408,7 @@ def demo_summary(out: str, run: str, full: bool, prompt_set: str, prompts: int, 
               f"- fine-tuned checkpoint: {out}/ckpt/{run}"]
     obj = {**ifeval_obj, "ifbench": ifbench_obj, "carried_over": carried,
            "stage_seconds": {k: int(v) for k, v in times}, "losses": losses,
-           "report": reports, "loss_curve": pngs, "precision": precision}
+           "report": reports, "loss_curve": pngs, "precision": precision, "seeds": seeds_obj}
     return "\n".join(lines) + "\n", obj
 
 
@@ -458,6 +503,8 @@ def main(argv=None) -> None:
     d.add_argument("--ifbench_prompts", type=int, default=0,
                    help="the first N IFBench prompts were scored in DEMO_OUT/ifbench_base and ifbench_sft "
                         "(0 = IFBench was not part of the demo)")
+    d.add_argument("--seeds", type=int, default=1,
+                   help="the demo trained this many seeds (42, 43, ...), each scored in DEMO_OUT/ifeval_sft[_seedS]")
     sm = sub.add_parser("simulator", help="write OUT/simulator.md (scripts/simulator_demo.sh)",
                         description="The user simulator's measures before/after with counts, role confusion, "
                                     "diversity, three dialogues and stage times, written to OUT/simulator.md.")
@@ -477,7 +524,7 @@ def main(argv=None) -> None:
         return
     try:
         text, obj = demo_summary(args.out, args.run, args.full, args.prompt_set, args.prompts, args.max_tokens,
-                                 args.data, args.ifbench_prompts)
+                                 args.data, args.ifbench_prompts, args.seeds)
     except (ResultError, OSError) as e:
         raise SystemExit(f"[report] error: {e}") from None
     with open(f"{args.out}/summary.md", "w", encoding="utf-8") as f:

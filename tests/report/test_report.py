@@ -291,3 +291,37 @@ def test_demo_summary_refuses_a_run_of_the_other_benchmark(tmp_path):
         report.main(["demo-summary", str(out), "--prompt_set", "p", "--max_tokens", "8", "--data", "d",
                      "--ifbench_prompts", "10"])
     assert not (out / "summary.md").exists()
+
+
+def test_seeds_put_training_noise_beside_the_evaluation_interval(tmp_path):
+    """SEEDS=3: the demo's own run (seed 42) and seeds 43, 44 each scored on IFEval; the
+    summary gives each seed's paired test against the base and their spread. Base 20/100;
+    the seeds pass 26, 30 and 22 (fixed 6, 10, 2 of the base's failures, nothing broken)."""
+    from test_compare import fixed_broken, hand_run
+
+    out = realistic_demo(tmp_path / "demo")
+    types = ["a:x"] * 100
+    before, _ = fixed_broken(0, 0, 100, 20)
+    hand_run(out / "ifeval_base", before, types, "base")
+    for folder, fixed in (("ifeval_sft", 6), ("ifeval_sft_seed43", 10), ("ifeval_sft_seed44", 2)):
+        hand_run(out / folder, [True] * (20 + fixed) + [False] * (80 - fixed), types, folder)
+    text, obj = report.demo_summary(str(out), "demo", False, "p.jsonl", 0, 256, "d.json", 0, seeds=3)
+    assert "## Training noise: 3 seeds" in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 4")]
+    assert [r.split(" | ")[0] for r in rows] == ["| 42", "| 43", "| 44"]
+    assert "| 43 | 0.3000 [" in rows[1] and "| 10 / 0 | +10.0 " in rows[1]
+    assert "| 44 | 0.2200 [" in rows[2] and "| 2 / 0 | +2.0 " in rows[2]
+    spread = obj["seeds"]["spread"]
+    assert spread["seeds"] == 3 and spread["mean"] == pytest.approx(0.26)
+    assert spread["sd"] == pytest.approx(0.04) and (spread["min"], spread["max"]) == (0.22, 0.30)
+    assert 0.08 < spread["eval_half_width"] < 0.10  # Wilson at 30/100: [0.219, 0.396]
+    assert "Across seeds: mean 0.2600, SD 0.0400, range 0.2200-0.3000 (width 0.0800)" in text
+    assert [r["seed"] for r in obj["seeds"]["runs"]] == [42, 43, 44]
+    one, obj1 = report.demo_summary(str(out), "demo", False, "p.jsonl", 0, 256, "d.json", 0)
+    assert "Training noise" not in one and obj1["seeds"] is None
+
+
+def test_a_missing_seed_run_is_named(tmp_path):
+    out = demo_folder(tmp_path / "demo")
+    with pytest.raises(report.ResultError, match="ifeval_sft_seed43"):
+        report.demo_summary(str(out), "demo", False, "p.jsonl", 4, 16, "d.json", 0, seeds=2)

@@ -39,6 +39,7 @@ bench=ifeval; [[ " $* " == *" --benchmark ifbench "* ]] && bench=ifbench
 case "$(basename "$out")" in
   ifeval_base) acc=0.19 n=100 first=0 last=19 ;; ifeval_sft) acc=0.29 n=100 first=2 last=31 ;;
   ifbench_base) acc=0.1 n=50 first=0 last=5 ;; ifbench_sft) acc=0.06 n=50 first=2 last=5 ;;
+  ifeval_sft_seed*) acc=0.25 n=100 first=0 last=25 ;;
 esac
 mkdir -p "$out"
 for mode in strict loose; do
@@ -171,3 +172,25 @@ def test_reduced_demo_end_to_end(tmp_path, tiny_llama_dir):
         assert len(re.findall(rf"\| {m} \| \d\.\d{{4}} {ci} \| \d\.\d{{4}} {ci} \| [+-]\d\.\d{{4}} \| \d+ / \d+ \|",
                               md)) == 2, m
     assert "| train | " in md
+
+
+def test_seeds_train_and_score_each_seed_then_show_the_spread(stub_repo, tmp_path):
+    """SEEDS=3: the demo's run (the default seed) and seeds 43 and 44, each trained with
+    --seed and scored on IFEval only; the summary has the training-noise section."""
+    (stub_repo / "scripts" / "sft.sh").write_text(STUB_SFT + 'echo "sft.sh $RUNNAME $*" >> "$CALLS"\n')
+    out, calls = stub_demo(stub_repo, tmp_path, SEEDS="3", DEMO_IFBENCH_PROMPTS="0")
+    trains = [c for c in calls if c.startswith("sft.sh")]
+    assert [t.split()[1] for t in trains] == ["demo", "demo_seed43", "demo_seed44"]
+    assert "--seed" not in trains[0] and " --seed 43 " in trains[1] and " --seed 44 " in trains[2]
+    scored = [c.split()[1] for c in calls if not c.startswith("sft.sh")]
+    assert scored == [f"{out}/ifeval_base", f"{out}/ifeval_sft", f"{out}/ifeval_sft_seed43", f"{out}/ifeval_sft_seed44"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"]["spread"]["seeds"] == 3 and summary["seeds"]["spread"]["min"] == 0.25
+    assert "## Training noise: 3 seeds" in (out / "summary.md").read_text()
+
+
+def test_bad_seeds_are_refused_at_once(stub_repo, tmp_path):
+    r = subprocess.run(["bash", "scripts/demo.sh"], cwd=stub_repo, capture_output=True, text=True,
+                       env=script_env(SEEDS="0", DEMO_OUT=str(tmp_path / "out"), CALLS=str(tmp_path / "c")))
+    assert r.returncode == 2 and "demo.sh: SEEDS '0': expected an integer >= 1" in r.stderr
+    assert not (tmp_path / "c").exists()
