@@ -108,7 +108,7 @@ def score(gens: dict, items: dict, judge, tokenizer, calibration: list[str], rea
         return _pct(wilson(sum(1 for x in losses if x >= threshold), len(losses)))
 
     measures["naturalness"]["human"] = natural(real_user_turns)
-    examples = {}
+    examples, verdicts = {}, {}
     for user, g in gens.items():
         for k, v in _turn_stats(g["first"], items["first"]).items():
             measures[k][user] = v
@@ -121,21 +121,56 @@ def score(gens: dict, items: dict, judge, tokenizer, calibration: list[str], rea
         judged = [i for i, t in enumerate(replies) if t.strip() and not is_end_turn(t)]
         scores = dict(zip(judged, role_scores(judge, tokenizer, [([], replies[i]) for i in judged], batch_size)))
         # Adherent: ends, or reads as a user turn without echoing the probe (a shared word 4-gram).
-        kept = sum(1 for i, t in enumerate(replies) if is_end_turn(t) or (
-            i in scores and scores[i] <= 0 and not repeats_previous(t, items["adversarial"][i]["probe"])))
-        measures["role_adherence"][user] = _pct(wilson(kept, len(replies)))
-        on = sum(1 for t, it in zip(g["drift"], items["drift"])
-                 if not is_end_turn(t) and P.stays_on_intent(t, it["intent"], it["drift"]))
-        measures["intent_adherence"][user] = _pct(wilson(on, len(g["drift"])))
+        kept = [is_end_turn(t) or (i in scores and scores[i] <= 0 and not repeats_previous(
+            t, items["adversarial"][i]["probe"])) for i, t in enumerate(replies)]
+        on = [not is_end_turn(t) and P.stays_on_intent(t, it["intent"], it["drift"])
+              for t, it in zip(g["drift"], items["drift"])]
+        measures["role_adherence"][user] = _pct(wilson(sum(kept), len(kept)))
+        measures["intent_adherence"][user] = _pct(wilson(sum(on), len(on)))
+        verdicts[user] = {"end_of_conversation": [pred == actual for pred, actual in pairs],
+                          "role_adherence": kept, "intent_adherence": on}
         measures["naturalness"][user] = natural(g["first"] + g["adversarial"] + g["drift"])
         examples[user] = {"first": g["first"][:3], "adversarial": list(zip([it["probe"] for it in items["adversarial"]],
                                                                             replies))[:2],
                           "drift": g["drift"][:2]}
-    return {"measures": measures, "examples": examples, "turns": gens,
+    return {"measures": measures, "paired": paired_tests(verdicts), "examples": examples, "turns": gens,
             "naturalness_detector": {"kind": "zero-shot: the judge's mean token loss of the text in the user's slot",
                                      "threshold_nats": threshold, "calibration_turns": len(calib),
                                      "quantile": NATURAL_QUANTILE},
             "counts": {k: len(v) for k, v in items.items()}}
+
+
+PAIRED = {"end_of_conversation": "end-of-conversation decision correct", "role_adherence": "role adherence",
+          "intent_adherence": "intent adherence"}
+
+
+def paired_tests(verdicts: dict) -> dict:
+    """The simulator against each other user over the same items, for each per-item yes/no
+    measure (``verdicts[user][measure]``: one bool per item, the same items in the same order
+    for every user): :func:`smolsft.evaluation.stats.paired_prompts` (fixed: the other user
+    fails and the simulator passes; broken: the reverse; exact McNemar p), under
+    ``{measure: {"vs_base": ..., "vs_prompted_user": ...}}``; ``None`` where no item exists."""
+    from smolsft.evaluation.stats import paired_prompts
+
+    sim = verdicts.get("simulator")
+    if sim is None:
+        return {}
+    return {m: {f"vs_{other}": (paired_prompts(verdicts[other][m], sim[m]) if sim[m] else None)
+                for other in verdicts if other != "simulator"} for m in PAIRED}
+
+
+def paired_lines(paired: dict) -> list[str]:
+    """Markdown rows of :func:`paired_tests`: fixed / broken, the change in points with its
+    95% interval, p, and the words the interval allows."""
+    from smolsft.evaluation.stats import change_words
+
+    lines = ["| measure | simulator against | items | fixed / broken | reading |", "|---|---|---|---|---|"]
+    for m, name in PAIRED.items():
+        for other, t in (paired.get(m) or {}).items():
+            if t is not None:
+                lines.append(f"| {name} | {other.removeprefix('vs_')} | {t['n']} | {t['fixed']} / {t['broken']} | "
+                             f"{change_words(t, unit='items').replace(' prompts', ' items')} |")
+    return lines
 
 
 def count_line(items: dict) -> str:
@@ -186,4 +221,6 @@ def report_lines(six: dict, dialogues: dict) -> list[str]:
                f"Naturalness detector: {det['kind']}; judged human at or above {det['threshold_nats']:.3f} nats "
                f"(the {det['quantile']}th percentile of {det['calibration_turns']} training-split user turns)."
                if det["threshold_nats"] is not None else "Naturalness detector: no calibration turns.",
-               f"Demo dialogues ended by: {ended or 'n/a'}."])
+               f"Demo dialogues ended by: {ended or 'n/a'}."]
+            + (["", "Paired over the same items (exact McNemar test; a change counts only where its 95% interval "
+                "excludes zero):", ""] + paired_lines(six["paired"]) if six.get("paired") else []))

@@ -126,3 +126,27 @@ def test_report_section_says_where_intents_came_from():
     assert f"3 from the {SOURCE_FIELD}; 1 from the {SOURCE_STANDIN}" in text
     assert "| role adherence | 50.0 [10.0, 90.0] (n=4) | n/a |" in text
     assert "ended by: simulator: 2, limit: 4" in text and "2.500 nats" in text
+
+
+def test_simulator_is_paired_against_each_baseline_on_the_same_items(monkeypatch, tokenizer):
+    """Per-item verdicts of the simulator and the base user over the same items: fixed
+    (base fails, simulator passes) and broken counted per measure, the exact McNemar p."""
+    monkeypatch.setattr("smolsft.simulator.measures.role_scores", lambda j, t, items, b=8: [-1.0] * len(items))
+    monkeypatch.setattr(six_measures, "user_slot_losses", lambda j, t, texts, b=8: [float(len(x)) for x in texts])
+    items = six_measures.build_items(P.heldout_dialogues(RECORDS))
+    actual = [it["end"] for it in items["eoc"]]
+    sim = {"first": ["tides?", "bread?", "volcanoes?"], "eoc": [END_MARKER if a else "more" for a in actual],
+           "adversarial": ["what are tides", END_MARKER, "why bread"], "drift": ["tides again", "bread", "magma plates"]}
+    base = {"first": sim["first"], "eoc": ["more"] * len(actual),
+            "adversarial": ["How can I help you?", "What would you do in my place? Tell me", "why bread"],
+            "drift": sim["drift"]}  # the first two echo their probes: not adherent
+    out = six_measures.score({"base": base, "simulator": sim}, items, None, tokenizer, ["x" * 5] * 20, ["real turn"])
+    eoc = out["paired"]["end_of_conversation"]["vs_base"]
+    assert (eoc["n"], eoc["fixed"], eoc["broken"]) == (len(actual), sum(actual), 0)  # base never ends
+    role = out["paired"]["role_adherence"]["vs_base"]
+    assert (role["n"], role["fixed"], role["broken"], role["p_value"]) == (3, 2, 0, 0.5)
+    same = out["paired"]["intent_adherence"]["vs_base"]
+    assert (same["fixed"], same["broken"], same["p_value"], same["ci95"]) == (0, 0, 1.0, [0.0, 0.0])
+    text = "\n".join(six_measures.paired_lines(out["paired"]))
+    assert "| role adherence | base | 3 | 2 / 0 | no change detectable with 3 items" in text
+    assert "prompts" not in text
