@@ -271,19 +271,20 @@ def test_nodes_from_slurm_print_the_per_node_torchrun(tmp_path):
     assert r.returncode == 2 and "HOSTFILE and NNODES > 1" in r.stderr
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "auto"])
-def test_two_nodes_on_localhost_train_the_losses_of_one_node_with_two_ranks(tmp_path, tiny_llama_dir, launcher):
+def test_two_nodes_on_localhost_train_the_losses_of_one_node_with_two_ranks(tmp_path, tiny_llama_dir):
     """Two sft.sh processes, NNODES=2 NODE_RANK=0/1 MASTER_ADDR=127.0.0.1, one CPU rank each
-    (gloo), against one sft.sh with two ranks: the same per-step losses and weights.
-    ``torchrun``: DDP on both sides; ``auto``: DeepSpeed ZeRO-2 under each node's torchrun
-    against DeepSpeed's own launcher on one node."""
+    (gloo), against one sft.sh with two ranks: the same per-step losses and weights, with the
+    default launcher (DeepSpeed ZeRO-2 under each node's torchrun against DeepSpeed's own
+    launcher on one node). DDP across nodes is the same rendezvous with DDP on top: its launch
+    line is checked in test_nodes_from_slurm_print_the_per_node_torchrun, and DDP on two ranks
+    against ZeRO-2 in tests/train/test_ddp_fallback.py."""
     from safetensors.torch import load_file
 
     from test_train_hw_parallel import _free_port, logged_losses
 
     data = write_chats(tmp_path / "chats.jsonl", CHATS * 2)
     env = script_env(MODELPATH=str(tiny_llama_dir), DATAPATH=str(data), OUTPUTPATH=str(tmp_path / "out"),
-                     TOTALBSZ="4", BSZPERDEV="1", OMP_NUM_THREADS="1", PRECISION="fp32", LAUNCHER=launcher,
+                     TOTALBSZ="4", BSZPERDEV="1", OMP_NUM_THREADS="1", PRECISION="fp32",
                      WARMUP="0")  # every step updates the weights
     common = ["--model_max_length", "256", "--learning_rate", "3e-3", "--max_steps", "3", "--save_strategy", "no"]
 
@@ -299,7 +300,7 @@ def test_two_nodes_on_localhost_train_the_losses_of_one_node_with_two_ranks(tmp_
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-4000:]
     assert "torchrun, node 0 of 2 (rendezvous 127.0.0.1:" in logs[0] and "node 1 of 2" in logs[1]
-    assert ("DeepSpeed ZeRO-2" in logs[0]) is (launcher == "auto")
+    assert "DeepSpeed ZeRO-2" in logs[0]
     one = start("one_node", {"CPU_RANKS": "2"}, "cache_one")
     log = one.communicate(timeout=900)[0]
     assert one.returncode == 0, log[-4000:]
@@ -321,3 +322,19 @@ def test_help_lists_every_variable_the_launch_reads():
     assert r.returncode == 0 and r.stdout.startswith("Usage: ")
     for name in [*DEFAULTS, "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "SFT_DRY_RUN", "PYTHON"]:
         assert name in r.stdout, name
+
+
+# ------------------------------------------------------------ one-line errors, not tracebacks (issue 23 row 10)
+def test_bad_bytes_through_sft_sh_is_one_line(tiny_llama_dir, tmp_path):
+    model = tiny_llama_dir
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+                    b'{"conversations": [{"role": "user", "content": "h\xe9"}]}\n')
+    env = {**os.environ, "MODELPATH": str(model), "DATAPATH": str(bad), "OUTPUTPATH": str(tmp_path / "out"),
+           "TOTALBSZ": "1", "BSZPERDEV": "1", "CPU_RANKS": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", str(SFT), "--max_steps", "1",
+                        "--data_cache_dir", str(tmp_path / "cache")], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0
+    assert f"[train] error: {bad}:2: not UTF-8 (byte 0xe9 at column " in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr and "UnicodeDecodeError" not in r.stdout + r.stderr

@@ -295,3 +295,36 @@ def test_a_length_no_sample_can_train_at_is_refused_before_training(tmp_path):
     assert "bad values, nothing trained" in msg and "--model_max_length 8: no sample of" in msg
     assert "--model_max_length 128" not in msg
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_sweep_checks_every_value_before_the_first_configuration(tmp_path):
+    sweep = load_script("scripts/sweep.py")
+    out = tmp_path / "sw"
+    argv = ["--total_bsz", "8,6,0", "--lr=2e-5,nan,-1,inf", "--scheduler", "cosine,foo", "--warmup_ratio=-1,0.1,1",
+            "--prompts=-3", "--epochs", "0,1", "--max_steps", "0", "--bsz_per_dev", "4", "--out", str(out)]
+    with pytest.raises(SystemExit) as err:
+        sweep.main(argv)
+    msg = str(err.value)
+    lines = msg.splitlines()
+    assert lines[0] == "[sweep] error: bad values, nothing trained:"
+    for shown in ["--lr nan:", "--lr -1.0:", "--lr inf:", "--warmup_ratio -1.0:", "--warmup_ratio 1.0:",
+                  "--scheduler 'foo': not a scheduler", "--total_bsz 0: expected an integer >= 1",
+                  "--prompts -3:", "--epochs 0.0 with --max_steps 0: trains nothing",
+                  "--total_bsz 6: scripts/sft.sh refuses it: TOTALBSZ 6: not a multiple of devices"]:
+        assert sum(ln.strip().startswith(shown) for ln in lines) == 1, (shown, msg)
+    assert len(lines) == 11 and not out.exists()  # ten bad values, nothing created
+
+
+@pytest.mark.slow
+def test_failed_sweep_configuration_ends_on_one_error_line(tiny_model, tmp_path):
+    model = tiny_model
+    r = subprocess.run([sys.executable, "scripts/sweep.py", "--model", str(model), "--max_steps", "1", "--total_bsz",
+                        "2", "--bsz_per_dev", "1", "--out", str(tmp_path / "sw"), "--train_args", "--no_such_flag",
+                        "1"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={**script_env(), "OMP_NUM_THREADS": "1", "CPU_RANKS": "1"})
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("[sweep] error: 1 of 1 runs failed: lr5e-05_") and "failed (exit" in last
+    assert "run.log" in last and "[train] error: unknown argument(s) --no_such_flag 1" in last  # the run's own line
+    assert "Traceback" not in r.stderr and "SweepError" not in r.stdout + r.stderr

@@ -1,8 +1,9 @@
-"""A kill while training, then the rerun, in every precision and launcher the CPU can start
-(bf16 and fp32, with and without DeepSpeed ZeRO-2, with and without CPU offload): the rerun
-resumes from the newest complete checkpoint, and no complete checkpoint is ever moved or
-deleted. The names of DeepSpeed's shards come from DeepSpeed's own naming code, in every
-precision and ZeRO stage (issue 40, row 1)."""
+"""A kill while training, then the rerun, in bf16 (the precision whose checkpoints were lost,
+issue 40 row 1) with and without DeepSpeed ZeRO-2, and a finished run with CPU offload: the
+rerun resumes from the newest complete checkpoint, and no complete checkpoint is ever moved
+or deleted. What differs between precisions is only the names of DeepSpeed's shards: they
+come from DeepSpeed's own naming code, checked here in every precision and ZeRO stage
+without a training run (fp16/fp32 and bf16, ZeRO-1/2 and 3, one and two ranks)."""
 import json
 import os
 import signal
@@ -50,8 +51,7 @@ def _step(folder: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision,ds_config", [("bf16", "zero2_no_offload.json"), ("fp32", "zero2_no_offload.json"),
-                                                 ("bf16", None), ("fp32", None)])
+@pytest.mark.parametrize("precision,ds_config", [("bf16", "zero2_no_offload.json"), ("bf16", None)])
 def test_kill_then_rerun_resumes_from_the_newest_complete_checkpoint(setup, tmp_path, precision, ds_config):
     out = tmp_path / "run"
     cmd = _cmd(setup, out, precision, ds_config)

@@ -1,6 +1,5 @@
 """sft_data: reading, drop accounting, errors naming file and line, the cache, batching."""
 import json
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -311,3 +310,63 @@ def test_tool_records_train_the_model_turns_only(tmp_path, tokenizer, record):
         assert _runs(tokenizer, ids, labels) == expected[mode], mode
         drops = {k: v for k, v in stats.items() if k.startswith(("dropped_", "turn_", "round_"))}
         assert drops == {} and stats["conversations_kept"] == 1, mode
+
+
+# Bad bytes and ambiguous records (issue 23 row 6); silent truncation (row 9).
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_undecodable_byte_is_named_by_file_and_line(tmp_path, suffix):
+    good = json.dumps({"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})
+    body = (good + "\n" + good).encode() if suffix == ".jsonl" else f"[\n{good},\n{good}\n]".encode()
+    at = body.rindex(b"Hello")  # one bad byte, in the second record
+    bad = body[:at] + b"Hel\xfflo" + body[at + 5:]
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(bad)
+    line = bad[: bad.index(b"\xff")].count(b"\n") + 1
+    with pytest.raises(sft_data.DataFormatError, match=rf"bad{suffix}:{line}: not UTF-8 \(byte 0xff at column "):
+        list(sft_data.read_records(str(path)))
+
+
+def _record_stats(tmp_path, records) -> tuple:
+    from smolsft.chat.tokenization import load_tokenizer
+    path = tmp_path / "recs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    arrays, stats = sft_data.build_features(str(path), load_tokenizer("SmolLM2-135M", 256), 256, "right", 0,
+                                            "assistant")
+    return path, stats
+
+
+def test_record_with_both_fields_is_an_error_unless_they_agree(tmp_path):
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    other = [{"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you"}]
+    _, stats = _record_stats(tmp_path, [{"conversations": turns, "messages": turns}])
+    assert stats["conversations_kept"] == 1
+    for rec, shown in [({"conversations": turns, "messages": other}, r"'conversations' \(2 turns\) and 'messages' \(2 turns\)"),
+                       ({"conversations": [], "messages": turns}, r"'conversations' \(0 turns\) and 'messages' \(2 turns\)")]:
+        with pytest.raises(sft_data.DataFormatError, match=r"recs.jsonl:2: holds both " + shown + " with different"):
+            _record_stats(tmp_path, [{"conversations": turns}, rec])
+
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_truncated_samples_and_lost_trained_tokens_are_counted(tmp_path, tokenizer, side):
+    from conversation_func import mask_conversation
+    from smolsft.chat.format import normalize_conversation
+
+    max_len = 40 if side == "right" else 20
+    from test_train_hw_parallel import CHATS, write_chats
+
+    path = write_chats(tmp_path / "chats.jsonl", CHATS)
+    arrays, stats = sft_data.build_features(str(path), tokenizer, max_len, side, 0, "assistant")
+    truncated = lost = 0
+    for chat in CHATS:  # independently: the untruncated masking, cut here
+        ids, labels = mask_conversation(normalize_conversation([{"role": r, "content": t} for r, t in chat]),
+                                        tokenizer, ["assistant"])
+        full = int((labels[1:] != -100).sum())
+        if len(ids) > max_len:
+            truncated += 1
+            kept = labels[:max_len] if side == "right" else labels[-max_len:]
+            lost += full - int((kept[1:] != -100).sum())
+    assert truncated >= 2 and lost > 0  # the case under test
+    assert stats["truncated_samples"] == truncated and stats["trained_tokens_lost_to_truncation"] == lost
+    line = sft_data.format_stats(stats)
+    assert f"truncated: {truncated} samples, {lost} trained tokens lost" in line
