@@ -268,7 +268,7 @@ class FusedLossTrainer(Trainer):
     arguments (not ``compute_loss_func``), ``chunk_size`` and ``pack_batches``: run each
     right-padded training batch as one row of its real tokens (:func:`pack_right_padded`),
     so no layer computes padding; only for an attention that keeps packed samples apart
-    and gains from it (``cpu_attention``: the same loss and gradients, tests/losses/test_fused_loss.py)."""
+    and gains from it (``cpu_attention``: the same loss and gradients, tests/losses/test_fused.py)."""
 
     def __init__(self, *args, chunk_size: int = DEFAULT_CHUNK_SIZE, pack_batches: bool = False, **kwargs):
         if "compute_loss_func" in kwargs:

@@ -1,6 +1,6 @@
 """ifeval/run_ifeval.py (the CLI) with the transformers backend: end to end, resume,
 settings checks, scoring a longer response file; and the chain model the generation
-tests share (tests/generation/test_generate.py, tests/ifeval/test_run_sh.py). vLLM runs for real in
+tests share (tests/generation/test_engines.py, tests/ifeval/test_run_sh.py). vLLM runs for real in
 tests/generation/test_vllm_engine.py.
 
 Most tests use a "chain" model: a one-layer Llama with the real SmolLM2 tokenizer whose

@@ -4,7 +4,7 @@ query head) as the reference: outputs and the gradients of query, key and value 
 tokens, with grouped-query heads, right padding, no mask, one and several query blocks,
 autocast; which masks it computes and which go to ``sdpa``; its refusals; and a whole
 model's logits and gradients against the same model under ``sdpa``. (The automatic choice
-of this attention: tests/hardware/test_cpu_precision.py.)"""
+of this attention: tests/hardware/test_cpu.py.)"""
 from __future__ import annotations
 
 import pytest

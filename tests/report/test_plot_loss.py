@@ -6,7 +6,7 @@ import matplotlib.image
 import pytest
 
 from smolsft.report import reports as report
-from test_report import write_state
+from test_reports import write_state
 from smolsft.files import REPO_ROOT
 
 # Every test here runs a shell script or a CLI in a subprocess.
