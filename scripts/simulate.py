@@ -46,6 +46,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from smolsft.chat.format import ConversationFormatError, render_chat
 from smolsft.files import resolve_path
@@ -156,7 +157,7 @@ class Engine:
                            show_progress=False)
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--assistant", required=True, help="assistant checkpoint (folder or hub id)")
     ap.add_argument("--simulator", required=True, help="user-simulator checkpoint (trained with --mask_mode reverse)")
@@ -178,87 +179,119 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.rounds >= TURN_KEY // 2:
         ap.error(f"--rounds must be in [1, {TURN_KEY // 2 - 1}]")
+    return args
 
-    import torch
 
-    t_start = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    backend = pick_backend(args.backend, device)
-    assistant_path, simulator_path = resolve_path(args.assistant), resolve_path(args.simulator)
-    openings_path = resolve_path(args.openings)
-    check_simulator(simulator_path, args.any_simulator, log)
-    openings = read_openings(openings_path, args.limit)
-    out = Path(args.output_dir)
-    turns_path = out / "turns.jsonl"
-    settings = {
-        "assistant_path": assistant_path, "assistant_fingerprint": checkpoint_fingerprint(assistant_path),
-        "simulator_path": simulator_path, "simulator_fingerprint": checkpoint_fingerprint(simulator_path),
-        "openings": openings_path,
+def run_settings(args, paths: dict, openings: list, backend: str, device: str) -> dict:
+    """What makes two runs' turns comparable (checked against ``turns.jsonl``'s on a resume)."""
+    return {
+        "assistant_path": paths["assistant"], "assistant_fingerprint": checkpoint_fingerprint(paths["assistant"]),
+        "simulator_path": paths["simulator"], "simulator_fingerprint": checkpoint_fingerprint(paths["simulator"]),
+        "openings": paths["openings"],
         "openings_hash": hashlib.sha256(json.dumps(openings).encode()).hexdigest()[:16],
         "limit": args.limit, "rounds": args.rounds, "max_tokens": args.max_tokens,
         "assistant_temperature": args.assistant_temperature, "simulator_temperature": args.simulator_temperature,
         "top_p": args.top_p, "seed": args.seed, "engine": backend, "engine_version": engine_version(backend),
         "dtype": pick_dtype(device), "intent": not args.no_intent,
     }
+
+
+def turns_to_generate(dialogues: list[dict], rounds: int) -> int:
+    """Turns still to write, at most: a simulator may end a dialogue sooner."""
+    return sum(2 * rounds - 1 - sum(1 for m in d["messages"] if m["author"] != "data")
+               for d in dialogues if d["ended_by"] is None)
+
+
+def generation_step(dialogues: list[dict], engines: dict, args) -> Optional[tuple[str, list, list]]:
+    """One batched step: (role, [(dialogue, turn)], answers) for the role most dialogues wait
+    for (all of them, in lockstep runs); ``None`` when every dialogue has ended."""
+    pending = [(d, t) for d in dialogues for t in [next_turn(d, args.rounds)] if t is not None]
+    if not pending:
+        return None
+    role = max(("assistant", "user"), key=lambda r: sum((t % 2 == 0) == (r == "assistant") for _, t in pending))
+    batch = [(d, t) for d, t in pending if (t % 2 == 0) == (role == "assistant")]
+    hist = [[{"role": m["role"], "content": m["content"]} for m in d["messages"]] for d, _ in batch]
+    if role == "assistant":
+        eng, temp = engines["assistant"], args.assistant_temperature
+        prompts = [render_chat(eng.tokenizer, h, add_generation_prompt=True) for h in hist]
+    else:
+        eng, temp = engines["simulator"], args.simulator_temperature
+        prompts = [simulator_prompt(h, eng.tokenizer, intent=None if args.no_intent else d["intent"])
+                   for h, (d, _) in zip(hist, batch)]
+    keys = [d["dialogue"] * TURN_KEY + t for d, t in batch]
+    answers = eng.generate(prompts, args.max_tokens, temp, args.top_p, [args.seed + k for k in keys])
+    return role, batch, [{"key": k, **a} for k, a in zip(keys, answers)]
+
+
+def generate_dialogues(dialogues: list[dict], todo: int, paths: dict, backend: str, device: str, args,
+                       turns_path: Path) -> None:
+    """Load both engines and write every missing turn to ``turns_path`` (appended as each
+    step finishes, so a killed run resumes), adding it to its dialogue."""
+    from tqdm import tqdm
+
+    engines = {role: Engine(paths[role], backend, device, args.max_model_len, len(dialogues), role)
+               for role in ("assistant", "simulator")}
+    writer = ResponseWriter(turns_path)
+    bar = tqdm(total=todo, desc="turns", unit="turn")
+    try:
+        while (step := generation_step(dialogues, engines, args)) is not None:
+            role, batch, answers = step
+            recs = [{"key": a["key"], "dialogue": d["dialogue"], "turn": t, "role": role, **a}
+                    for (d, t), a in zip(batch, answers)]
+            writer.write(recs)
+            for (d, _), r in zip(batch, recs):
+                add_turn(d, role, r["response"], args.rounds)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        writer.close()
+
+
+def write_dialogues(out: Path, dialogues: list[dict], settings: dict) -> None:
+    tmp = out / "dialogues.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dialogues), encoding="utf-8")
+    os.replace(tmp, out / "dialogues.jsonl")
+    write_markdown(out / "dialogues.md", dialogues, settings)
+
+
+def summarize(dialogues: list[dict], rounds: int, generated: int, resumed: int, seconds: float) -> dict:
+    sim_turns = [m for d in dialogues for m in d["messages"] if m["author"] == "simulator"]
+    return {"dialogues": len(dialogues), "rounds": rounds, "generated_turns": generated,
+            "resumed_turns": resumed, "simulator_turns": len(sim_turns),
+            "empty_simulator_turns": sum(1 for m in sim_turns if not m["content"].strip()),
+            "ended_by_simulator": sum(1 for d in dialogues if d["ended_by"] == "simulator"),
+            "seconds": round(seconds, 1)}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    t_start = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend = pick_backend(args.backend, device)
+    paths = {"assistant": resolve_path(args.assistant), "simulator": resolve_path(args.simulator),
+             "openings": resolve_path(args.openings)}
+    check_simulator(paths["simulator"], args.any_simulator, log)
+    openings = read_openings(paths["openings"], args.limit)
+    out = Path(args.output_dir)
+    turns_path = out / "turns.jsonl"
+    settings = run_settings(args, paths, openings, backend, device)
     try:
         done = read_answered(turns_path)
     except ValueError as e:
         raise SystemExit(f"[simulate] error: {e}") from None
     check_settings(turns_path, settings, len(done), keys=SETTINGS_KEYS, tag="simulate")
     dialogues = assemble(openings, done, args.rounds)
-    todo = sum(2 * args.rounds - 1 - sum(1 for m in d["messages"] if m["author"] != "data")
-               for d in dialogues if d["ended_by"] is None)  # at most: a simulator may end a dialogue sooner
-    resumed = len(done)
+    todo, resumed = turns_to_generate(dialogues, args.rounds), len(done)
     if resumed:
         log(f"[simulate] resuming: {resumed} turns already in {turns_path}, at most {todo} to generate")
-
     if todo:
-        from tqdm import tqdm
-
-        engines = {"assistant": Engine(assistant_path, backend, device, args.max_model_len, len(openings), "assistant"),
-                   "simulator": Engine(simulator_path, backend, device, args.max_model_len, len(openings), "simulator")}
-        writer = ResponseWriter(turns_path)
-        bar = tqdm(total=todo, desc="turns", unit="turn")
-        try:
-            while True:
-                pending = [(d, t) for d in dialogues for t in [next_turn(d, args.rounds)] if t is not None]
-                if not pending:
-                    break
-                # Each step serves one role: the one most dialogues wait for (all, in lockstep runs).
-                role = max(("assistant", "user"), key=lambda r: sum((t % 2 == 0) == (r == "assistant") for _, t in pending))
-                batch = [(d, t) for d, t in pending if (t % 2 == 0) == (role == "assistant")]
-                hist = [[{"role": m["role"], "content": m["content"]} for m in d["messages"]] for d, _ in batch]
-                if role == "assistant":
-                    eng, temp = engines["assistant"], args.assistant_temperature
-                    prompts = [render_chat(eng.tokenizer, h, add_generation_prompt=True) for h in hist]
-                else:
-                    eng, temp = engines["simulator"], args.simulator_temperature
-                    prompts = [simulator_prompt(h, eng.tokenizer, intent=None if args.no_intent else d["intent"])
-                               for h, (d, _) in zip(hist, batch)]
-                keys = [d["dialogue"] * TURN_KEY + t for d, t in batch]
-                answers = eng.generate(prompts, args.max_tokens, temp, args.top_p, [args.seed + k for k in keys])
-                recs = [{"key": k, "dialogue": d["dialogue"], "turn": t, "role": role, **a}
-                        for k, (d, t), a in zip(keys, batch, answers)]
-                writer.write(recs)
-                for (d, _), r in zip(batch, recs):
-                    add_turn(d, role, r["response"], args.rounds)
-                bar.update(len(batch))
-        finally:
-            bar.close()
-            writer.close()
+        generate_dialogues(dialogues, todo, paths, backend, device, args, turns_path)
         done = read_answered(turns_path)
         dialogues = assemble(openings, done, args.rounds)
-
-    tmp = out / "dialogues.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dialogues), encoding="utf-8")
-    os.replace(tmp, out / "dialogues.jsonl")
-    write_markdown(out / "dialogues.md", dialogues, settings)
-    sim_turns = [m for d in dialogues for m in d["messages"] if m["author"] == "simulator"]
-    summary = {"dialogues": len(dialogues), "rounds": args.rounds, "generated_turns": len(done),
-               "resumed_turns": resumed, "simulator_turns": len(sim_turns),
-               "empty_simulator_turns": sum(1 for m in sim_turns if not m["content"].strip()),
-               "ended_by_simulator": sum(1 for d in dialogues if d["ended_by"] == "simulator"),
-               "seconds": round(time.perf_counter() - t_start, 1)}
+    write_dialogues(out, dialogues, settings)
+    summary = summarize(dialogues, args.rounds, len(done), resumed, time.perf_counter() - t_start)
     print(f"[simulate] {summary['dialogues']} dialogues x {args.rounds} rounds: {summary['generated_turns']} turns "
           f"({resumed} resumed, {summary['empty_simulator_turns']} empty user turns; "
           f"{summary['ended_by_simulator']} ended by the simulator) in {summary['seconds']}s; "
