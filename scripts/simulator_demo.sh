@@ -23,9 +23,9 @@ Knobs (environment), defaults CPU / --full:
   SIMDEMO_HELDOUT    records held out                       [40 / 200]
   SIMDEMO_MODEL      starting checkpoint (and role judge)    [SmolLM2-135M]
   SIMDEMO_ASSISTANT  assistant that talks to the simulator   [demo_out/ckpt/demo if there, else SIMDEMO_MODEL]
-  SIMDEMO_STEPS      optimizer steps, 0 = whole epochs      [8 / 0]
+  SIMDEMO_STEPS      optimizer steps, 0 = whole epochs      [16 / 0]
   SIMDEMO_EPOCHS     epochs when SIMDEMO_STEPS=0            [1 / 3]
-  SIMDEMO_LR         learning rate                          [1e-4 / sft.sh default]
+  SIMDEMO_LR         learning rate                          [5e-4 / sft.sh default]
   SIMDEMO_TOTALBSZ, SIMDEMO_BSZPERDEV                       [8, 4 / sft.sh defaults]
   SIMDEMO_MAXLEN     model_max_length                       [512 / sft.sh default]
                      (right truncation cuts a conversation's end and with it the end
@@ -33,7 +33,7 @@ Knobs (environment), defaults CPU / --full:
   CPU_RANKS          training processes on a CPU            [1 / sft.sh default]
   SIMDEMO_DIRECT=1   train in one plain process without DeepSpeed (crowded machines)
   SIMDEMO_TRAIN_ARGS more training flags, e.g. "--optim adafactor" (no Adam states in memory)
-  SIMDEMO_LIMIT      dialogues                              [6 / 50]
+  SIMDEMO_LIMIT      dialogues                              [8 / 50]
   SIMDEMO_ROUNDS     assistant turns per dialogue           [3 / 5]
   SIMDEMO_MAXTOK     new tokens per turn                    [64 / 256]
   SIMDEMO_BACKEND    generation engine of the dialogues     [auto: vLLM when installed]
@@ -41,6 +41,7 @@ Knobs (environment), defaults CPU / --full:
   SIMDEMO_CHRF_ITEMS single-turn pairs back-translated, 0=all [12 / 0]
   SIMDEMO_PROBE_ITEMS dialogues probed for role/intent adherence, 0=all [12 / 0]
   SIMDEMO_FIRST_ITEMS dialogues whose first turn is written, 0=all [20 / 0]
+  SIMDEMO_EOC_ITEMS  end-of-conversation states judged, 0=all [24 / 0]
   SIMDEMO_END_MARKER train the end-of-conversation turn (1) or not (0) [1 / 1]
 EOF
 }
@@ -55,16 +56,16 @@ if [[ "$FULL" == 1 ]]; then
   STEPS=${SIMDEMO_STEPS:-0}; EPOCHS=${SIMDEMO_EPOCHS:-3}; LR=${SIMDEMO_LR:-}; TOTALBSZ_=${SIMDEMO_TOTALBSZ:-}
   BSZ_=${SIMDEMO_BSZPERDEV:-}; MAXLEN=${SIMDEMO_MAXLEN:-}; LIMIT=${SIMDEMO_LIMIT:-50}; ROUNDS=${SIMDEMO_ROUNDS:-5}
   MAXTOK=${SIMDEMO_MAXTOK:-256}; ROLE_ITEMS=${SIMDEMO_ROLE_ITEMS:-0}; CHRF_ITEMS=${SIMDEMO_CHRF_ITEMS:-0}
-  PROBE_ITEMS=${SIMDEMO_PROBE_ITEMS:-0}; FIRST_ITEMS=${SIMDEMO_FIRST_ITEMS:-0}
+  PROBE_ITEMS=${SIMDEMO_PROBE_ITEMS:-0}; FIRST_ITEMS=${SIMDEMO_FIRST_ITEMS:-0}; EOC_ITEMS=${SIMDEMO_EOC_ITEMS:-0}
   [[ -f "$DATA" ]] || { echo "simulator_demo.sh --full: $DATA not found (bash setup.sh fetches it online)" >&2; exit 1; }
 else
   OUT=${SIMDEMO_OUT:-simulator_out}; DATA=${SIMDEMO_DATA:-data/demo_sft.json}; HELDOUT=${SIMDEMO_HELDOUT:-40}
-  STEPS=${SIMDEMO_STEPS:-8}; EPOCHS=${SIMDEMO_EPOCHS:-1}; LR=${SIMDEMO_LR:-1e-4}; TOTALBSZ_=${SIMDEMO_TOTALBSZ:-8}
+  STEPS=${SIMDEMO_STEPS:-16}; EPOCHS=${SIMDEMO_EPOCHS:-1}; LR=${SIMDEMO_LR:-5e-4}; TOTALBSZ_=${SIMDEMO_TOTALBSZ:-8}
   BSZ_=${SIMDEMO_BSZPERDEV:-4}; MAXLEN=${SIMDEMO_MAXLEN:-512};
   # One training process: two DeepSpeed ranks on 2 cores are no faster and hold two copies in memory.
-  export CPU_RANKS=${CPU_RANKS:-1}; LIMIT=${SIMDEMO_LIMIT:-6}; ROUNDS=${SIMDEMO_ROUNDS:-3}
+  export CPU_RANKS=${CPU_RANKS:-1}; LIMIT=${SIMDEMO_LIMIT:-8}; ROUNDS=${SIMDEMO_ROUNDS:-3}
   MAXTOK=${SIMDEMO_MAXTOK:-64}; ROLE_ITEMS=${SIMDEMO_ROLE_ITEMS:-16}; CHRF_ITEMS=${SIMDEMO_CHRF_ITEMS:-12}
-  PROBE_ITEMS=${SIMDEMO_PROBE_ITEMS:-12}; FIRST_ITEMS=${SIMDEMO_FIRST_ITEMS:-20}
+  PROBE_ITEMS=${SIMDEMO_PROBE_ITEMS:-12}; FIRST_ITEMS=${SIMDEMO_FIRST_ITEMS:-20}; EOC_ITEMS=${SIMDEMO_EOC_ITEMS:-24}
 fi
 MODEL=${SIMDEMO_MODEL:-SmolLM2-135M}
 if [[ -z "${SIMDEMO_ASSISTANT:-}" && -f demo_out/ckpt/demo/config.json ]]; then ASSISTANT=demo_out/ckpt/demo
@@ -117,6 +118,7 @@ measure() {
   $PY scripts/simulator_eval.py measure --base "$MODEL" --simulator "$OUT/ckpt/simulator" \
       --heldout "$OUT/split/heldout.json" --dialogues "$OUT/dialogues/dialogues.jsonl" --output "$OUT/measures.json" \
       --max_tokens "$MAXTOK" --role_items "$ROLE_ITEMS" --chrf_items "$CHRF_ITEMS" --probe_items "$PROBE_ITEMS" --first_items "$FIRST_ITEMS" \
+      --eoc_items "$EOC_ITEMS" \
       ${MAXLEN:+--max_length $MAXLEN}
 }
 

@@ -106,7 +106,7 @@ def cmd_measure(args) -> dict:
                      "max_tokens": args.max_tokens, "examples": []}}
     role, six_gens = {}, {}
     six_dialogues = protocol.heldout_dialogues(held)
-    six_items = six_measures.build_items(six_dialogues, args.probe_items, args.first_items)
+    six_items = six_measures.build_items(six_dialogues, args.probe_items, args.first_items, args.eoc_items)
     # The held-out loss masks as the simulator was trained: the records' own intents, its end marker.
     trained = simulator_training(paths["simulator"]) or {}
     end_marker = bool(trained.get("simulator_end_marker"))
@@ -240,6 +240,9 @@ def main(argv=None):
                    help="first N held-out dialogues whose first user turn each user writes, 0 = all")
     m.add_argument("--probe_items", type=int, default=0,
                    help="first N held-out dialogues for the role and intent adherence probes, 0 = all")
+    m.add_argument("--eoc_items", type=int, default=0,
+                   help="first N end-of-conversation states (after each assistant turn of the multi-turn "
+                        "held-out dialogues), 0 = all")
     m.add_argument("--calibration", default=None,
                    help="chat file whose user turns set the naturalness threshold (default: train.json beside --heldout)")
     m.add_argument("--calibration_turns", type=int, default=64, help="user turns read from it (default %(default)s)")

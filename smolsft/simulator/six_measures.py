@@ -25,11 +25,11 @@ MAX_TOKENS = {"first": 48, "eoc": 16, "adversarial": 48, "drift": 48}
 NATURAL_QUANTILE = 10  # percent of real (training-split) user turns the detector may call machine-made
 
 
-def build_items(dialogues: list[dict], n_probe: int = 0, n_first: int = 0) -> dict:
+def build_items(dialogues: list[dict], n_probe: int = 0, n_first: int = 0, n_eoc: int = 0) -> dict:
     """Every measure's items from the held-out dialogues (``protocol.heldout_dialogues``);
     ``n_probe``: first N dialogues for the adversarial and drift items, ``n_first``: for
-    the first turns (0: all). Every end-of-conversation state is kept."""
-    return {"first": P.first_turn_items(dialogues[:n_first or None]), "eoc": P.eoc_states(dialogues),
+    the first turns, ``n_eoc``: the first N end-of-conversation states (0: all)."""
+    return {"first": P.first_turn_items(dialogues[:n_first or None]), "eoc": P.eoc_states(dialogues)[:n_eoc or None],
             "adversarial": P.adversarial_items(dialogues, n_probe), "drift": P.drift_items(dialogues, n_probe)}
 
 

@@ -42,6 +42,7 @@ def test_items_of_each_measure():
     assert [a["history"][-1]["content"] for a in adv] == list(P.ADVERSARIAL_TURNS[:2])
     assert adv[0]["history"][:-1] == RECORDS[0]["conversations"][:2]
     assert [len(v) for v in six_measures.build_items(d, 1, 2).values()] == [2, 5, 1, 1]
+    assert six_measures.build_items(d, 1, 2, 3)["eoc"] == states[:3]  # the first 3 states
     drift = P.drift_items(d)
     assert len(drift) == 3 and drift[0]["history"][-1]["content"].startswith(P.DRIFT_PREFIX)
     assert drift[0]["drift"] in ("Flour water yeast salt, baked bread.", "Magma rises through cracks.")
