@@ -77,16 +77,14 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def cmd_measure(args) -> dict:
-    from smolsft.generation.engines import checkpoint_stop_ids, generate_hf
-    from smolsft.chat.tokenization import load_tokenizer
-
-    t0 = time.perf_counter()
+def heldout_inputs(args) -> dict:
+    """Everything the measures read from the held-out split and the demo's dialogues: the
+    conversations, the single-turn pairs to back-translate, real user/assistant turns for the
+    role judge, the simulator's generated turns (with the history before each), the six
+    measures' dialogues and items, and the intents the held-out loss masks with."""
     held = json.loads(Path(args.heldout).read_text())
     convs = [c for c in (normalize_conversation(r.get("conversations") or r.get("messages")) for r in held) if c]
     singles = [c for c in convs if is_single_turn_conversation(c)][:args.chrf_items or None]
-    bt_inputs = [sorted([m for m in c if m["role"] != "user"], key=lambda m: m["role"] != "system") for c in singles]
-    bt_refs = [next(m["content"] for m in c if m["role"] == "user") for c in singles]
     real_users, real_answers = sm.real_turn_items(convs)
     if args.role_items:
         real_users, real_answers = real_users[:args.role_items], real_answers[:args.role_items]
@@ -98,92 +96,133 @@ def cmd_measure(args) -> dict:
             if m["author"] == "simulator":
                 gen_items.append(([{"role": x["role"], "content": x["content"]} for x in msgs[:k]], m["content"]))
                 gen_prev.append(msgs[k - 1]["content"])
-    paths = {"base": resolve_path(args.base), "simulator": resolve_path(args.simulator)}
-    res: dict = {"heldout": {"file": args.heldout, "conversations": len(convs), "single_turn_pairs": len(singles),
-                             "multi_turn": sum(1 for c in convs if not is_single_turn_conversation(c))},
-                 "models": paths, "user_turn_loss": {}, "back_translation": {
-                     "metric": f"chrF (sacrebleu {version('sacrebleu')}, corpus level)", "pairs": len(singles),
-                     "max_tokens": args.max_tokens, "examples": []}}
-    role, six_gens = {}, {}
     six_dialogues = protocol.heldout_dialogues(held)
-    six_items = six_measures.build_items(six_dialogues, args.probe_items, args.first_items, args.eoc_items)
-    # The held-out loss masks as the simulator was trained: the records' own intents, its end marker.
-    trained = simulator_training(paths["simulator"]) or {}
-    end_marker = bool(trained.get("simulator_end_marker"))
-    loss_intents = [d["intent"] if d["intent_source"] == SOURCE_FIELD else None for d in six_dialogues]
-    res["user_turn_loss"]["masking"] = {"intents": sum(1 for x in loss_intents if x), "end_marker": end_marker}
-    for name, path in paths.items():
-        tok = load_tokenizer(path, args.max_length)
-        model = load_model(path)
-        stops = checkpoint_stop_ids(tok, path)
-        users = {name: lambda h, i, t=tok: simulator_prompt(h, t, intent=i)}
-        if name == "base":  # the same weights told to play the user (an Instruct model)
-            users["prompted_user"] = lambda h, i, t=tok: prompted_user_prompt(h, i, t)
-        for user, prompt in users.items():
-            log(f"[measure] {user}: six-measure turns ({six_measures.count_line(six_items)})")
-            six_gens[user] = six_measures.generate_turns(model, tok, prompt, six_items, stops, args.gen_batch_size,
-                                                         seed=args.seed, progress=user)
-        log(f"[measure] {name}: user-turn loss on {len(convs)} held-out conversations")
-        res["user_turn_loss"][name] = sm.user_turn_loss(model, tok, convs, args.max_length, args.batch_size,
-                                                        progress=f"{name} user-turn loss", intents=loss_intents,
-                                                        end_marker=end_marker)
-        prompts = [simulator_prompt(x, tok, back_translation=True) for x in bt_inputs]
-        log(f"[measure] {name}: back-translation of {len(prompts)} answers")
-        gen = generate_hf(model, tok, prompts, max_new_tokens=args.max_tokens, stop_ids=checkpoint_stop_ids(tok, path),
-                          batch_size=args.batch_size, show_progress=True)
-        hyps = [g["response"] for g in gen]
-        res["back_translation"][name] = sm.chrf(hyps, bt_refs) if hyps else None
-        res["back_translation"][f"{name}_hypotheses"] = hyps
-        if name == "base":  # the judge of role confusion is the starting model
-            kw = dict(batch_size=args.batch_size, history_messages=args.role_history)
-            role["real_user"] = sm.role_scores(model, tok, real_users, progress="role: real user turns", **kw)
-            role["real_assistant"] = sm.role_scores(model, tok, real_answers, progress="role: real assistant turns", **kw)
-            rate_u, rate_a = (sm.reads_as_assistant(role[k]) for k in ("real_user", "real_assistant"))
-            validated = bool(role["real_user"]) and rate_a - rate_u >= args.min_gap
-            gen_scores = sm.role_scores(model, tok, gen_items, progress="role: generated user turns", **kw) \
-                if validated and gen_items else []
-            res["role_confusion"] = {
-                "judge": path, "dtype": "float32", "history_messages": args.role_history, "min_gap": args.min_gap,
-                "definition": "share of texts the judge finds more likely as the assistant's turn than as the "
-                              "user's, after the same history (history_messages of it; 0: the text alone)",
-                "real_user": {"n": len(role["real_user"]), "rate": rate_u},
-                "real_assistant": {"n": len(role["real_assistant"]), "rate": rate_a},
-                "gap": rate_a - rate_u, "validated": validated,
-                "generated_user": ({"n": len(gen_scores), "rate": sm.reads_as_assistant(gen_scores)}
-                                   if validated else None)}
-        del model
-        gc.collect()
-    res["back_translation"]["examples"] = [
-        {"answer": x[-1]["content"][:300], "real_request": r, "base": b, "simulator": s}
-        for x, r, b, s in list(zip(bt_inputs, bt_refs, res["back_translation"]["base_hypotheses"],
-                                   res["back_translation"]["simulator_hypotheses"]))[:3]]
-    real_texts, real_prev = [], []
+    return {"convs": convs, "singles": singles,
+            "bt_inputs": [sorted([m for m in c if m["role"] != "user"], key=lambda m: m["role"] != "system")
+                          for c in singles],
+            "bt_refs": [next(m["content"] for m in c if m["role"] == "user") for c in singles],
+            "real_users": real_users, "real_answers": real_answers, "dialogues": dialogues,
+            "gen_items": gen_items, "gen_prev": gen_prev, "six_dialogues": six_dialogues,
+            "six_items": six_measures.build_items(six_dialogues, args.probe_items, args.first_items, args.eoc_items),
+            "loss_intents": [d["intent"] if d["intent_source"] == SOURCE_FIELD else None for d in six_dialogues]}
+
+
+def role_confusion(model, tok, path: str, inp: dict, args) -> dict:
+    """The base model as the judge: real user and real assistant turns first; the simulator's
+    turns only once those two are told apart by at least ``--min_gap``."""
+    kw = dict(batch_size=args.batch_size, history_messages=args.role_history)
+    real_u = sm.role_scores(model, tok, inp["real_users"], progress="role: real user turns", **kw)
+    real_a = sm.role_scores(model, tok, inp["real_answers"], progress="role: real assistant turns", **kw)
+    rate_u, rate_a = sm.reads_as_assistant(real_u), sm.reads_as_assistant(real_a)
+    validated = bool(real_u) and rate_a - rate_u >= args.min_gap
+    gen_scores = sm.role_scores(model, tok, inp["gen_items"], progress="role: generated user turns", **kw) \
+        if validated and inp["gen_items"] else []
+    return {"judge": path, "dtype": "float32", "history_messages": args.role_history, "min_gap": args.min_gap,
+            "definition": "share of texts the judge finds more likely as the assistant's turn than as the "
+                          "user's, after the same history (history_messages of it; 0: the text alone)",
+            "real_user": {"n": len(real_u), "rate": rate_u}, "real_assistant": {"n": len(real_a), "rate": rate_a},
+            "gap": rate_a - rate_u, "validated": validated,
+            "generated_user": {"n": len(gen_scores), "rate": sm.reads_as_assistant(gen_scores)} if validated else None}
+
+
+def measure_checkpoint(name: str, path: str, inp: dict, args, end_marker: bool, res: dict, six_gens: dict) -> None:
+    """One checkpoint's part (``base`` also plays ``prompted_user`` and judges roles): its six
+    measures' turns into ``six_gens``, its held-out user-turn loss and back-translation into ``res``."""
+    from smolsft.chat.tokenization import load_tokenizer
+    from smolsft.generation.engines import checkpoint_stop_ids, generate_hf
+
+    tok, model = load_tokenizer(path, args.max_length), load_model(path)
+    stops = checkpoint_stop_ids(tok, path)
+    users = {name: lambda h, i, t=tok: simulator_prompt(h, t, intent=i)}
+    if name == "base":  # the same weights told to play the user (an Instruct model)
+        users["prompted_user"] = lambda h, i, t=tok: prompted_user_prompt(h, i, t)
+    for user, prompt in users.items():
+        log(f"[measure] {user}: six-measure turns ({six_measures.count_line(inp['six_items'])})")
+        six_gens[user] = six_measures.generate_turns(model, tok, prompt, inp["six_items"], stops, args.gen_batch_size,
+                                                     seed=args.seed, progress=user)
+    log(f"[measure] {name}: user-turn loss on {len(inp['convs'])} held-out conversations")
+    res["user_turn_loss"][name] = sm.user_turn_loss(model, tok, inp["convs"], args.max_length, args.batch_size,
+                                                    progress=f"{name} user-turn loss", intents=inp["loss_intents"],
+                                                    end_marker=end_marker)
+    prompts = [simulator_prompt(x, tok, back_translation=True) for x in inp["bt_inputs"]]
+    log(f"[measure] {name}: back-translation of {len(prompts)} answers")
+    gen = generate_hf(model, tok, prompts, max_new_tokens=args.max_tokens, stop_ids=stops,
+                      batch_size=args.batch_size, show_progress=True)
+    hyps = [g["response"] for g in gen]
+    res["back_translation"][name] = sm.chrf(hyps, inp["bt_refs"]) if hyps else None
+    res["back_translation"][f"{name}_hypotheses"] = hyps
+    if name == "base":  # the judge of role confusion is the starting model
+        res["role_confusion"] = role_confusion(model, tok, path, inp, args)
+    del model
+    gc.collect()
+
+
+def diversity(texts: list[str], prev: list[str]) -> dict:
+    """Distinct-1/2, the share repeating a word 4-gram of the turn before, empties, mean words."""
+    return {"turns": len(texts), "distinct_1": sm.distinct_n(texts, 1), "distinct_2": sm.distinct_n(texts, 2),
+            "repeats_previous": (sum(sm.repeats_previous(t, p) for t, p in zip(texts, prev)) / len(texts)
+                                 if texts else None),
+            "empty": sum(1 for t in texts if not t.strip()),
+            "mean_words": sum(len(sm.words(t)) for t in texts) / len(texts) if texts else None}
+
+
+def real_followups(convs: list) -> tuple[list[str], list[str]]:
+    """(real user turns that answer an assistant turn, the assistant turn before each)."""
+    texts, prev = [], []
     for c in convs:
         for k, m in enumerate(c):
             if m["role"] == "user" and k > 0 and c[k - 1]["role"] == "assistant":
-                real_texts.append(m["content"])
-                real_prev.append(c[k - 1]["content"])
-    gen_texts = [t for _, t in gen_items]
+                texts.append(m["content"])
+                prev.append(c[k - 1]["content"])
+    return texts, prev
 
-    def diversity(texts, prev):
-        return {"turns": len(texts), "distinct_1": sm.distinct_n(texts, 1), "distinct_2": sm.distinct_n(texts, 2),
-                "repeats_previous": (sum(sm.repeats_previous(t, p) for t, p in zip(texts, prev)) / len(texts)
-                                     if texts else None),
-                "empty": sum(1 for t in texts if not t.strip()),
-                "mean_words": sum(len(sm.words(t)) for t in texts) / len(texts) if texts else None}
 
+def print_summary(res: dict, output: str) -> None:
+    L, B, R = res["user_turn_loss"], res["back_translation"], res["role_confusion"]
+    g = R["generated_user"]
+    print(f"[measure] user-turn perplexity {L['base']['perplexity']:.2f} -> {L['simulator']['perplexity']:.2f} "
+          f"({L['base']['tokens']} tokens); chrF {B['base'] or 0:.1f} -> {B['simulator'] or 0:.1f} ({B['pairs']} pairs); "
+          f"reads as assistant: real user {R['real_user']['rate']:.0%}, real assistant {R['real_assistant']['rate']:.0%}"
+          f", generated {'n/a (not validated)' if g is None else format(g['rate'], '.0%')}; "
+          f"distinct-2 {res['diversity']['generated_user']['distinct_2']}; {res['seconds']}s -> {output}")
+    print("\n".join(six_measures.table_lines(res["six_measures"])))
+
+
+def cmd_measure(args) -> dict:
+    from smolsft.chat.tokenization import load_tokenizer
+
+    t0 = time.perf_counter()
+    inp = heldout_inputs(args)
+    convs, dialogues = inp["convs"], inp["dialogues"]
+    paths = {"base": resolve_path(args.base), "simulator": resolve_path(args.simulator)}
+    # The held-out loss masks as the simulator was trained: the records' own intents, its end marker.
+    end_marker = bool((simulator_training(paths["simulator"]) or {}).get("simulator_end_marker"))
+    res: dict = {"heldout": {"file": args.heldout, "conversations": len(convs), "single_turn_pairs": len(inp["singles"]),
+                             "multi_turn": sum(1 for c in convs if not is_single_turn_conversation(c))},
+                 "models": paths,
+                 "user_turn_loss": {"masking": {"intents": sum(1 for x in inp["loss_intents"] if x),
+                                                "end_marker": end_marker}},
+                 "back_translation": {"metric": f"chrF (sacrebleu {version('sacrebleu')}, corpus level)",
+                                      "pairs": len(inp["singles"]), "max_tokens": args.max_tokens, "examples": []}}
+    six_gens: dict = {}
+    for name, path in paths.items():
+        measure_checkpoint(name, path, inp, args, end_marker, res, six_gens)
+    bt = res["back_translation"]
+    bt["examples"] = [{"answer": x[-1]["content"][:300], "real_request": r, "base": b, "simulator": s}
+                      for x, r, b, s in list(zip(inp["bt_inputs"], inp["bt_refs"], bt["base_hypotheses"],
+                                                 bt["simulator_hypotheses"]))[:3]]
     res["diversity"] = {"phrase": "a shared word 4-gram with the assistant turn before",
-                        "generated_user": diversity(gen_texts, gen_prev),
-                        "real_heldout_user": diversity(real_texts, real_prev)}
+                        "generated_user": diversity([t for _, t in inp["gen_items"]], inp["gen_prev"]),
+                        "real_heldout_user": diversity(*real_followups(convs))}
     res["dialogues"] = {"file": args.dialogues, "count": len(dialogues),
                         "ended_by": dict(Counter(d.get("ended_by") for d in dialogues))}
     log("[measure] six measures: judging with the base model")
     judge, judge_tok = load_model(paths["base"]), load_tokenizer(paths["base"], args.max_length)
     calibration = real_user_texts(args.calibration or str(Path(args.heldout).with_name("train.json")),
                                   args.calibration_turns)
-    res["six_measures"] = {"intent_source": six_measures.intent_sources(six_dialogues),
+    res["six_measures"] = {"intent_source": six_measures.intent_sources(inp["six_dialogues"]),
                            "users": list(six_measures.USERS) + ["human"],
-                           **six_measures.score({u: six_gens[u] for u in six_measures.USERS}, six_items, judge,
+                           **six_measures.score({u: six_gens[u] for u in six_measures.USERS}, inp["six_items"], judge,
                                                 judge_tok, calibration,
                                                 [m["content"] for c in convs for m in c if m["role"] == "user"],
                                                 args.batch_size)}
@@ -191,14 +230,7 @@ def cmd_measure(args) -> dict:
     res["seconds"] = round(time.perf_counter() - t0, 1)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(res, indent=1, ensure_ascii=False))
-    L, B, R = res["user_turn_loss"], res["back_translation"], res["role_confusion"]
-    g = R["generated_user"]
-    print(f"[measure] user-turn perplexity {L['base']['perplexity']:.2f} -> {L['simulator']['perplexity']:.2f} "
-          f"({L['base']['tokens']} tokens); chrF {B['base'] or 0:.1f} -> {B['simulator'] or 0:.1f} ({B['pairs']} pairs); "
-          f"reads as assistant: real user {R['real_user']['rate']:.0%}, real assistant {R['real_assistant']['rate']:.0%}"
-          f", generated {'n/a (not validated)' if g is None else format(g['rate'], '.0%')}; "
-          f"distinct-2 {res['diversity']['generated_user']['distinct_2']}; {res['seconds']}s -> {args.output}")
-    print("\n".join(six_measures.table_lines(res["six_measures"])))
+    print_summary(res, args.output)
     return res
 
 
