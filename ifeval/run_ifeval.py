@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{BACKEND_ENV}=hf (or vllm) sets the default, also for the runs demo.sh and sweep.py start")
     ap.add_argument("--vllm_mode", choices=["auto", "eager", "compiled"], default="auto",
                     help="vLLM: eager or compiled (torch.compile; CUDA graphs on a GPU); auto (default): "
-                         "compiled on a GPU, eager on the CPU (compiling there costs minutes at every start and "
-                         "did not decode faster)")
+                         "compiled on a GPU, eager on the CPU (compiling there costs minutes at every start: "
+                         "docs/performance.md, 'Eager or compiled vLLM on the CPU')")
     ap.add_argument("--kv_cache_gib", type=float, default=None,
                     help="vLLM on the CPU: KV cache size in GiB (default: the whole run's need, at most half of "
                          "the free memory)")

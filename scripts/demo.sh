@@ -65,17 +65,6 @@ PROMPT_SET=${DEMO_PROMPT_SET:-ifeval/data/sampled_input_data.jsonl}
 mkdir -p "$OUT"
 TIMES="$OUT/stage_times.tsv"; : > "$TIMES"
 
-# run_stage NAME CMD... : runs a stage, prints and records its wall time (seconds).
-run_stage() {
-  local name=$1; shift
-  echo; echo "================ [$name] $*"
-  local t0=$SECONDS
-  "$@"
-  local dt=$((SECONDS - t0))
-  printf '%s\t%s\n' "$name" "$dt" >> "$TIMES"
-  echo "---------------- [$name] done in ${dt}s"
-}
-
 checks() {
   for i in 1 2 3 4 5; do
     [[ -f scripts/check_exercises_$i.sh ]] || { echo "missing scripts/check_exercises_$i.sh" >&2; return 1; }

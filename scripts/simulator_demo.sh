@@ -75,16 +75,6 @@ mkdir -p "$OUT"
 TIMES="$OUT/stage_times.tsv"; : > "$TIMES"
 echo "load_start	$(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/load.tsv"
 
-run_stage() {
-  local name=$1; shift
-  echo; echo "================ [$name] $*"
-  local t0=$SECONDS
-  "$@"
-  local dt=$((SECONDS - t0))
-  printf '%s\t%s\n' "$name" "$dt" >> "$TIMES"
-  echo "---------------- [$name] done in ${dt}s"
-}
-
 split() { $PY scripts/simulator_eval.py split --data "$DATA" --heldout "$HELDOUT" --out_dir "$OUT/split"; }
 
 train() {
