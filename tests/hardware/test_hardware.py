@@ -623,7 +623,8 @@ def test_a_mig_slice_with_unknown_memory_degrades_with_a_warning(tmp_path):
 @pytest.mark.parametrize("fail", ["driver", "hang"])
 def test_a_broken_driver_stops_the_scripts_instead_of_a_cpu_run(tmp_path, fail):
     """Row 4 through the scripts: sft.sh (dry run included) and setup.sh stop naming the
-    failure; CUDA_VISIBLE_DEVICES= runs on the CPU on purpose."""
+    failure; CUDA_VISIBLE_DEVICES= runs on the CPU on purpose. setup.sh's probe is the same
+    call as sft.sh's, so its 10 s wait for a hanging tool is sat through once, in sft.sh."""
     env = sim_env(tmp_path, None, fail=fail)
     t0 = time.monotonic()
     r = sft_dry(env)
@@ -631,8 +632,9 @@ def test_a_broken_driver_stops_the_scripts_instead_of_a_cpu_run(tmp_path, fail):
     assert "[hardware] error: " in r.stderr and "CUDA_VISIBLE_DEVICES= (empty) to run on the CPU on purpose" in r.stderr
     assert ("failed (exit 9: NVIDIA-SMI has failed" if fail == "driver" else "did not answer in 10s") in r.stderr
     assert time.monotonic() - t0 < 60
-    s = setup_dry(env)
-    assert s.returncode == 2 and "[hardware] error: " in s.stderr and not pip_lines(s)
+    if fail == "driver":
+        s = setup_dry(env)
+        assert s.returncode == 2 and "[hardware] error: " in s.stderr and not pip_lines(s)
     cpu = sft_dry(env, CUDA_VISIBLE_DEVICES="")
     assert cpu.returncode == 0 and cpu.stdout.startswith("sft.sh: CPU, "), cpu.stderr
 

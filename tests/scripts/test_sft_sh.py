@@ -162,28 +162,48 @@ def _state(run: Path) -> dict:
     return json.loads((run / "trainer_state.json").read_text())
 
 
-def test_tiny_end_to_end_with_deepspeed_and_resume(tmp_path, tiny_llama_dir):
-    """Two CPU ranks under ZeRO-2: 4 steps with checkpoints, then the same command with
-    --max_steps 6 resumes at step 4; its steps 5-6 match an uninterrupted 6-step run."""
-    model = tiny_llama_dir
-    chats = CHATS * 2 + [[("user", "A question nobody answers.")]]  # last one is dropped (counted)
-    data = write_chats(tmp_path / "chats.jsonl", chats)
-    env = script_env(MODELPATH=str(model), DATAPATH=str(data), OUTPUTPATH=str(tmp_path / "out"),
-                     TOTALBSZ="4", BSZPERDEV="1", CPU_RANKS="2", OMP_NUM_THREADS="1", SAVESTEPS="2",
-                     PRECISION="fp32")  # no WANDB_*; resumed vs straight compared to fp32 tolerance
-    # A constant LR: with cosine the schedule itself depends on --max_steps, so a 4-then-6
-    # run could not match a straight 6-step run.
-    common = ["--model_max_length", "256", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
-              "--data_cache_dir", str(tmp_path / "cache")]
+# Two CPU ranks under ZeRO-2 through sft.sh, fp32 (compared to fp32 tolerance), a constant
+# LR: with cosine the schedule itself depends on --max_steps, so a run stopped at step 4 and
+# extended to 6 could not match a straight 6-step run.
+E2E_CHATS = CHATS * 2 + [[("user", "A question nobody answers.")]]  # the last one is dropped (counted)
+E2E_ENV = dict(TOTALBSZ="4", BSZPERDEV="1", OMP_NUM_THREADS="1", SAVESTEPS="2", PRECISION="fp32")  # no WANDB_*
+E2E_FLAGS = ["--model_max_length", "256", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant"]
 
-    def run(name, steps):
-        r = subprocess.run(["bash", str(SFT), *common, "--max_steps", str(steps)], env={**env, "RUNNAME": name},
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-        return r.stdout + r.stderr
 
-    log = run("resumed", 4)
-    run_dir = tmp_path / "out" / "resumed"
+def e2e_sft(root: Path, model: Path, data: Path, name: str, steps: int, cache: str = "cache", **node_env):
+    """Start ``sft.sh`` for run ``name`` (``steps`` steps) under ``root/out``; returns the process."""
+    env = script_env(MODELPATH=str(model), DATAPATH=str(data), OUTPUTPATH=str(root / "out"), RUNNAME=name,
+                     **{"CPU_RANKS": "2", **E2E_ENV, **node_env})
+    return subprocess.Popen(["bash", str(SFT), *E2E_FLAGS, "--max_steps", str(steps), "--data_cache_dir",
+                             str(root / cache)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finished(p: subprocess.Popen) -> str:
+    log = p.communicate(timeout=900)[0]
+    assert p.returncode == 0, log[-4000:]
+    return log
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, tiny_llama_dir):
+    """(root, data, run folder, its log) of one uninterrupted 6-step run: one node, two
+    ranks. The reference of the resume test and of the two-node test (one launch for both)."""
+    root = tmp_path_factory.mktemp("e2e")
+    data = write_chats(root / "chats.jsonl", E2E_CHATS)
+    log = finished(e2e_sft(root, tiny_llama_dir, data, "straight", 6))
+    return root, data, root / "out" / "straight", log
+
+
+def _losses(state: dict) -> dict:
+    return {h["step"]: h["loss"] for h in state["log_history"] if "loss" in h}
+
+
+def test_tiny_end_to_end_with_deepspeed_and_resume(straight_run, tiny_llama_dir):
+    """4 steps with checkpoints, then the same command with --max_steps 6 resumes at step 4;
+    its steps 5-6 match the uninterrupted 6-step run."""
+    root, data, straight, _ = straight_run
+    log = finished(e2e_sft(root, tiny_llama_dir, data, "resumed", 4))
+    run_dir = root / "out" / "resumed"
     assert "8 conversations kept" in log and "dropped_empty_after_normalization=1" in log
     assert _state(run_dir)["global_step"] == 4
     for name in ("model.safetensors", "tokenizer.json", "trainer_state.json", "loss_curve.png", "run_manifest.json"):
@@ -197,16 +217,14 @@ def test_tiny_end_to_end_with_deepspeed_and_resume(tmp_path, tiny_llama_dir):
     assert 0 < manifest["masking"]["trained_token_fraction"] < 1 and len(manifest["tokenizer_fingerprint"]) == 16
     assert manifest["data_args"]["model_max_length"] == 256 and manifest["git_commit"]
 
-    log = run("resumed", 6)
+    log = finished(e2e_sft(root, tiny_llama_dir, data, "resumed", 6))
     assert "resuming from" in log and "checkpoint-4" in log
     resumed = _state(run_dir)
     assert resumed["global_step"] == 6
-    run("straight", 6)
-    straight = _state(tmp_path / "out" / "straight")
-    loss = lambda s: {h["step"]: h["loss"] for h in s["log_history"] if "loss" in h}  # noqa: E731
-    assert sorted(loss(resumed)) == [1, 2, 3, 4, 5, 6]
+    ref = _losses(_state(straight))
+    assert sorted(_losses(resumed)) == [1, 2, 3, 4, 5, 6]
     for step in (5, 6):
-        assert loss(resumed)[step] == pytest.approx(loss(straight)[step], abs=2e-4), step
+        assert _losses(resumed)[step] == pytest.approx(ref[step], abs=2e-4), step
 
 
 # ------------------------------------------------------------ every setting checked up front (issue 40 row 10)
@@ -271,46 +289,31 @@ def test_nodes_from_slurm_print_the_per_node_torchrun(tmp_path):
     assert r.returncode == 2 and "HOSTFILE and NNODES > 1" in r.stderr
 
 
-def test_two_nodes_on_localhost_train_the_losses_of_one_node_with_two_ranks(tmp_path, tiny_llama_dir):
+def test_two_nodes_on_localhost_train_the_losses_of_one_node_with_two_ranks(straight_run, tiny_llama_dir):
     """Two sft.sh processes, NNODES=2 NODE_RANK=0/1 MASTER_ADDR=127.0.0.1, one CPU rank each
-    (gloo), against one sft.sh with two ranks: the same per-step losses and weights, with the
-    default launcher (DeepSpeed ZeRO-2 under each node's torchrun against DeepSpeed's own
-    launcher on one node). DDP across nodes is the same rendezvous with DDP on top: its launch
-    line is checked in test_nodes_from_slurm_print_the_per_node_torchrun, and DDP on two ranks
-    against ZeRO-2 in tests/train/test_ddp_fallback.py."""
+    (gloo), against one sft.sh with two ranks (the module's straight run): the same per-step
+    losses and weights, with the default launcher (DeepSpeed ZeRO-2 under each node's torchrun
+    against DeepSpeed's own launcher on one node). DDP across nodes is the same rendezvous
+    with DDP on top: its launch line is checked in test_nodes_from_slurm_print_the_per_node_torchrun,
+    and DDP on two ranks against ZeRO-2 in tests/train/test_ddp_fallback.py."""
     from safetensors.torch import load_file
 
-    from test_train_hw_parallel import _free_port, logged_losses
+    from test_train_hw_parallel import _free_port
 
-    data = write_chats(tmp_path / "chats.jsonl", CHATS * 2)
-    env = script_env(MODELPATH=str(tiny_llama_dir), DATAPATH=str(data), OUTPUTPATH=str(tmp_path / "out"),
-                     TOTALBSZ="4", BSZPERDEV="1", OMP_NUM_THREADS="1", PRECISION="fp32",
-                     WARMUP="0")  # every step updates the weights
-    common = ["--model_max_length", "256", "--learning_rate", "3e-3", "--max_steps", "3", "--save_strategy", "no"]
-
-    def start(name, node_env, cache):
-        return subprocess.Popen(["bash", str(SFT), *common, "--data_cache_dir", str(tmp_path / cache)],
-                                env={**env, "RUNNAME": name, **node_env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-
-    port = str(_free_port())
-    nodes = {"two_nodes": {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "CPU_RANKS": "1"}}
-    procs = [start("two_nodes", {**nodes["two_nodes"], "NODE_RANK": r}, f"cache{r}") for r in ("0", "1")]
-    logs = [p.communicate(timeout=900)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-4000:]
+    root, data, straight, _ = straight_run
+    nodes = {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "CPU_RANKS": "1"}
+    procs = [e2e_sft(root, tiny_llama_dir, data, "two_nodes", 6, f"cache{r}", **nodes, NODE_RANK=r) for r in "01"]
+    logs = [finished(p) for p in procs]
     assert "torchrun, node 0 of 2 (rendezvous 127.0.0.1:" in logs[0] and "node 1 of 2" in logs[1]
     assert "DeepSpeed ZeRO-2" in logs[0]
-    one = start("one_node", {"CPU_RANKS": "2"}, "cache_one")
-    log = one.communicate(timeout=900)[0]
-    assert one.returncode == 0, log[-4000:]
-    two, ref = logged_losses(tmp_path / "out" / "two_nodes"), logged_losses(tmp_path / "out" / "one_node")
-    print("per-step loss (2 nodes x 1 rank, 1 node x 2 ranks):", list(zip(two, ref)))
-    assert len(two) == len(ref) == 3 and two == pytest.approx(ref, abs=1e-4)
-    assert len(set(ref)) == 3  # the steps moved the model: the comparison is not of three equal numbers
-    manifest = json.loads((tmp_path / "out" / "two_nodes" / "run_manifest.json").read_text())
-    assert manifest["world_size"] == 2
-    a, b = (load_file(str(tmp_path / "out" / n / "model.safetensors")) for n in ("two_nodes", "one_node"))
+    two_dir = root / "out" / "two_nodes"
+    two, ref = _losses(_state(two_dir)), _losses(_state(straight))
+    print("per-step loss (2 nodes x 1 rank, 1 node x 2 ranks):", [(two[k], ref[k]) for k in sorted(ref)])
+    assert sorted(two) == sorted(ref) == [1, 2, 3, 4, 5, 6]
+    assert [two[k] for k in sorted(two)] == pytest.approx([ref[k] for k in sorted(ref)], abs=1e-4)
+    assert len(set(ref.values())) == 6  # the steps moved the model: the comparison is not of equal numbers
+    assert json.loads((two_dir / "run_manifest.json").read_text())["world_size"] == 2
+    a, b = (load_file(str(d / "model.safetensors")) for d in (two_dir, straight))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=lambda m: f"{name}: {m}")
 

@@ -320,8 +320,8 @@ def test_sweep_checks_every_value_before_the_first_configuration(tmp_path):
 def test_failed_sweep_configuration_ends_on_one_error_line(tiny_model, tmp_path):
     model = tiny_model
     r = subprocess.run([sys.executable, "scripts/sweep.py", "--model", str(model), "--max_steps", "1", "--total_bsz",
-                        "2", "--bsz_per_dev", "1", "--out", str(tmp_path / "sw"), "--train_args", "--no_such_flag",
-                        "1"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                        "2", "--bsz_per_dev", "1", "--out", str(tmp_path / "sw"), "--base", "none",
+                        "--train_args", "--no_such_flag", "1"], cwd=REPO, capture_output=True, text=True, timeout=600,
                        env={**script_env(), "OMP_NUM_THREADS": "1", "CPU_RANKS": "1"})
     assert r.returncode == 1, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
