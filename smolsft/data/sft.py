@@ -458,7 +458,7 @@ class PadToLongestCollator:
     ``attention_mask`` (1 on tokens, 0 on padding), each ``(batch, width)`` ``torch.long``.
 
     Same values as transformers' ``DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8,
-    label_pad_token_id=-100)`` with right padding (tests/data/test_sft_data.py checks it), but
+    label_pad_token_id=-100)`` with right padding (tests/data/test_sft.py checks it), but
     kept because it is far faster (``tokenizer.pad`` plus a list of NumPy arrays per batch;
     ``benchmarks/collator_speed.py``), and the library's one warns "Creating a tensor from a
     list of numpy.ndarrays is extremely slow" in every run."""
