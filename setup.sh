@@ -99,7 +99,8 @@ if [[ "${SKIP_PIP:-0}" != 1 ]]; then
     if [[ "$HW_KIND" == cpu ]]; then run $PY scripts/pip_state.py stamp; fi
   fi
   if [[ "$HW_KIND" == cpu ]]; then
-    # DeepSpeed compiles its CPU all-reduce op on first use (about a minute): once here, not in the first training.
+    # DeepSpeed compiles its CPU ops (all-reduce; the offload launcher's Adam) on first use, a minute or two each:
+    # once here, not in the first training.
     if [[ $DRY == 1 ]]; then echo "+ $PY -m smolsft.hardware --build_cpu_ops"
     else $PY -m smolsft.hardware --build_cpu_ops || echo "[setup] the first CPU training run builds it instead"; fi
   fi

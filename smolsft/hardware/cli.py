@@ -5,7 +5,7 @@
     python -m smolsft.hardware --setup-plan         # what setup.sh installs here (--format sh: shell assignments)
     python -m smolsft.hardware --sft-plan --maxlen 2048 --loss fused --total_bsz 128   # the hardware part of sft.sh's plan
     python -m smolsft.hardware --check-torch        # exit 1, saying why, when torch cannot use the GPUs listed
-    python -m smolsft.hardware --build_cpu_ops      # compile DeepSpeed's CPU all-reduce op now (setup.sh, CPU)
+    python -m smolsft.hardware --build_cpu_ops      # compile DeepSpeed's CPU ops now (setup.sh, CPU)
 
 Exit 2 with one ``[hardware] error: ...`` line when the probe or a decision fails (a broken
 nvidia-smi among them); what could not be read is a ``[hardware] warning: ...`` line.
@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--check-torch", "--check_torch", action="store_true",
                       help="exit 1 (saying why and what to do) when torch cannot use the GPUs nvidia-smi lists")
     mode.add_argument("--build_cpu_ops", action="store_true",
-                      help="compile DeepSpeed's CPU all-reduce op into the torch extensions cache (exit 2 if it fails)")
+                      help="compile DeepSpeed's CPU ops (all-reduce, the offload launcher's Adam) into the torch extensions "
+                           "cache (exit 2 if one fails)")
     ap.add_argument("--json", action="store_true", help="print the probe and the decisions as JSON")
     ap.add_argument("--format", choices=["text", "json", "sh"], default=None,
                     help="sh: KEY=value lines (shell-quoted) for the bash scripts")

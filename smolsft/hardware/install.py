@@ -149,32 +149,41 @@ def setup_plan_here(gpus: Sequence[GPU]) -> SetupPlan:
                       flash_pin=read_pin(REPO_ROOT / "requirements-gpu-optional.txt", "flash-attn"))
 
 
+# DeepSpeed's CPU ops a run here compiles on first use: (op builder, what it is for).
+CPU_OPS = (("ShareMemCommBuilder", "all-reduce"), ("CPUAdamBuilder", "Adam of the offload launcher"))
+
+
 def build_deepspeed_cpu_ops() -> str:
-    """Compile DeepSpeed's CPU shared-memory all-reduce op (``deepspeed_shm_comm``) into the
-    torch extensions cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``).
-    DeepSpeed builds it with ninja on its first CPU run otherwise, about a minute on 2 cores
-    (docs/performance_cpu.md), inside the user's first training. Returns one line saying
-    what was done; raises ``HardwareError`` when DeepSpeed is missing or the build fails
-    (the run would then build it again, or fail the same way)."""
+    """Compile DeepSpeed's CPU ops (:data:`CPU_OPS`: the shared-memory all-reduce
+    ``deepspeed_shm_comm``, which every multi-rank CPU run loads, and ``cpu_adam``, the
+    optimizer of ``ds_configs/zero2_offload.json``) into the torch extensions cache
+    (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``). DeepSpeed builds each
+    with ninja on first use otherwise, a minute or two on 2 cores, inside the user's first
+    training. Returns one line saying what was done; raises ``HardwareError`` when DeepSpeed
+    is missing or a build fails (the run would then build it again, or fail the same way)."""
     import contextlib
     import io
     import time
 
-    t0 = time.perf_counter()
-    log = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            import deepspeed
-            from deepspeed.accelerator import get_accelerator
+    done = []
+    for name, purpose in CPU_OPS:
+        t0 = time.perf_counter()
+        log = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                import deepspeed
+                from deepspeed.accelerator import get_accelerator
 
-            if get_accelerator()._name != "cpu":
-                return f"DeepSpeed's accelerator here is {get_accelerator()._name}: no CPU op to build"
-            builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-            if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
-                return "DeepSpeed has no shared-memory CPU op for this machine: it all-reduces through gloo"
-            builder.load(verbose=False)
-    except Exception as e:  # DeepSpeed's build raises plain RuntimeErrors with the compiler's output
-        tail = log.getvalue().strip().splitlines()[-1:] or [""]
-        raise HardwareError(f"building DeepSpeed's CPU op failed: {type(e).__name__}: {e} {tail[0]}".strip()) from e
-    return f"DeepSpeed's CPU all-reduce op ({builder.NAME}) is built ({time.perf_counter() - t0:.0f}s)"
+                if get_accelerator()._name != "cpu":
+                    return f"DeepSpeed's accelerator here is {get_accelerator()._name}: no CPU op to build"
+                builder = get_accelerator().create_op_builder(name)
+                if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+                    done.append(f"no {purpose} op for this machine ({name})")
+                    continue
+                builder.load(verbose=False)
+        except Exception as e:  # DeepSpeed's build raises plain RuntimeErrors with the compiler's output
+            tail = log.getvalue().strip().splitlines()[-1:] or [""]
+            raise HardwareError(f"building DeepSpeed's CPU {purpose} op failed: {type(e).__name__}: {e} {tail[0]}".strip()) from e
+        done.append(f"{purpose} ({builder.NAME}) built in {time.perf_counter() - t0:.0f}s")
+    return "DeepSpeed's CPU ops: " + "; ".join(done)
 

@@ -573,14 +573,15 @@ def test_dry_run_switches_and_gpu_selection(tmp_path):
 
 
 def test_build_cpu_ops_is_cached_and_a_failed_build_is_one_line(monkeypatch, capsys):
-    """setup.sh has compiled the op (CPU path), so this finds it in the extensions cache; a
+    """setup.sh has compiled the ops (CPU path), so this finds both in the extensions cache; a
     failing build ends on one line naming the op's build, exit 2, no traceback."""
     from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
 
     assert cli.main(["--build_cpu_ops"]) == 0
     # (the last line: DeepSpeed's logger, made before this call, may write its accelerator line first)
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("[hardware] DeepSpeed's CPU all-reduce op (deepspeed_shm_comm) is built")
+    assert last.startswith("[hardware] DeepSpeed's CPU ops: all-reduce (deepspeed_shm_comm) built in ")
+    assert "; Adam of the offload launcher (cpu_adam) built in " in last
 
     def broken(self, verbose=False):
         print("ninja: build stopped: subcommand failed.")
@@ -589,7 +590,7 @@ def test_build_cpu_ops_is_cached_and_a_failed_build_is_one_line(monkeypatch, cap
     monkeypatch.setattr(ShareMemCommBuilder, "load", broken)
     assert cli.main(["--build_cpu_ops"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("[hardware] error: building DeepSpeed's CPU op failed: RuntimeError: ")
+    assert len(err) == 1 and err[0].startswith("[hardware] error: building DeepSpeed's CPU all-reduce op failed: RuntimeError: ")
     assert "deepspeed_shm_comm" in err[0] and "subcommand failed" in err[0]
 
 
