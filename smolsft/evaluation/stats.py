@@ -179,13 +179,15 @@ def change_words(paired: dict, unit: str = "prompts", bigger_set: str = "") -> s
     one to say: ``"improved"`` / ``"fell"`` with the change and its interval where the
     interval excludes 0, else ``"no change detectable with N prompts (95% CI [a, b] points)"``
     with the prompts that would detect it (prompt level) and ``bigger_set`` (a hint on a
-    larger prompt set)."""
+    larger prompt set). ``unit``: ``"prompts"``, ``"instructions"`` (clustered by prompt, so
+    its count is of prompts too) or another item's name (the simulator's ``"items"``)."""
     lo, hi = paired["ci95"]
     span = f"{points(paired['diff'])} points, 95% CI {ci_points(paired['ci95'])}, p = {paired['p_value']:.2g}"
     if lo > 0 or hi < 0:
         return f"{'improved' if lo > 0 else 'fell'} ({span})"
     n = paired.get("prompts", paired["n"])
-    words = f"no change detectable with {n} prompts (95% CI {ci_points(paired['ci95'])} points, " \
+    counted = "prompts" if unit in ("prompts", "instructions") else unit  # instruction tests count prompts
+    words = f"no change detectable with {n} {counted} (95% CI {ci_points(paired['ci95'])} points, " \
             f"p = {paired['p_value']:.2g})"
     if unit == "prompts":
         need = paired.get("prompts_to_detect")

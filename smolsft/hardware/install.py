@@ -165,21 +165,24 @@ def build_deepspeed_cpu_ops() -> str:
     import io
     import time
 
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            import deepspeed
+            from deepspeed.accelerator import get_accelerator
+    except Exception as e:
+        raise HardwareError(f"DeepSpeed does not import: {type(e).__name__}: {e}") from e
+    if get_accelerator()._name != "cpu":
+        return f"DeepSpeed's accelerator here is {get_accelerator()._name}: no CPU op to build"
     done = []
     for name, purpose in CPU_OPS:
         t0 = time.perf_counter()
-        log = io.StringIO()
+        builder = get_accelerator().create_op_builder(name)
+        if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+            done.append(f"no {purpose} op for this machine ({name})")
+            continue
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                import deepspeed
-                from deepspeed.accelerator import get_accelerator
-
-                if get_accelerator()._name != "cpu":
-                    return f"DeepSpeed's accelerator here is {get_accelerator()._name}: no CPU op to build"
-                builder = get_accelerator().create_op_builder(name)
-                if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
-                    done.append(f"no {purpose} op for this machine ({name})")
-                    continue
                 builder.load(verbose=False)
         except Exception as e:  # DeepSpeed's build raises plain RuntimeErrors with the compiler's output
             tail = log.getvalue().strip().splitlines()[-1:] or [""]

@@ -169,7 +169,7 @@ def paired_lines(paired: dict) -> list[str]:
         for other, t in (paired.get(m) or {}).items():
             if t is not None:
                 lines.append(f"| {name} | {other.removeprefix('vs_')} | {t['n']} | {t['fixed']} / {t['broken']} | "
-                             f"{change_words(t, unit='items').replace(' prompts', ' items')} |")
+                             f"{change_words(t, unit='items')} |")
     return lines
 
 
